@@ -1,0 +1,277 @@
+"""Phi-1 in Flax NNX.
+
+Block: `y = LN(x); x + Attn(y) + MLP(y)` (one LayerNorm, attention and MLP in parallel),
+partial rotary embedding (half-split), biased projections, GELU(tanh), untied biased lm_head.
+Computes what `transformers.PhiForCausalLM` computes (tests/test_parity.py checks it).
+
+Layer parameters are stacked along a leading `layers` axis and the blocks run under
+`jax.lax.scan`, so compile time does not grow with depth. Every parameter carries logical axis
+names in its `logical_axes` metadata; `phi1_jax.sharding` maps them to mesh axes by rules.
+
+Shapes in names: B batch, L query length, S key length, D d_model, N heads, H head dim,
+F mlp dim, V vocab, Y layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and numerics of a Phi model. Defaults are phi-1 (1.3B)."""
+
+  vocab_size: int = 51200
+  d_model: int = 2048
+  n_layers: int = 24
+  n_heads: int = 32
+  head_dim: int = 64
+  mlp_dim: int = 8192
+  rotary_dim: int = 32
+  rope_theta: float = 10000.0
+  max_seq_len: int = 2048
+  ln_eps: float = 1e-5
+  embd_dropout: float = 0.0
+  attn_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  dtype: str = "float32"  # compute dtype; parameters stay float32
+  attention_impl: str = "xla"  # "xla", "cudnn" (fused kernel on GPU) or "auto"
+  doc_mask: bool = False  # forbid attention across <|endoftext|> in packed sequences
+  eos_id: int = 50256  # the <|endoftext|> id, used by doc_mask
+  remat: str = "none"  # "none", "full" or "save_dots"
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.head_dim:
+      raise ValueError(f"model.rotary_dim={self.rotary_dim} must be even and in [0, head_dim={self.head_dim}]")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    jnp.dtype(self.dtype)  # raises on an unknown dtype name
+
+  @classmethod
+  def from_dict(cls, d) -> "ModelConfig":
+    d = dict(d)
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"unknown model config field(s): {sorted(unknown)}")
+    return cls(**d)
+
+
+def _param(key, shape, axes, std):
+  """A float32 parameter with its logical axis names; std 0 means zeros, None means ones."""
+  if std is None:
+    value = jnp.ones(shape, jnp.float32)
+  elif std == 0:
+    value = jnp.zeros(shape, jnp.float32)
+  else:
+    value = std * jax.random.normal(key, shape, jnp.float32)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class Blocks(nnx.Module):
+  """All transformer blocks, parameters stacked along the leading `layers` axis."""
+
+  def __init__(self, cfg: ModelConfig, key):
+    Y, D, N, H, F = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.mlp_dim
+    k = iter(jax.random.split(key, 6))
+    s = cfg.init_std
+    self.ln_scale = _param(None, (Y, D), ("layers", "embed"), None)
+    self.ln_bias = _param(None, (Y, D), ("layers", "embed"), 0)
+    for name in ("q", "k", "v"):
+      setattr(self, f"{name}_kernel", _param(next(k), (Y, D, N, H), ("layers", "embed", "heads", "head_dim"), s))
+      setattr(self, f"{name}_bias", _param(None, (Y, N, H), ("layers", "heads", "head_dim"), 0))
+    self.o_kernel = _param(next(k), (Y, N, H, D), ("layers", "heads", "head_dim", "embed"), s)
+    self.o_bias = _param(None, (Y, D), ("layers", "embed"), 0)
+    self.fc1_kernel = _param(next(k), (Y, D, F), ("layers", "embed", "mlp"), s)
+    self.fc1_bias = _param(None, (Y, F), ("layers", "mlp"), 0)
+    self.fc2_kernel = _param(next(k), (Y, F, D), ("layers", "mlp", "embed"), s)
+    self.fc2_bias = _param(None, (Y, D), ("layers", "embed"), 0)
+
+
+def layer_norm(x, scale, bias, eps):
+  """LayerNorm computed in float32, returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+  return y.astype(x.dtype)
+
+
+def rotary(x_BxLxNxH, positions_BxL, rotary_dim: int, theta: float):
+  """Rotates the first `rotary_dim` dims of each head (half-split, as GPT-NeoX/Phi); the rest pass."""
+  if rotary_dim == 0:
+    return x_BxLxNxH
+  inv_freq_R = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+  angles_BxLxR = positions_BxL[..., None].astype(jnp.float32) * inv_freq_R
+  cos = jnp.cos(angles_BxLxR)[:, :, None, :]
+  sin = jnp.sin(angles_BxLxR)[:, :, None, :]
+  x_rot, x_pass = x_BxLxNxH[..., :rotary_dim], x_BxLxNxH[..., rotary_dim:]
+  x1, x2 = jnp.split(x_rot.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return jnp.concatenate([rotated.astype(x_BxLxNxH.dtype), x_pass], axis=-1)
+
+
+def _dropout(x, rate, key):
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask_BxLxS, *, is_causal, impl, dropout_rate=0.0, key=None):
+  """Scaled dot-product attention with the softmax in float32.
+
+  Without attention dropout this is `jax.nn.dot_product_attention`, so XLA or cuDNN can fuse it;
+  dropout on the probabilities needs them materialised, so that path is written out.
+  """
+  if dropout_rate > 0.0 and key is not None:
+    scale = 1.0 / math.sqrt(q_BxLxNxH.shape[-1])
+    logits_BxNxLxS = jnp.einsum("blnh,bsnh->bnls", q_BxLxNxH, k_BxSxNxH, preferred_element_type=jnp.float32) * scale
+    L, S = logits_BxNxLxS.shape[-2:]
+    allowed = jnp.ones((1, 1, L, S), bool)
+    if is_causal:
+      allowed = allowed & jnp.tril(jnp.ones((L, S), bool))[None, None]
+    if mask_BxLxS is not None:
+      allowed = allowed & mask_BxLxS[:, None]
+    logits_BxNxLxS = jnp.where(allowed, logits_BxNxLxS, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits_BxNxLxS, axis=-1)
+    probs = _dropout(probs, dropout_rate, key).astype(v_BxSxNxH.dtype)
+    return jnp.einsum("bnls,bsnh->blnh", probs, v_BxSxNxH)
+  mask = None if mask_BxLxS is None else mask_BxLxS[:, None]
+  return jax.nn.dot_product_attention(
+      q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=is_causal,
+      implementation=None if impl == "auto" else impl)
+
+
+def document_mask(tokens_BxL, eos_id):
+  """True where query and key lie in the same packed document (an eos ends its document)."""
+  doc_BxL = jnp.cumsum(tokens_BxL == eos_id, axis=1) - (tokens_BxL == eos_id)
+  return doc_BxL[:, :, None] == doc_BxL[:, None, :]
+
+
+def _block(cfg: ModelConfig, p: dict, x_BxLxD, positions_BxL, mask_BxLxS, key, cache_kv=None, cache_index=None):
+  """One Phi block on one layer's parameters; returns the new residual stream (and cache)."""
+  dtype = jnp.dtype(cfg.dtype)
+  keys = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
+  y_BxLxD = layer_norm(x_BxLxD, p["ln_scale"], p["ln_bias"], cfg.ln_eps)
+
+  def proj(name):
+    out = jnp.einsum("bld,dnh->blnh", y_BxLxD, p[f"{name}_kernel"].astype(dtype))
+    return out + p[f"{name}_bias"].astype(dtype)
+
+  q_BxLxNxH = rotary(proj("q"), positions_BxL, cfg.rotary_dim, cfg.rope_theta)
+  k_BxLxNxH = rotary(proj("k"), positions_BxL, cfg.rotary_dim, cfg.rope_theta)
+  v_BxLxNxH = proj("v")
+  if cache_kv is None:
+    k_BxSxNxH, v_BxSxNxH, is_causal, new_cache = k_BxLxNxH, v_BxLxNxH, mask_BxLxS is None, None
+  else:  # write this chunk into the cache at cache_index; the caller's mask covers causality
+    k_BxSxNxH = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k_BxLxNxH.astype(cache_kv[0].dtype), cache_index, 1)
+    v_BxSxNxH = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v_BxLxNxH.astype(cache_kv[1].dtype), cache_index, 1)
+    is_causal, new_cache = False, (k_BxSxNxH, v_BxSxNxH)
+  o_BxLxNxH = attention(q_BxLxNxH, k_BxSxNxH.astype(dtype), v_BxSxNxH.astype(dtype), mask_BxLxS,
+                        is_causal=is_causal, impl=cfg.attention_impl,
+                        dropout_rate=cfg.attn_dropout, key=keys[0])
+  attn_BxLxD = jnp.einsum("blnh,nhd->bld", o_BxLxNxH, p["o_kernel"].astype(dtype)) + p["o_bias"].astype(dtype)
+
+  h_BxLxF = jnp.einsum("bld,df->blf", y_BxLxD, p["fc1_kernel"].astype(dtype)) + p["fc1_bias"].astype(dtype)
+  h_BxLxF = jax.nn.gelu(h_BxLxF, approximate=True)
+  mlp_BxLxD = jnp.einsum("blf,fd->bld", h_BxLxF, p["fc2_kernel"].astype(dtype)) + p["fc2_bias"].astype(dtype)
+
+  x_BxLxD = x_BxLxD + _dropout(attn_BxLxD, cfg.resid_dropout, keys[1]) + _dropout(mlp_BxLxD, cfg.resid_dropout, keys[2])
+  return x_BxLxD, new_cache
+
+
+class Phi(nnx.Module):
+  """Phi-1 causal language model."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    V, D, s = cfg.vocab_size, cfg.d_model, cfg.init_std
+    self.embed = _param(rngs.params(), (V, D), ("vocab", "embed"), s)
+    self.blocks = Blocks(cfg, rngs.params())
+    self.final_ln_scale = _param(None, (D,), ("embed",), None)
+    self.final_ln_bias = _param(None, (D,), ("embed",), 0)
+    self.lm_head_kernel = _param(rngs.params(), (D, V), ("embed", "vocab"), s)
+    self.lm_head_bias = _param(None, (V,), ("vocab",), 0)
+
+  def hidden_states(self, tokens_BxL, *, positions_BxL=None, mask_BxLxS=None, dropout_key=None,
+                    cache=None, cache_index=None):
+    """Final-LayerNorm hidden states [B, L, D] in the compute dtype (and the updated cache).
+
+    cache: {"k", "v"} of shape [Y, B, S, N, H]; this chunk is written at `cache_index` and the
+    caller's `mask_BxLxS` says which cache slots each query may see.
+    """
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    B, L = tokens_BxL.shape
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
+    if cfg.doc_mask and cache is None:
+      doc = document_mask(tokens_BxL, cfg.eos_id) & jnp.tril(jnp.ones((L, L), bool))
+      mask_BxLxS = doc if mask_BxLxS is None else mask_BxLxS & doc
+    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dtype)
+    if dropout_key is not None:
+      dropout_key, embd_key = jax.random.split(dropout_key)
+      x_BxLxD = _dropout(x_BxLxD, cfg.embd_dropout, embd_key)
+    layer_params = nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param))
+    layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layers)
+
+    def body(x, xs):
+      p, key, kv = xs
+      return _block(cfg, p, x, positions_BxL, mask_BxLxS, key, kv, cache_index)
+
+    if REMAT_POLICIES[cfg.remat] is not None:
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
+    kv = None if cache is None else (cache["k"], cache["v"])
+    x_BxLxD, new_kv = jax.lax.scan(body, x_BxLxD, (layer_params, layer_keys, kv))
+    h_BxLxD = layer_norm(x_BxLxD, self.final_ln_scale[...], self.final_ln_bias[...], cfg.ln_eps)
+    new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1]}
+    return h_BxLxD, new_cache
+
+  def logits(self, h_BxLxD):
+    """lm_head in float32 accumulation: logits [B, L, V] float32."""
+    dtype = jnp.dtype(self.cfg.dtype)
+    logits = jnp.einsum("bld,dv->blv", h_BxLxD, self.lm_head_kernel[...].astype(dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + self.lm_head_bias[...]
+
+  def __call__(self, tokens_BxL, *, positions_BxL=None, dropout_key=None, return_hidden=False):
+    """Logits [B, L, V] float32; with return_hidden also the final hidden states [B, L, D].
+
+    dropout_key=None is the deterministic (evaluation) mode.
+    """
+    h_BxLxD, _ = self.hidden_states(tokens_BxL, positions_BxL=positions_BxL, dropout_key=dropout_key)
+    logits_BxLxV = self.logits(h_BxLxD)
+    return (logits_BxLxV, h_BxLxD) if return_hidden else logits_BxLxV
+
+  def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict[str, Any]:
+    cfg = self.cfg
+    shape = (cfg.n_layers, batch_size, max_len, cfg.n_heads, cfg.head_dim)
+    dtype = dtype or jnp.dtype(cfg.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def abstract_model(cfg: ModelConfig) -> Phi:
+  """The model with shapes only (no memory allocated)."""
+  return nnx.eval_shape(lambda: Phi(cfg, rngs=nnx.Rngs(0)))
+
+
+def count_params(cfg: ModelConfig) -> int:
+  """Parameter count, computed abstractly."""
+  state = nnx.state(abstract_model(cfg), nnx.Param)
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(state))

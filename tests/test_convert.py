@@ -1,0 +1,201 @@
+"""The converter's contract: clear one-line refusals, nothing written on failure, checkpoint discovery."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from phi1_jax import convert
+from phi1_jax.model import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+# config.json of the released microsoft/phi-1 (written by transformers 4.37).
+RELEASED_PHI1_CONFIG = {
+    "_name_or_path": "microsoft/phi-1", "architectures": ["PhiForCausalLM"], "attention_dropout": 0.0,
+    "bos_token_id": None, "embd_pdrop": 0.0, "eos_token_id": None, "hidden_act": "gelu_new",
+    "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192, "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 2048, "model_type": "phi", "num_attention_heads": 32,
+    "num_hidden_layers": 24, "num_key_value_heads": None, "partial_rotary_factor": 0.5,
+    "qk_layernorm": False, "resid_pdrop": 0.0, "rope_scaling": None, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "torch_dtype": "float32", "transformers_version": "4.37.0",
+    "use_cache": True, "vocab_size": 51200,
+}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  """A tiny transformers PhiForCausalLM saved with save_pretrained."""
+  torch.manual_seed(0)
+  cfg = transformers.PhiConfig(vocab_size=37, hidden_size=24, intermediate_size=32, num_hidden_layers=2,
+                               num_attention_heads=3, max_position_embeddings=32)
+  path = tmp_path_factory.mktemp("hf") / "tiny"
+  transformers.PhiForCausalLM(cfg).save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def hf_files(hf_dir):
+  return convert.read_hf_dir(hf_dir)
+
+
+def _one_line_error(fn, *args):
+  with pytest.raises(ValueError) as info:
+    fn(*args)
+  message = str(info.value)
+  assert "\n" not in message
+  return message
+
+
+def test_released_phi1_config_is_phi1():
+  cfg = convert.hf_config_to_model_config(RELEASED_PHI1_CONFIG)
+  assert cfg == ModelConfig()  # the defaults are phi-1
+  assert cfg.rotary_dim == 32 and cfg.attn_dropout == cfg.resid_dropout == cfg.embd_dropout == 0.0
+
+
+def test_exported_config_reads_back_and_in_transformers():
+  cfg = ModelConfig(vocab_size=51, d_model=20, n_layers=1, n_heads=2, head_dim=10, mlp_dim=8, rotary_dim=6,
+                    rope_theta=500.0, resid_dropout=0.1, attn_dropout=0.1, embd_dropout=0.1)
+  hf = convert.model_config_to_hf_config(cfg)
+  assert convert.hf_config_to_model_config(hf) == cfg
+  hf_cfg = transformers.PhiConfig(**hf)
+  assert int(hf_cfg.rope_parameters["partial_rotary_factor"] * 10) == 6
+  assert hf_cfg.rope_parameters["rope_theta"] == 500.0 and hf_cfg.resid_pdrop == 0.1
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"qk_layernorm": True}, "qk_layernorm"),
+    ({"num_key_value_heads": 8}, "num_key_value_heads"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
+    ({"hidden_size": None}, "hidden_size"),
+])
+def test_unrepresentable_configs_are_refused(change, named):
+  message = _one_line_error(convert.hf_config_to_model_config, {**RELEASED_PHI1_CONFIG, **change})
+  assert named in message
+
+
+def test_missing_tensor_names_it_and_both_shapes(hf_files):
+  config_json, tensors = hf_files
+  tensors = {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.fc1.weight"}
+  message = _one_line_error(convert.hf_to_params, config_json, tensors)
+  assert "model.layers.1.mlp.fc1.weight" in message and "(32, 24)" in message and "none" in message
+
+
+def test_extra_tensor_names_it_and_both_shapes(hf_files):
+  config_json, tensors = hf_files
+  tensors = {**tensors, "model.layers.0.mlp.fc3.weight": np.zeros((5, 7), np.float32)}
+  message = _one_line_error(convert.hf_to_params, config_json, tensors)
+  assert "model.layers.0.mlp.fc3.weight" in message and "(5, 7)" in message and "none" in message
+
+
+def test_wrong_shape_names_it_and_both_shapes(hf_files):
+  config_json, tensors = hf_files
+  tensors = {**tensors, "lm_head.weight": np.zeros((38, 24), np.float32)}
+  message = _one_line_error(convert.hf_to_params, config_json, tensors)
+  assert "lm_head.weight" in message and "(37, 24)" in message and "(38, 24)" in message
+
+
+def test_cli_refuses_bad_checkpoint_and_writes_nothing(hf_files, tmp_path):
+  """A real subprocess: exit code 2, one line on stderr, no output folder."""
+  config_json, tensors = hf_files
+  bad = tmp_path / "bad_hf"
+  bad.mkdir()
+  (bad / "config.json").write_text(json.dumps(config_json))
+  tensors = {**tensors, "model.layers.0.self_attn.q_proj.weight": np.zeros((24, 25), np.float32)}
+  safetensors.numpy.save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+  out = tmp_path / "out"
+  env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+         "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  proc = subprocess.run([sys.executable, "-m", "phi1_jax.convert", "hf-to-orbax", "--hf_dir", str(bad),
+                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, proc.stderr
+  assert "model.layers.0.self_attn.q_proj.weight" in lines[0]
+  assert "(24, 24)" in lines[0] and "(24, 25)" in lines[0]
+  assert not out.exists()
+
+
+def test_cli_flags_are_checked_by_argparse(capsys):
+  for argv in (["hf-to-orbax", "--out", "x"], ["orbax-to-hf", "--ckpt", "x"], ["to-gguf"], []):
+    with pytest.raises(SystemExit) as info:
+      convert.main(argv)
+    assert info.value.code == 2
+
+
+def test_non_empty_out_is_refused_empty_out_is_used(hf_dir, tmp_path):
+  taken = tmp_path / "taken"
+  taken.mkdir()
+  (taken / "notes.txt").write_text("mine")
+  assert convert.main(["hf-to-orbax", "--hf_dir", str(hf_dir), "--out", str(taken)]) == 2
+  assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert convert.main(["hf-to-orbax", "--hf_dir", str(hf_dir), "--out", str(empty)]) == 0
+  assert sorted(p.name for p in empty.iterdir()) == ["model_config.json", "params"]
+
+
+def test_orbax_shape_mismatch_is_refused_before_writing(hf_dir, tmp_path):
+  ckpt = tmp_path / "ckpt"
+  cfg = convert.hf_to_orbax(hf_dir, ckpt)
+  # A model_config.json that no longer matches the stored arrays.
+  (ckpt / "model_config.json").write_text(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, vocab_size=40))))
+  out = tmp_path / "hf_out"
+  message = _one_line_error(convert.orbax_to_hf, ckpt, out)
+  assert "embed" in message and "(40, 24)" in message and "(37, 24)" in message
+  assert not out.exists()
+
+
+def test_params_to_hf_checks_the_pure_dict(hf_files):
+  cfg, params = convert.hf_to_params(*hf_files)
+  params["blocks"] = {k: v for k, v in params["blocks"].items() if k != "o_bias"}
+  message = _one_line_error(convert.params_to_hf, cfg, params)
+  assert "blocks/o_bias" in message and "(2, 24)" in message
+
+
+def test_trainer_checkpoints_are_found_and_exported(hf_files, tmp_path):
+  """Trainer layout: WORKDIR/model_config.json + WORKDIR/checkpoints/<step>/params (Orbax composite)."""
+  cfg, params = convert.hf_to_params(*hf_files)
+  workdir = tmp_path / "workdir"
+  workdir.mkdir()
+  (workdir / "model_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+  manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("params",))
+  for step, scale in ((3, 0.0), (12, 1.0)):
+    scaled = {"blocks": {k: v * scale for k, v in params["blocks"].items()},
+              **{k: v * scale for k, v in params.items() if k != "blocks"}}
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(scaled)))
+  manager.wait_until_finished()
+  manager.close()
+
+  params_dir, config_path = convert.find_params_checkpoint(workdir)
+  assert params_dir == workdir / "checkpoints" / "12" / "params" and config_path == workdir / "model_config.json"
+  params_dir, _ = convert.find_params_checkpoint(workdir / "checkpoints" / "3")
+  assert params_dir == workdir / "checkpoints" / "3" / "params"
+  _, step3 = convert.load_params(workdir / "checkpoints" / "3")
+  assert not np.any(step3["embed"])
+
+  out = tmp_path / "exported"
+  assert convert.main(["orbax-to-hf", "--ckpt", str(workdir), "--out", str(out)]) == 0
+  _, exported = convert.read_hf_dir(out)
+  _, original = hf_files
+  assert set(exported) == set(original)
+  assert all(np.array_equal(exported[k], original[k]) for k in original)
+
+
+def test_find_params_checkpoint_refuses_other_folders(tmp_path):
+  message = _one_line_error(convert.find_params_checkpoint, tmp_path)
+  assert str(tmp_path) in message
+  (tmp_path / "params").mkdir()
+  message = _one_line_error(convert.find_params_checkpoint, tmp_path)
+  assert "model_config.json" in message

@@ -64,7 +64,7 @@ def _main():
     os.unlink(job_path)
     sys.path.extend(job["site_packages"])
     nonce = job["nonce"]
-    result_fd = os.open(job["result_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    result_fd = os.open(job["result_path"], os.O_WRONLY)
     _write, _exit, _close = os.write, os._exit, os.close
 
     def report(status):
@@ -179,6 +179,17 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def _wait_group_gone(pgid: int, limit_s: float = 1.0) -> None:
+    """Wait (briefly) until SIGKILLed group members are dead and reaped by init."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.002)
+
+
 def _remove_tree(path: str) -> None:
     def make_writable_and_retry(function, failed_path, _):
         # A program may chmod its files read-only; give the owner rights back and retry.
@@ -259,17 +270,36 @@ class _Sandbox:
         }
         with open(job_path, "w", encoding="utf-8") as job_file:
             json.dump(job, job_file)
-        with open(output_path, "wb") as output_file:
-            process = subprocess.Popen(
-                # -I: no user site, env or cwd on sys.path; -S: no .pth hooks at each start.
-                [sys.executable, "-I", "-S", "-c", RUNNER, job_path],
-                cwd=work_dir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=output_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # pgid == pid: one killpg ends every descendant
-            )
+        # The parent holds both files open: a program that deletes them cannot hide the result.
+        open(result_path, "xb").close()
+        with open(result_path, "rb") as result_file, open(output_path, "w+b") as output_file:
+            returncode, overran = self._launch_and_wait(job_path, work_dir, output_file)
+            output_file.seek(0)
+            output = output_file.read(OUTPUT_CAP_BYTES).decode("utf-8", "replace")
+            sent_nonce, _, status_bytes = result_file.read(4096).partition(b"\n")
+        status = None
+        if sent_nonce.decode("ascii", "replace") == nonce:
+            status = status_bytes.decode("utf-8", "replace")
+        elif overran:
+            status = "timed out"
+        elif returncode < 0:
+            status = f"failed: crashed ({_signal_name(-returncode)})"
+        else:
+            status = f"failed: exited without result (code {returncode})"
+        return ExecResult(passed=status == "passed", result=status, output=output)
+
+    def _launch_and_wait(self, job_path: str, work_dir: str, output_file) -> tuple[int, bool]:
+        """Run the child to its end or deadline, kill its group; (returncode, overran)."""
+        process = subprocess.Popen(
+            # -I: no user site, env or cwd on sys.path; -S: no .pth hooks at each start.
+            [sys.executable, "-I", "-S", "-c", RUNNER, job_path],
+            cwd=work_dir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=output_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # pgid == pid: one killpg ends every descendant
+        )
         with self.lock:
             self.active_groups.add(process.pid)
         # A watchdog kills the group at the deadline; the worker blocks in waitid (no polling)
@@ -294,61 +324,53 @@ class _Sandbox:
             # SIGKILL, not SIGTERM: the program may ignore or handle catchable signals.
             _kill_group(process.pid)
             process.wait()
+            _wait_group_gone(process.pid)
             with self.lock:
                 self.active_groups.discard(process.pid)
-        overran = state["overran"]
         self.sweep()
-        with open(output_path, "rb") as output_file:
-            output = output_file.read(OUTPUT_CAP_BYTES).decode("utf-8", "replace")
-        status = None
-        try:
-            with open(result_path, "rb") as result_file:
-                sent_nonce, _, status_bytes = result_file.read(4096).partition(b"\n")
-            if sent_nonce.decode("ascii", "replace") == nonce:
-                status = status_bytes.decode("utf-8", "replace")
-        except OSError:
-            pass
-        if status is None:
-            if overran:
-                status = "timed out"
-            elif process.returncode < 0:
-                status = f"failed: crashed ({_signal_name(-process.returncode)})"
-            else:
-                status = f"failed: exited without result (code {process.returncode})"
-        return ExecResult(passed=status == "passed", result=status, output=output)
+        return process.returncode, state["overran"]
 
-    def sweep(self, force: bool = False) -> None:
-        """SIGKILL this run's processes that left their process group (e.g. via setsid)."""
+    def sweep(self, force: bool = False) -> int:
+        """SIGKILL this run's processes that left their process group (e.g. via setsid).
+
+        Rate-limited unless `force`; returns how many were found."""
         now = time.monotonic()
         with self.lock:
             if not force and now - self.last_sweep < SWEEP_INTERVAL_S:
-                return
+                return 0
             self.last_sweep = now
             active_groups = set(self.active_groups)
         marker = f"{MARKER_ENV}={self.run_marker}".encode()
+        found = 0
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             pid = int(entry)
             try:
+                # A zombie's environ reads empty: only live processes match.
                 with open(f"/proc/{pid}/environ", "rb") as environ:
                     if marker not in environ.read().split(b"\0"):
                         continue
-                pgid = os.getpgid(pid)
+                if os.getpgid(pid) in active_groups:
+                    continue
+                os.kill(pid, signal.SIGKILL)
+                found += 1
             except (OSError, ProcessLookupError):
                 continue
-            if pgid not in active_groups:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        return found
+
+    def final_sweep(self, limit_s: float = 2.0) -> None:
+        """Sweep until no process of this run is left alive (forks may race a single pass)."""
+        deadline = time.monotonic() + limit_s
+        while self.sweep(force=True) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def kill_all(self) -> None:
         with self.lock:
             groups = list(self.active_groups)
         for pgid in groups:
             _kill_group(pgid)
-        self.sweep(force=True)
+        self.final_sweep()
 
 
 def execute_programs(
@@ -381,7 +403,7 @@ def execute_programs(
                 sandbox.kill_all()
                 raise
     finally:
-        sandbox.sweep(force=True)
+        sandbox.final_sweep()
         if progress_bar is not None:
             progress_bar.close()
 

@@ -34,16 +34,20 @@ def _round_up(n: int, m: int) -> int:
   return max(m, -(-n // m) * m)
 
 
-def _next_token(logits_BxV, key, *, temperature: float, top_k: int, top_p: float):
-  """Greedy when temperature is 0; else a draw from the temperature/top-k/top-p filtered logits."""
-  if temperature == 0.0:
+def _next_token(logits_BxV, key, temperature, top_p, *, greedy: bool, top_k: int, use_top_p: bool):
+  """Greedy, or a draw from the temperature/top-k/top-p filtered logits.
+
+  The switches are static (they change the program); temperature and top_p are traced, so a
+  sweep over them does not recompile.
+  """
+  if greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   neg_inf = jnp.finfo(jnp.float32).min
   logits_BxV = logits_BxV.astype(jnp.float32) / temperature
   if top_k > 0:
     kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
     logits_BxV = jnp.where(logits_BxV < kth_Bx1, neg_inf, logits_BxV)
-  if top_p < 1.0:
+  if use_top_p:
     sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
     probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
     # keep a token while the mass before it is under top_p: the top token is always kept
@@ -54,7 +58,7 @@ def _next_token(logits_BxV, key, *, temperature: float, top_k: int, top_p: float
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "sampling"))
-def _prefill(graphdef, params, tokens_BxP, lengths_B, key, *, max_new, cache_len, sampling):
+def _prefill(graphdef, params, tokens_BxP, lengths_B, key, temperature, top_p, *, max_new, cache_len, sampling):
   """Runs the prompts through the model once; returns the decode-loop state with token 0 drawn."""
   model = nnx.merge(graphdef, params)
   B, P = tokens_BxP.shape
@@ -73,15 +77,16 @@ def _prefill(graphdef, params, tokens_BxP, lengths_B, key, *, max_new, cache_len
                                        cache=cache, cache_index=0)
   logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
   key, sub = jax.random.split(key)
-  tok_B = _next_token(logits_BxV, sub, **dict(sampling))
+  tok_B = _next_token(logits_BxV, sub, temperature, top_p, **dict(sampling))
   out_BxM = jnp.full((B, max_new), PAD_OUT, jnp.int32).at[:, 0].set(tok_B)
   return {"i": jnp.int32(0), "tok": tok_B, "done": jnp.zeros((B,), bool), "out": out_BxM,
-          "cache": cache, "key": key, "lengths": lengths_B, "prompt_valid": prompt_valid_BxS}
+          "cache": cache, "key": key, "lengths": lengths_B, "prompt_valid": prompt_valid_BxS,
+          "temperature": temperature, "top_p": top_p}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "eos_id", "sampling"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "sampling"),
                    donate_argnames=("state",))
-def _decode(graphdef, params, state, done_B, step_end, *, prompt_len, eos_id, sampling):
+def _decode(graphdef, params, state, done_B, step_end, eos_id, *, prompt_len, sampling):
   """Decodes until every row is done or out[:, step_end] is written (one compiled while_loop).
 
   state["tok"] is out[:, i], the newest token; done_B (host stops) is OR-ed into state["done"].
@@ -90,10 +95,8 @@ def _decode(graphdef, params, state, done_B, step_end, *, prompt_len, eos_id, sa
   P = prompt_len
   B, S = state["prompt_valid"].shape
   slot_S = jnp.arange(S)
-  eos = jnp.int32(-2 if eos_id is None else eos_id)  # -2 never matches a token
-
   def finished(st):
-    return st["done"] | (st["tok"] == eos)
+    return st["done"] | (st["tok"] == eos_id)
 
   def cond(st):
     return (st["i"] < step_end) & ~jnp.all(finished(st))
@@ -106,7 +109,7 @@ def _decode(graphdef, params, state, done_B, step_end, *, prompt_len, eos_id, sa
     h_Bx1xD, cache = model.hidden_states(st["tok"][:, None], positions_BxL=(st["lengths"] + i)[:, None],
                                          mask_BxLxS=mask_Bx1xS, cache=st["cache"], cache_index=P + i)
     key, sub = jax.random.split(st["key"])
-    tok_B = _next_token(model.logits(h_Bx1xD)[:, 0], sub, **dict(sampling))
+    tok_B = _next_token(model.logits(h_Bx1xD)[:, 0], sub, st["temperature"], st["top_p"], **dict(sampling))
     tok_B = jnp.where(done_B, PAD_OUT, tok_B)
     out = jax.lax.dynamic_update_slice_in_dim(st["out"], tok_B[:, None], i + 1, axis=1)
     return {**st, "i": i + 1, "tok": tok_B, "done": done_B, "out": out, "cache": cache, "key": key}
@@ -139,10 +142,11 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
   for b, p in enumerate(prompt_tokens):
     tokens_BxP[b, P - len(p):] = p
   lengths_B = np.array([len(p) for p in prompt_tokens], np.int32)
-  sampling = tuple(sorted(dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p)).items()))
+  sampling = (("greedy", temperature == 0), ("top_k", int(top_k)), ("use_top_p", top_p < 1.0))
   graphdef, params = nnx.split(model)
 
   state = _prefill(graphdef, params, jnp.asarray(tokens_BxP), jnp.asarray(lengths_B), jax.random.key(seed),
+                   jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
                    max_new=M, cache_len=S, sampling=sampling)
   host_done_B = np.zeros((B,), bool)
   chunk = M if stop_fn is None else max(1, check_every)
@@ -150,7 +154,8 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
   while True:
     step_end = min(step_end + chunk, M - 1)
     state = _decode(graphdef, params, state, jnp.asarray(host_done_B), jnp.int32(step_end),
-                    prompt_len=P, eos_id=eos_id, sampling=sampling)
+                    jnp.int32(-2 if eos_id is None else eos_id),  # -2 matches no token
+                    prompt_len=P, sampling=sampling)
     out_BxM, i, done_B, tok_B = jax.device_get((state["out"], state["i"], state["done"], state["tok"]))
     done_B = done_B | (tok_B == PAD_OUT) | (eos_id is not None and tok_B == eos_id)
     rows = [_cut(out_BxM[b, :int(i) + 1], eos_id) for b in range(B)]
@@ -187,7 +192,7 @@ def sample_texts(model, tokenizer, prompts: Sequence[str], *, stop_sequences: Se
   batch_size with copies so every batch has the same shape (no recompiles). Batch j draws with
   seed + j. progress(n) is called after each batch with the number of real prompts done.
   """
-  encoded = [list(tokenizer.encode(p)) for p in prompts]
+  encoded = [list(t) for t in tokenizer.encode_batch(list(prompts))]
   order = sorted(range(len(prompts)), key=lambda j: -len(encoded[j]))
   eos_id = getattr(tokenizer, "eos_id", None)
   stop_fn = None

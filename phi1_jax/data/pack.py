@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import gzip
 import hashlib
 import json
@@ -198,16 +199,25 @@ def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) 
     _init_worker(tokenizer_path)
     yield from map(_process_unit, units)
     return
-  # spawn, not fork: the caller may be a JAX process, and forking one is unsafe.
+  # spawn, not fork: the caller may be a JAX process, and forking one is unsafe. An executor,
+  # not a Pool: a worker that dies or cannot start raises BrokenProcessPool instead of hanging.
   ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                              initargs=(tokenizer_path,)) as pool:
     pending = collections.deque()
-    for unit in units:
-      pending.append(pool.apply_async(_process_unit, (unit,)))
-      if len(pending) >= 4 * workers:
-        yield pending.popleft().get()
-    while pending:
-      yield pending.popleft().get()
+    try:
+      for unit in units:
+        pending.append(pool.submit(_process_unit, unit))
+        if len(pending) >= 4 * workers:
+          yield pending.popleft().result()
+      while pending:
+        yield pending.popleft().result()
+    except concurrent.futures.process.BrokenProcessPool:
+      raise PackError("a worker process died or could not start (out of memory? a script read from stdin?); "
+                      "rerun with --workers 1") from None
+    finally:
+      for f in pending:
+        f.cancel()
 
 
 # ---------------------------------------------------------------- writing
@@ -370,36 +380,36 @@ def pack(
     shutil.rmtree(partial)  # left by a killed run; ours by name, never the user's --out
   partial.mkdir(parents=True)
 
-  threshold = eval_fraction
-  splits, bad, skipped, hashes, lengths = _write_splits(
-      described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard, "pack")
-  items = len(hashes) + len(bad)
-  if items == 0:
-    shutil.rmtree(partial)
-    raise PackError(f"--input: no documents found in {[str(i) for i in inputs]}")
-  if len(bad) > max_bad_fraction * items:
-    shutil.rmtree(partial)
-    raise PackError(f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
-                    f"{max_bad_fraction:.3%}); first: {bad[0]}")
-  if eval_fraction > 0 and splits["eval"]["records"] == 0:
-    threshold = _threshold_for_one_record(hashes, lengths, seq_len)
-    eval_tokens = 0 if threshold is None else int(lengths[hashes < threshold].sum())
-    train_tokens = int(lengths.sum()) - eval_tokens
-    if threshold is None or train_tokens < seq_len + 1:
-      shutil.rmtree(partial)
-      raise PackError(f"inputs hold {int(lengths.sum())} tokens: too few for one train and one eval "
-                      f"record of seq_len+1={seq_len + 1} tokens; lower --seq_len or add data")
-    print(f"eval split empty at --eval_fraction {eval_fraction}; holding out documents with hash < "
-          f"{threshold:.6f} for one eval record and packing again", file=sys.stderr)
-    shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+  try:
+    threshold = eval_fraction
     splits, bad, skipped, hashes, lengths = _write_splits(
-        described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard,
-        "pack again")
-  if splits["train"]["records"] == 0:
-    shutil.rmtree(partial)
-    raise PackError(f"train split has {splits['train']['tokens']} tokens: too few for one record of "
-                    f"seq_len+1={seq_len + 1}; lower --seq_len or add data")
+        described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard, "pack")
+    items = len(hashes) + len(bad)
+    if items == 0:
+      raise PackError(f"--input: no documents found in {[str(i) for i in inputs]}")
+    if len(bad) > max_bad_fraction * items:
+      raise PackError(f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
+                      f"{max_bad_fraction:.3%}); first: {bad[0]}")
+    if eval_fraction > 0 and splits["eval"]["records"] == 0:
+      threshold = _threshold_for_one_record(hashes, lengths, seq_len)
+      eval_tokens = 0 if threshold is None else int(lengths[hashes < threshold].sum())
+      train_tokens = int(lengths.sum()) - eval_tokens
+      if threshold is None or train_tokens < seq_len + 1:
+        raise PackError(f"inputs hold {int(lengths.sum())} tokens: too few for one train and one eval "
+                        f"record of seq_len+1={seq_len + 1} tokens; lower --seq_len or add data")
+      print(f"eval split empty at --eval_fraction {eval_fraction}; holding out documents with hash < "
+            f"{threshold:.6f} for one eval record and packing again", file=sys.stderr)
+      shutil.rmtree(partial)  # the first pass's shards
+      partial.mkdir()
+      splits, bad, skipped, hashes, lengths = _write_splits(
+          described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard,
+          "pack again")
+    if splits["train"]["records"] == 0:
+      raise PackError(f"train split has {splits['train']['tokens']} tokens: too few for one record of "
+                      f"seq_len+1={seq_len + 1}; lower --seq_len or add data")
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)  # nothing half-built survives an error
+    raise
 
   manifest = {
       "format": FORMAT,

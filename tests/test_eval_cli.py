@@ -1,0 +1,138 @@
+"""`python -m phi1_jax.eval` end to end, its refusals, the trainer hooks and sample_texts.
+
+A tiny random model is saved with the converter's `save_params`; the tokenizer is a real
+SentencePiece model trained here on a stdlib package.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from phi1_jax import convert
+from phi1_jax.data.tokenizer import load_tokenizer, train_tokenizer
+from phi1_jax.eval import __main__ as eval_cli
+from phi1_jax.eval import harness
+from phi1_jax.eval.problems import load_humaneval
+from phi1_jax.model import ModelConfig, Phi
+from phi1_jax.sample import generate, sample_texts
+
+REPO = Path(__file__).resolve().parents[1]
+STDLIB = Path(os.__file__).resolve().parent
+CFG = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4,
+                  max_seq_len=1024)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+  """A converter-layout checkpoint (params/ + model_config.json) with tokenizer.model beside it."""
+  d = tmp_path_factory.mktemp("ckpt") / "tiny"
+  params = nnx.to_pure_dict(nnx.state(Phi(CFG, rngs=nnx.Rngs(0)), nnx.Param))
+  convert.save_params(d, CFG, jax.tree.map(np.asarray, params))
+  train_tokenizer([STDLIB / "json"], 400, d)
+  return d
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(ckpt):
+  return convert.model_from_params(*convert.load_params(ckpt)), load_tokenizer(ckpt)
+
+
+def test_eval_command_end_to_end(ckpt, tmp_path):
+  out = tmp_path / "eval"
+  cmd = [sys.executable, "-m", "phi1_jax.eval", f"--checkpoint={ckpt}", "--benchmark=humaneval", "--limit=3",
+         f"--out={out}", "--max_new_tokens=24", "--batch_size=3", "--workers=2"]
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "sampling" in proc.stderr and "sample/s" in proc.stderr  # tqdm progress with a rate
+
+  samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+  assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+  assert all(isinstance(s["completion"], str) for s in samples)
+  results = [json.loads(l) for l in (out / "samples.jsonl_results.jsonl").read_text().splitlines()]
+  assert [r["task_id"] for r in results] == [s["task_id"] for s in samples]
+  assert all({"completion", "passed", "result"} <= set(r) for r in results)
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["benchmark"] == "humaneval" and summary["n_samples"] == 3 and summary["n_problems"] == 3
+  assert summary["pass@1"] == 0.0 and "pass@10" not in summary  # pass@k only where n >= k
+  assert summary["temperature"] == 0.0 and summary["checkpoint"] == str(ckpt)
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"pass@1": 0.0}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n_samples=0"], "--n_samples=0"),
+    (["--n_samples=5"], "--temperature=0"),
+    (["--temperature=0.8", "--top_p=0"], "--top_p=0"),
+    (["--limit=0"], "--limit=0"),
+    (["--k=1,x"], "--k="),
+    (["--benchmark=mbpp"], "--mbpp_path"),
+    (["--benchmark=mbpp", "--mbpp_path=/nonexistent/mbpp.jsonl"], "/nonexistent/mbpp.jsonl"),
+    (["--tokenizer=/nonexistent/tok"], "--tokenizer"),
+])
+def test_bad_flags_fail_in_one_line(ckpt, tmp_path, capsys, flags, message):
+  args = [f"--checkpoint={ckpt}", "--benchmark=humaneval", f"--out={tmp_path / 'o'}"]
+  overridden = {f.split("=")[0] for f in flags}
+  args = [a for a in args if a.split("=")[0] not in overridden] + flags
+  assert eval_cli.main(args) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+  assert not (tmp_path / "o").exists()
+
+
+def test_missing_checkpoint_and_tokenizer(ckpt, tmp_path, capsys):
+  assert eval_cli.main(["--checkpoint=/nonexistent/ckpt", "--benchmark=humaneval", f"--out={tmp_path}"]) == 2
+  assert "/nonexistent/ckpt" in capsys.readouterr().err
+  bare = tmp_path / "bare"  # a checkpoint without a tokenizer beside it
+  bare.mkdir()
+  (bare / "params").symlink_to(ckpt / "params")
+  (bare / "model_config.json").write_text((ckpt / "model_config.json").read_text())
+  assert eval_cli.main([f"--checkpoint={bare}", "--benchmark=humaneval", f"--out={tmp_path / 'o'}"]) == 2
+  assert "--tokenizer" in capsys.readouterr().err
+  (tmp_path / "used").mkdir()
+  (tmp_path / "used" / "summary.json").write_text("{}")
+  assert eval_cli.main([f"--checkpoint={ckpt}", "--benchmark=humaneval", f"--out={tmp_path / 'used'}"]) == 2
+  assert "already holds summary.json" in capsys.readouterr().err
+
+
+def test_sample_texts_matches_generate_and_cuts_at_stops(model_and_tokenizer):
+  model, tok = model_and_tokenizer
+  prompts = ["def add(a, b):\n", "import json\n\nclass Decoder:\n    def decode(self, s):\n", "x = ["]
+  texts = sample_texts(model, tok, prompts, batch_size=3, max_new_tokens=12)  # sorted by length inside
+  rows = generate(model, [tok.encode(p) for p in prompts], max_new_tokens=12, eos_id=tok.eos_id,
+                  vocab_limit=tok.vocab_size)
+  assert texts == [tok.decode(r) for r in rows]  # each prompt's completion, in the callers' order
+  stop = texts[1][3:5]  # a string the completion is known to contain
+  cut = sample_texts(model, tok, prompts, batch_size=3, max_new_tokens=12, stop_sequences=[stop], check_every=4)
+  assert cut[1] == texts[1][:texts[1].find(stop)]
+
+
+def test_harness_pass_at_1(model_and_tokenizer):
+  model, tok = model_and_tokenizer
+  got = harness.humaneval_pass_at_1(model, tok, limit=2, max_new_tokens=8, batch_size=2)
+  assert got == {"pass@1": 0.0, "n_problems": 2, "n_passed": 0}
+
+
+def test_harness_canonical_loss_is_the_solution_tokens_loss(model_and_tokenizer):
+  model, tok = model_and_tokenizer
+  loss = harness.humaneval_canonical_loss(model, tok, limit=2, seq_len=1024, batch_size=2)
+  # by hand: full forward over prompt + solution, mean loss over the solution's tokens
+  total, count = 0.0, 0
+  for problem in list(load_humaneval().values())[:2]:
+    p, s = tok.encode(problem.prompt), tok.encode(problem.canonical_solution)
+    toks = jnp.asarray([p + s])
+    logp = jax.nn.log_softmax(model(toks)[0, :-1], axis=-1)
+    targets = np.asarray(p + s)[1:]
+    nll = -np.asarray(logp)[np.arange(len(targets)), targets]
+    total += nll[len(p) - 1:].sum()
+    count += len(s)
+  assert loss == pytest.approx(total / count, rel=1e-4)
+  assert abs(loss - math.log(CFG.vocab_size)) < 0.5  # a random model is close to uniform

@@ -6,7 +6,8 @@
 A phi1_jax checkpoint is `CKPT_DIR/params` (an Orbax checkpoint of the pure dict
 `nnx.to_pure_dict(nnx.state(model, nnx.Param))`) plus `CKPT_DIR/model_config.json`
 (`dataclasses.asdict(ModelConfig)`). `--ckpt` also takes a trainer step folder
-(`WORKDIR/checkpoints/<step>`, Orbax item `params`) or a trainer workdir (latest step).
+(`WORKDIR/checkpoints/<step>`, Orbax item `params`, or `state` holding "params") or a trainer
+workdir (latest step).
 
 Everything is validated (config, every tensor name and shape) before the output folder is
 created, and a non-empty output folder is never written into.
@@ -289,18 +290,30 @@ def write_hf_dir(out_dir, hf_config: dict, tensors: dict[str, np.ndarray]) -> No
 # ---------------------------------------------------------------- Orbax files
 
 
+# A trainer step folder holds either an item `params` (the pure dict) or an item `state` whose tree is
+# {"params": <pure dict>, "opt_state": ..., "step": ...}; only the params are read from it.
+_TRAINER_ITEMS = ("params", "state")
+
+
+def _trainer_item(step_dir: Path) -> Path | None:
+  return next((step_dir / name for name in _TRAINER_ITEMS if (step_dir / name).is_dir()), None)
+
+
 def find_params_checkpoint(path) -> tuple[Path, Path]:
-  """(params_dir, model_config_path) for a converter output, a trainer step folder or workdir."""
+  """(params_dir, model_config_path) for a converter output, a trainer step folder or workdir.
+
+  params_dir is the Orbax item folder: `params`, or a trainer `state` item holding "params".
+  """
   path = Path(path).absolute()
-  if (path / "params").is_dir() and path.name.isdigit() and path.parent.name == "checkpoints":
-    params_dir, config_path = path / "params", path.parent.parent / "model_config.json"  # trainer step
+  if path.name.isdigit() and path.parent.name == "checkpoints" and _trainer_item(path):
+    params_dir, config_path = _trainer_item(path), path.parent.parent / "model_config.json"  # trainer step
   elif (path / "params").is_dir():
     params_dir, config_path = path / "params", path / "model_config.json"  # converter output
   elif (path / "checkpoints").is_dir():  # trainer workdir: latest finished step (Orbax names it <step>)
-    steps = [int(p.name) for p in (path / "checkpoints").iterdir() if p.name.isdigit() and (p / "params").is_dir()]
+    steps = [int(p.name) for p in (path / "checkpoints").iterdir() if p.name.isdigit() and _trainer_item(p)]
     if not steps:
-      raise ValueError(f"{path / 'checkpoints'}: no finished step folder with a params item")
-    params_dir, config_path = path / "checkpoints" / str(max(steps)) / "params", path / "model_config.json"
+      raise ValueError(f"{path / 'checkpoints'}: no finished step folder with a params or state item")
+    params_dir, config_path = _trainer_item(path / "checkpoints" / str(max(steps))), path / "model_config.json"
   else:
     raise ValueError(f"{path}: not a checkpoint (expected params/ + model_config.json, "
                      "a trainer step folder checkpoints/<step>, or a trainer workdir)")
@@ -310,19 +323,30 @@ def find_params_checkpoint(path) -> tuple[Path, Path]:
 
 
 def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, pure params of float32 numpy arrays) from any folder find_params_checkpoint takes."""
-  params_dir, config_path = find_params_checkpoint(ckpt_path)
+  """(ModelConfig, pure params of float32 numpy arrays) from any folder find_params_checkpoint takes.
+
+  A transformers save_pretrained folder (config.json + safetensors) is read through hf_to_params.
+  """
+  path = Path(ckpt_path)
+  if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+    return hf_to_params(*read_hf_dir(path))
+  params_dir, config_path = find_params_checkpoint(path)
   cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
   expected = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
-  checkpointer = ocp.StandardCheckpointer()
-  stored = checkpointer.metadata(params_dir).item_metadata.tree
+  stored = dict(ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree)
+  nested = "params" in stored and "embed" not in stored  # a trainer `state` item
+  found = dict(stored["params"]) if nested else stored
   check_shapes({k: tuple(v.shape) for k, v in _flatten(expected).items()},
-               {k: tuple(v.shape) for k, v in _flatten(dict(stored)).items()}, str(params_dir))
+               {k: tuple(v.shape) for k, v in _flatten(found).items()}, str(params_dir))
   # Restore onto one host device whatever sharding the trainer saved with.
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=cpu), expected)
-  restored = checkpointer.restore(params_dir, target)
-  return cfg, jax.tree.map(np.asarray, restored)
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=cpu, dtype=jnp.float32), expected)
+  if nested:
+    target, restore_args = {"params": target}, {"params": restore_args}
+  restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=nested))  # skips opt_state and step
+  return cfg, jax.tree.map(np.asarray, restored["params"] if nested else restored)
 
 
 def save_params(out_dir, cfg: ModelConfig, pure_params: dict) -> None:

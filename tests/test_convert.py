@@ -164,24 +164,30 @@ def test_params_to_hf_checks_the_pure_dict(hf_files):
   assert "blocks/o_bias" in message and "(2, 24)" in message
 
 
-def test_trainer_checkpoints_are_found_and_exported(hf_files, tmp_path):
-  """Trainer layout: WORKDIR/model_config.json + WORKDIR/checkpoints/<step>/params (Orbax composite)."""
+@pytest.mark.parametrize("item", ["params", "state"])
+def test_trainer_checkpoints_are_found_and_exported(hf_files, tmp_path, item):
+  """Trainer layout: WORKDIR/model_config.json + WORKDIR/checkpoints/<step>/<item> (Orbax composite).
+
+  The item is the pure params dict, or a train state {"params", "opt_state", "step"}.
+  """
   cfg, params = convert.hf_to_params(*hf_files)
   workdir = tmp_path / "workdir"
   workdir.mkdir()
   (workdir / "model_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-  manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("params",))
+  manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=(item,))
   for step, scale in ((3, 0.0), (12, 1.0)):
     scaled = {"blocks": {k: v * scale for k, v in params["blocks"].items()},
               **{k: v * scale for k, v in params.items() if k != "blocks"}}
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(scaled)))
+    if item == "state":
+      scaled = {"params": scaled, "opt_state": {"mu": scaled["blocks"]}, "step": np.int32(step)}
+    manager.save(step, args=ocp.args.Composite(**{item: ocp.args.StandardSave(scaled)}))
   manager.wait_until_finished()
   manager.close()
 
   params_dir, config_path = convert.find_params_checkpoint(workdir)
-  assert params_dir == workdir / "checkpoints" / "12" / "params" and config_path == workdir / "model_config.json"
+  assert params_dir == workdir / "checkpoints" / "12" / item and config_path == workdir / "model_config.json"
   params_dir, _ = convert.find_params_checkpoint(workdir / "checkpoints" / "3")
-  assert params_dir == workdir / "checkpoints" / "3" / "params"
+  assert params_dir == workdir / "checkpoints" / "3" / item
   _, step3 = convert.load_params(workdir / "checkpoints" / "3")
   assert not np.any(step3["embed"])
 
@@ -199,3 +205,10 @@ def test_find_params_checkpoint_refuses_other_folders(tmp_path):
   (tmp_path / "params").mkdir()
   message = _one_line_error(convert.find_params_checkpoint, tmp_path)
   assert "model_config.json" in message
+
+
+def test_load_params_also_reads_a_transformers_folder(hf_dir, hf_files):
+  cfg, params = convert.load_params(hf_dir)
+  expected_cfg, expected = convert.hf_to_params(*hf_files)
+  assert cfg == expected_cfg
+  assert all(np.array_equal(params["blocks"][k], v) for k, v in expected["blocks"].items())

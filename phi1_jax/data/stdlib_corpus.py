@@ -4,9 +4,9 @@
 SentencePiece tokenizer and packed shards of the stdlib's .py files, so a CPU demo needs no
 downloads. Layout under cache_dir, keyed by every setting so different settings never clash:
 
-  stdlib-py3.11-<max_bytes>/corpus.jsonl                         the capped corpus, one file a line
-  stdlib-py3.11-<max_bytes>/tok-v<vocab>-s<sentences>/           tokenizer.model + manifest.json
-  stdlib-py3.11-<max_bytes>/tok-v<vocab>-s<sentences>/L<seq_len>-eval<fraction>/  packed shards
+  stdlib-v2-py3.11-<max_bytes>/corpus.jsonl                         the capped corpus, one file a line
+  stdlib-v2-py3.11-<max_bytes>/tok-v<vocab>-s<sentences>/           tokenizer.model + manifest.json
+  stdlib-v2-py3.11-<max_bytes>/tok-v<vocab>-s<sentences>/L<seq_len>-eval<fraction>/  packed shards
 
 The tokenizer trains on a uniform sample of `tokenizer_sentences` 8-line chunks of the corpus.
 Not safe for several processes building the same cache at once: build it once, then share it.
@@ -22,6 +22,7 @@ from pathlib import Path
 from phi1_jax.data.pack import pack
 from phi1_jax.data.tokenizer import SPM_FILE, train_tokenizer
 
+CACHE_VERSION = "v2"  # bump when the tokenizer or packing changes, so old caches are not reused
 DEFAULT_MAX_BYTES = 8_000_000  # ~2.5M tokens: packs in well under a minute on 2 cores
 DEFAULT_TOKENIZER_SENTENCES = 8_000  # ~2 MB of 8-line chunks: trains in seconds
 
@@ -82,7 +83,7 @@ def ensure_stdlib_data(
 ) -> tuple[str, str]:
   """Returns (tokenizer_dir, data_dir) for the stdlib corpus, building what is missing."""
   version = f"py{sys.version_info.major}.{sys.version_info.minor}"
-  base = Path(cache_dir) / f"stdlib-{version}-{max_bytes}"
+  base = Path(cache_dir) / f"stdlib-{CACHE_VERSION}-{version}-{max_bytes}"
   base.mkdir(parents=True, exist_ok=True)
   corpus = base / "corpus.jsonl"
   if not corpus.is_file():

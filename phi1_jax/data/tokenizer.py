@@ -12,7 +12,8 @@ lines, CR/CRLF and non-ASCII survive. How the SentencePiece model gets there:
   literal "▁" in the text would come back as " ". We encode a literal "▁" as its three
   byte-fallback pieces instead, which decode to "▁".
 
-`<|endoftext|>` is a user-defined symbol: one id (`eos_id`), also when it appears in text.
+`<|endoftext|>` is a user-defined symbol with id 0 (`eos_id`); it is one id also when it appears
+in text. `<unk>` is 1 (never produced: byte_fallback), then the 256 byte pieces.
 
 Command:  python -m phi1_jax.data.tokenizer train --input PATH [PATH ...] --vocab_size N --out DIR
 """
@@ -220,7 +221,7 @@ def train_tokenizer(
         byte_fallback=True,
         character_coverage=0.9995,
         user_defined_symbols=[EOS_TOKEN],
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+        unk_id=1, bos_id=-1, eos_id=-1, pad_id=-1,  # user symbols fill id 0 first: eos_id == 0
         max_sentence_length=_MAX_SENTENCE_BYTES,
         input_sentence_size=max_sentences,
         num_threads=os.cpu_count() or 1,

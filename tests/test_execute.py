@@ -70,11 +70,16 @@ HOSTILE = {
     ),
     "fork bomb through os.fork": ("import os\nwhile True:\n    os.fork()\n", "failed: TypeError"),
     "fork bomb through posix.fork": ("import posix\nwhile True:\n    posix.fork()\n", "failed: TypeError"),
-    # libc's fork through ctypes passes any guard: 2**7 sleepers plus a forked session leader
-    # that escapes the process group; all must be killed. Bounded: root ignores RLIMIT_NPROC.
+    # libc's fork through ctypes passes any guard: up to 2**7 sleepers plus a forked session
+    # leader that escapes the process group; all must die. Bounded, to spare the machine.
     "fork bomb past the guard": (
         "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
         "    libc.fork()\n    time.sleep(300)\nfor _ in range(7):\n    libc.fork()\ntime.sleep(300)\n",
+        "failed: more than 16 processes",
+    ),
+    "few forks past the guard, one escaping its group": (
+        "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
+        "    time.sleep(300)\nlibc.fork()\ntime.sleep(300)\n",
         "timed out",
     ),
     "reads stdin": ("input()\n", "failed: OSError"),

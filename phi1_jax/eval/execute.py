@@ -47,7 +47,8 @@ from phi1_jax.eval import problems as problems_lib
 OUTPUT_CAP_BYTES = 64 * 1024  # output kept per program (sys.stdout/stderr text)
 FILE_SIZE_CAP_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: any file the program writes
 KILL_GRACE_S = 1.0  # wall clock beyond the timeout before SIGKILL (official: join(timeout + 1))
-SWEEP_INTERVAL_S = 0.5  # how often stray processes that left their group are looked for
+SWEEP_INTERVAL_S = 0.25  # how often stray processes and fork bombs are looked for
+MAX_PROCESSES_PER_PROGRAM = 16  # a program's group beyond this is killed as a fork bomb
 MARKER_ENV = "PHI1_EXEC_RUN"
 # Installed packages stay importable for programs, without running site's .pth hooks.
 _SITE_PACKAGES = [path for path in site.getsitepackages() if os.path.isdir(path)]
@@ -286,7 +287,9 @@ class _Sandbox:
         self.run_marker = secrets.token_hex(8)
         self.active_groups: set[int] = set()
         self.lock = threading.Lock()
-        self.last_sweep = 0.0
+        self.crowded_groups: set[int] = set()  # groups the sweep killed as fork bombs
+        self.stopping = threading.Event()
+        self.monitor = None
         self.progress_bar = progress_bar
         # Root ignores RLIMIT_NPROC; for others, allow some headroom over what the user runs.
         self.nproc = None if os.geteuid() == 0 else _user_task_count() + 64
@@ -299,6 +302,8 @@ class _Sandbox:
         }
 
     def run(self, program: str) -> ExecResult:
+        if self.stopping.is_set():
+            return ExecResult(passed=False, result="failed: cancelled")
         temp_dir = tempfile.mkdtemp(prefix="phi1_exec_")
         try:
             return self._run_in(temp_dir, program)
@@ -330,13 +335,15 @@ class _Sandbox:
         # The parent holds both files open: a program that deletes them cannot hide the result.
         open(result_path, "xb").close()
         with open(result_path, "rb") as result_file, open(output_path, "w+b") as output_file:
-            returncode, overran = self._launch_and_wait(job_path, work_dir, output_file)
+            pgid, returncode, overran = self._launch_and_wait(job_path, work_dir, output_file)
             output_file.seek(0)
             output = output_file.read(OUTPUT_CAP_BYTES).decode("utf-8", "replace")
             sent_nonce, _, status_bytes = result_file.read(4096).partition(b"\n")
         status = None
         if sent_nonce.decode("ascii", "replace") == nonce:
             status = status_bytes.decode("utf-8", "replace")
+        elif pgid in self.crowded_groups:
+            status = f"failed: more than {MAX_PROCESSES_PER_PROGRAM} processes"
         elif overran:
             status = "timed out"
         elif returncode < 0:
@@ -345,19 +352,20 @@ class _Sandbox:
             status = f"failed: exited without result (code {returncode})"
         return ExecResult(passed=status == "passed", result=status, output=output)
 
-    def _launch_and_wait(self, job_path: str, work_dir: str, output_file) -> tuple[int, bool]:
-        """Run the child to its end or deadline, kill its group; (returncode, overran)."""
-        process = subprocess.Popen(
-            # -I: no user site, env or cwd on sys.path; -S: no .pth hooks at each start.
-            [sys.executable, "-I", "-S", "-c", RUNNER, job_path],
-            cwd=work_dir,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=output_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # pgid == pid: one killpg ends every descendant
-        )
+    def _launch_and_wait(self, job_path: str, work_dir: str, output_file) -> tuple[int, int, bool]:
+        """Run the child to its end or deadline, kill its group; (pgid, returncode, overran)."""
+        # Launch and register under the lock, so the sweep never sees an unregistered program.
         with self.lock:
+            process = subprocess.Popen(
+                # -I: no user site, env or cwd on sys.path; -S: no .pth hooks at each start.
+                [sys.executable, "-I", "-S", "-c", RUNNER, job_path],
+                cwd=work_dir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=output_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # pgid == pid: one killpg ends every descendant
+            )
             self.active_groups.add(process.pid)
         try:
             overran = not _wait_exit(process.pid, self.timeout_s + KILL_GRACE_S)
@@ -369,21 +377,16 @@ class _Sandbox:
             _wait_group_gone(process.pid)
             with self.lock:
                 self.active_groups.discard(process.pid)
-        self.sweep()
-        return process.returncode, overran
+        return process.pid, process.returncode, overran
 
-    def sweep(self, force: bool = False) -> int:
-        """SIGKILL this run's processes that left their process group (e.g. via setsid).
-
-        Rate-limited unless `force`; returns how many were found."""
-        now = time.monotonic()
+    def sweep(self) -> int:
+        """SIGKILL this run's processes that left their process group (e.g. via setsid), and
+        whole groups with more than MAX_PROCESSES_PER_PROGRAM processes (fork bombs: root
+        ignores RLIMIT_NPROC). Returns how many processes it killed."""
         with self.lock:
-            if not force and now - self.last_sweep < SWEEP_INTERVAL_S:
-                return 0
-            self.last_sweep = now
             active_groups = set(self.active_groups)
         marker = f"{MARKER_ENV}={self.run_marker}".encode()
-        found = 0
+        killed, group_sizes = 0, collections.Counter()
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -393,26 +396,45 @@ class _Sandbox:
                 with open(f"/proc/{pid}/environ", "rb") as environ:
                     if marker not in environ.read().split(b"\0"):
                         continue
-                if os.getpgid(pid) in active_groups:
+                pgid = os.getpgid(pid)
+                if pgid in active_groups:
+                    group_sizes[pgid] += 1
                     continue
-                os.kill(pid, signal.SIGKILL)
-                found += 1
+                with self.lock:  # a program launched since the snapshot is registered by now
+                    if pgid in self.active_groups:
+                        continue
+                    os.kill(pid, signal.SIGKILL)
+                killed += 1
             except (OSError, ProcessLookupError):
                 continue
-        return found
+        for pgid, size in group_sizes.items():
+            if size > MAX_PROCESSES_PER_PROGRAM:
+                with self.lock:
+                    self.crowded_groups.add(pgid)
+                _kill_group(pgid)
+                killed += size
+        return killed
 
-    def final_sweep(self, limit_s: float = 2.0) -> None:
-        """Sweep until no process of this run is left alive (forks may race a single pass)."""
-        deadline = time.monotonic() + limit_s
-        while self.sweep(force=True) and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def _monitor(self) -> None:
+        while not self.stopping.wait(SWEEP_INTERVAL_S):
+            self.sweep()
 
-    def kill_all(self) -> None:
+    def start(self) -> None:
+        self.monitor = threading.Thread(target=self._monitor, name="sandbox-sweep", daemon=True)
+        self.monitor.start()
+
+    def stop(self, limit_s: float = 2.0) -> None:
+        """Kill every running program and sweep until none of this run's processes is alive."""
+        self.stopping.set()
         with self.lock:
             groups = list(self.active_groups)
         for pgid in groups:
             _kill_group(pgid)
-        self.final_sweep()
+        deadline = time.monotonic() + limit_s
+        while self.sweep() and time.monotonic() < deadline:  # forks may race a single pass
+            time.sleep(0.01)
+        if self.monitor is not None:
+            self.monitor.join()
 
 
 def execute_programs(
@@ -433,19 +455,20 @@ def execute_programs(
 
         progress_bar = tqdm.tqdm(total=len(programs), desc="executing", unit="program", file=sys.stderr)
     sandbox = _Sandbox(timeout_s, memory_mb, progress_bar)
+    sandbox.start()
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(sandbox.run, program) for program in programs]
             try:
                 return [future.result() for future in futures]
             except BaseException:
-                # Ctrl-C or a harness error: stop queued work and kill what runs.
+                # Ctrl-C or a harness error: drop queued work, kill what runs.
                 for future in futures:
                     future.cancel()
-                sandbox.kill_all()
+                sandbox.stop()
                 raise
     finally:
-        sandbox.final_sweep()
+        sandbox.stop()
         if progress_bar is not None:
             progress_bar.close()
 

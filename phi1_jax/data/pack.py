@@ -275,14 +275,44 @@ class _SplitWriter:
             "dropped_tail_tokens": self.tokens - used, "shards": names}
 
 
+class _LogLines:
+  """tqdm's update() as a plain line every `every` seconds, for logs that are not terminals."""
+
+  def __init__(self, total: int, desc: str, every: float = 30.0):
+    self.total, self.desc, self.every, self.done = total, desc, every, 0
+    self.start = self.last = time.time()
+
+  def update(self, n: int) -> None:
+    self.done += n
+    now = time.time()
+    if now - self.last >= self.every or self.done >= self.total:
+      self.last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      eta = (self.total - self.done) / rate if rate else float("inf")
+      print(f"{self.desc}: {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
+            f"({self.done / max(self.total, 1):.0%}), {rate / 1e6:.2f} MB/s, ETA {eta:.0f}s", file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def _progress(total_bytes: int, desc: str):
+  """A tqdm bar (rate, ETA) on a terminal, periodic lines otherwise; both on stderr."""
+  if sys.stderr.isatty():
+    return tqdm.tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, file=sys.stderr, mininterval=1.0)
+  return _LogLines(total_bytes, desc)
+
+
 def _write_splits(described, tokenizer_path, eos_id, seq_len, threshold, out, workers, records_per_shard,
                   progress_desc):
   """One pass: tokenizes everything, writes both splits. Returns counts and every doc's (hash, tokens)."""
   writers = {s: _SplitWriter(out, s, seq_len, eos_id, records_per_shard) for s in SPLITS}
   bad, skipped, doc_hashes, doc_lengths = [], 0, [], []
   total_bytes = sum(inp["bytes"] for inp in described)
-  with tqdm.tqdm(total=total_bytes, unit="B", unit_scale=True, desc=progress_desc, file=sys.stderr,
-                 mininterval=2.0, disable=None) as bar:
+  with _progress(total_bytes, progress_desc) as bar:
     for result in _ordered_results(_work_units(described), tokenizer_path, workers):
       for h, tokens in result["docs"]:
         writers["eval" if h < threshold else "train"].add(tokens)

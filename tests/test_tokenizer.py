@@ -32,8 +32,8 @@ def test_round_trip_on_whole_embedded_corpus(tmp_path):
   tok = load_tokenizer(tok_dir)
   files = stdlib_files()
   assert len(files) > 300
-  failures = [str(f) for f in files if tok.decode(tok.encode(f.read_text(encoding="utf-8"))) != f.read_text(encoding="utf-8")]
-  assert failures == []
+  texts = {str(f): f.read_text(encoding="utf-8") for f in files}
+  assert [name for name, text in texts.items() if tok.decode(tok.encode(text)) != text] == []
   # The same model, reused from the cache, holds for the hand-made strings too.
   for s in AWKWARD:
     assert tok.decode(tok.encode(s)) == s, repr(s)

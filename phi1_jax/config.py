@@ -1,0 +1,84 @@
+"""Default trainer config; `configs/*.py` start from `base_config()` and change what they need.
+
+Field names that users, sweeps and scripts rely on are kept stable: total_steps, batch_size
+(global, in sequences), seq_len, optimizer.lr, log_every, eval_every, checkpoint_every, seed,
+init_from.
+"""
+
+import ml_collections
+
+PHI1_MODEL = dict(vocab_size=51200, d_model=2048, n_layers=24, n_heads=32, head_dim=64,
+                  mlp_dim=8192, rotary_dim=32, rope_theta=10000.0, max_seq_len=2048)
+PHI1_SMALL_MODEL = dict(PHI1_MODEL, d_model=1024, n_layers=20, n_heads=16, mlp_dim=4096)
+
+
+def model_config(**fields) -> ml_collections.ConfigDict:
+  """All `phi1_jax.model.ModelConfig` fields, so overrides of any of them type-check."""
+  base = dict(
+      vocab_size=51200, d_model=2048, n_layers=24, n_heads=32, head_dim=64, mlp_dim=8192,
+      rotary_dim=32, rope_theta=10000.0, max_seq_len=2048, ln_eps=1e-5,
+      embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0, dtype="float32",
+      attention_impl="xla", doc_mask=False, eos_id=50256, remat="none", init_std=0.02)
+  unknown = set(fields) - set(base)
+  if unknown:
+    raise ValueError(f"unknown model field(s): {sorted(unknown)}")
+  base.update(fields)
+  return ml_collections.ConfigDict(base)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 32  # global, in sequences, per optimizer step
+  c.grad_accum_steps = 1  # microbatches per step: batch_size / grad_accum_steps sequences at a time
+  c.seq_len = 2048
+  c.init_from = ""  # a phi1_jax checkpoint or a Hugging Face folder: finetune with a fresh optimizer
+  c.run_until_step = 0  # stop this run (after a checkpoint) at this step; 0 = total_steps
+
+  c.model = model_config()
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 1e-3  # peak
+  c.optimizer.warmup_steps = 750
+  c.optimizer.end_lr = 0.0  # linear decay from peak to this at total_steps
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1  # not applied to biases, LayerNorms
+  c.optimizer.grad_clip = 1.0  # global norm; 0 disables
+
+  c.data = ml_collections.ConfigDict()
+  # "stdlib" (the embedded default: this interpreter's standard library, built on first use)
+  # or packed folders with weights: "/data/code:0.9,/data/textbooks:0.1".
+  c.data.mixture = "stdlib"
+  c.data.eval_path = ""  # packed folder whose eval split gives eval loss; default: first source
+  c.data.cache_dir = "~/.cache/phi1_jax"  # where "stdlib" data is built
+  c.data.stdlib_vocab_size = 4096
+  c.data.tokenizer = ""  # default: the tokenizer named in the packed data's manifest
+
+  c.loss_chunk_size = 0  # >0: cross-entropy over chunks of this many positions (big vocab)
+  c.log_every = 10
+  c.eval_every = 200
+  c.eval_batches = 8
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.humaneval_every = 0  # greedy HumanEval pass@1 every N steps (0: off)
+  c.humaneval_limit = 0  # problems per HumanEval run (0: all 164)
+  c.humaneval_loss_every = 0  # mean loss of canonical HumanEval solutions every N steps
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 fills the rest
+  # logical axis -> mesh axes (a string, a tuple of strings, or None: replicated)
+  c.sharding_rules = (
+      ("batch", ("data", "fsdp")),
+      ("vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("heads", "tensor"),
+      ("mlp", "tensor"),
+      ("head_dim", None),
+      ("layers", None),
+  )
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="", num_processes=0, process_id=-1, auto=False))
+  c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device kind up
+  return c

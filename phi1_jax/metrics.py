@@ -1,0 +1,98 @@
+"""Training metrics: the FLOPs formula, device peaks for MFU, JSONL + TensorBoard, a progress line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from phi1_jax.model import ModelConfig
+
+# Dense bf16 peak FLOP/s per device (vendor data sheets), looked up by jax's `device_kind`.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def peak_flops(device) -> float:
+  """Peak bf16 FLOP/s of one device, or 0.0 where unknown (CPU): MFU is then not reported."""
+  kind = getattr(device, "device_kind", "")
+  for name, flops in PEAK_BF16_FLOPS.items():
+    if name.lower() in kind.lower():
+      return flops
+  return 0.0
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6 x (parameters in matmuls) + attention scores and values.
+
+  Matmul parameters exclude the embedding lookup and include lm_head. Attention adds
+  12 x layers x heads x head_dim x seq_len (QK^T and AV, forward and backward: the PaLM
+  appendix B formula, counting the full square as most MFU reports do).
+  """
+  D, F, N, H, V, Y = cfg.d_model, cfg.mlp_dim, cfg.n_heads, cfg.head_dim, cfg.vocab_size, cfg.n_layers
+  per_layer = 4 * D * N * H + 2 * D * F  # q, k, v, dense + fc1, fc2
+  matmul_params = Y * per_layer + D * V
+  return 6 * matmul_params + 12 * Y * N * H * seq_len
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to metrics.jsonl and writes TensorBoard scalars."""
+
+  def __init__(self, workdir: Path, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter
+    self.jsonl = open(Path(workdir) / "metrics.jsonl", "a")
+    self.tb = SummaryWriter(str(Path(workdir) / "tb"))
+
+  def write(self, step: int, metrics: dict):
+    if not self.enabled:
+      return
+    row = {"step": step, "time": time.time(), **{k: v for k, v in metrics.items() if v is not None}}
+    self.jsonl.write(json.dumps(row) + "\n")
+    self.jsonl.flush()
+    for k, v in metrics.items():
+      if isinstance(v, (int, float)):
+        self.tb.add_scalar(k, v, step)
+    self.tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+class Progress:
+  """A console line per logged step: step, loss, learning rate, throughput, MFU and ETA."""
+
+  def __init__(self, start_step: int, end_step: int, log):
+    self.start_step, self.end_step, self.log = start_step, end_step, log
+    self.t0 = None  # timing starts after the first logged step (which includes compilation)
+    self.step0 = start_step
+
+  def update(self, step: int, m: dict):
+    now = time.perf_counter()
+    if self.t0 is None:
+      self.t0, self.step0 = now, step
+      eta = "?"
+    else:
+      rate = (step - self.step0) / max(now - self.t0, 1e-9)
+      eta = _duration((self.end_step - step) / max(rate, 1e-9))
+    parts = [f"step {step}/{self.end_step}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.2e}",
+             f"gnorm {m['grad_norm']:.3f}", f"{m['tokens_per_sec']:,.0f} tok/s"]
+    if m.get("mfu") is not None:
+      parts.append(f"MFU {100 * m['mfu']:.1f}%")
+    if "eval_loss" in m:
+      parts.append(f"eval_loss {m['eval_loss']:.4f}")
+    parts.append(f"ETA {eta}")
+    self.log(" | ".join(parts))

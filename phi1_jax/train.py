@@ -1,0 +1,449 @@
+r"""The trainer: `python -m phi1_jax.train --config=configs/tiny.py --workdir=DIR`.
+
+Overrides: `--config.optimizer.lr=3e-4 --config.total_steps=2000`. A workdir that holds
+checkpoints resumes from the latest one; the data iterator, optimizer and step come back with
+it, and dropout keys are `fold_in(seed, step)`, so a resumed run continues bit for bit.
+
+Workdir: config.json, model_config.json, the tokenizer, metrics.jsonl, tb/ (TensorBoard),
+checkpoints/<step>/{state,data}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from phi1_jax import sharding
+from phi1_jax.metrics import MetricWriter, Progress, flops_per_token, peak_flops
+from phi1_jax.model import ModelConfig, Phi, abstract_model
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, config.")
+
+SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim")
+
+
+class UserError(Exception):
+  """A mistake in the user's config, flags or files: reported as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def lr_schedule(opt_cfg, total_steps: int):
+  """Linear warmup from 0 to the peak, then linear decay to end_lr at total_steps (the paper's)."""
+  warmup = min(opt_cfg.warmup_steps, total_steps)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, opt_cfg.lr, max(warmup, 1)),
+       optax.linear_schedule(opt_cfg.lr, opt_cfg.end_lr, max(total_steps - warmup, 1))],
+      [warmup])
+
+
+def decay_mask(params):
+  """Weight decay on matrices only: not on biases, LayerNorm scales and shifts."""
+  def keep(path, _):
+    name = str(path[-1].key)
+    return not (name.endswith("_bias") or "ln_" in name)
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(config):
+  opt = config.optimizer
+  schedule = lr_schedule(opt, config.total_steps)
+  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                      weight_decay=opt.weight_decay, mask=decay_mask)
+  clip = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
+  return optax.chain(*clip, adamw), schedule
+
+
+# ----------------------------------------------------------------------------- step functions
+
+
+def loss_sums(model: Phi, tokens_BxL1, dropout_key, chunk_size: int):
+  """Sum of next-token cross-entropy over the batch, and the token count.
+
+  With chunk_size > 0 the logits are made chunk by chunk (and recomputed in the backward pass),
+  so a 51200-entry vocabulary never occupies [B, L, V] floats at once.
+  """
+  inputs_BxL, targets_BxL = tokens_BxL1[:, :-1], tokens_BxL1[:, 1:]
+  h_BxLxD, _ = model.hidden_states(inputs_BxL, dropout_key=dropout_key)
+  B, L, D = h_BxLxD.shape
+
+  def chunk_loss(h_BxCxD, t_BxC):
+    logits_BxCxV = model.logits(h_BxCxD)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, t_BxC).sum()
+
+  if chunk_size <= 0 or chunk_size >= L:
+    return chunk_loss(h_BxLxD, targets_BxL), B * L
+  if L % chunk_size:
+    raise ValueError(f"loss_chunk_size={chunk_size} must divide seq_len={L}")
+  n = L // chunk_size
+  h_NxBxCxD = h_BxLxD.reshape(B, n, chunk_size, D).swapaxes(0, 1)
+  t_NxBxC = targets_BxL.reshape(B, n, chunk_size).swapaxes(0, 1)
+  body = jax.checkpoint(lambda acc, xs: (acc + chunk_loss(*xs), None))
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_NxBxCxD, t_NxBxC))
+  return total, B * L
+
+
+def make_train_step(graphdef, tx, config):
+  """One optimizer step over `grad_accum_steps` microbatches: tokens [G, B/G, L+1]."""
+  base_key = jax.random.key(config.seed)
+
+  def loss_fn(params, tokens_BxL1, key):
+    total, count = loss_sums(nnx.merge(graphdef, params), tokens_BxL1, key, config.loss_chunk_size)
+    return total / count
+
+  def step(state, tokens_GxBxL1):
+    step_key = jax.random.fold_in(base_key, state["step"])
+    G = tokens_GxBxL1.shape[0]
+    dropout_on = any(config.model[f] > 0 for f in ("embd_dropout", "attn_dropout", "resid_dropout"))
+
+    def micro(carry, xs):
+      grads_acc, loss_acc = carry
+      i, tokens_BxL1 = xs
+      key = jax.random.fold_in(step_key, i) if dropout_on else None
+      loss, grads = jax.value_and_grad(loss_fn)(state["params"], tokens_BxL1, key)
+      return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state["params"])
+    (grads, loss), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32)), (jnp.arange(G), tokens_GxBxL1))
+    grads = jax.tree.map(lambda g: g / G, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss / G, "grad_norm": optax.global_norm(grads)}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return step
+
+
+def make_eval_step(graphdef, config):
+  def step(params, tokens_BxL1):
+    total, count = loss_sums(nnx.merge(graphdef, params), tokens_BxL1, None, config.loss_chunk_size)
+    return total, count
+  return step
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def model_config_of(config) -> ModelConfig:
+  try:
+    cfg = ModelConfig.from_dict(config.model.to_dict())
+  except (ValueError, TypeError) as e:
+    raise UserError(str(e)) from None
+  if cfg.max_seq_len < config.seq_len:
+    raise UserError(f"seq_len={config.seq_len} exceeds model.max_seq_len={cfg.max_seq_len}")
+  return cfg
+
+
+def check_config(config):
+  for name in ("total_steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every",
+               "grad_accum_steps"):
+    if config[name] <= 0:
+      raise UserError(f"config.{name}={config[name]} must be positive")
+  if config.batch_size % config.grad_accum_steps:
+    raise UserError(f"batch_size={config.batch_size} is not divisible by grad_accum_steps={config.grad_accum_steps}")
+  micro = config.batch_size // config.grad_accum_steps
+  if micro % jax.process_count():
+    raise UserError(f"microbatch of {micro} sequences does not split over {jax.process_count()} processes")
+
+
+def resolve_data(config, log):
+  """(train sources [(dir, weight)], eval dir, tokenizer path); fails fast on missing paths."""
+  from phi1_jax.data import pipeline
+  mixture = config.data.mixture.strip()
+  if mixture == "stdlib":
+    from phi1_jax.data import stdlib_corpus
+    log(f"data: the embedded default (this Python's standard library), cached in {config.data.cache_dir}")
+    tok_dir, data_dir = stdlib_corpus.ensure_stdlib_data(
+        Path(config.data.cache_dir).expanduser(), config.data.stdlib_vocab_size, config.seq_len)
+    sources = [(str(data_dir), 1.0)]
+  else:
+    sources = []
+    for item in mixture.split(","):
+      path, _, weight = item.strip().rpartition(":")
+      if not path:
+        path, weight = weight, "1"
+      try:
+        sources.append((path, float(weight)))
+      except ValueError:
+        raise UserError(f"data.mixture item {item!r}: weight {weight!r} is not a number") from None
+  manifests = []
+  for path, weight in sources:
+    if not Path(path).is_dir():
+      raise UserError(f"data path {path} does not exist")
+    if weight <= 0:
+      raise UserError(f"data path {path}: weight {weight} must be positive")
+    try:
+      manifests.append(pipeline.read_manifest(path))
+    except ValueError as e:
+      raise UserError(str(e)) from None
+  for (path, _), m in zip(sources, manifests):
+    if m["seq_len"] != config.seq_len:
+      raise UserError(f"data {path} is packed with seq_len={m['seq_len']}, config.seq_len={config.seq_len}")
+  eval_path = config.data.eval_path or sources[0][0]
+  if not Path(eval_path).is_dir():
+    raise UserError(f"data.eval_path {eval_path} does not exist")
+  tokenizer = config.data.tokenizer or manifests[0]["tokenizer"]["path"]
+  if not Path(tokenizer).exists():
+    raise UserError(f"tokenizer {tokenizer} does not exist")
+  vocab = manifests[0]["tokenizer"]["vocab_size"]
+  if vocab > config.model.vocab_size:
+    raise UserError(f"tokenizer has {vocab} tokens, model.vocab_size={config.model.vocab_size}")
+  return sources, eval_path, tokenizer
+
+
+def prepare_workdir(workdir: Path, config, model_cfg: ModelConfig, tokenizer: str, log):
+  """Writes config snapshots on first use; refuses a workdir of a different model shape."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  saved_model = workdir / "model_config.json"
+  if saved_model.exists():
+    old = json.loads(saved_model.read_text())
+    diff = [f"{k} {old.get(k)} -> {getattr(model_cfg, k)}" for k in SHAPE_FIELDS if old.get(k) != getattr(model_cfg, k)]
+    if diff:
+      raise UserError(f"workdir {workdir} holds a model of a different shape: {', '.join(diff)}")
+  elif jax.process_index() == 0:
+    saved_model.write_text(json.dumps(dataclasses.asdict(model_cfg), indent=1))
+  if jax.process_index() == 0:
+    config_json = workdir / "config.json"
+    if config_json.exists():
+      old = json.loads(config_json.read_text())
+      new = json.loads(config.to_json())
+      changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+      if changed:
+        log(f"resuming with changed config fields: {', '.join(changed)} (config.json keeps the first run's)")
+    else:
+      config_json.write_text(config.to_json(indent=1))
+    tok_src = Path(tokenizer)
+    tok_dst = workdir / ("tokenizer" + ("".join(tok_src.suffixes) if tok_src.is_file() else ""))
+    if not tok_dst.exists():
+      (shutil.copy if tok_src.is_file() else shutil.copytree)(tok_src, tok_dst)
+
+
+def init_from_pretrained(path: str, model_cfg: ModelConfig):
+  """Parameters of a phi1_jax checkpoint or a Hugging Face folder, checked against the config."""
+  from phi1_jax import convert
+  if not Path(path).exists():
+    raise UserError(f"init_from {path} does not exist")
+  try:
+    loaded_cfg, params = convert.load_params(path)
+  except (ValueError, FileNotFoundError) as e:
+    raise UserError(f"init_from {path}: {e}") from None
+  diff = [f"{k} {getattr(loaded_cfg, k)} != {getattr(model_cfg, k)}"
+          for k in SHAPE_FIELDS if getattr(loaded_cfg, k) != getattr(model_cfg, k)]
+  if diff:
+    raise UserError(f"init_from {path} has a different shape from config.model: {', '.join(diff)}")
+  return params
+
+
+def init_distributed(config):
+  d = config.distributed
+  if d.coordinator_address or d.auto:
+    kwargs = {}
+    if d.coordinator_address:
+      kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                    process_id=d.process_id)
+    jax.distributed.initialize(**kwargs)
+
+
+# ----------------------------------------------------------------------------- main loop
+
+
+def train(config, workdir: str | os.PathLike) -> dict:
+  """Runs (or resumes) training; returns the last metrics. Raises UserError on bad input."""
+  workdir = Path(workdir)
+  is_main = jax.process_index() == 0
+  log = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
+  check_config(config)
+  model_cfg = model_config_of(config)
+  sources, eval_path, tokenizer = resolve_data(config, log)
+  init_params = init_from_pretrained(config.init_from, model_cfg) if config.init_from else None
+  prepare_workdir(workdir, config, model_cfg, tokenizer, log)
+
+  from phi1_jax.data import pipeline
+  mesh = sharding.make_mesh(config.mesh)
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  abstract = abstract_model(model_cfg)
+  graphdef = nnx.graphdef(abstract)
+  tx, schedule = make_optimizer(config)
+  p_shard = sharding.param_shardings(abstract, mesh, rules)
+  abstract_params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  opt_shard = optax.tree_map_params(
+      tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), p_shard,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  state_shard = {"params": p_shard, "opt_state": opt_shard, "step": sharding.replicated(mesh)}
+
+  def fresh_state(params):
+    if params is None:
+      params = nnx.to_pure_dict(nnx.state(Phi(model_cfg, rngs=nnx.Rngs(config.seed)), nnx.Param))
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  # Created already sharded: no device ever holds the whole model.
+  state = jax.jit(fresh_state, out_shardings=state_shard)(init_params)
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+
+  local_batch = config.batch_size // jax.process_count()
+  train_ds = pipeline.make_train_dataset(sources, batch_size=local_batch, seed=config.seed,
+                                         shard_index=jax.process_index(), shard_count=jax.process_count())
+  train_iter = iter(train_ds)
+
+  import grain
+  ckpt_mngr = ocp.CheckpointManager(
+      (workdir / "checkpoints").absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                           enable_async_checkpointing=True),
+      item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+  latest = ckpt_mngr.latest_step()
+  if latest is not None:
+    abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    try:
+      restored = ckpt_mngr.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=pipeline.checkpoint_args(train_iter, restore=True)))
+    except (ValueError, KeyError) as e:
+      raise UserError(f"checkpoint {workdir}/checkpoints/{latest} does not match this config: {str(e).splitlines()[0]}") from None
+    state = restored["state"]
+    log(f"resumed from {workdir}/checkpoints/{latest}")
+  start_step = int(state["step"])
+  end_step = min(config.run_until_step or config.total_steps, config.total_steps)
+
+  G = config.grad_accum_steps
+  train_step = jax.jit(make_train_step(graphdef, tx, config), in_shardings=(state_shard, sharding.batch_sharding(mesh, 1)),
+                       out_shardings=(state_shard, sharding.replicated(mesh)), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(graphdef, config))
+  eval_batches = pipeline.make_eval_batches(eval_path, batch_size=local_batch, max_batches=config.eval_batches,
+                                            shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  def next_batch():
+    tokens = np.asarray(next(train_iter)["tokens"], np.int32)
+    tokens_GxBxL1 = tokens.reshape(G, local_batch // G, tokens.shape[-1])
+    return sharding.global_batch(tokens_GxBxL1, mesh, leading_dims=1)
+
+  def run_eval():
+    total, count = 0.0, 0
+    for batch in eval_batches:
+      t, c = eval_step(state["params"], sharding.global_batch(np.asarray(batch["tokens"], np.int32), mesh))
+      total, count = total + float(t), count + int(c)
+    return {"eval_loss": total / max(count, 1)}
+
+  def save(step, force=False):
+    ckpt_mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=pipeline.checkpoint_args(train_iter)), force=force)
+
+  stop_signal = []
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+  tokens_per_step = config.batch_size * config.seq_len
+  flops_step = flops_per_token(model_cfg, config.seq_len) * tokens_per_step
+  peak = config.peak_flops_per_device or peak_flops(jax.devices()[0])
+  writer = MetricWriter(workdir, enabled=is_main)
+  progress = Progress(start_step, end_step, log)
+  log(f"model: {n_params:,} parameters; mesh {dict(mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} devices; "
+      f"{config.batch_size} x {config.seq_len} tokens per step; steps {start_step} -> {end_step}")
+
+  last = {}
+  pending = None  # (step, metrics on device): read one step late so the next step is already dispatched
+  window_start, window_steps = time.perf_counter(), 0
+  step = start_step
+  try:
+    while step < end_step and not stop_signal:
+      batch = next_batch()
+      state, metrics = train_step(state, batch)
+      step += 1
+      window_steps += 1
+      if pending is not None:
+        last = _read(pending, schedule)
+      pending = (step, metrics)
+      if step % config.log_every == 0 or step == end_step:
+        last = _read(pending, schedule)
+        pending = None
+        elapsed = time.perf_counter() - window_start
+        tps = tokens_per_step * window_steps / elapsed
+        last["tokens_per_sec"] = tps
+        last["mfu"] = flops_step * window_steps / elapsed / (peak * jax.device_count()) if peak else None
+        window_start, window_steps = time.perf_counter(), 0
+        if step % config.eval_every == 0 or step == end_step:
+          last.update(run_eval())
+        last.update(_humaneval_metrics(config, step, graphdef, state, tokenizer))
+        writer.write(step, last)
+        progress.update(step, last)
+      if step % config.checkpoint_every == 0 and step != end_step:
+        save(step)
+    if pending is not None:
+      last = _read(pending, schedule)
+    save(step, force=True)
+    if stop_signal:
+      log(f"stopped by signal {signal.Signals(stop_signal[0]).name} at step {step}; checkpoint saved")
+  except FloatingPointError as e:
+    log(f"error: {e}; the last good checkpoint is {ckpt_mngr.latest_step()}")
+    raise
+  finally:
+    ckpt_mngr.wait_until_finished()
+    ckpt_mngr.close()
+    writer.close()
+  last["step"] = step
+  return last
+
+
+def _read(pending, schedule) -> dict:
+  step, metrics = pending
+  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not math.isfinite(values["loss"]):
+    raise FloatingPointError(f"loss is {values['loss']} at step {step}")
+  values["lr"] = float(schedule(step - 1))
+  return values
+
+
+def _humaneval_metrics(config, step, graphdef, state, tokenizer_path) -> dict:
+  due_pass = config.humaneval_every and step % config.humaneval_every == 0
+  due_loss = config.humaneval_loss_every and step % config.humaneval_loss_every == 0
+  if not (due_pass or due_loss):
+    return {}
+  from phi1_jax.data.tokenizer import load_tokenizer
+  from phi1_jax.eval import harness
+  model = nnx.merge(graphdef, state["params"])
+  tokenizer = load_tokenizer(tokenizer_path)
+  limit = config.humaneval_limit or None
+  out = {}
+  if due_pass:
+    out.update({f"humaneval_{k}": v for k, v in harness.humaneval_pass_at_1(model, tokenizer, limit=limit).items()})
+  if due_loss:
+    out["humaneval_canonical_loss"] = harness.humaneval_canonical_loss(model, tokenizer, limit=limit, seq_len=config.seq_len)
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    sys.exit("error: --config and --workdir are required")
+  config = _CONFIG.value
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  init_distributed(config)
+  try:
+    train(config, _WORKDIR.value)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except FloatingPointError:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -658,6 +658,10 @@ def main(argv=None) -> int:
     with open(summary_path, "w", encoding="utf-8") as summary_file:
         json.dump(summary, summary_file, indent=2)
     print(f"wrote {results_path} and {summary_path}", file=sys.stderr)
+    omitted = [k for k in ks if f"pass@{k}" not in summary]
+    if omitted:
+        fewest = summary["samples_per_problem"]["min"]
+        print(f"pass@k omitted for k={omitted}: a problem has only {fewest} samples", file=sys.stderr)
     print(json.dumps({key: value for key, value in summary.items() if key.startswith("pass@")}))
     return 0
 

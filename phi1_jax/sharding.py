@@ -16,6 +16,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+# Activations: batch over the data-parallel axes, heads and MLP hidden over `tensor`, the rest whole.
+ACTIVATION_RULES = (("batch", BATCH_AXES), ("length", None), ("embed", None), ("heads", "tensor"),
+                    ("head_dim", None), ("mlp", "tensor"))
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
@@ -54,6 +57,18 @@ def logical_to_spec(logical_axes, shape, rules, mesh) -> P:
     size = math.prod(mesh.shape[a] for a in axes)
     spec.append(None if not axes or dim % size else (axes[0] if len(axes) == 1 else axes))
   return P(*spec)
+
+
+def constrain(x, logical_axes):
+  """Pins an activation's sharding (by ACTIVATION_RULES) when traced under a mesh with our axes.
+
+  Without it XLA may pick, inside the layer scan, a layout that all-gathers the batch. Outside a
+  mesh context (`jax.set_mesh`), or with a mesh lacking these axes, it returns x unchanged.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, ACTIVATION_RULES, mesh))
 
 
 def param_shardings(abstract_model, mesh, rules):

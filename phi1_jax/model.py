@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from phi1_jax.sharding import constrain
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -168,11 +170,12 @@ def _block(cfg: ModelConfig, p: dict, x_BxLxD, positions_BxL, mask_BxLxS, key, c
   """One Phi block on one layer's parameters; returns the new residual stream (and cache)."""
   dtype = jnp.dtype(cfg.dtype)
   keys = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
+  x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
   y_BxLxD = layer_norm(x_BxLxD, p["ln_scale"], p["ln_bias"], cfg.ln_eps)
 
   def proj(name):
     out = jnp.einsum("bld,dnh->blnh", y_BxLxD, p[f"{name}_kernel"].astype(dtype))
-    return out + p[f"{name}_bias"].astype(dtype)
+    return constrain(out + p[f"{name}_bias"].astype(dtype), ("batch", "length", "heads", "head_dim"))
 
   q_BxLxNxH = rotary(proj("q"), positions_BxL, cfg.rotary_dim, cfg.rope_theta)
   k_BxLxNxH = rotary(proj("k"), positions_BxL, cfg.rotary_dim, cfg.rope_theta)
@@ -189,11 +192,11 @@ def _block(cfg: ModelConfig, p: dict, x_BxLxD, positions_BxL, mask_BxLxS, key, c
   attn_BxLxD = jnp.einsum("blnh,nhd->bld", o_BxLxNxH, p["o_kernel"].astype(dtype)) + p["o_bias"].astype(dtype)
 
   h_BxLxF = jnp.einsum("bld,df->blf", y_BxLxD, p["fc1_kernel"].astype(dtype)) + p["fc1_bias"].astype(dtype)
-  h_BxLxF = jax.nn.gelu(h_BxLxF, approximate=True)
+  h_BxLxF = constrain(jax.nn.gelu(h_BxLxF, approximate=True), ("batch", "length", "mlp"))
   mlp_BxLxD = jnp.einsum("blf,fd->bld", h_BxLxF, p["fc2_kernel"].astype(dtype)) + p["fc2_bias"].astype(dtype)
 
   x_BxLxD = x_BxLxD + _dropout(attn_BxLxD, cfg.resid_dropout, keys[1]) + _dropout(mlp_BxLxD, cfg.resid_dropout, keys[2])
-  return x_BxLxD, new_cache
+  return constrain(x_BxLxD, ("batch", "length", "embed")), new_cache
 
 
 class Phi(nnx.Module):

@@ -71,6 +71,14 @@ def constrain(x, logical_axes):
   return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, ACTIVATION_RULES, mesh))
 
 
+def on_mesh(fn, mesh):
+  """fn traced under `mesh` (inside jit too), so `constrain` in the model sees the mesh's axes."""
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return traced
+
+
 def param_shardings(abstract_model, mesh, rules):
   """Pure-dict tree of NamedShardings for the model's parameters, from their logical axes."""
   state = nnx.state(abstract_model, nnx.Param)

@@ -252,6 +252,47 @@ def init_from_pretrained(path: str, model_cfg: ModelConfig):
   return params
 
 
+def state_shardings(config, mesh):
+  """(graphdef, abstract state with shardings, state shardings, tx, schedule) for `mesh`.
+
+  Nothing is allocated: the trainer creates and restores the state to these shardings, and
+  `phi1_jax.plan` compiles the step for a mesh it does not have.
+  """
+  model_cfg = model_config_of(config)
+  abstract = abstract_model(model_cfg)
+  tx, schedule = make_optimizer(config)
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  p_shard = sharding.param_shardings(abstract, mesh, rules)
+  abstract_params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shard,
+                                    transform_non_params=lambda _: sharding.replicated(mesh))
+  state_shard = {"params": p_shard, "opt_state": opt_shard, "step": sharding.replicated(mesh)}
+  shapes = {"params": abstract_params, "opt_state": abstract_opt, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shard)
+  return nnx.graphdef(abstract), abstract_state, state_shard, tx, schedule
+
+
+def create_state(config, tx, state_shard, init_params=None):
+  """A fresh state (or one around `init_params`), created already sharded: no device ever holds
+  the whole model."""
+  model_cfg = model_config_of(config)
+
+  def fresh_state(params):
+    if params is None:
+      params = nnx.to_pure_dict(nnx.state(Phi(model_cfg, rngs=nnx.Rngs(config.seed)), nnx.Param))
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  return jax.jit(fresh_state, out_shardings=state_shard)(init_params)
+
+
+def jit_train_step(graphdef, tx, config, mesh, state_shard):
+  """The jitted train step on `mesh`: (state, tokens [G, B/G, L+1]) -> (state, metrics); donates state."""
+  return jax.jit(sharding.on_mesh(make_train_step(graphdef, tx, config), mesh),
+                 in_shardings=(state_shard, sharding.batch_sharding(mesh, 1)),
+                 out_shardings=(state_shard, sharding.replicated(mesh)), donate_argnums=0)
+
+
 def init_distributed(config):
   d = config.distributed
   if d.coordinator_address or d.auto:
@@ -278,24 +319,8 @@ def train(config, workdir: str | os.PathLike) -> dict:
 
   from phi1_jax.data import pipeline
   mesh = sharding.make_mesh(config.mesh)
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  abstract = abstract_model(model_cfg)
-  graphdef = nnx.graphdef(abstract)
-  tx, schedule = make_optimizer(config)
-  p_shard = sharding.param_shardings(abstract, mesh, rules)
-  abstract_params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
-  opt_shard = optax.tree_map_params(
-      tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), p_shard,
-      transform_non_params=lambda _: sharding.replicated(mesh))
-  state_shard = {"params": p_shard, "opt_state": opt_shard, "step": sharding.replicated(mesh)}
-
-  def fresh_state(params):
-    if params is None:
-      params = nnx.to_pure_dict(nnx.state(Phi(model_cfg, rngs=nnx.Rngs(config.seed)), nnx.Param))
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-
-  # Created already sharded: no device ever holds the whole model.
-  state = jax.jit(fresh_state, out_shardings=state_shard)(init_params)
+  graphdef, abstract_state, state_shard, tx, schedule = state_shardings(config, mesh)
+  state = create_state(config, tx, state_shard, init_params)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
 
   local_batch = config.batch_size // jax.process_count()
@@ -311,8 +336,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
       item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
   latest = ckpt_mngr.latest_step()
   if latest is not None:
-    abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    try:
+    try:  # to this run's shardings: a checkpoint from another mesh restores resharded
       restored = ckpt_mngr.restore(latest, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=pipeline.checkpoint_args(train_iter, restore=True)))
     except (ValueError, KeyError) as e:
@@ -323,9 +347,8 @@ def train(config, workdir: str | os.PathLike) -> dict:
   end_step = min(config.run_until_step or config.total_steps, config.total_steps)
 
   G = config.grad_accum_steps
-  train_step = jax.jit(make_train_step(graphdef, tx, config), in_shardings=(state_shard, sharding.batch_sharding(mesh, 1)),
-                       out_shardings=(state_shard, sharding.replicated(mesh)), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(graphdef, config))
+  train_step = jit_train_step(graphdef, tx, config, mesh, state_shard)
+  eval_step = jax.jit(sharding.on_mesh(make_eval_step(graphdef, config), mesh))
   eval_batches = pipeline.make_eval_batches(eval_path, batch_size=local_batch, max_batches=config.eval_batches,
                                             shard_index=jax.process_index(), shard_count=jax.process_count())
 

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -468,5 +469,21 @@ def main(argv):
     sys.exit(1)
 
 
+def parse_flags(argv):
+  """absl flag parsing with a one-line error (a bad override names the key and the problem)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:  # ml_collections: an override key the config lacks
+    text = str(e).encode().decode("unicode_escape")
+    key = re.search(r"'(\w+)'", text)
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    print(f"error: unknown config key {key.group(1) if key else text!r} in the overrides"
+          + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,142 @@
+"""The trainer end to end in real subprocesses: learning, exact resume after SIGKILL, bad input."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_module
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--config.model.d_model=64", "--config.model.n_layers=2", "--config.model.n_heads=2",
+         "--config.model.mlp_dim=128", "--config.batch_size=4", "--config.log_every=1"]
+
+
+def train_args(workdir, cache, *extra):
+  return ["--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.cache_dir={cache}", *SMALL, *extra]
+
+
+def losses(workdir) -> dict[int, float]:
+  """step -> loss, the last row of each step winning (a killed run may have logged past its checkpoint)."""
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in rows}
+
+
+def final_params(workdir, step):
+  import orbax.checkpoint as ocp
+  state = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
+  return state["params"]
+
+
+def test_tiny_loss_falls(tmp_path, stdlib_cache):
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=60",
+                                                  "--config.eval_every=20", "--config.model.d_model=128",
+                                                  "--config.batch_size=8"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+  assert len(evals) == 3
+  assert evals[-1] < evals[0] - 1.0, evals  # from ~ln(4096)=8.3 down by well over a nat
+  assert rows[0]["loss"] > rows[-1]["loss"] + 1.0
+  assert {"loss", "lr", "grad_norm", "tokens_per_sec"} <= set(rows[-1])
+  assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+  assert "ETA" in out.stdout and "tok/s" in out.stdout
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, stdlib_cache):
+  """8 steps straight == 4 steps, SIGKILL after the step-4 checkpoint, then resume to 8."""
+  steps = ["--config.total_steps=8", "--config.checkpoint_every=4", "--config.eval_every=5",
+           "--config.model.resid_dropout=0.1", "--config.model.attn_dropout=0.1"]
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  out = run_module("phi1_jax.train", *train_args(straight, stdlib_cache, *steps))
+  assert out.returncode == 0, out.stderr[-3000:]
+
+  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train", *train_args(killed, stdlib_cache, *steps)],
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt4 = killed / "checkpoints" / "4" / "state"
+  deadline = time.time() + 300
+  while not ckpt4.exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.01)
+  # The step-5 eval compiles after the checkpoint, so the run is still going when it is killed.
+  assert proc.poll() is None, "the run ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "checkpoints" / "8").exists()
+
+  out = run_module("phi1_jax.train", *train_args(killed, stdlib_cache, *steps))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resumed from" in out.stdout
+  assert losses(killed) == losses(straight)
+  assert sorted(losses(straight)) == list(range(1, 9))
+  a, b = final_params(straight, 8), final_params(killed, 8)
+  import jax
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, stdlib_cache):
+  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train",
+                           *train_args(tmp_path, stdlib_cache, "--config.total_steps=100000")],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:  # wait until training is under way
+    if line.startswith("step 3/"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  rest, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0
+  assert "stopped by signal SIGTERM" in rest
+  steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert steps and max(steps) >= 3
+
+
+def _single_error_line(out) -> str:
+  assert out.returncode != 0
+  lines = [l for l in out.stderr.strip().splitlines() if l.strip()]
+  return lines[-1]
+
+
+def test_unknown_override_key(tmp_path, stdlib_cache):
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.optimizer.lrr=1e-3"))
+  assert "lrr" in _single_error_line(out)
+  assert not tmp_path.joinpath("checkpoints").exists()
+
+
+def test_wrong_type_override(tmp_path, stdlib_cache):
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=many"))
+  assert "total_steps" in _single_error_line(out)
+
+
+def test_missing_data_path(tmp_path, stdlib_cache):
+  out = run_module("phi1_jax.train", *train_args(tmp_path / "w", stdlib_cache, f"--config.data.mixture={tmp_path}/nope:1.0"))
+  line = _single_error_line(out)
+  assert line.startswith("error:") and "nope" in line and "does not exist" in line
+  assert not (tmp_path / "w").exists()
+
+
+def test_workdir_of_another_shape_is_refused_untouched(tmp_path, stdlib_cache):
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=2"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=4",
+                                                  "--config.model.d_model=96"))
+  line = _single_error_line(out)
+  assert "different shape" in line and "d_model 64 -> 96" in line
+  assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, stdlib_cache):
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=40",
+                                                  "--config.checkpoint_every=2", "--config.optimizer.lr=1e30",
+                                                  "--config.optimizer.warmup_steps=1"))
+  assert out.returncode == 1
+  assert "loss is nan at step" in out.stdout or "loss is inf at step" in out.stdout, out.stdout[-2000:]
+  good = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert good
+  params = final_params(tmp_path, max(good))
+  import jax
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

@@ -18,7 +18,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 # Activations: batch over the data-parallel axes, heads and MLP hidden over `tensor`, the rest whole.
 ACTIVATION_RULES = (("batch", BATCH_AXES), ("length", None), ("embed", None), ("heads", "tensor"),
-                    ("head_dim", None), ("mlp", "tensor"))
+                    ("head_dim", None), ("mlp", "tensor"), ("vocab", "tensor"))
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:

@@ -227,7 +227,11 @@ class Phi(nnx.Module):
     if cfg.doc_mask and cache is None:
       doc = document_mask(tokens_BxL, cfg.eos_id) & jnp.tril(jnp.ones((L, L), bool))
       mask_BxLxS = doc if mask_BxLxS is None else mask_BxLxS & doc
-    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dtype)
+    # The table gathered over fsdp before the lookup (as FSDP does for every weight): looking up
+    # in a table split along D would give rows split along D, which XLA can only reshard to
+    # batch-split rows by replicating them on every device.
+    embed_VxD = constrain(self.embed[...], ("vocab", "embed"))
+    x_BxLxD = constrain(jnp.take(embed_VxD, tokens_BxL, axis=0).astype(dtype), ("batch", "length", "embed"))
     if dropout_key is not None:
       dropout_key, embd_key = jax.random.split(dropout_key)
       x_BxLxD = _dropout(x_BxLxD, cfg.embd_dropout, embd_key)

@@ -34,12 +34,13 @@ def _round_up(n: int, m: int) -> int:
   return max(m, -(-n // m) * m)
 
 
-def _next_token(logits_BxV, key, temperature, top_p, vocab_limit, *, greedy: bool, top_k: int, use_top_p: bool):
+def _next_token(logits_BxV, key, temperature, top_k, top_p, vocab_limit, *, greedy: bool, filtered: bool):
   """Greedy, or a draw from the temperature/top-k/top-p filtered logits; ids >= vocab_limit never.
 
-  The switches are static (they change the program); temperature, top_p and vocab_limit are
-  traced, so a sweep over them does not recompile. vocab_limit exists because the embedding is
-  padded past the tokenizer (phi-1: 51200 rows, 50295 tokens) and a padding id cannot be decoded.
+  Only the switches are static (they change the program); temperature, top_k (0: off), top_p
+  and vocab_limit are traced, so changing them does not recompile. vocab_limit exists because
+  the embedding is padded past the tokenizer (phi-1: 51200 rows, 50295 tokens) and a padding
+  id cannot be decoded.
   """
   neg_inf = jnp.finfo(jnp.float32).min
   logits_BxV = logits_BxV.astype(jnp.float32)
@@ -47,21 +48,20 @@ def _next_token(logits_BxV, key, temperature, top_p, vocab_limit, *, greedy: boo
   if greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   logits_BxV = logits_BxV / temperature
-  if top_k > 0:
-    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
-    logits_BxV = jnp.where(logits_BxV < kth_Bx1, neg_inf, logits_BxV)
-  if use_top_p:
+  if filtered:  # top-k, then top-p on what top-k kept (as transformers orders them)
     sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxV, jnp.maximum(top_k, 1) - 1, 1, axis=1)
+    in_k_BxV = (top_k <= 0) | (sorted_BxV >= kth_Bx1)
+    probs_BxV = jax.nn.softmax(jnp.where(in_k_BxV, sorted_BxV, neg_inf), axis=-1)
     # keep a token while the mass before it is under top_p: the top token is always kept
-    keep_BxV = (jnp.cumsum(probs_BxV, axis=-1) - probs_BxV) < top_p
+    keep_BxV = in_k_BxV & ((jnp.cumsum(probs_BxV, axis=-1) - probs_BxV) < top_p)
     thresh_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
     logits_BxV = jnp.where(logits_BxV < thresh_Bx1, neg_inf, logits_BxV)
   return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "sampling"))
-def _prefill(graphdef, params, tokens_BxP, lengths_B, key, temperature, top_p, vocab_limit, *, max_new, cache_len, sampling):
+def _prefill(graphdef, params, tokens_BxP, lengths_B, key, sampling_args, *, max_new, cache_len, sampling):
   """Runs the prompts through the model once; returns the decode-loop state with token 0 drawn."""
   model = nnx.merge(graphdef, params)
   B, P = tokens_BxP.shape
@@ -80,11 +80,11 @@ def _prefill(graphdef, params, tokens_BxP, lengths_B, key, temperature, top_p, v
                                        cache=cache, cache_index=0)
   logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
   key, sub = jax.random.split(key)
-  tok_B = _next_token(logits_BxV, sub, temperature, top_p, vocab_limit, **dict(sampling))
+  tok_B = _next_token(logits_BxV, sub, *sampling_args, **dict(sampling))
   out_BxM = jnp.full((B, max_new), PAD_OUT, jnp.int32).at[:, 0].set(tok_B)
   return {"i": jnp.int32(0), "tok": tok_B, "done": jnp.zeros((B,), bool), "out": out_BxM,
           "cache": cache, "key": key, "lengths": lengths_B, "prompt_valid": prompt_valid_BxS,
-          "temperature": temperature, "top_p": top_p, "vocab_limit": vocab_limit}
+          "sampling_args": sampling_args}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "sampling"),
@@ -112,8 +112,7 @@ def _decode(graphdef, params, state, done_B, step_end, eos_id, *, prompt_len, sa
     h_Bx1xD, cache = model.hidden_states(st["tok"][:, None], positions_BxL=(st["lengths"] + i)[:, None],
                                          mask_BxLxS=mask_Bx1xS, cache=st["cache"], cache_index=P + i)
     key, sub = jax.random.split(st["key"])
-    tok_B = _next_token(model.logits(h_Bx1xD)[:, 0], sub, st["temperature"], st["top_p"],
-                        st["vocab_limit"], **dict(sampling))
+    tok_B = _next_token(model.logits(h_Bx1xD)[:, 0], sub, *st["sampling_args"], **dict(sampling))
     tok_B = jnp.where(done_B, PAD_OUT, tok_B)
     out = jax.lax.dynamic_update_slice_in_dim(st["out"], tok_B[:, None], i + 1, axis=1)
     return {**st, "i": i + 1, "tok": tok_B, "done": done_B, "out": out, "cache": cache, "key": key}
@@ -148,13 +147,13 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
   for b, p in enumerate(prompt_tokens):
     tokens_BxP[b, P - len(p):] = p
   lengths_B = np.array([len(p) for p in prompt_tokens], np.int32)
-  sampling = (("greedy", temperature == 0), ("top_k", int(top_k)), ("use_top_p", top_p < 1.0))
+  sampling = (("greedy", temperature == 0), ("filtered", top_k > 0 or top_p < 1.0))
+  sampling_args = (jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
+                   jnp.int32(model.cfg.vocab_size if vocab_limit is None else vocab_limit))
   graphdef, params = nnx.split(model)
 
   state = _prefill(graphdef, params, jnp.asarray(tokens_BxP), jnp.asarray(lengths_B), jax.random.key(seed),
-                   jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
-                   jnp.int32(model.cfg.vocab_size if vocab_limit is None else vocab_limit),
-                   max_new=M, cache_len=S, sampling=sampling)
+                   sampling_args, max_new=M, cache_len=S, sampling=sampling)
   host_done_B = np.zeros((B,), bool)
   chunk = M if stop_fn is None else max(1, check_every)
   step_end = 0

@@ -1,0 +1,113 @@
+r"""Training throughput and MFU of phi-1-small and phi-1 on the devices present, synthetic batches.
+
+    python benchmarks/mfu.py                    # GPU/TPU: seq 2048, the configs' models and remat
+    python benchmarks/mfu.py --small            # CPU: 2 layers x 256 wide, seq 256 (about a minute)
+
+The trainer's own state creation and jitted step (`train.state_shardings`, `create_state`,
+`jit_train_step`) on a mesh of all devices (data=1, fsdp=all), one microbatch per step. The
+microbatch per device is the largest of --microbatches that compiles and runs (an out-of-memory
+error moves to the next). Warm-up steps (compilation included) are not timed. MFU counts
+`metrics.flops_per_token` against `metrics.peak_flops` (dense bf16) of every device; on CPU the
+peak is unknown and MFU is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from ml_collections import config_dict
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "configs"))
+
+from phi1_jax import sharding, train  # noqa: E402
+from phi1_jax.metrics import flops_per_token, peak_flops  # noqa: E402
+
+SMALL_SHAPES = dict(n_layers=2, d_model=256, n_heads=4, head_dim=64, mlp_dim=1024, vocab_size=4096)
+
+
+def load_config(name: str, seq_len: int, small: bool):
+  config = __import__(name).get_config()
+  if small:
+    config.model.update(SMALL_SHAPES)
+  config.seq_len = seq_len
+  config.model.max_seq_len = max(config.model.max_seq_len, seq_len)
+  config.loss_chunk_size = min(config.loss_chunk_size, seq_len) if config.loss_chunk_size else 0
+  config.grad_accum_steps = 1
+  config.mesh = config_dict.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  return config
+
+
+def measure(config, micro_per_device: int, warmup: int, steps: int) -> dict:
+  """Step time of one optimizer step of micro_per_device sequences on every device."""
+  mesh = sharding.make_mesh(config.mesh)
+  n = jax.device_count()
+  config.batch_size = micro_per_device * n
+  graphdef, _, state_shard, tx, _ = train.state_shardings(config, mesh)
+  state = train.create_state(config, tx, state_shard)
+  step = train.jit_train_step(graphdef, tx, config, mesh, state_shard)
+  rows = config.batch_size // jax.process_count()
+  rng = np.random.default_rng(jax.process_index())
+  tokens = rng.integers(0, config.model.vocab_size, (1, rows, config.seq_len + 1), dtype=np.int32)
+  batch = sharding.global_batch(tokens, mesh, leading_dims=1)
+  for _ in range(warmup):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - t0) / steps
+  tokens_per_step = config.batch_size * config.seq_len
+  model_cfg = train.model_config_of(config)
+  peak = peak_flops(jax.devices()[0])
+  flops_s = flops_per_token(model_cfg, config.seq_len) * tokens_per_step / step_s
+  return {"micro": micro_per_device, "step_s": step_s, "tok_s_dev": tokens_per_step / step_s / n,
+          "mfu": flops_s / (peak * n) if peak else None, "loss": float(metrics["loss"])}
+
+
+def _oom(e: Exception) -> bool:
+  return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--configs", default="phi1_small,phi1")
+  parser.add_argument("--seq_len", type=int, default=0, help="default 2048 (256 with --small)")
+  parser.add_argument("--small", action="store_true", help="2-layer, 256-wide models: a CPU smoke run")
+  parser.add_argument("--microbatches", default="", help="sequences per device to try, largest first "
+                      "(default 16,8,4,2,1; 2 with --small)")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=5)
+  args = parser.parse_args()
+  seq_len = args.seq_len or (256 if args.small else 2048)
+  candidates = [int(m) for m in (args.microbatches or ("2" if args.small else "16,8,4,2,1")).split(",")]
+  dev = jax.devices()[0]
+  print(f"{jax.device_count()} x {dev.device_kind} ({dev.platform}); seq_len {seq_len}"
+        + ("; small shapes " + str(SMALL_SHAPES) if args.small else ""), flush=True)
+  print(f"{'config':<12} {'remat':<10} {'micro/dev':>9} {'step s':>9} {'tok/s/dev':>11} {'MFU':>7}", flush=True)
+  for name in args.configs.split(","):
+    for micro in candidates:
+      config = load_config(name, seq_len, args.small)
+      try:
+        r = measure(config, micro, args.warmup, args.steps)
+      except Exception as e:  # noqa: BLE001 -- an OOM means: try a smaller microbatch
+        if _oom(e):
+          print(f"{name:<12} {config.model.remat:<10} {micro:>9} out of memory", flush=True)
+          continue
+        raise
+      mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+      print(f"{name:<12} {config.model.remat:<10} {micro:>9} {r['step_s']:>9.3f} {r['tok_s_dev']:>11,.0f} {mfu:>7}",
+            flush=True)
+      break
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

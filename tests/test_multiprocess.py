@@ -1,0 +1,206 @@
+"""Many processes and changing meshes, with real subprocesses, real collectives and real Orbax files.
+
+- Two processes on localhost (launch/local.py, gloo collectives), two CPU devices each, train as one
+  process with four devices does, and a checkpoint they write restores in one process and
+  continues as they did (synthetic batches: this file, run as a script, is the worker).
+- The trainer CLI under launch/local.py runs two processes end to end (metrics from process 0 only,
+  one multi-host checkpoint, per-process data iterator state).
+- The trainer CLI saves on 8 devices with FSDP and resumes on 2 devices, matching a 4-device run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _env(devices: int) -> dict:
+  return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def _run(argv, devices=1, timeout=600):
+  proc = subprocess.run(argv, cwd=REPO, env=_env(devices), capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, f"{' '.join(map(str, argv))}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  return proc
+
+
+def _local(processes, devices, command, timeout=600):
+  return _run([sys.executable, "launch/local.py", f"--processes={processes}", f"--devices={devices}", "--", *command],
+              timeout=timeout)
+
+
+def _max_rel_err(params, ref) -> float:
+  """Largest per-parameter relative error (L2), k_bias aside: its gradient is float noise (a key
+  bias outside the rotary dims adds a constant to a query's logits, which softmax ignores), and
+  Adam scales that noise up to +-lr, so it differs between any two reduction orders."""
+  import jax
+  errs = jax.tree_util.tree_leaves_with_path(jax.tree.map(
+      lambda a, b: float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(np.asarray(b)), 1e-30)),
+      params, ref))
+  return max(e for path, e in errs if "k_bias" not in jax.tree_util.keystr(path))
+
+
+# ----------------------------------------------------------------------------- worker (synthetic batches)
+
+
+def worker(mode: str, ckpt_dir: str, out: str, dist_flags: list[str]) -> None:
+  """mode "mp": 6 steps, checkpoints at 3 and 6. mode "single": 3 steps, then resume from the
+  checkpoint at 3 and run to 6; both compared against the saved checkpoints."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  from phi1_jax import sharding, train
+  sys.path.insert(0, str(REPO / "configs"))
+  import tiny
+
+  config = tiny.get_config()
+  config.model.n_layers, config.batch_size, config.seq_len = 2, 8, 32
+  config.optimizer.warmup_steps = 1
+  for flag in dist_flags:  # appended by launch/local.py
+    key, _, value = flag[len("--config.distributed."):].partition("=")
+    config.distributed[key] = type(config.distributed[key])(value)
+  train.init_distributed(config)
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  graphdef, abstract_state, state_shard, tx, _ = train.state_shardings(config, mesh)
+  step_fn = train.jit_train_step(graphdef, tx, config, mesh, state_shard)
+  rng = np.random.default_rng(0)
+  batches = [rng.integers(0, config.model.vocab_size, (1, 8, 33), dtype=np.int32) for _ in range(6)]
+  rows = 8 // jax.process_count()
+  mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+
+  def run(state, steps, losses):
+    for s in steps:
+      state, metrics = step_fn(state, sharding.global_batch(batches[s][:, mine], mesh, leading_dims=1))
+      losses.append(float(metrics["loss"]))
+    return state
+
+  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=True))
+  result = {"processes": jax.process_count(), "devices": jax.device_count()}
+  losses = []
+  state = run(train.create_state(config, tx, state_shard), range(3), losses)
+  if mode == "mp":
+    mngr.save(3, args=ocp.args.StandardSave(state))
+    state = run(state, range(3, 6), losses)
+    mngr.save(6, args=ocp.args.StandardSave(state))
+  else:
+    restore = lambda s: mngr.restore(s, args=ocp.args.StandardRestore(abstract_state))  # noqa: E731
+    result["err_at_3"] = _max_rel_err(jax.device_get(state["params"]), jax.device_get(restore(3)["params"]))
+    state = run(restore(3), range(3, 6), losses)
+    result["err_at_6"] = _max_rel_err(jax.device_get(state["params"]), jax.device_get(restore(6)["params"]))
+  mngr.wait_until_finished()
+  mngr.close()
+  result["losses"] = losses
+  if jax.process_index() == 0:
+    Path(out).write_text(json.dumps(result))
+
+
+def test_two_processes_equal_one_and_resume_in_one(tmp_path):
+  ckpt = tmp_path / "ckpt"
+  _local(2, 2, [sys.executable, __file__, "mp", str(ckpt), str(tmp_path / "mp.json")])
+  _run([sys.executable, __file__, "single", str(ckpt), str(tmp_path / "single.json")], devices=4)
+  mp, single = json.loads((tmp_path / "mp.json").read_text()), json.loads((tmp_path / "single.json").read_text())
+  assert (mp["processes"], mp["devices"], single["processes"], single["devices"]) == (2, 4, 1, 4)
+  # Steps 1-3 from scratch in one process; steps 4-6 resumed in one process from their checkpoint.
+  np.testing.assert_allclose(single["losses"], mp["losses"], rtol=1e-5)
+  assert single["err_at_3"] <= 1e-5 and single["err_at_6"] <= 1e-5, single
+  print(f"two processes vs one: loss diffs {np.abs(np.subtract(single['losses'], mp['losses'])).max():.2e}, "
+        f"param rel err at 3 {single['err_at_3']:.2e}, after resume at 6 {single['err_at_6']:.2e}")
+
+
+# ----------------------------------------------------------------------------- the trainer CLI
+
+
+@pytest.fixture(scope="module")
+def cli_flags(stdlib_cache):
+  return ["-m", "phi1_jax.train", "--config=configs/tiny.py", "--config.total_steps=6", "--config.checkpoint_every=3",
+          "--config.batch_size=8", "--config.seq_len=128", "--config.model.n_layers=2", "--config.log_every=1",
+          "--config.eval_every=1000", "--config.eval_batches=1", "--config.optimizer.warmup_steps=1",
+          f"--config.data.cache_dir={stdlib_cache}"]
+
+
+def _metrics(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_params(workdir: Path, step: int = 6):
+  """The checkpoint's parameters, restored onto this process's first device."""
+  import jax
+  import orbax.checkpoint as ocp
+  from ml_collections import config_dict
+
+  from phi1_jax import sharding, train
+  sys.path.insert(0, str(REPO / "configs"))
+  import tiny
+  config = tiny.get_config()
+  config.model.n_layers = 2
+  mesh = sharding.make_mesh(config_dict.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+  _, abstract_state, *_ = train.state_shardings(config, mesh)
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore((workdir / "checkpoints" / str(step) / "state").absolute(), abstract_state)
+  return jax.device_get(state["params"])
+
+
+@pytest.fixture(scope="module")
+def reference_run(cli_flags, tmp_path_factory):
+  """One process, four devices, six steps."""
+  workdir = tmp_path_factory.mktemp("ref")
+  _run([sys.executable, *cli_flags, f"--workdir={workdir}"], devices=4)
+  return workdir
+
+
+def test_trainer_cli_two_processes(cli_flags, tmp_path):
+  out = _local(2, 2, [sys.executable, *cli_flags, f"--workdir={tmp_path}"]).stdout
+  assert "[p0] model:" in out and "[p1] model:" not in out  # logs from process 0 only
+  rows = _metrics(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]  # one writer
+  assert all(np.isfinite(r["loss"]) for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
+  for step in (3, 6):
+    data = sorted(p.name for p in (tmp_path / "checkpoints" / str(step) / "data").glob("process_*"))
+    assert data == ["process_0-of-2.json", "process_1-of-2.json"]
+  params = _final_params(tmp_path)  # a two-process checkpoint restores in one process
+  assert params["blocks"]["fc1_kernel"].shape == (2, 128, 512)
+
+
+def test_checkpoint_from_8_devices_fsdp_resumes_on_2(cli_flags, reference_run, tmp_path):
+  _run([sys.executable, *cli_flags, f"--workdir={tmp_path}", "--config.run_until_step=3",
+        "--config.mesh.data=1", "--config.mesh.fsdp=8"], devices=8)
+  _run([sys.executable, *cli_flags, f"--workdir={tmp_path}", "--config.mesh.data=2"], devices=2)
+  got, ref = _metrics(tmp_path), _metrics(reference_run)
+  assert [r["step"] for r in got] == [r["step"] for r in ref] == [1, 2, 3, 4, 5, 6]
+  for g, r in zip(got, ref):
+    for key in ("loss", "grad_norm"):
+      assert abs(g[key] - r[key]) <= 1e-5 * abs(r[key]), (g["step"], key, g[key], r[key])
+  assert _max_rel_err(_final_params(tmp_path), _final_params(reference_run)) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck is not installed (apt-get install shellcheck)")
+@pytest.mark.parametrize("script", ["launch/tpu_pod.sh", "launch/slurm.sbatch"])
+def test_launch_scripts_pass_shellcheck(script):
+  proc = subprocess.run(["shellcheck", "--shell=bash", script], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stdout
+
+
+def test_local_launcher_fails_when_one_process_fails():
+  code = "import sys; pid = int(sys.argv[-1].split('=')[1]); print('hi', pid); sys.exit(3 if pid == 1 else 0)"
+  proc = subprocess.run([sys.executable, "launch/local.py", "--processes=2", "--", sys.executable, "-c", code],
+                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 3
+  assert "[p0] hi 0" in proc.stdout and "[p1] hi 1" in proc.stdout
+
+
+if __name__ == "__main__":
+  worker(sys.argv[1], sys.argv[2], sys.argv[3], [a for a in sys.argv[4:] if a.startswith("--config.distributed.")])

@@ -140,3 +140,14 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, stdlib_cac
   params = final_params(tmp_path, max(good))
   import jax
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_humaneval_metrics_during_training(tmp_path, stdlib_cache):
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=2",
+                                                  "--config.humaneval_every=2", "--config.humaneval_limit=2",
+                                                  "--config.humaneval_loss_every=1"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert all(r["humaneval_canonical_loss"] > 0 for r in rows)  # every step
+  assert "humaneval_pass@1" not in rows[0]
+  assert rows[1]["humaneval_n_problems"] == 2 and rows[1]["humaneval_pass@1"] == 0.0  # an untrained model

@@ -48,12 +48,17 @@ class UserError(Exception):
 
 
 def lr_schedule(opt_cfg, total_steps: int):
-  """Linear warmup from 0 to the peak, then linear decay to end_lr at total_steps (the paper's)."""
+  """Linear warmup to the peak, then linear decay to end_lr at total_steps (the paper's).
+
+  Step s (0-based) uses the value at s + 1, so the first step trains (lr = peak / warmup)
+  and the last reaches end_lr.
+  """
   warmup = min(opt_cfg.warmup_steps, total_steps)
-  return optax.join_schedules(
+  schedule = optax.join_schedules(
       [optax.linear_schedule(0.0, opt_cfg.lr, max(warmup, 1)),
        optax.linear_schedule(opt_cfg.lr, opt_cfg.end_lr, max(total_steps - warmup, 1))],
       [warmup])
+  return lambda step: schedule(step + 1)
 
 
 def decay_mask(params):

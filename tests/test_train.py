@@ -151,3 +151,15 @@ def test_humaneval_metrics_during_training(tmp_path, stdlib_cache):
   assert all(r["humaneval_canonical_loss"] > 0 for r in rows)  # every step
   assert "humaneval_pass@1" not in rows[0]
   assert rows[1]["humaneval_n_problems"] == 2 and rows[1]["humaneval_pass@1"] == 0.0  # an untrained model
+
+
+def test_schedule_and_weight_decay_mask():
+  import ml_collections
+  from phi1_jax import train
+  opt = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=10, end_lr=0.1))
+  lr = train.lr_schedule(opt, total_steps=100)
+  assert np.allclose([lr(0), lr(4), lr(9), lr(54), lr(99)], [0.1, 0.5, 1.0, 0.55, 0.1])
+  mask = train.decay_mask({"embed": 0, "blocks": {"q_kernel": 0, "q_bias": 0, "ln_scale": 0, "ln_bias": 0},
+                           "final_ln_scale": 0, "lm_head_kernel": 0, "lm_head_bias": 0})
+  assert mask == {"embed": True, "blocks": {"q_kernel": True, "q_bias": False, "ln_scale": False, "ln_bias": False},
+                  "final_ln_scale": False, "lm_head_kernel": True, "lm_head_bias": False}

@@ -245,7 +245,9 @@ class Phi(nnx.Module):
     if REMAT_POLICIES[cfg.remat] is not None:
       body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
     kv = None if cache is None else (cache["k"], cache["v"])
-    x_BxLxD, new_kv = jax.lax.scan(body, x_BxLxD, (layer_params, layer_keys, kv))
+    # Decoding unrolls the layers: static slices of weights and cache need no copies, and one
+    # token's step is small enough that compile time stays low.
+    x_BxLxD, new_kv = jax.lax.scan(body, x_BxLxD, (layer_params, layer_keys, kv), unroll=cache is not None)
     h_BxLxD = layer_norm(x_BxLxD, self.final_ln_scale[...], self.final_ln_bias[...], cfg.ln_eps)
     new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1]}
     return h_BxLxD, new_cache

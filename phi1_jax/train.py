@@ -48,17 +48,15 @@ class UserError(Exception):
 
 
 def lr_schedule(opt_cfg, total_steps: int):
-  """Linear warmup to the peak, then linear decay to end_lr at total_steps (the paper's).
+  """Linear warmup from 0 to the peak, then linear decay to end_lr at total_steps (the paper's).
 
-  Step s (0-based) uses the value at s + 1, so the first step trains (lr = peak / warmup)
-  and the last reaches end_lr.
+  As optax's warmup schedules, step 0 has lr 0: its update only seeds Adam's moments.
   """
   warmup = min(opt_cfg.warmup_steps, total_steps)
-  schedule = optax.join_schedules(
+  return optax.join_schedules(
       [optax.linear_schedule(0.0, opt_cfg.lr, max(warmup, 1)),
        optax.linear_schedule(opt_cfg.lr, opt_cfg.end_lr, max(total_steps - warmup, 1))],
       [warmup])
-  return lambda step: schedule(step + 1)
 
 
 def decay_mask(params):
@@ -413,6 +411,9 @@ def train(config, workdir: str | os.PathLike) -> dict:
         writer.write(step, last)
         progress.update(step, last)
       if step % config.checkpoint_every == 0 and step != end_step:
+        if pending is not None:  # a checkpoint only after its step's loss and gradient are finite
+          last = _read(pending, schedule)
+          pending = None
         save(step)
     if pending is not None:
       last = _read(pending, schedule)
@@ -433,8 +434,9 @@ def train(config, workdir: str | os.PathLike) -> dict:
 def _read(pending, schedule) -> dict:
   step, metrics = pending
   values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not math.isfinite(values["loss"]):
-    raise FloatingPointError(f"loss is {values['loss']} at step {step}")
+  for name in ("loss", "grad_norm"):
+    if not math.isfinite(values[name]):
+      raise FloatingPointError(f"{name} is {values[name]} at step {step}")
   values["lr"] = float(schedule(step - 1))
   return values
 

@@ -1,6 +1,7 @@
 """The trainer end to end in real subprocesses: learning, exact resume after SIGKILL, bad input."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -134,7 +135,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, stdlib_cac
                                                   "--config.checkpoint_every=2", "--config.optimizer.lr=1e30",
                                                   "--config.optimizer.warmup_steps=1"))
   assert out.returncode == 1
-  assert "loss is nan at step" in out.stdout or "loss is inf at step" in out.stdout, out.stdout[-2000:]
+  assert re.search(r"(loss|grad_norm) is (nan|inf) at step \d+", out.stdout), out.stdout[-2000:]
   good = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert good
   params = final_params(tmp_path, max(good))
@@ -158,7 +159,7 @@ def test_schedule_and_weight_decay_mask():
   from phi1_jax import train
   opt = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=10, end_lr=0.1))
   lr = train.lr_schedule(opt, total_steps=100)
-  assert np.allclose([lr(0), lr(4), lr(9), lr(54), lr(99)], [0.1, 0.5, 1.0, 0.55, 0.1])
+  assert np.allclose([lr(0), lr(5), lr(10), lr(55), lr(100)], [0.0, 0.5, 1.0, 0.55, 0.1])
   mask = train.decay_mask({"embed": 0, "blocks": {"q_kernel": 0, "q_bias": 0, "ln_scale": 0, "ln_bias": 0},
                            "final_ln_scale": 0, "lm_head_kernel": 0, "lm_head_bias": 0})
   assert mask == {"embed": True, "blocks": {"q_kernel": True, "q_bias": False, "ln_scale": False, "ln_bias": False},

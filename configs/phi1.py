@@ -5,24 +5,8 @@ residual dropout 0.1, 36,000 steps (phi-1-base is the 24,000-step checkpoint). S
 --config.data.mixture=/data/code_filtered:0.87,/data/textbooks:0.13
 """
 
-from phi1_jax.config import PHI1_MODEL, base_config, model_config
+from phi1_jax.config import PHI1_MODEL, paper_pretrain_config
 
 
 def get_config():
-  c = base_config()
-  c.model = model_config(**PHI1_MODEL, attn_dropout=0.1, resid_dropout=0.1, dtype="bfloat16",
-                         attention_impl="auto", remat="save_dots")
-  c.seq_len = 2048
-  c.batch_size = 1024
-  c.grad_accum_steps = 8  # 128 sequences per microbatch: fit to the mesh's memory
-  c.total_steps = 36_000
-  c.optimizer.lr = 1e-3
-  c.optimizer.warmup_steps = 750
-  c.optimizer.weight_decay = 0.1
-  c.loss_chunk_size = 512
-  c.data.mixture = ""  # required: packed CodeTextbook folders with weights
-  c.log_every = 20
-  c.eval_every = 1000
-  c.checkpoint_every = 1000
-  c.mesh.data, c.mesh.fsdp = 1, -1
-  return c
+  return paper_pretrain_config(PHI1_MODEL, remat="save_dots")

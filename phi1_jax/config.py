@@ -82,3 +82,26 @@ def base_config() -> ml_collections.ConfigDict:
       coordinator_address="", num_processes=0, process_id=-1, auto=False))
   c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device kind up
   return c
+
+
+def paper_pretrain_config(model_fields: dict, remat: str) -> ml_collections.ConfigDict:
+  """The paper's pretraining recipe on CodeTextbook for a model shape: effective batch
+  1024 x 2048, peak lr 1e-3, warmup 750, weight decay 0.1, attention and residual dropout 0.1,
+  36,000 steps. `data.mixture` must be set to packed folders."""
+  c = base_config()
+  c.model = model_config(**model_fields, attn_dropout=0.1, resid_dropout=0.1, dtype="bfloat16",
+                         attention_impl="auto", remat=remat)
+  c.seq_len = 2048
+  c.batch_size = 1024
+  c.grad_accum_steps = 8  # 128 sequences per microbatch: fit it to the mesh (python -m phi1_jax.plan)
+  c.total_steps = 36_000
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 750
+  c.optimizer.weight_decay = 0.1
+  c.loss_chunk_size = 512
+  c.data.mixture = ""
+  c.log_every = 20
+  c.eval_every = 1000
+  c.checkpoint_every = 1000
+  c.mesh.data, c.mesh.fsdp = 1, -1
+  return c

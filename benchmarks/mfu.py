@@ -14,6 +14,7 @@ peak is unknown and MFU is not reported.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -32,8 +33,12 @@ from phi1_jax.metrics import flops_per_token, peak_flops  # noqa: E402
 SMALL_SHAPES = dict(n_layers=2, d_model=256, n_heads=4, head_dim=64, mlp_dim=1024, vocab_size=4096)
 
 
-def load_config(name: str, seq_len: int, small: bool):
+def load_config(name: str, seq_len: int, small: bool, attn_dropout: float | None = None, remat: str | None = None):
   config = __import__(name).get_config()
+  if remat is not None:
+    config.model.remat = remat
+  if attn_dropout is not None:  # 0 lets cuDNN's fused attention run; the paper's 0.1 needs the probabilities
+    config.model.attn_dropout = attn_dropout
   if small:
     config.model.update(SMALL_SHAPES)
   config.seq_len = seq_len
@@ -83,6 +88,9 @@ def main() -> int:
   parser.add_argument("--small", action="store_true", help="2-layer, 256-wide models: a CPU smoke run")
   parser.add_argument("--microbatches", default="", help="sequences per device to try, largest first "
                       "(default 16,8,4,2,1; 2 with --small)")
+  parser.add_argument("--attn_dropout", default="config",
+                      help="comma list of attention-dropout rates to measure; 'config' keeps the config's")
+  parser.add_argument("--remat", default="config", help="comma list of remat policies; 'config' keeps the config's")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--steps", type=int, default=5)
   args = parser.parse_args()
@@ -91,20 +99,22 @@ def main() -> int:
   dev = jax.devices()[0]
   print(f"{jax.device_count()} x {dev.device_kind} ({dev.platform}); seq_len {seq_len}"
         + ("; small shapes " + str(SMALL_SHAPES) if args.small else ""), flush=True)
-  print(f"{'config':<12} {'remat':<10} {'micro/dev':>9} {'step s':>9} {'tok/s/dev':>11} {'MFU':>7}", flush=True)
-  for name in args.configs.split(","):
+  dropouts = [None if d == "config" else float(d) for d in args.attn_dropout.split(",")]
+  remats = [None if r == "config" else r for r in args.remat.split(",")]
+  print(f"{'config':<12} {'remat':<10} {'attn drop':>9} {'micro/dev':>9} {'step s':>9} {'tok/s/dev':>11} {'MFU':>7}", flush=True)
+  for name, dropout, remat in itertools.product(args.configs.split(","), dropouts, remats):
     for micro in candidates:
-      config = load_config(name, seq_len, args.small)
+      config = load_config(name, seq_len, args.small, dropout, remat)
+      row = f"{name:<12} {config.model.remat:<10} {config.model.attn_dropout:>9g} {micro:>9}"
       try:
         r = measure(config, micro, args.warmup, args.steps)
       except Exception as e:  # noqa: BLE001 -- an OOM means: try a smaller microbatch
         if _oom(e):
-          print(f"{name:<12} {config.model.remat:<10} {micro:>9} out of memory", flush=True)
+          print(f"{row} out of memory", flush=True)
           continue
         raise
       mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-      print(f"{name:<12} {config.model.remat:<10} {micro:>9} {r['step_s']:>9.3f} {r['tok_s_dev']:>11,.0f} {mfu:>7}",
-            flush=True)
+      print(f"{row} {r['step_s']:>9.3f} {r['tok_s_dev']:>11,.0f} {mfu:>7}", flush=True)
       break
   return 0
 

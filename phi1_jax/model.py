@@ -50,7 +50,7 @@ class ModelConfig:
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
   dtype: str = "float32"  # compute dtype; parameters stay float32
-  attention_impl: str = "xla"  # "xla", "cudnn" (fused kernel on GPU) or "auto"
+  attention_impl: str = "xla"  # "xla", "cudnn" (fused kernel on GPU) or "auto" (cudnn where it fits)
   doc_mask: bool = False  # forbid attention across <|endoftext|> in packed sequences
   eos_id: int = 50256  # the <|endoftext|> id, used by doc_mask
   remat: str = "none"  # "none", "full" or "save_dots"
@@ -155,9 +155,18 @@ def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask_BxLxS, *, is_causal, impl, d
     probs = _dropout(probs, dropout_rate, key).astype(v_BxSxNxH.dtype)
     return jnp.einsum("bnls,bsnh->blnh", probs, v_BxSxNxH)
   mask = None if mask_BxLxS is None else mask_BxLxS[:, None]
+  if impl == "auto":  # jax's own default (None) is always XLA, so choose here
+    impl = "cudnn" if _cudnn_fits(q_BxLxNxH, mask) else "xla"
   return jax.nn.dot_product_attention(
-      q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=is_causal,
-      implementation=None if impl == "auto" else impl)
+      q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=is_causal, implementation=impl)
+
+
+def _cudnn_fits(q_BxLxNxH, mask) -> bool:
+  """cuDNN's fused attention: a GPU, 16-bit inputs, head dim a multiple of 8 up to 128, no mask
+  array (causality goes as a flag)."""
+  H = q_BxLxNxH.shape[-1]
+  return (jax.default_backend() == "gpu" and q_BxLxNxH.dtype in (jnp.bfloat16, jnp.float16)
+          and H % 8 == 0 and H <= 128 and mask is None)
 
 
 def document_mask(tokens_BxL, eos_id):

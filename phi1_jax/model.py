@@ -169,6 +169,17 @@ def _cudnn_fits(q_BxLxNxH, mask) -> bool:
           and H % 8 == 0 and H <= 128 and mask is None)
 
 
+def cached_attention(q_BxLxNxH, k_BxNxSxH, v_BxNxSxH, mask_BxLxS):
+  """Attention over a KV cache kept as [B, N, S, H], so that no step transposes the cache; the
+  softmax in float32."""
+  scale = 1.0 / math.sqrt(q_BxLxNxH.shape[-1])
+  logits_BxNxLxS = jnp.einsum("blnh,bnsh->bnls", q_BxLxNxH, k_BxNxSxH.astype(q_BxLxNxH.dtype),
+                              preferred_element_type=jnp.float32) * scale
+  logits_BxNxLxS = jnp.where(mask_BxLxS[:, None], logits_BxNxLxS, jnp.finfo(jnp.float32).min)
+  probs_BxNxLxS = jax.nn.softmax(logits_BxNxLxS, axis=-1).astype(q_BxLxNxH.dtype)
+  return jnp.einsum("bnls,bnsh->blnh", probs_BxNxLxS, v_BxNxSxH.astype(q_BxLxNxH.dtype))
+
+
 def document_mask(tokens_BxL, eos_id):
   """True where query and key lie in the same packed document (an eos ends its document)."""
   doc_BxL = jnp.cumsum(tokens_BxL == eos_id, axis=1) - (tokens_BxL == eos_id)
@@ -182,23 +193,29 @@ def _block(cfg: ModelConfig, p: dict, x_BxLxD, positions_BxL, mask_BxLxS, key, c
   x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
   y_BxLxD = layer_norm(x_BxLxD, p["ln_scale"], p["ln_bias"], cfg.ln_eps)
 
+  # Projections as plain 2-D matmuls over merged (N, H): as einsums with a [D, N, H] operand,
+  # XLA:CPU copies the weights into another layout on every call (every decoded token).
+  B, L, D = x_BxLxD.shape
+  N, H = p["q_kernel"].shape[1:]
+
   def proj(name):
-    out = jnp.einsum("bld,dnh->blnh", y_BxLxD, p[f"{name}_kernel"].astype(dtype))
+    out = (y_BxLxD @ p[f"{name}_kernel"].reshape(D, N * H).astype(dtype)).reshape(B, L, N, H)
     return constrain(out + p[f"{name}_bias"].astype(dtype), ("batch", "length", "heads", "head_dim"))
 
   q_BxLxNxH = rotary(proj("q"), positions_BxL, cfg.rotary_dim, cfg.rope_theta)
   k_BxLxNxH = rotary(proj("k"), positions_BxL, cfg.rotary_dim, cfg.rope_theta)
   v_BxLxNxH = proj("v")
+  new_cache = None
   if cache_kv is None:
-    k_BxSxNxH, v_BxSxNxH, is_causal, new_cache = k_BxLxNxH, v_BxLxNxH, mask_BxLxS is None, None
+    o_BxLxNxH = attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxLxS, is_causal=mask_BxLxS is None,
+                          impl=cfg.attention_impl, dropout_rate=cfg.attn_dropout, key=keys[0])
   else:  # write this chunk into the cache at cache_index; the caller's mask covers causality
-    k_BxSxNxH = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k_BxLxNxH.astype(cache_kv[0].dtype), cache_index, 1)
-    v_BxSxNxH = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v_BxLxNxH.astype(cache_kv[1].dtype), cache_index, 1)
-    is_causal, new_cache = False, (k_BxSxNxH, v_BxSxNxH)
-  o_BxLxNxH = attention(q_BxLxNxH, k_BxSxNxH.astype(dtype), v_BxSxNxH.astype(dtype), mask_BxLxS,
-                        is_causal=is_causal, impl=cfg.attention_impl,
-                        dropout_rate=cfg.attn_dropout, key=keys[0])
-  attn_BxLxD = jnp.einsum("blnh,nhd->bld", o_BxLxNxH, p["o_kernel"].astype(dtype)) + p["o_bias"].astype(dtype)
+    def write(cache_BxNxSxH, new_BxLxNxH):
+      new_BxNxLxH = new_BxLxNxH.transpose(0, 2, 1, 3).astype(cache_BxNxSxH.dtype)
+      return jax.lax.dynamic_update_slice_in_dim(cache_BxNxSxH, new_BxNxLxH, cache_index, 2)
+    new_cache = (write(cache_kv[0], k_BxLxNxH), write(cache_kv[1], v_BxLxNxH))
+    o_BxLxNxH = cached_attention(q_BxLxNxH, *new_cache, mask_BxLxS)
+  attn_BxLxD = o_BxLxNxH.reshape(B, L, N * H) @ p["o_kernel"].reshape(N * H, D).astype(dtype) + p["o_bias"].astype(dtype)
 
   h_BxLxF = jnp.einsum("bld,df->blf", y_BxLxD, p["fc1_kernel"].astype(dtype)) + p["fc1_bias"].astype(dtype)
   h_BxLxF = constrain(jax.nn.gelu(h_BxLxF, approximate=True), ("batch", "length", "mlp"))
@@ -222,11 +239,13 @@ class Phi(nnx.Module):
     self.lm_head_bias = _param(None, (V,), ("vocab",), 0)
 
   def hidden_states(self, tokens_BxL, *, positions_BxL=None, mask_BxLxS=None, dropout_key=None,
-                    cache=None, cache_index=None):
+                    cache=None, cache_index=None, layers=None):
     """Final-LayerNorm hidden states [B, L, D] in the compute dtype (and the updated cache).
 
-    cache: {"k", "v"} of shape [Y, B, S, N, H]; this chunk is written at `cache_index` and the
-    caller's `mask_BxLxS` says which cache slots each query may see.
+    Without a cache the layers run under `jax.lax.scan` on the stacked parameters. With one
+    (sampling), `layers` is `unstacked_layers()` and `cache` is `init_cache()`: a list of
+    per-layer {"k", "v"} [B, N, S, H]; this chunk is written at `cache_index`, and the caller's
+    `mask_BxLxS` says which cache slots each query may see.
     """
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
@@ -244,21 +263,26 @@ class Phi(nnx.Module):
     if dropout_key is not None:
       dropout_key, embd_key = jax.random.split(dropout_key)
       x_BxLxD = _dropout(x_BxLxD, cfg.embd_dropout, embd_key)
-    layer_params = nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param))
-    layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layers)
+    new_cache = None
+    if cache is not None:
+      # A Python loop over separate per-layer arrays: slicing a stacked array inside the step
+      # would copy every layer's weights and cache on each token (XLA:CPU materialises slices).
+      new_cache = []
+      for p, kv in zip(layers, cache):
+        x_BxLxD, (k, v) = _block(cfg, p, x_BxLxD, positions_BxL, mask_BxLxS, None, (kv["k"], kv["v"]), cache_index)
+        new_cache.append({"k": k, "v": v})
+    else:
+      layer_params = nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param))
+      layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layers)
 
-    def body(x, xs):
-      p, key, kv = xs
-      return _block(cfg, p, x, positions_BxL, mask_BxLxS, key, kv, cache_index)
+      def body(x, xs):
+        p, key = xs
+        return _block(cfg, p, x, positions_BxL, mask_BxLxS, key)[0], None
 
-    if REMAT_POLICIES[cfg.remat] is not None:
-      body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
-    kv = None if cache is None else (cache["k"], cache["v"])
-    # Decoding unrolls the layers: static slices of weights and cache need no copies, and one
-    # token's step is small enough that compile time stays low.
-    x_BxLxD, new_kv = jax.lax.scan(body, x_BxLxD, (layer_params, layer_keys, kv), unroll=cache is not None)
+      if REMAT_POLICIES[cfg.remat] is not None:
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
+      x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, (layer_params, layer_keys))
     h_BxLxD = layer_norm(x_BxLxD, self.final_ln_scale[...], self.final_ln_bias[...], cfg.ln_eps)
-    new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1]}
     return h_BxLxD, new_cache
 
   def logits(self, h_BxLxD):
@@ -277,11 +301,17 @@ class Phi(nnx.Module):
     logits_BxLxV = self.logits(h_BxLxD)
     return (logits_BxLxV, h_BxLxD) if return_hidden else logits_BxLxV
 
-  def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict[str, Any]:
+  def unstacked_layers(self) -> list[dict[str, jax.Array]]:
+    """One dict of parameter arrays per layer, for `hidden_states` with a cache."""
+    stacked = nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param))
+    return [jax.tree.map(lambda a: a[y], stacked) for y in range(self.cfg.n_layers)]
+
+  def init_cache(self, batch_size: int, max_len: int, dtype=None) -> list[dict[str, jax.Array]]:
+    """Per layer {"k", "v"} [B, N, S, H], zeros."""
     cfg = self.cfg
-    shape = (cfg.n_layers, batch_size, max_len, cfg.n_heads, cfg.head_dim)
+    shape = (batch_size, cfg.n_heads, max_len, cfg.head_dim)
     dtype = dtype or jnp.dtype(cfg.dtype)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)]
 
 
 def abstract_model(cfg: ModelConfig) -> Phi:

@@ -15,6 +15,7 @@ F mlp dim, V vocab, Y layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -303,8 +304,7 @@ class Phi(nnx.Module):
 
   def unstacked_layers(self) -> list[dict[str, jax.Array]]:
     """One dict of parameter arrays per layer, for `hidden_states` with a cache."""
-    stacked = nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param))
-    return [jax.tree.map(lambda a: a[y], stacked) for y in range(self.cfg.n_layers)]
+    return _unstack(nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param)), self.cfg.n_layers)
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None) -> list[dict[str, jax.Array]]:
     """Per layer {"k", "v"} [B, N, S, H], zeros."""
@@ -312,6 +312,12 @@ class Phi(nnx.Module):
     shape = (batch_size, cfg.n_heads, max_len, cfg.head_dim)
     dtype = dtype or jnp.dtype(cfg.dtype)
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack(stacked: dict, n_layers: int) -> list[dict]:
+  """One compiled program slices all layers (eager slicing dispatches once per array)."""
+  return [jax.tree.map(lambda a: a[y], stacked) for y in range(n_layers)]
 
 
 def abstract_model(cfg: ModelConfig) -> Phi:

@@ -145,7 +145,7 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_id: int | None = None,
              seed: int = 0, vocab_limit: int | None = None,
              stop_fn: Callable[[list[int]], bool] | None = None, check_every: int = 32,
-             bucket: int = 64) -> list[list[int]]:
+             bucket: int = 16) -> list[list[int]]:
   """New tokens for each prompt (eos and anything after it left out).
 
   Greedy when temperature is 0. Prompts may differ in length (left-padded, masked). Ids at or

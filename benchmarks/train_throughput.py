@@ -38,7 +38,8 @@ def make_config(args):
   c = base_config()
   c.model = model_config(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers,
                          n_heads=args.heads, head_dim=args.d_model // args.heads, mlp_dim=args.mlp,
-                         rotary_dim=args.d_model // args.heads // 2, max_seq_len=args.seq_len, eos_id=0)
+                         rotary_dim=args.d_model // args.heads // 2, max_seq_len=args.seq_len, eos_id=0,
+                         scan_layers=args.scan_layers)
   c.seq_len = args.seq_len
   c.batch_size = args.batch
   c.total_steps = 1_000_000
@@ -110,6 +111,8 @@ def main():
   parser.add_argument("--vocab", type=int, default=8192)
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=False,
+                      help="model.scan_layers (default off: a small model's step runs faster unrolled)")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat and side")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side (compile, allocator)")
@@ -136,7 +139,8 @@ def main():
   assert ref.n_decayed == n_decayed, "torch weight-decay groups differ from phi1_jax.train.decay_mask"
 
   print(f"Phi {n_params / 1e6:.2f}M params: d_model {args.d_model}, {args.layers} layers, {args.heads} heads x "
-        f"{args.d_model // args.heads}, mlp {args.mlp}, vocab {args.vocab}, rotary {cfg.rotary_dim}; "
+        f"{args.d_model // args.heads}, mlp {args.mlp}, vocab {args.vocab}, rotary {cfg.rotary_dim}, "
+        f"scan_layers {cfg.scan_layers}; "
         f"batch {B} x seq_len {L} = {B * L} tokens/step; float32, AdamW + clip 1.0")
   print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, {os.cpu_count()} CPUs")

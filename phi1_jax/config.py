@@ -18,7 +18,7 @@ def model_config(**fields) -> ml_collections.ConfigDict:
       vocab_size=51200, d_model=2048, n_layers=24, n_heads=32, head_dim=64, mlp_dim=8192,
       rotary_dim=32, rope_theta=10000.0, max_seq_len=2048, ln_eps=1e-5,
       embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0, dtype="float32",
-      attention_impl="xla", doc_mask=False, eos_id=50256, remat="none", init_std=0.02)
+      attention_impl="xla", doc_mask=False, eos_id=50256, remat="none", scan_layers=True, init_std=0.02)
   unknown = set(fields) - set(base)
   if unknown:
     raise ValueError(f"unknown model field(s): {sorted(unknown)}")

@@ -340,13 +340,22 @@ def train(config, workdir: str | os.PathLike) -> dict:
       item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
   latest = ckpt_mngr.latest_step()
   if latest is not None:
+    # grain saved one iterator state per process; with another process count there is none for
+    # this one, and the position follows from the step (every step reads one global batch).
+    data_state = (workdir / "checkpoints" / str(latest) / "data"
+                  / f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    items = dict(state=ocp.args.StandardRestore(abstract_state))
+    if data_state.exists():
+      items["data"] = pipeline.checkpoint_args(train_iter, restore=True)
     try:  # to this run's shardings: a checkpoint from another mesh restores resharded
-      restored = ckpt_mngr.restore(latest, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=pipeline.checkpoint_args(train_iter, restore=True)))
+      restored = ckpt_mngr.restore(latest, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
       raise UserError(f"checkpoint {workdir}/checkpoints/{latest} does not match this config: {str(e).splitlines()[0]}") from None
     state = restored["state"]
-    log(f"resumed from {workdir}/checkpoints/{latest}")
+    if not data_state.exists():
+      pipeline.seek(train_iter, int(state["step"]), local_batch)
+    log(f"resumed from {workdir}/checkpoints/{latest}" + ("" if data_state.exists() else
+        f" (saved by another number of processes: data position from step {int(state['step'])})"))
   start_step = int(state["step"])
   end_step = min(config.run_until_step or config.total_steps, config.total_steps)
 

@@ -7,7 +7,7 @@ import pytest
 
 from data_fixtures import code_docs, read_records, small_tokenizer, write_jsonl  # noqa: F401
 from phi1_jax.data.pack import pack
-from phi1_jax.data.pipeline import checkpoint_args, make_eval_batches, make_train_dataset, read_manifest
+from phi1_jax.data.pipeline import checkpoint_args, make_eval_batches, make_train_dataset, read_manifest, seek
 
 SEQ_LEN = 16
 
@@ -39,18 +39,33 @@ def test_two_processes_cover_each_epoch_exactly_once_in_new_orders(packed):
   n = len(records)
   assert n > 50
   epochs = {0: collections.Counter(), 1: collections.Counter()}
-  orders = []
-  for shard in (0, 1):
-    size = len(range(shard, n, 2))
+  for shard in (0, 1):  # one row per process per step: process 0 reads even global rows, 1 odd
     it = iter(make_train_dataset([(packed["a"], 1.0)], batch_size=1, seed=7, shard_index=shard, shard_count=2))
-    first, second = _rows(it, size), _rows(it, size)
-    assert len(set(first)) == size and set(first) == set(second)  # its part, once per epoch
-    assert first != second  # reshuffled
-    orders.append(first)
-    epochs[0].update(first)
-    epochs[1].update(second)
-  assert epochs[0] == epochs[1] == collections.Counter(records)  # together: every record exactly once
-  assert not set(orders[0]) & set(orders[1])
+    for k, row in enumerate(_rows(it, n)):  # local row k is global row 2k + shard
+      epochs[(2 * k + shard) // n].update([row])
+  assert epochs[0] == collections.Counter(records)  # together: every record exactly once
+  assert epochs[1] == collections.Counter(records)
+
+
+def test_epochs_are_reshuffled(packed):
+  n = len(read_records(packed["a"], "train"))
+  rows = _rows(iter(make_train_dataset([(packed["a"], 1.0)], batch_size=1, seed=7)), 2 * n)
+  assert sorted(rows[:n]) == sorted(rows[n:]) and rows[:n] != rows[n:]
+
+
+def test_global_batches_do_not_depend_on_the_process_count(packed):
+  sources = [(packed["a"], 0.7), (packed["b"], 0.3)]
+  one = iter(make_train_dataset(sources, batch_size=6, seed=2))
+  three = [iter(make_train_dataset(sources, batch_size=2, seed=2, shard_index=i, shard_count=3)) for i in range(3)]
+  for _ in range(25):  # past an epoch of both sources
+    expected = next(one)["tokens"]
+    assert np.array_equal(np.concatenate([next(it)["tokens"] for it in three]), expected)
+  # a run resumed on another process count seeks its fresh iterators to the step
+  two = [iter(make_train_dataset(sources, batch_size=3, seed=2, shard_index=i, shard_count=2)) for i in range(2)]
+  for it in two:
+    seek(it, 25, batch_size=3)
+  for _ in range(5):
+    assert np.array_equal(np.concatenate([next(it)["tokens"] for it in two]), next(one)["tokens"])
 
 
 def test_mixture_follows_weights(packed):

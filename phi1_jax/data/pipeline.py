@@ -1,12 +1,14 @@
 """grain input pipeline over packed shards (see phi1_jax/data/pack.py for the format).
 
 Train: `make_train_dataset([(data_dir, weight), ...], batch_size=B, seed=S, shard_index=i,
-shard_count=n)` is an infinite grain.IterDataset of `{"tokens": int32[B, seq_len + 1]}`. Each source
-is sliced to this process's part ([i::n] before shuffling, so each epoch covers the part exactly
-once), shuffled with a seed grain folds with the epoch number (a new order every epoch), repeated,
-and the sources are interleaved by their normalised weights (grain's deterministic mixture: with
-weights 0.8 / 0.2 every 5 rows hold 4 of the first). The whole pipeline is index-based, so the
-iterator's state is one integer and a resumed run sees exactly the batches it would have seen.
+shard_count=n)` is an infinite grain.IterDataset of `{"tokens": int32[B, seq_len + 1]}`, B rows per
+process. Each source is shuffled with a seed grain folds with the epoch number (a new order every
+epoch) and repeated, and the sources are interleaved by their normalised weights (grain's
+deterministic mixture: with weights 0.8 / 0.2 every 5 rows hold 4 of the first). That one global
+stream is cut into global batches of n x B rows; process i reads rows [i*B, (i+1)*B) of each, so
+the global batches, and the training they give, do not depend on the number of processes. The
+whole pipeline is index-based, so the iterator's state is one integer and a resumed run sees
+exactly the batches it would have seen.
 
 Checkpointing the iterator with Orbax (grain ships the handler; `checkpoint_args` wraps it):
 
@@ -102,15 +104,20 @@ def make_train_dataset(
 
   parts = []
   for i, (d, _) in enumerate(sources):
-    part = _records(d, "train")[shard_index::shard_count]  # slice before shuffle: epochs cover it once
-    if len(part) == 0:
-      raise ValueError(f"{d}: train split has no records for shard {shard_index} of {shard_count}")
+    records = _records(d, "train")
+    if len(records) == 0:
+      raise ValueError(f"{d}: train split has no records")
     # Distinct shuffle per source; grain folds the epoch into the seed after repeat().
-    parts.append(part.shuffle(seed=(seed * 1_000_003 + i) % 2**32).repeat())
+    parts.append(records.shuffle(seed=(seed * 1_000_003 + i) % 2**32).repeat())
   total = sum(w for _, w in sources)
   mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [w / total for _, w in sources])
+  # One global order whatever the process count: global batch t is mixed[t*G:(t+1)*G] for
+  # G = batch_size * shard_count, and this process reads rows [i*B, (i+1)*B) of it.
+  B, G = batch_size, batch_size * shard_count
+  mine = grain.MapDataset.range(len(mixed) // shard_count).map(
+      lambda j: mixed[(j // B) * G + shard_index * B + j % B])
   read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(16, 2 * batch_size))
-  return mixed.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True)
+  return mine.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True)
 
 
 def make_eval_batches(
@@ -135,6 +142,15 @@ def make_eval_batches(
     n_batches = min(n_batches, max_batches)
   mine = records[shard_index::shard_count][:n_batches * batch_size]
   return list(mine.batch(batch_size, drop_remainder=True)) if n_batches else []
+
+
+def seek(iterator: grain.DatasetIterator, batch: int, batch_size: int) -> None:
+  """Moves a fresh `make_train_dataset` iterator to global batch `batch` (of batch_size rows per
+  process): how a run resumes on another process count, where no saved iterator state fits."""
+  state = iterator.get_state()
+  if "next_index" not in state:
+    raise RuntimeError(f"grain iterator state {state} has no next_index; this grain version is not supported")
+  iterator.set_state({**state, "next_index": batch * batch_size})
 
 
 def checkpoint_args(iterator: grain.DatasetIterator, *, restore: bool = False) -> Any:

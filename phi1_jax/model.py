@@ -304,8 +304,10 @@ class Phi(nnx.Module):
     return (logits_BxLxV, h_BxLxD) if return_hidden else logits_BxLxV
 
   def unstacked_layers(self) -> list[dict[str, jax.Array]]:
-    """One dict of parameter arrays per layer, for `hidden_states` with a cache."""
-    return _unstack(nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param)), self.cfg.n_layers)
+    """One dict of parameter arrays per layer, for `hidden_states` with a cache. Kernels and
+    biases are already in the compute dtype (the block casts them to it anyway), so a bfloat16
+    model's decode step reads half the bytes; LayerNorm parameters stay float32."""
+    return _unstack(nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param)), self.cfg.n_layers, self.cfg.dtype)
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None) -> list[dict[str, jax.Array]]:
     """Per layer {"k", "v"} [B, N, S, H], zeros."""
@@ -315,10 +317,11 @@ class Phi(nnx.Module):
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)]
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _unstack(stacked: dict, n_layers: int) -> list[dict]:
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _unstack(stacked: dict, n_layers: int, dtype: str) -> list[dict]:
   """One compiled program slices all layers (eager slicing dispatches once per array)."""
-  return [jax.tree.map(lambda a: a[y], stacked) for y in range(n_layers)]
+  cast = {k: (jnp.float32 if k.startswith("ln_") else jnp.dtype(dtype)) for k in stacked}
+  return [{k: a[y].astype(cast[k]) for k, a in stacked.items()} for y in range(n_layers)]
 
 
 def abstract_model(cfg: ModelConfig) -> Phi:

@@ -28,6 +28,7 @@ def main():
   ap.add_argument("--max_prompt", type=int, default=120)
   ap.add_argument("--new_tokens", type=int, default=128)
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--torch_device", default="cpu", help="cpu, or cuda to compare on a GPU (jax uses its default)")
   args = ap.parse_args()
 
   import jax
@@ -36,6 +37,9 @@ def main():
 
   from phi1_jax import convert
   from phi1_jax.sample import generate
+
+  if jax.default_backend() != "cpu":  # torch computes float32 matmuls in full float32 by default
+    jax.config.update("jax_default_matmul_precision", "highest")
 
   torch.manual_seed(0)
   hf_cfg = PhiConfig(vocab_size=args.vocab_size, hidden_size=args.d_model, intermediate_size=4 * args.d_model,
@@ -56,6 +60,7 @@ def main():
     ids[b, T - len(p):] = torch.tensor(p)
     attn[b, T - len(p):] = 1
   n_new = args.batch * args.new_tokens
+  hf, ids, attn = hf.to(args.torch_device), ids.to(args.torch_device), attn.to(args.torch_device)
 
   def run_jax():
     return generate(model, prompts, max_new_tokens=args.new_tokens)
@@ -75,7 +80,8 @@ def main():
       times[fn].append(time.perf_counter() - start)
   jax_s, hf_s = min(times[run_jax]), min(times[run_hf])
   same = sum(a == b for a, b in zip(jax_rows, hf_rows))
-  print(f"device: jax {jax.devices()[0].platform}, torch cpu ({torch.get_num_threads()} threads)")
+  torch_on = torch.cuda.get_device_name() if args.torch_device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+  print(f"device: jax {jax.devices()[0].device_kind}, torch {torch_on}")
   print(f"model: d_model={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads} vocab={cfg.vocab_size}; "
         f"batch={args.batch}, prompt lengths {min(lengths)}..{max(lengths)}, {args.new_tokens} new tokens each")
   print(f"phi1_jax.sample.generate: {n_new / jax_s:9.1f} tokens/s ({jax_s:.3f}s)")

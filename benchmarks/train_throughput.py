@@ -63,19 +63,20 @@ class JaxSide:
     return metrics
 
   def run(self, batches):
+    loss = None
     for b in batches:
-      metrics = self.step(b)
-    jax.block_until_ready((self.state, metrics))
-    return float(metrics["loss"])
+      loss = self.step(b)["loss"]
+    jax.block_until_ready(self.state)
+    return None if loss is None else float(loss)
 
 
 class TorchSide:
-  def __init__(self, config, params, tmp):
+  def __init__(self, config, params, tmp, device):
     cfg = ModelConfig.from_dict(config.model.to_dict())
     hf_config, tensors = convert.params_to_hf(cfg, params)
     convert.write_hf_dir(tmp, hf_config, tensors)
     self.model = transformers.PhiForCausalLM.from_pretrained(
-        tmp, dtype=torch.float32, attn_implementation="sdpa").train()
+        tmp, dtype=torch.float32, attn_implementation="sdpa").to(device).train()
     opt = config.optimizer
     decay, no_decay = [], []
     for name, p in self.model.named_parameters():  # decay_mask's rule: no decay on biases, LayerNorms
@@ -97,9 +98,10 @@ class TorchSide:
     return loss.detach()
 
   def run(self, batches):
+    loss = None
     for b in batches:
       loss = self.step(b)
-    return float(loss)
+    return None if loss is None else float(loss)
 
 
 def main():
@@ -117,7 +119,10 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side (compile, allocator)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--torch_device", default="cpu", help="cpu, or cuda to compare on a GPU (jax uses its default)")
   args = parser.parse_args()
+  if jax.default_backend() != "cpu":  # torch computes float32 matmuls in full float32 by default
+    jax.config.update("jax_default_matmul_precision", "highest")
 
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(args.seed)
@@ -130,11 +135,11 @@ def main():
   n_batches = args.warmup + args.steps
   tokens = np.random.RandomState(args.seed).randint(0, args.vocab, (n_batches, B, L + 1)).astype(np.int32)
   jax_batches = [jnp.asarray(t[None]) for t in tokens]  # [G=1, B, L+1]
-  torch_batches = [torch.from_numpy(t).long() for t in tokens]
+  torch_batches = [torch.from_numpy(t).long().to(args.torch_device) for t in tokens]
 
   ours = JaxSide(config, params)
   with tempfile.TemporaryDirectory() as tmp:
-    ref = TorchSide(config, params, os.path.join(tmp, "hf"))
+    ref = TorchSide(config, params, os.path.join(tmp, "hf"), args.torch_device)
   n_decayed = sum(x.size for x, keep in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if keep)
   assert ref.n_decayed == n_decayed, "torch weight-decay groups differ from phi1_jax.train.decay_mask"
 
@@ -142,8 +147,9 @@ def main():
         f"{args.d_model // args.heads}, mlp {args.mlp}, vocab {args.vocab}, rotary {cfg.rotary_dim}, "
         f"scan_layers {cfg.scan_layers}; "
         f"batch {B} x seq_len {L} = {B * L} tokens/step; float32, AdamW + clip 1.0")
-  print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, {os.cpu_count()} CPUs")
+  torch_on = torch.cuda.get_device_name() if args.torch_device == "cuda" else f"{torch.get_num_threads()} threads"
+  print(f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
+        f"({torch_on}), transformers {transformers.__version__}, {os.cpu_count()} CPUs")
 
   # First step from the same weights on the same batch: the losses must agree; the second step's
   # loss (after one AdamW update on each side) checks the optimizers agree too.

@@ -14,6 +14,10 @@ Shapes are bucketed (prompt length and cache length to multiples of `bucket`) so
 compiles once per bucket, not once per prompt. The cache and the loop state stay on device
 between chunks (donated, so no copies).
 
+The loop reads `Phi.unstacked_layers()`, a per-layer copy of the layer weights in the compute
+dtype made once per `generate` call (slicing the stacked weights inside the loop would copy them
+on every token). It costs memory: one more copy of the layers (half of it for a bfloat16 model).
+
 Shapes in names: B batch, P padded prompt length, S cache length, M max new tokens, V vocab.
 """
 

@@ -70,6 +70,17 @@ def _next_token(logits_BxV, key, temperature, top_k, top_p, vocab_limit, *, gree
 _CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+@functools.cache
+def _decode_options(backend: str) -> dict | None:
+  if backend != "cpu":
+    return None
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_DECODE_OPTIONS).lower(1.0).compile()
+  except Exception:  # noqa: BLE001 -- an older XLA has no YNNPACK, so neither the option nor its cost
+    return None
+  return _CPU_DECODE_OPTIONS
+
+
 def _jit(fn, **kwargs):
   """jax.jit with the CPU decode options when the default backend is the CPU."""
   cache = {}
@@ -78,8 +89,7 @@ def _jit(fn, **kwargs):
   def call(*args, **kw):
     backend = jax.default_backend()
     if backend not in cache:
-      options = _CPU_DECODE_OPTIONS if backend == "cpu" else None
-      cache[backend] = jax.jit(fn, compiler_options=options, **kwargs)
+      cache[backend] = jax.jit(fn, compiler_options=_decode_options(backend), **kwargs)
     return cache[backend](*args, **kw)
   return call
 

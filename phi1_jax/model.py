@@ -197,7 +197,7 @@ def _block(cfg: ModelConfig, p: dict, x_BxLxD, positions_BxL, mask_BxLxS, key, c
   # Projections as plain 2-D matmuls over merged (N, H): as einsums with a [D, N, H] operand,
   # XLA:CPU copies the weights into another layout on every call (every decoded token).
   B, L, D = x_BxLxD.shape
-  N, H = p["q_kernel"].shape[1:]
+  N, H = cfg.n_heads, cfg.head_dim
 
   def proj(name):
     out = (y_BxLxD @ p[f"{name}_kernel"].reshape(D, N * H).astype(dtype)).reshape(B, L, N, H)

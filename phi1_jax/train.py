@@ -342,19 +342,19 @@ def train(config, workdir: str | os.PathLike) -> dict:
   if latest is not None:
     # grain saved one iterator state per process; with another process count there is none for
     # this one, and the position follows from the step (every step reads one global batch).
-    data_state = (workdir / "checkpoints" / str(latest) / "data"
-                  / f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    same_processes = (workdir / "checkpoints" / str(latest) / "data"
+                      / f"process_{jax.process_index()}-of-{jax.process_count()}.json").exists()
     items = dict(state=ocp.args.StandardRestore(abstract_state))
-    if data_state.exists():
+    if same_processes:
       items["data"] = pipeline.checkpoint_args(train_iter, restore=True)
     try:  # to this run's shardings: a checkpoint from another mesh restores resharded
       restored = ckpt_mngr.restore(latest, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
       raise UserError(f"checkpoint {workdir}/checkpoints/{latest} does not match this config: {str(e).splitlines()[0]}") from None
     state = restored["state"]
-    if not data_state.exists():
+    if not same_processes:
       pipeline.seek(train_iter, int(state["step"]), local_batch)
-    log(f"resumed from {workdir}/checkpoints/{latest}" + ("" if data_state.exists() else
+    log(f"resumed from {workdir}/checkpoints/{latest}" + ("" if same_processes else
         f" (saved by another number of processes: data position from step {int(state['step'])})"))
   start_step = int(state["step"])
   end_step = min(config.run_until_step or config.total_steps, config.total_steps)

@@ -34,7 +34,7 @@ def test_batches_have_the_promised_shape(packed):
   assert batch["tokens"].shape == (4, SEQ_LEN + 1) and batch["tokens"].dtype == np.int32
 
 
-def test_two_processes_cover_each_epoch_exactly_once_in_new_orders(packed):
+def test_two_processes_cover_each_epoch_exactly_once(packed):
   records = [tuple(r.tolist()) for r in read_records(packed["a"], "train")]
   n = len(records)
   assert n > 50

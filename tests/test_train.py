@@ -22,10 +22,13 @@ def train_args(workdir, cache, *extra):
   return ["--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.cache_dir={cache}", *SMALL, *extra]
 
 
+def metric_rows(workdir) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(workdir) -> dict[int, float]:
   """step -> loss, the last row of each step winning (a killed run may have logged past its checkpoint)."""
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["loss"] for r in rows}
+  return {r["step"]: r["loss"] for r in metric_rows(workdir)}
 
 
 def final_params(workdir, step):
@@ -39,7 +42,7 @@ def test_tiny_loss_falls(tmp_path, stdlib_cache):
                                                   "--config.eval_every=20", "--config.model.d_model=128",
                                                   "--config.batch_size=8"))
   assert out.returncode == 0, out.stderr[-3000:]
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(tmp_path)
   evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
   assert len(evals) == 3
   assert evals[-1] < evals[0] - 1.0, evals  # from ~ln(4096)=8.3 down by well over a nat
@@ -148,7 +151,7 @@ def test_humaneval_metrics_during_training(tmp_path, stdlib_cache):
                                                   "--config.humaneval_every=2", "--config.humaneval_limit=2",
                                                   "--config.humaneval_loss_every=1"))
   assert out.returncode == 0, out.stderr[-3000:]
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(tmp_path)
   assert all(r["humaneval_canonical_loss"] > 0 for r in rows)  # every step
   assert "humaneval_pass@1" not in rows[0]
   assert rows[1]["humaneval_n_problems"] == 2 and rows[1]["humaneval_pass@1"] == 0.0  # an untrained model

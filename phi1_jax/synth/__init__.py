@@ -1,0 +1,1 @@
+"""Synthetic textbooks and CodeExercises (`python -m phi1_jax.synth`)."""

@@ -129,7 +129,7 @@ def build_executor(args, config: dict, out: Path):
   from phi1_jax.synth.generate import Synthesize, jsonl_adapter
   llm_options = {"base_url": args.base_url, "cache_path": str(Path(args.cache or out / "llm_cache.sqlite")),
                  "api_key_env": args.api_key_env, "concurrency": args.concurrency, "timeout_s": args.timeout,
-                 "max_attempts": args.max_attempts, "max_requests": args.max_requests,
+                 "max_attempts": args.max_attempts, "backoff_base_s": args.backoff_s, "max_requests": args.max_requests,
                  "max_tokens_total": args.max_tokens_total, "metrics_path": str(out / "llm_metrics.jsonl")}
   step = Synthesize(args.kind, args.n, str(out), seed=args.seed, topics_path=config["topics_path"],
                     model=args.model, endpoint=args.endpoint,

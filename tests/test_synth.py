@@ -1,0 +1,268 @@
+"""python -m phi1_jax.synth: the sampler, validation, and whole runs against a real HTTP endpoint.
+
+The endpoint is the `endpoint` fixture: the tests' misbehaving OpenAI-compatible server with
+scripted answers (tests/synth_responders.py), whose text the tests can predict. End-to-end checks
+of plumbing only could point it at `python -m phi1_jax.serve` as well.
+"""
+
+import collections
+import os
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_module
+from llm_servers import FaultyLLMServer, canonical
+from phi1_jax import llm as llm_lib
+from phi1_jax.synth import prompts, validate
+from phi1_jax.synth.__main__ import main as synth_main
+from synth_responders import exercise_responder, textbook_responder
+
+
+@pytest.fixture
+def endpoint():
+  """Starts a real HTTP endpoint: endpoint(responder, **faults) -> server with .base_url."""
+  servers = []
+
+  def start(responder, **kw):
+    kw.setdefault("retry_after", "0")
+    servers.append(FaultyLLMServer(responder=responder, **kw).start())
+    return servers[-1]
+  yield start
+  for server in servers:
+    server.stop()
+
+
+def _synth(kind, server, out, *extra, **kw):
+  return run_module("phi1_jax.synth", kind, f"--out={out}", f"--base_url={server.base_url}", "--model=test",
+                    "--concurrency=4", "--backoff_s=0.01", *extra, **kw)
+
+
+def _rows(out, kind="textbooks"):
+  return [json.loads(line) for path in sorted(out.glob(f"{kind}-*.jsonl")) for line in path.open()]
+
+
+def _answers_by_key(server, responder):
+  """request key -> the text the server answered for it (its log holds every body it saw)."""
+  return {llm_lib.request_key(e["endpoint"], e["body"]): responder(e["endpoint"], e["body"]) for e in server.log}
+
+
+# ------------------------------------------------------------ sampler
+
+
+def test_sampler_is_a_function_of_seed_and_index_and_covers_the_lists():
+  topics, parts = prompts.load_topics(), prompts.load_parts()
+  assert len(topics) >= 300 and all(len(t.subtopics) >= 3 for t in topics)
+  books = [prompts.textbook_prompt(0, i, topics, parts) for i in range(10_000)]
+  assert books[1234] == prompts.textbook_prompt(0, 1234, topics, parts)
+  assert prompts.textbook_prompt(1, 1234, topics, parts) != books[1234]
+  assert len({b["prompt"] for b in books}) >= 9_990
+  assert {b["topic"] for b in books} == {t.name for t in topics}
+  assert {b["audience"] for b in books} == set(parts["audiences"])
+  assert {b["style"] for b in books} == set(parts["styles"])
+  assert {b["opening"] for b in books} == set(parts["openings"])
+  per_topic = collections.Counter(b["topic"] for b in books)
+  assert max(per_topic.values()) < 3 * 10_000 / len(topics)  # no topic dominates
+  exercises = [prompts.exercise_prompt(0, i, topics, parts) for i in range(10_000)]
+  assert len({e["prompt"] for e in exercises}) >= 9_990
+  assert len({e["function_name"] for e in exercises}) >= 0.9 * len(parts["exercise_verbs"]) * len(parts["exercise_nouns"])
+  assert len({prompts.request_seed(0, i) for i in range(10_000)}) == 10_000
+
+
+def test_topics_file_errors_name_the_line(tmp_path):
+  bad = tmp_path / "topics.txt"
+  bad.write_text("## area\nGood topic: a; b\nno colon here\n")
+  with pytest.raises(prompts.TopicsError, match=r"topics.txt:3"):
+    prompts.load_topics(bad)
+
+
+# ------------------------------------------------------------ validation
+
+GOOD_BOOK = "Lists hold items in order. " * 40 + "\n\n```python\nitems = [3, 1, 2]\nprint(sorted(items))\n```\n"
+
+
+@pytest.mark.parametrize("text,reason", [
+    (GOOD_BOOK, None),
+    ("I'm sorry, but I can't help with that request.", "refusal"),
+    ("Sure! Here is a textbook section.\n\n" + GOOD_BOOK, "meta_boilerplate"),
+    (GOOD_BOOK + "\nI hope this helps! Let me know if you have questions.", "meta_boilerplate"),
+    (GOOD_BOOK[:300], "too_short"),
+    (GOOD_BOOK.replace("print(sorted(items))", "print(sorted(items)"), "code_syntax_error"),
+    (GOOD_BOOK + "\n```python\nx = 1\n", "unclosed_code_fence"),
+    ("Lists hold items in order. " * 60, "no_code"),
+    (GOOD_BOOK + "\n```pycon\n>>> x = [1]\n>>> x\n[1]\n```\n", None),
+    (GOOD_BOOK + ("\nThe same long line repeated over and over again." * 30), "repetitive"),
+])
+def test_textbook_checks(text, reason):
+  assert validate.textbook_rejection(text, "stop", min_chars=1000) == reason
+
+
+def test_textbook_cut_by_max_tokens_is_rejected():
+  assert validate.textbook_rejection(GOOD_BOOK, "length") == "truncated"
+
+
+def _exercise(body, tests="assert add_pairs([1, 2]) == 3\nassert add_pairs([]) == 0\n", name="add_pairs"):
+  return (f'```python\ndef {name}(values: list[int]) -> int:\n    """Return the sum of the values."""\n'
+          f"{body}\n```\n\n```python\n{tests}```\n")
+
+
+def test_exercise_checks_run_the_tests_in_the_sandbox(tmp_path):
+  cases = {
+      "good": (_exercise("    total = sum(values)\n    return total"), None),
+      "fails": (_exercise("    total = sum(values)\n    return total + 1"), "tests_failed"),
+      "loops": (_exercise("    while True:\n        pass"), "tests_timed_out"),
+      "escapes": (_exercise(f"    import os, shutil\n    os.system('touch {tmp_path}/escaped')\n"
+                            f"    shutil.rmtree('{tmp_path}')\n    return sum(values)"), "tests_failed"),
+      "forks": (_exercise("    import os\n    while True:\n        os.fork()"), "tests_failed"),
+  }
+  exercises = {}
+  for name, (text, _) in cases.items():
+    exercises[name], reason = validate.parse_exercise(text, "add_pairs")
+    assert reason is None, name
+  reasons = validate.check_exercises(list(exercises.values()), timeout_s=1.0, workers=2)
+  assert dict(zip(cases, reasons)) == {name: reason for name, (_, reason) in cases.items()}
+  assert tmp_path.is_dir() and not (tmp_path / "escaped").exists()
+  good = exercises["good"]
+  assert good["prompt"].endswith('"""Return the sum of the values."""\n')
+  assert good["solution"] == "    total = sum(values)\n    return total\n" and "assert" not in good["prompt"] + good["solution"]
+
+
+@pytest.mark.parametrize("text,reason", [
+    (_exercise("    return sum(values)").replace("int:\n", "int\n", 1), "syntax_error"),
+    (_exercise("    return sum(values)", name="other_name"), "wrong_function_name"),
+    (_exercise("    return sum(values)").replace('    """Return the sum of the values."""\n', ""), "no_docstring"),
+    (_exercise("    return sum(values)", tests="print('no asserts')\n"), "no_tests"),
+    ("```python\ndef add_pairs(values):\n    return 1\n```", "not_two_code_blocks"),
+    ("I'm sorry, I cannot help with that.", "refusal"),
+])
+def test_exercise_parse_rejections(text, reason):
+  assert validate.parse_exercise(text, "add_pairs") == (None, reason)
+
+
+# ------------------------------------------------------------ command line
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--n=0"], "--n must be >= 1"),
+    (["--n=5", "--base_url=ftp://x"], "--base_url 'ftp://x'"),
+    (["--n=5", "--topics=/nonexistent/topics.txt"], "--topics /nonexistent/topics.txt: not found"),
+    (["--n=5", "--tasks=6"], "--tasks (6) must not exceed --n (5)"),
+])
+def test_bad_flags_stop_with_one_line(tmp_path, capsys, args, message):
+  argv = ["textbooks", f"--out={tmp_path / 'out'}", "--base_url=http://127.0.0.1:9/v1", "--model=m", *args]
+  assert synth_main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_something_else_is_not_touched(tmp_path, capsys):
+  (tmp_path / "notes.txt").write_text("mine")
+  argv = ["textbooks", f"--out={tmp_path}", "--base_url=http://127.0.0.1:9/v1", "--model=m", "--n=3"]
+  assert synth_main(argv) == 2
+  assert "not empty" in capsys.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+# ------------------------------------------------------------ whole runs
+
+
+def test_textbooks_on_a_misbehaving_endpoint_then_a_rerun_pays_nothing(endpoint, tmp_path, capsys):
+  server = endpoint(textbook_responder, fault_rate=0.25, seed=5)
+  out = tmp_path / "books"
+  result = _synth("textbooks", server, out, "--n=30", "--seed=9")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = _rows(out)
+  assert len(rows) == 30 and len({r["id"] for r in rows}) == 30
+  answers = _answers_by_key(server, textbook_responder)
+  for row in rows:  # each document is exactly one answer the endpoint gave
+    assert row["source"] == "synthetic_textbook" and row["text"] == answers[row["meta"]["request_key"]].strip() + "\n"
+    assert {"topic", "audience", "style", "prompt_sha256", "model", "usage"} <= set(row["meta"])
+  assert set(server.paid_keys().values()) == {1}
+  assert sum(server.outcomes()[f] for f in ("429", "500", "503", "drop", "reset", "garbage", "no_choices")) > 0
+  manifest = json.loads((out / "manifest.json").read_text())
+  counts = manifest["counts"]
+  assert manifest["complete"] and counts["written"] == 30
+  assert {"refusal", "code_syntax_error", "near_duplicate"} <= set(counts["rejected"])
+  assert counts["prompts"] == 30 + sum(counts["rejected"].values()) + counts["unused_answers"]
+  assert manifest["spend"]["cache"]["answers"] == len(server.paid_keys())
+  diversity = manifest["diversity"]
+  assert diversity["documents"] == 30 and diversity["topics_covered"] >= 25
+  assert 0 <= diversity["mean_pairwise_minhash_similarity"] < 0.2 and diversity["distinct_3gram_ratio"] > 0.5
+  assert "diversity:" in result.stdout
+
+  requests_before = len(server.log)
+  argv = ["textbooks", f"--out={out}", f"--base_url={server.base_url}", "--model=test", "--seed=9"]
+  assert synth_main([*argv, "--n=30"]) == 0 and "nothing to do" in capsys.readouterr().out
+  (out / "manifest.json").unlink()  # even a run that must redo its manifest asks nothing
+  assert _synth("textbooks", server, out, "--n=30", "--seed=9").returncode == 0
+  assert len(server.log) == requests_before and _rows(out) == rows
+  assert synth_main([*argv, "--n=31"]) == 2 and "differs in n" in capsys.readouterr().err
+
+
+def test_sigkill_then_rerun_writes_what_an_unbroken_run_writes_and_pays_nothing_twice(endpoint, tmp_path):
+  reference = tmp_path / "reference"
+  server = endpoint(textbook_responder)
+  assert _synth("textbooks", server, reference, "--n=24").returncode == 0
+  server = endpoint(textbook_responder, delay_s=0.05, fault_rate=0.1, seed=2)
+  out = tmp_path / "killed"
+  args = [sys.executable, "-m", "phi1_jax.synth", "textbooks", "--n=24", f"--out={out}",
+          f"--base_url={server.base_url}", "--model=test", "--concurrency=4", "--backoff_s=0.01"]
+  run = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 120
+  while len(server.paid_keys()) < 12 and time.monotonic() < deadline:
+    time.sleep(0.01)
+  run.send_signal(signal.SIGKILL)
+  assert run.wait() == -signal.SIGKILL
+  with sqlite3.connect(out / "llm_cache.sqlite") as db:
+    committed = {canonical(json.loads(body)) for (body,) in db.execute("SELECT request FROM answers")}
+  assert committed and not (out / "manifest.json").exists()
+  log_before = len(server.log)
+  result = _synth("textbooks", server, out, "--n=24")
+  assert result.returncode == 0, result.stderr[-3000:]
+  asked_again = {canonical(e["body"]) for e in server.log[log_before:]}
+  assert not committed & asked_again  # nothing received before the kill is asked for again
+  assert _rows(out) == _rows(reference)  # exactly n documents, the same ones
+
+
+def test_token_cap_stops_cleanly_then_a_higher_cap_finishes(endpoint, tmp_path):
+  server = endpoint(textbook_responder)
+  out = tmp_path / "capped"
+  result = _synth("textbooks", server, out, "--n=20", "--max_tokens_total=4000", "--concurrency=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "cap --max_tokens_total=4000" in result.stderr and "stopped by --max_tokens_total" in result.stdout
+  manifest = json.loads((out / "manifest.json").read_text())
+  kept = _rows(out)
+  assert not manifest["complete"] and 0 < len(kept) < 20 == manifest["counts"]["requested"]
+  assert manifest["counts"]["written"] == len(kept) and manifest["tokens"]["completion_tokens_paid"] > 0
+  paid_so_far = len(server.paid_keys())
+  result = _synth("textbooks", server, out, "--n=20")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = _rows(out)
+  assert len(rows) == 20 and rows[:len(kept)] == kept
+  assert len(server.paid_keys()) > paid_so_far and set(server.paid_keys().values()) == {1}
+  assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_exercises_keep_only_what_passes_its_own_tests(endpoint, tmp_path):
+  server = endpoint(exercise_responder, fault_rate=0.2, seed=4)
+  out = tmp_path / "exercises"
+  result = _synth("exercises", server, out, "--n=10", "--exec_timeout=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = _rows(out, "exercises")
+  assert len(rows) == 10 and set(server.paid_keys().values()) == {1}
+  for row in rows:
+    meta = row["meta"]
+    assert row["source"] == "synthetic_exercise" and "assert" not in row["text"]
+    assert row["text"][:meta["prompt_chars"]].endswith('"""\n') and f"def {meta['function_name']}(" in row["text"]
+  programs = [row["text"] + "\n" + row["meta"]["tests"] for row in rows]
+  assert all(r.passed for r in validate.execute.execute_programs(programs, timeout_s=2, workers=2))
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert {"syntax_error", "tests_failed"} <= set(manifest["counts"]["rejected"])
+  assert manifest["exercises"]["passed_own_tests"] == 10 + manifest["counts"]["rejected"].get("near_duplicate", 0)
+  assert 0 < manifest["exercises"]["pass_rate"] < 1

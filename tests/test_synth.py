@@ -17,6 +17,7 @@ import time
 import pytest
 
 from conftest import REPO, run_module
+from data_fixtures import small_tokenizer  # noqa: F401
 from llm_servers import FaultyLLMServer, canonical
 from phi1_jax import llm as llm_lib
 from phi1_jax.synth import prompts, validate
@@ -152,8 +153,11 @@ def test_exercise_parse_rejections(text, reason):
     (["--n=5", "--base_url=ftp://x"], "--base_url 'ftp://x'"),
     (["--n=5", "--topics=/nonexistent/topics.txt"], "--topics /nonexistent/topics.txt: not found"),
     (["--n=5", "--tasks=6"], "--tasks (6) must not exceed --n (5)"),
+    (["--n=5", "--template=TEMPLATE"], "unusable field"),
 ])
 def test_bad_flags_stop_with_one_line(tmp_path, capsys, args, message):
+  (tmp_path / "template.txt").write_text("Write about {topic} for {reader}.")
+  args = [a.replace("TEMPLATE", str(tmp_path / "template.txt")) for a in args]
   argv = ["textbooks", f"--out={tmp_path / 'out'}", "--base_url=http://127.0.0.1:9/v1", "--model=m", *args]
   assert synth_main(argv) == 2
   err = capsys.readouterr().err.strip()
@@ -249,7 +253,7 @@ def test_token_cap_stops_cleanly_then_a_higher_cap_finishes(endpoint, tmp_path):
   assert json.loads((out / "manifest.json").read_text())["complete"]
 
 
-def test_exercises_keep_only_what_passes_its_own_tests(endpoint, tmp_path):
+def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_path, small_tokenizer):
   server = endpoint(exercise_responder, fault_rate=0.2, seed=4)
   out = tmp_path / "exercises"
   result = _synth("exercises", server, out, "--n=10", "--exec_timeout=1")
@@ -266,3 +270,7 @@ def test_exercises_keep_only_what_passes_its_own_tests(endpoint, tmp_path):
   assert {"syntax_error", "tests_failed"} <= set(manifest["counts"]["rejected"])
   assert manifest["exercises"]["passed_own_tests"] == 10 + manifest["counts"]["rejected"].get("near_duplicate", 0)
   assert 0 < manifest["exercises"]["pass_rate"] < 1
+  # The output is finetuning data as it is: phi1_jax.data.pack reads it.
+  from phi1_jax.data.pack import pack
+  packed = pack(sorted(out.glob("exercises-*.jsonl")), small_tokenizer, 32, tmp_path / "packed", workers=1)
+  assert packed["splits"]["train"]["documents"] + packed["splits"]["eval"]["documents"] == 10

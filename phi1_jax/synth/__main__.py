@@ -26,7 +26,7 @@ from pathlib import Path
 
 FORMAT = "phi1_jax.synth/v1"
 # Settings that change what is written: a folder holds the output of one of them.
-CONTENT_KEYS = ("kind", "n", "seed", "model", "endpoint", "temperature", "max_tokens", "topics_sha256",
+CONTENT_KEYS = ("kind", "n", "seed", "model", "endpoint", "temperature", "max_tokens", "topics_sha256", "template_sha256",
                 "prompt_parts_sha256", "min_chars", "tasks", "exec_timeout")
 
 
@@ -44,6 +44,8 @@ def _parse_args(argv):
     sub.add_argument("--out", required=True, help="output folder")
     sub.add_argument("--seed", type=int, default=0, help="prompt i depends only on (seed, i)")
     sub.add_argument("--topics", default=None, help="topics file (default: the package's topics.txt)")
+    sub.add_argument("--template", default=None,
+                     help="prompt template file with str.format fields such as {topic} (default: built in)")
     sub.add_argument("--endpoint", default="chat", choices=["chat", "completion"])
     sub.add_argument("--temperature", type=float, default=0.8)
     sub.add_argument("--max_tokens", type=int, default=max_tokens, help="tokens per answer")
@@ -67,11 +69,14 @@ def _config(args) -> dict:
   from phi1_jax.synth import prompts
   topics_path = Path(args.topics) if args.topics else prompts.DEFAULT_TOPICS
   topics = prompts.load_topics(topics_path)  # raises TopicsError naming the problem
+  template = prompts.load_template(args.template, args.kind) if args.template else None
   return {
       "kind": args.kind, "n": args.n, "seed": args.seed, "model": args.model, "endpoint": args.endpoint,
       "temperature": args.temperature, "max_tokens": args.max_tokens,
       "topics_path": str(topics_path.resolve()), "topics_sha256": _sha256(topics_path), "topics": len(topics),
       "prompt_parts_sha256": _sha256(prompts.PROMPT_PARTS),
+      "template_path": str(Path(args.template).resolve()) if template else None,
+      "template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
       "min_chars": getattr(args, "min_chars", None), "exec_timeout": getattr(args, "exec_timeout", None),
       "tasks": args.tasks, "workers": args.workers,
       "max_prompts": args.max_prompts if args.max_prompts is not None else 4 * args.n + 16,
@@ -132,7 +137,7 @@ def build_executor(args, config: dict, out: Path):
                  "max_attempts": args.max_attempts, "backoff_base_s": args.backoff_s, "max_requests": args.max_requests,
                  "max_tokens_total": args.max_tokens_total, "metrics_path": str(out / "llm_metrics.jsonl")}
   step = Synthesize(args.kind, args.n, str(out), seed=args.seed, topics_path=config["topics_path"],
-                    model=args.model, endpoint=args.endpoint,
+                    template_path=config["template_path"], model=args.model, endpoint=args.endpoint,
                     sampling={"temperature": args.temperature, "max_tokens": args.max_tokens},
                     llm_options=llm_options, min_chars=config["min_chars"] or 0,
                     max_prompts=config["max_prompts"], exec_timeout_s=config["exec_timeout"] or 3.0,

@@ -62,13 +62,15 @@ class Synthesize(PipelineStep):
   name = "synthesize"
   type = "📝 - SYNTH"
 
-  def __init__(self, kind: str, n: int, out_dir: str, *, seed: int, topics_path: str, model: str,
+  def __init__(self, kind: str, n: int, out_dir: str, *, seed: int, topics_path: str, template_path: str | None,
+               model: str,
                endpoint: str, sampling: dict, llm_options: dict, min_chars: int, max_prompts: int,
                exec_timeout_s: float, output_pattern: str):
     super().__init__()
     self.output_pattern = output_pattern  # the writer's file for a rank: "OUT/textbooks-{rank:05d}.jsonl"
     self.kind, self.n, self.out_dir, self.seed = kind, n, out_dir, seed
-    self.topics_path, self.model, self.endpoint, self.sampling = topics_path, model, endpoint, sampling
+    self.topics_path, self.template_path, self.model, self.endpoint, self.sampling = (
+        topics_path, template_path, model, endpoint, sampling)
     self.llm_options, self.min_chars, self.max_prompts = llm_options, min_chars, max_prompts
     self.exec_timeout_s = exec_timeout_s
 
@@ -150,6 +152,7 @@ class Synthesize(PipelineStep):
     topics = prompts.load_topics(self.topics_path)
     parts = prompts.load_parts()
     prompter = prompts.PROMPTERS[self.kind]
+    template = prompts.load_template(self.template_path, self.kind) if self.template_path else None
     target = stats["target"]
     options = dict(self.llm_options)
     for cap in ("max_requests", "max_tokens_total"):  # a task's share of a cap
@@ -165,7 +168,7 @@ class Synthesize(PipelineStep):
         # Keep no more in flight than documents still missing: no answer is bought in vain.
         while (stats["stopped_by"] is None and len(pending) < min(client.concurrency, target - stats["kept"])
                and stats["prompts"] < max_prompts):
-          choice = prompter(self.seed, next_index, topics, parts)
+          choice = prompter(self.seed, next_index, topics, parts, template)
           pending.append(asyncio.ensure_future(self._attempt(client, next_index, choice)))
           next_index += world
           stats["prompts"] += 1

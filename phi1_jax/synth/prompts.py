@@ -94,7 +94,7 @@ the function.
 2. Tests: at least three `assert` statements calling `{function_name}`, including an edge case."""
 
 
-def textbook_prompt(seed: int, i: int, topics: list[Topic], parts: dict) -> dict:
+def textbook_prompt(seed: int, i: int, topics: list[Topic], parts: dict, template: str | None = None) -> dict:
   """The prompt for textbook i and the choices behind it."""
   rng = _rng(seed, i)
   topic = rng.choice(topics)
@@ -104,10 +104,10 @@ def textbook_prompt(seed: int, i: int, topics: list[Topic], parts: dict) -> dict
       "example_kind": rng.choice(parts["example_kinds"]), "length": rng.choice(parts["lengths"]),
       "difficulty": rng.choice(parts["difficulties"]), "opening": rng.choice(parts["openings"]),
   }
-  return {"prompt": TEXTBOOK_TEMPLATE.format(**choice), **choice}
+  return {"prompt": (template or TEXTBOOK_TEMPLATE).format(**choice), **choice}
 
 
-def exercise_prompt(seed: int, i: int, topics: list[Topic], parts: dict) -> dict:
+def exercise_prompt(seed: int, i: int, topics: list[Topic], parts: dict, template: str | None = None) -> dict:
   """The prompt for exercise i and the choices behind it (including the required function name)."""
   rng = _rng(seed, i)
   topic = rng.choice(topics)
@@ -116,7 +116,22 @@ def exercise_prompt(seed: int, i: int, topics: list[Topic], parts: dict) -> dict
       "difficulty": rng.choice(parts["difficulties"]),
       "function_name": f"{rng.choice(parts['exercise_verbs'])}_{rng.choice(parts['exercise_nouns'])}",
   }
-  return {"prompt": EXERCISE_TEMPLATE.format(**choice), **choice}
+  return {"prompt": (template or EXERCISE_TEMPLATE).format(**choice), **choice}
 
 
 PROMPTERS = {"textbooks": textbook_prompt, "exercises": exercise_prompt}
+
+
+def load_template(path: str | Path, kind: str) -> str:
+  """A prompt template file (str.format fields: those of the kind's default); TopicsError if unusable."""
+  path = Path(path)
+  if not path.is_file():
+    raise TopicsError(f"--template {path}: not found")
+  template = path.read_text(encoding="utf-8")
+  topics = [Topic("area", "topic", ("subtopic",))]
+  try:
+    PROMPTERS[kind](0, 0, topics, load_parts(), template)
+  except (KeyError, IndexError, ValueError) as error:
+    raise TopicsError(f"--template {path}: unusable field or brace ({error!r}); fields: "
+                      f"{', '.join(sorted(PROMPTERS[kind](0, 0, topics, load_parts())))}") from None
+  return template

@@ -274,3 +274,14 @@ def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_pa
   from phi1_jax.data.pack import pack
   packed = pack(sorted(out.glob("exercises-*.jsonl")), small_tokenizer, 32, tmp_path / "packed", workers=1)
   assert packed["splits"]["train"]["documents"] + packed["splits"]["eval"]["documents"] == 10
+
+
+def test_two_tasks_on_two_workers_split_the_documents(endpoint, tmp_path):
+  server = endpoint(textbook_responder)
+  out = tmp_path / "two"
+  result = _synth("textbooks", server, out, "--n=9", "--tasks=2", "--workers=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert [o["documents"] for o in manifest["outputs"]] == [5, 4] and manifest["complete"]
+  rows = _rows(out)
+  assert len({r["id"] for r in rows}) == 9 and {r["meta"]["prompt_index"] % 2 for r in rows[:5]} == {0}

@@ -158,11 +158,12 @@ class Synthesize(PipelineStep):
     for cap in ("max_requests", "max_tokens_total"):  # a task's share of a cap
       if options.get(cap) is not None:
         options[cap] = task_share(options[cap], rank, world)
-    client = llm_lib.LLM(**options, total=target)
+    client = llm_lib.LLM(**options)  # no total: rejected answers make the number of requests open
     index = dedup.NearDuplicateIndex(dedup.MinHasher(work_dir=str(Path(self.out_dir) / ".synth" / "minhash")))
     max_prompts = task_share(self.max_prompts, rank, world)
     pending: collections.deque[asyncio.Task] = collections.deque()
-    next_index, last_line = rank, time.monotonic()
+    next_index, started = rank, time.monotonic()
+    last_line = started
     try:
       while stats["kept"] < target:
         # Keep no more in flight than documents still missing: no answer is bought in vain.
@@ -195,9 +196,11 @@ class Synthesize(PipelineStep):
         document = self._document(outcome)
         index.add(document.id, document.text)
         stats["kept"] += 1
-        if time.monotonic() - last_line > 10:
-          last_line = time.monotonic()
-          print(f"synth: task {rank}: {stats['kept']}/{target} kept, {stats['prompts']} prompts, "
+        now = time.monotonic()
+        if now - last_line > 10 or stats["kept"] == target:
+          last_line, rate = now, stats["kept"] / max(now - started, 1e-9)
+          print(f"synth: task {rank}: {stats['kept']}/{target} kept, {rate:.2f}/s, "
+                f"ETA {(target - stats['kept']) / rate:.0f}s, {stats['prompts']} prompts, "
                 f"rejected {dict(stats['rejected'])}", file=sys.stderr, flush=True)
         yield document
     finally:

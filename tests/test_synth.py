@@ -285,3 +285,11 @@ def test_two_tasks_on_two_workers_split_the_documents(endpoint, tmp_path):
   assert [o["documents"] for o in manifest["outputs"]] == [5, 4] and manifest["complete"]
   rows = _rows(out)
   assert len({r["id"] for r in rows}) == 9 and {r["meta"]["prompt_index"] % 2 for r in rows[:5]} == {0}
+
+
+def test_a_refused_key_stops_the_run_with_one_line(endpoint, tmp_path, capsys):
+  server = endpoint(textbook_responder, fault_for=lambda endpoint, body: "401")
+  argv = ["textbooks", f"--out={tmp_path / 'out'}", f"--base_url={server.base_url}", "--model=m", "--n=3"]
+  assert synth_main(argv) == 2
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("error: HTTP 401 from http://127.0.0.1:") and len(server.log) <= 3

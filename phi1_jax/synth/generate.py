@@ -205,8 +205,7 @@ class Synthesize(PipelineStep):
         yield document
     finally:
       # Answers still on their way are paid for: let them land in the cache.
-      for task in pending:
-        outcome = await task
-        stats["unused_answers"] += outcome.answer is not None
+      for outcome in await asyncio.gather(*pending, return_exceptions=True):
+        stats["unused_answers"] += isinstance(outcome, _Outcome) and outcome.answer is not None
       stats["llm"] = client.summary()
       await client.aclose()

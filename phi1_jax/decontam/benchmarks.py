@@ -24,7 +24,8 @@ HUMANEVAL_STRINGS_OK = ("return x + y", "return len(string)", "return n**2", "re
 @dataclass(frozen=True)
 class Reference:
   """One benchmark problem: `strings` for exact substrings, `text` (prompt + solution) for n-grams and
-  embeddings, `code` and `functions` (names of the functions in it to compare, all when empty) for ASTs."""
+  embeddings, `code` and `functions` (names of the functions in it to compare, all when empty) for ASTs,
+  `prompt` as a model sees it (MBPP: BigCode's docstring prompt)."""
 
   task_id: str
   benchmark: str
@@ -32,6 +33,7 @@ class Reference:
   text: str
   code: str
   functions: tuple[str, ...] = ()
+  prompt: str = ""
 
 
 def bigcode_docstring(prompt: str) -> str:
@@ -53,7 +55,7 @@ def humaneval_references() -> list[Reference]:
     if solution not in HUMANEVAL_STRINGS_OK:
       strings.append(solution)
     code = p.prompt + p.canonical_solution
-    refs.append(Reference(task_id, "humaneval", tuple(strings), code, code, (p.entry_point,)))
+    refs.append(Reference(task_id, "humaneval", tuple(strings), code, code, (p.entry_point,), p.prompt))
   return refs
 
 
@@ -69,7 +71,7 @@ def mbpp_references(path: str | Path) -> list[Reference]:
     code = row["code"].replace("\r\n", "\n")
     text = f"{row['text']}\n{code}\n" + "\n".join(row["test_list"])
     refs.append(Reference(problems_lib.mbpp_task_id(number), "mbpp", (row["text"].strip(), row["code"].strip()),
-                          text, code))
+                          text, code, (), problems_lib.mbpp_prompt(row, "docstring")))
   return refs
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import builtins
 import bisect
+import heapq
 import re
 from dataclasses import dataclass, field
 
@@ -66,7 +67,8 @@ def _is_docstring(stmt: ast.stmt) -> bool:
 
 
 def _names(stmt: ast.AST) -> tuple[set, set]:
-  """(names written, names read) by a statement; the base name of an assigned attribute or item is written."""
+  """(names written, names read) by a statement; the base name of an assigned attribute or item, or of a
+  called method, counts as written."""
   written, read = set(), set()
   for node in ast.walk(stmt):
     if isinstance(node, ast.Name):
@@ -79,27 +81,60 @@ def _names(stmt: ast.AST) -> tuple[set, set]:
         written.add(base.id)
     elif isinstance(node, ast.alias):
       written.add((node.asname or node.name).split(".")[0])
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+      base = node.func.value  # a method may change its object: x.append(1) writes x
+      while isinstance(base, (ast.Attribute, ast.Subscript, ast.Call)):
+        base = base.func if isinstance(base, ast.Call) else base.value
+      if isinstance(base, ast.Name):
+        written.add(base.id)
   if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
     read.add(stmt.target.id)
   return written, read
 
 
+def _dependent(a: tuple[set, set], b: tuple[set, set]) -> bool:
+  return bool(a[0] & (b[0] | b[1]) or b[0] & a[1])
+
+
+def _canonical_run(stmts: list[ast.stmt], trees: list[Node]) -> list[Node]:
+  """The smallest order (by serialised tree) that keeps every pair of dependent statements in place.
+
+  Dependent pairs fix a partial order and swapping independent statements does not change it, so
+  every such reordering of a run gives the same result (Kahn's algorithm with a heap).
+  """
+  names = [_names(s) for s in stmts]
+  keys = [serialise(t) for t in trees]
+  after = [[j for j in range(i + 1, len(stmts)) if _dependent(names[i], names[j])] for i in range(len(stmts))]
+  waiting = [0] * len(stmts)
+  for successors in after:
+    for j in successors:
+      waiting[j] += 1
+  ready = [(keys[i], i) for i in range(len(stmts)) if waiting[i] == 0]
+  heapq.heapify(ready)
+  out = []
+  while ready:
+    _, i = heapq.heappop(ready)
+    out.append(trees[i])
+    for j in after[i]:
+      waiting[j] -= 1
+      if waiting[j] == 0:
+        heapq.heappush(ready, (keys[j], j))
+  return out
+
+
 def _canonical_order(stmts: list[ast.stmt], trees: list[Node]) -> list[Node]:
-  """Sorts each run of adjacent simple statements that read or write none of each other's names."""
-  out, run, run_names = [], [], []
-  for stmt, tree in zip(stmts, trees):
-    names = _names(stmt) if isinstance(stmt, _REORDERABLE) else None
-    independent = names is not None and all(
-        not (w & (names[0] | names[1])) and not (names[0] & r) for w, r in run_names)
-    if not independent:
-      out.extend(sorted(run, key=serialise))
-      run, run_names = [], []
-    if names is None:
+  """Each run of adjacent simple statements (assignments, expressions, imports) in canonical order."""
+  out, run_stmts, run_trees = [], [], []
+  for stmt, tree in zip(stmts + [None], trees + [None]):
+    if stmt is not None and isinstance(stmt, _REORDERABLE):
+      run_stmts.append(stmt)
+      run_trees.append(tree)
+      continue
+    if run_stmts:
+      out.extend(_canonical_run(run_stmts, run_trees) if len(run_stmts) > 1 else run_trees)
+      run_stmts, run_trees = [], []
+    if stmt is not None:
       out.append(tree)
-    else:
-      run.append(tree)
-      run_names.append(names)
-  out.extend(sorted(run, key=serialise))
   return out
 
 

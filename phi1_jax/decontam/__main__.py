@@ -59,8 +59,10 @@ def _check_flags(args) -> list[str]:
   names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
   from phi1_jax.decontam.benchmarks import BENCHMARKS
   unknown = [b for b in names if b not in BENCHMARKS]
-  if not names or unknown:
-    raise DecontamError(f"--benchmarks={args.benchmarks}: want a comma-separated subset of {','.join(BENCHMARKS)}")
+  if unknown:
+    raise DecontamError(f"--benchmarks={args.benchmarks}: unknown benchmark {unknown[0]!r}; known: {','.join(BENCHMARKS)}")
+  if not names:
+    raise DecontamError(f"--benchmarks={args.benchmarks!r}: name at least one of {','.join(BENCHMARKS)}")
   if "mbpp" in names and not args.mbpp_path:
     raise DecontamError("--benchmarks includes mbpp: give --mbpp_path=FILE (MBPP's mbpp.jsonl)")
   if args.ngram < 1:
@@ -71,8 +73,6 @@ def _check_flags(args) -> list[str]:
     raise DecontamError(f"--ast_tau={args.ast_tau}: must be in (0, 1]")
   if args.ast_min_nodes < 1:
     raise DecontamError(f"--ast_min_nodes={args.ast_min_nodes}: must be >= 1")
-  if args.embed_max_l2 is not None and args.embed_checkpoint is None:
-    raise DecontamError("--embed_max_l2 needs --embed_checkpoint")
   if args.embed_max_l2 is not None and not 0 <= args.embed_max_l2 <= 2:
     raise DecontamError(f"--embed_max_l2={args.embed_max_l2}: unit vectors are 0 to 2 apart")
   for name in ("tasks", "workers", "embed_max_len", "slurm_cpus_per_task"):
@@ -141,6 +141,8 @@ def run(argv=None, embedder=None) -> dict:
   """The whole stage; `embedder` (an object with embed(texts) -> [N, D]) stands for --embed_checkpoint."""
   args = _parse_args(argv)
   names = _check_flags(args)
+  if args.embed_max_l2 is not None and args.embed_checkpoint is None and embedder is None:
+    raise DecontamError("--embed_max_l2 needs --embed_checkpoint")
   from phi1_jax.data import pack as pack_lib
   try:
     described = pack_lib._describe_inputs(args.input)
@@ -152,7 +154,10 @@ def run(argv=None, embedder=None) -> dict:
   except ValueError as e:
     raise DecontamError(str(e)) from None
   if args.results:
-    report_lib.read_results(args.results)  # a bad results file fails now, not after the scan
+    try:
+      report_lib.read_results(args.results)  # a bad results file fails now, not after the scan
+    except ValueError as e:
+      raise DecontamError(str(e)) from None
   out = Path(args.out)
   flags = {"ngram": args.ngram, "ngram_min_hits": args.ngram_min_hits, "ast_tau": args.ast_tau,
            "ast_min_nodes": args.ast_min_nodes, "exact_min_chars": args.exact_min_chars,

@@ -154,7 +154,7 @@ class DecontamStep(PipelineStep):
               nearest.add(method, task, score, doc.id)
           ast_best = max(scan.scores.get("ast", {}).values(), default=0.0)
           for tau in TABLE_TAUS:
-            counts["ast_at_tau"][str(tau)] += ast_best >= tau
+            counts["ast_at_tau"][str(tau)] += int(ast_best >= tau)
           verdicts = self.index.verdicts(scan)
           for v in verdicts:
             counts["flagged_by"][v["method"]] += 1

@@ -192,7 +192,7 @@ def match_rate(a: Node, b: Node) -> float:
 
 
 def _rate(flat_a, flat_b) -> float:
-  distance = standard_ted(flat_a[0], flat_a[1], flat_b[0], flat_b[1])
+  distance = int(standard_ted(flat_a[0], flat_a[1], flat_b[0], flat_b[1]))
   return max(0.0, 1.0 - distance / max(len(flat_a[0]), len(flat_b[0])))
 
 
@@ -302,5 +302,5 @@ class TreeIndex:
         self.computed += 1
         rate = _rate(flat, self.trees[i])
         if rate >= self.min_rate and rate > best.get(task_id, -1.0):
-          best[task_id] = rate
+          best[task_id] = float(rate)
     return best

@@ -13,7 +13,9 @@ from conftest import run_module
 from phi1_jax.decontam import __main__ as cli, benchmarks as bench_lib, fixture as fixture_lib, index as index_lib
 from phi1_jax.decontam import tree as tree_lib
 
-MBPP_PATH = Path(__file__).resolve().parents[2] / "shared/data/mbpp/mbpp.jsonl"
+# shared/ sits beside the repository (CI) or further up (a worktree); the nearest one is used
+MBPP_PATH = next((p / "shared/data/mbpp/mbpp.jsonl" for p in Path(__file__).resolve().parents[1:]
+                  if (p / "shared/data/mbpp/mbpp.jsonl").is_file()), Path("shared/data/mbpp/mbpp.jsonl"))
 BENCH_FLAGS = (["--benchmarks=humaneval,mbpp", f"--mbpp_path={MBPP_PATH}"] if MBPP_PATH.is_file()
                else ["--benchmarks=humaneval"])
 NEGATIVES = 150
@@ -62,7 +64,8 @@ def test_defaults_remove_lookalikes_naming_the_task_and_keep_ordinary_code(decon
       assert row["task_id"] == expect, row
       assert row["method"] == ("exact" if kind == "prompt" else "ast"), row
     checked[kind] = checked.get(kind, 0) + 1
-  assert checked["stdlib"] == NEGATIVES and checked["renamed"] >= 8 and checked["prompt"] >= 6, checked
+  problems = 12 if MBPP_PATH.is_file() else 6
+  assert checked["stdlib"] == NEGATIVES and checked["prompt"] == problems and checked["renamed"] == problems, checked
   assert checked.get("reordered", 0) >= 1, checked
   # kept documents are exactly the input's, in the format pack reads
   for doc_id, doc in kept.items():

@@ -23,6 +23,7 @@ import builtins
 import bisect
 import heapq
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,7 +225,9 @@ def _def_blocks(text: str) -> list[str]:
 
 def _parse(source: str) -> ast.AST | None:
   try:
-    return ast.parse(source)
+    with warnings.catch_warnings():  # training text is full of invalid escapes; not our warnings to show
+      warnings.simplefilter("ignore")
+      return ast.parse(source)
   except (SyntaxError, ValueError, RecursionError, MemoryError):
     return None
 

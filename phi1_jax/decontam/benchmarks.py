@@ -97,7 +97,8 @@ def load(benchmarks: list[str], mbpp_path: str | Path | None) -> tuple[list[Refe
 
 def solution_functions(ref: Reference) -> list[ast.AST]:
   """The function definitions of a reference's code that the AST method compares."""
-  module = ast.parse(ref.code)
+  from phi1_jax.decontam.tree import parse_quietly  # some MBPP solutions have invalid escapes
+  module = parse_quietly(ref.code)
   defs = [n for n in ast.walk(module) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
   if ref.functions:
     defs = [d for d in defs if d.name in ref.functions]

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from phi1_jax.decontam import benchmarks as bench_lib
-from phi1_jax.decontam.tree import _names
+from phi1_jax.decontam.tree import _names, parse_quietly
 
 _PROSE_BEFORE = ("Working through small problems is the fastest way to learn a language. The exercise below "
                  "comes from a collection we use in the second week of the course; read it twice before "
@@ -83,7 +83,7 @@ def _reindent(source: str) -> str:
 
 
 def renamed_copy(code: str, functions: tuple[str, ...], rng: random.Random) -> tuple[str, ast.Module]:
-  module = ast.parse(code)
+  module = parse_quietly(code)
   keep = [n for n in module.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
           and (not functions or n.name in functions)]
   module = ast.Module(body=keep, type_ignores=[])
@@ -143,9 +143,8 @@ def stdlib_functions(max_bytes: int) -> list[tuple[str, str]]:
   root, out = stdlib_dir(), []
   for f in stdlib_files(max_bytes):
     text = f.read_text(encoding="utf-8")
-    try:
-      module = ast.parse(text)
-    except SyntaxError:
+    module = parse_quietly(text)
+    if module is None:
       continue
     lines = text.splitlines()
     for node in ast.walk(module):

@@ -223,7 +223,7 @@ def _def_blocks(text: str) -> list[str]:
   return blocks
 
 
-def _parse(source: str) -> ast.AST | None:
+def parse_quietly(source: str) -> ast.AST | None:
   try:
     with warnings.catch_warnings():  # training text is full of invalid escapes; not our warnings to show
       warnings.simplefilter("ignore")
@@ -234,11 +234,11 @@ def _parse(source: str) -> ast.AST | None:
 
 def function_trees(text: str, min_nodes: int) -> list[Node]:
   """Normalised trees of every function in `text` (Python source, or prose with code in it) of >= min_nodes."""
-  module = _parse(text)
+  module = parse_quietly(text)
   modules = [module] if module is not None else []
   if module is None:
     sources = _FENCE.findall(text) + _def_blocks(text)
-    modules = [m for m in map(_parse, sources) if m is not None]
+    modules = [m for m in map(parse_quietly, sources) if m is not None]
   trees, seen = [], set()
   for module in modules:
     for node in ast.walk(module):

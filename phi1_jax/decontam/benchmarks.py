@@ -95,6 +95,10 @@ def load(benchmarks: list[str], mbpp_path: str | Path | None) -> tuple[list[Refe
   return refs, described
 
 
+def benchmark_of(task_id: str) -> str:
+  return "humaneval" if task_id.startswith("HumanEval/") else "mbpp"
+
+
 def solution_functions(ref: Reference) -> list[ast.AST]:
   """The function definitions of a reference's code that the AST method compares."""
   from phi1_jax.decontam.tree import parse_quietly  # some MBPP solutions have invalid escapes

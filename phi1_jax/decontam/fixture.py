@@ -1,6 +1,7 @@
 """A labelled set for decontamination: benchmark look-alikes (positives) and ordinary code (negatives).
 
   python -m phi1_jax.decontam.fixture --out=FILE.jsonl [--mbpp_path=FILE] [--per_benchmark=N] [--negatives=N]
+      [--stdlib_corpus=FILE.jsonl]
 
 Positives, each with `meta.expect` = the benchmark task it copies and `meta.kind`:
   renamed    the solution function without its docstring, every name it defines renamed, re-printed
@@ -12,6 +13,8 @@ Positives, each with `meta.expect` = the benchmark task it copies and `meta.kind
              paragraphs of prose.
 Negatives (`meta.expect` null, `meta.kind` "stdlib"): functions of the interpreter's standard library
 that share the most words with some benchmark problem (ordinary code with the same vocabulary).
+`--stdlib_corpus` also writes the stdlib corpus the trainer's demo uses (one document per file), the
+ordinary training data to run the fixture with.
 """
 
 from __future__ import annotations
@@ -197,6 +200,7 @@ def main(argv=None) -> int:
   p.add_argument("--negatives", type=int, default=2000)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--stdlib_bytes", type=int, default=8_000_000, help="stdlib corpus size the negatives come from")
+  p.add_argument("--stdlib_corpus", default=None, help="also write the stdlib corpus (JSONL, a document per file)")
   args = p.parse_args(argv)
   try:
     refs, _ = bench_lib.load([b for b in args.benchmarks.split(",") if b], args.mbpp_path)
@@ -209,6 +213,11 @@ def main(argv=None) -> int:
   for d in docs:
     kinds[d["meta"]["kind"]] = kinds.get(d["meta"]["kind"], 0) + 1
   print(f"{args.out}: {len(docs)} documents {kinds}")
+  if args.stdlib_corpus:
+    from phi1_jax.data import stdlib_corpus
+    files = stdlib_corpus.stdlib_files(args.stdlib_bytes)
+    stdlib_corpus._write_corpus(files, Path(args.stdlib_corpus))
+    print(f"{args.stdlib_corpus}: {len(files)} stdlib files")
   return 0
 
 

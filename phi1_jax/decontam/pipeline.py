@@ -23,6 +23,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
+from phi1_jax.decontam.benchmarks import benchmark_of
 from phi1_jax.decontam.index import METHODS, TABLE_TAUS, BenchmarkIndex
 
 LINES_PER_BLOCK = 256
@@ -131,7 +132,7 @@ class DecontamStep(PipelineStep):
     nearest = _Nearest()
     counts = {"documents": 0, "kept": 0, "removed": 0, "bad": 0, "functions": 0, "bytes": 0,
               "removed_by": {m: 0 for m in METHODS}, "flagged_by": {m: 0 for m in METHODS},
-              "ast_at_tau": {str(tau): 0 for tau in TABLE_TAUS}, "bad_items": []}
+              "ast_at_tau": {}, "bad_items": []}
     start = last_report = time.time()
     progress = open(work / "progress" / f"{rank:05d}.jsonl", "w", encoding="utf-8")
     removed_path = work / "removed" / f"{rank:05d}.jsonl"
@@ -152,9 +153,14 @@ class DecontamStep(PipelineStep):
           for method, scores in scan.scores.items():
             for task, score in scores.items():
               nearest.add(method, task, score, doc.id)
-          ast_best = max(scan.scores.get("ast", {}).values(), default=0.0)
-          for tau in TABLE_TAUS:
-            counts["ast_at_tau"][str(tau)] += int(ast_best >= tau)
+          ast_best: dict[str, float] = {}  # per benchmark: for Table 3's documents column
+          for task, rate in scan.scores.get("ast", {}).items():
+            name = benchmark_of(task)
+            ast_best[name] = max(ast_best.get(name, 0.0), rate)
+          for name, rate in ast_best.items():
+            for tau in TABLE_TAUS:
+              key = f"{name}@{tau}"
+              counts["ast_at_tau"][key] = counts["ast_at_tau"].get(key, 0) + int(rate >= tau)
           verdicts = self.index.verdicts(scan)
           for v in verdicts:
             counts["flagged_by"][v["method"]] += 1

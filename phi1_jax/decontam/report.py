@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from phi1_jax.decontam.benchmarks import benchmark_of
 from phi1_jax.decontam.index import METHODS, TABLE_TAUS
 
 
@@ -82,7 +83,7 @@ def table3(task_ids_by_benchmark: dict[str, list[str]], ast_tasks: set[str], nea
       non_similar = [t for t in task_ids if t not in set(similar)]
       row = {"benchmark": benchmark, "tau": tau, "similar": len(similar), "non_similar": len(non_similar),
              "total": len(task_ids), "comparable": sum(t in ast_tasks for t in task_ids),
-             "documents_at_tau": counts["ast_at_tau"][str(tau)]}
+             "documents_at_tau": counts["ast_at_tau"].get(f"{benchmark}@{tau}", 0)}
       if results is not None:
         for name, group in (("similar", similar), ("non_similar", non_similar)):
           scored = [results[t] for t in group if t in results]
@@ -99,7 +100,7 @@ def build(out: Path, tasks: int, index, benchmarks: dict, flags: dict, results_p
   results = read_results(results_path) if results_path else None
   by_benchmark: dict[str, list[str]] = {}
   for task in index.task_ids:
-    by_benchmark.setdefault("humaneval" if task.startswith("HumanEval/") else "mbpp", []).append(task)
+    by_benchmark.setdefault(benchmark_of(task), []).append(task)
   problems = {}
   for task in index.task_ids:
     entry = {}

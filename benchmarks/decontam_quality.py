@@ -54,7 +54,7 @@ def main():
   rules = {
       "exact alone": {"exact": 1},
       f"ngram alone ({defaults.ngram}-grams >= {defaults.ngram_min_hits})": {"ngram": defaults.ngram_min_hits},
-      **{f"ast alone (tau {tau})": {"ast": tau} for tau in (0.95, defaults.ast_tau, 0.85, 0.8)},
+      **{f"ast alone (tau {tau})": {"ast": tau} for tau in index_lib.TABLE_TAUS},
       f"defaults (exact, ngram, ast {defaults.ast_tau})": {"exact": 1, "ngram": defaults.ngram_min_hits,
                                                           "ast": defaults.ast_tau},
   }

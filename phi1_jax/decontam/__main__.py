@@ -1,7 +1,7 @@
 r"""Remove HumanEval and MBPP look-alikes from training documents; report each method and Table 3.
 
   python -m phi1_jax.decontam --input=IN [IN ...] --out=OUT [--benchmarks=humaneval,mbpp --mbpp_path=FILE]
-      [--ngram=13] [--ngram_min_hits=1] [--ast_tau=0.9] [--ast_min_nodes=10]
+      [--ngram=13] [--ngram_min_hits=1] [--ast_tau=0.85] [--ast_min_nodes=10]
       [--embed_checkpoint=CKPT [--embed_max_l2=D]] [--results=FILE_results.jsonl]
       [--tasks=T] [--workers=W] [--executor=local|slurm]
 
@@ -39,7 +39,7 @@ def _parse_args(argv):
   p.add_argument("--mbpp_path", default=None, help="MBPP JSONL file (test split 11-510 is used)")
   p.add_argument("--ngram", type=int, default=13, help="words per n-gram")
   p.add_argument("--ngram_min_hits", type=int, default=1, help="shared n-grams with one problem that remove")
-  p.add_argument("--ast_tau", type=float, default=0.9, help="AST match rate that removes")
+  p.add_argument("--ast_tau", type=float, default=0.85, help="AST match rate that removes")
   p.add_argument("--ast_min_nodes", type=int, default=10, help="smaller functions are not compared")
   p.add_argument("--exact_min_chars", type=int, default=0, help="shorter benchmark strings are not searched")
   p.add_argument("--embed_checkpoint", default=None, help="embedder checkpoint for the L2 method (phi1_jax.embed)")

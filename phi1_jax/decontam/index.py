@@ -55,7 +55,7 @@ class Thresholds:
   """When a method's score removes a document."""
   ngram: int = 13                # n
   ngram_min_hits: int = 1        # shared n-grams with one problem
-  ast_tau: float = 0.9           # match rate
+  ast_tau: float = 0.85          # match rate
   ast_min_nodes: int = 10        # smaller functions are not compared (one-liners match everything)
   exact_min_chars: int = 0       # shorter benchmark strings are not searched (BigCode: none)
   embed_max_l2: float | None = None  # None: embedding distances are reported, never used to remove

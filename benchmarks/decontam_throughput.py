@@ -64,14 +64,15 @@ def main():
         f"{total:.2f}s, {len(base) / total:.1f} docs/s, {mb / total:.2f} MB/s")
   print("   seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
 
-  print("2. documents  seconds  docs/s")
+  print("2. documents      MB  seconds  docs/s  MB/s")
   for mult in (1, 2, 4):
     texts = (files[:half * mult] + lookalikes[:half * mult])
     index = index_lib.BenchmarkIndex(refs, index_lib.Thresholds())
     start = time.perf_counter()
     scan_all(index, texts)
     s = time.perf_counter() - start
-    print(f"   {len(texts):>9}  {s:7.2f}  {len(texts) / s:6.1f}")
+    size = sum(len(x) for x in texts) / 1e6
+    print(f"   {len(texts):>9}  {size:6.1f}  {s:7.2f}  {len(texts) / s:6.1f}  {size / s:4.2f}")
 
   print("3. problems  function pairs  in size band  tree edit distances  ast seconds")
   for frac in (8, 4, 2, 1):

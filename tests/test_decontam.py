@@ -4,6 +4,7 @@ import ast
 import gzip
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_results_file_splits_pass_at_1_into_similar_and_non_similar(decontaminat
   results.write_text("".join(json.dumps(r) + "\n" for r in rows))
   manifest_before = (out / "manifest.json").read_text()
   proc = run_module("phi1_jax.decontam", "--input", str(decontaminated["fixture"]), f"--out={out}", *BENCH_FLAGS,
-                    "--tasks=2", "--workers=2", f"--results={results}")
+                    "--tasks=2", "--workers=2", f"--results={tmp_path}")  # the eval's --out folder
   assert proc.returncode == 0, proc.stderr[-2000:]
   row = next(r for r in json.loads((out / "report.json").read_text())["table3"]
              if r["benchmark"] == "humaneval" and r["tau"] == 0.95)
@@ -186,9 +187,14 @@ def test_embedding_distance_removes_a_near_copy_of_the_problem_text(tmp_path):
   other = {"id": "other", "text": Path(os.__file__).read_text()[:3000], "source": "t", "meta": {}}
   inp = tmp_path / "in.jsonl"
   inp.write_text("".join(json.dumps(d) + "\n" for d in (doc, other)))
-  manifest = cli.run(["--input", str(inp), f"--out={tmp_path / 'out'}", "--benchmarks=humaneval",
+  folder = tmp_path / "code"  # a folder of .py files, as pack reads it: a renamed copy of another problem
+  folder.mkdir()
+  (folder / "copy.py").write_text(fixture_lib.renamed_copy(refs[20].code, refs[20].functions, random.Random(0))[0])
+  manifest = cli.run(["--input", str(inp), str(folder), f"--out={tmp_path / 'out'}", "--benchmarks=humaneval",
                       "--embed_max_l2=0.3", "--ast_tau=1.0"], embedder=_CharGramEmbedder())
   removed = _read_jsonl(tmp_path / "out/removed.jsonl")
+  assert [(r["id"], r["method"], r["task_id"]) for r in removed[1:]] == [("code/copy.py", "ast", refs[20].task_id)]
+  removed = removed[:1]
   assert [r["id"] for r in removed] == ["near"]
   embed_match = next(m for m in removed[0]["matches"] if m["method"] == "embed")
   assert embed_match["task_id"] == target.task_id and embed_match["score"] <= 0.3

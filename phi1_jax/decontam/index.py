@@ -63,7 +63,8 @@ class Thresholds:
 
 @dataclass
 class Scan:
-  """One document's scores: method -> {task_id: score} (only problems with a score worth reporting)."""
+  """One document's scores: method -> {task_id: score} (problems with a hit; ast: rate >= the lowest tau;
+  embed: every problem)."""
   scores: dict[str, dict[str, float]] = field(default_factory=dict)
   functions: int = 0
 
@@ -85,18 +86,15 @@ class BenchmarkIndex:
           if r.task_id not in owners[key]:
             owners[key].append(r.task_id)
     for key, tasks in owners.items():
-      self.automaton.add_word(key, (len(key), tuple(tasks)))
+      self.automaton.add_word(key, tuple(tasks))
     self.automaton.make_automaton()
     self.exact_strings = len(owners)
     # ngram: n-gram -> problems holding it
-    self.ngram_owners: dict[str, tuple[str, ...]] = {}
-    self.ngram_counts: dict[str, int] = {}
     grouped: dict[str, set[str]] = {}
     for r in refs:
-      grams = {g for g in ngrams(words(r.text), t.ngram) if _has_words(g)}
-      self.ngram_counts[r.task_id] = len(grams)
-      for g in grams:
-        grouped.setdefault(g, set()).add(r.task_id)
+      for g in ngrams(words(r.text), t.ngram):
+        if _has_words(g):
+          grouped.setdefault(g, set()).add(r.task_id)
     self.ngram_owners = {g: tuple(sorted(ts)) for g, ts in grouped.items()}
     # ast: every solution function of >= min_nodes nodes
     items = []
@@ -114,7 +112,7 @@ class BenchmarkIndex:
 
   def scan_exact(self, text: str) -> dict[str, float]:
     hits: dict[str, float] = {}
-    for _, (_, tasks) in self.automaton.iter(normalise(text)):
+    for _, tasks in self.automaton.iter(normalise(text)):
       for task in tasks:
         hits[task] = 1.0
     return hits

@@ -5,6 +5,10 @@ import gzip
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,30 +119,41 @@ def test_results_file_splits_pass_at_1_into_similar_and_non_similar(decontaminat
   assert (out / "manifest.json").read_text() == manifest_before  # the scan was not redone
 
 
-def test_rerun_does_nothing_and_a_lost_task_is_redone_alone(decontaminated, tmp_path):
+def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_doubled(decontaminated, tmp_path, capsys):
   out = decontaminated["out"]
   args = ["--input", str(decontaminated["fixture"]), f"--out={out}", *BENCH_FLAGS, "--tasks=2", "--workers=2"]
   stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
   proc = run_module("phi1_jax.decontam", *args)
   assert proc.returncode == 0 and "nothing to do" in proc.stderr
   assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
-  # as if killed after task 0 completed: task 1's marker, parts and the final files gone, a half shard left
-  copy = tmp_path / "out"
-  import shutil
-  shutil.copytree(out, copy)
-  removed_before = (copy / "removed.jsonl").read_text()
-  clean_before = {p.name: _read_jsonl(p) for p in (copy / "clean").glob("*.jsonl.gz")}
-  for p in [copy / "manifest.json", copy / "report.json", copy / "removed.jsonl",
-            copy / "work/logs/completions/00001", copy / "work/stats/00001.json"]:
-    p.unlink()
-  with gzip.open(copy / "clean/00001.jsonl.gz", "wt") as f:
-    f.write('{"id": "half-written"')
-  task0 = (copy / "work/stats/00000.json").stat().st_mtime_ns
-  proc = run_module("phi1_jax.decontam", *args[:2], f"--out={copy}", *args[3:])
+
+  # SIGKILL (the whole process group: datatrove's manager too) once the first of 8 tasks completed
+  killed = tmp_path / "killed"
+  argv = [sys.executable, "-m", "phi1_jax.decontam", "--input", str(decontaminated["fixture"]), f"--out={killed}",
+          *BENCH_FLAGS, "--tasks=8", "--workers=1"]
+  env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+  proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  first = killed / "work/logs/completions/00000"
+  deadline = time.time() + 120
+  while not first.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert cli.main(argv[3:]) == 2  # a second run on the same --out while the first runs: refused
+  assert "another decontamination run" in capsys.readouterr().err
+  assert proc.poll() is None, "the run finished before it could be killed"
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "manifest.json").exists() and not (killed / "work/logs/completions/00007").exists()
+  task0 = (killed / "work/stats/00000.json").stat().st_mtime_ns
+  proc = run_module("phi1_jax.decontam", *argv[3:])
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert (copy / "work/stats/00000.json").stat().st_mtime_ns == task0  # task 0 was skipped
-  assert (copy / "removed.jsonl").read_text() == removed_before
-  assert {p.name: _read_jsonl(p) for p in (copy / "clean").glob("*.jsonl.gz")} == clean_before
+  assert (killed / "work/stats/00000.json").stat().st_mtime_ns == task0  # the completed task was not redone
+  # the same documents kept and removed as the uninterrupted run, each once
+  def ids(folder):
+    removed = [r["id"] for r in _read_jsonl(folder / "removed.jsonl")]
+    kept = [d["id"] for p in sorted((folder / "clean").glob("*.jsonl.gz")) for d in _read_jsonl(p)]
+    return sorted(removed), sorted(kept)
+  assert ids(killed) == ids(out)
+  assert len(set(ids(killed)[1])) == len(ids(killed)[1])
 
 
 def test_bad_inputs_end_in_one_line_and_exit_2(decontaminated, tmp_path, capsys):

@@ -17,6 +17,7 @@ tasks' parts and datatrove's logs: a rerun skips completed tasks; a finished OUT
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -181,6 +182,11 @@ def run(argv=None, embedder=None) -> dict:
   embedder, embed_spec, ref_embeddings = _load_embeddings(args, refs, embedder)
   index = index_lib.BenchmarkIndex(refs, _thresholds(args), ref_embeddings)
   (out / "work").mkdir(parents=True, exist_ok=True)
+  lock = open(out / "work" / ".lock", "w")
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this process ends, however it ends
+  except BlockingIOError:
+    raise DecontamError(f"{out}: another decontamination run is writing it") from None
   if state == "new":
     (out / "work" / "config.json").write_text(json.dumps({"fingerprint": fingerprint, "flags": flags}) + "\n")
   steps = pipeline.build_pipeline(_units(described), index, out, embed_spec, embedder if embed_spec is None else None,
@@ -217,6 +223,7 @@ def run(argv=None, embedder=None) -> dict:
   tmp = out / ".manifest.json.tmp"
   tmp.write_text(json.dumps(manifest, indent=2) + "\n")
   os.replace(tmp, out / "manifest.json")  # last: its presence means the output is complete
+  lock.close()
   return manifest
 
 

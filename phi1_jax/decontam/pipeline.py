@@ -1,0 +1,222 @@
+"""The datatrove steps: read documents as `pack` does, scan and split them, write the kept ones.
+
+  InputReader -> DecontamStep -> JsonlWriter(OUT/clean/${rank}.jsonl.gz)
+
+Task r of T reads every .py file with index % T == r and every block of 256 JSONL lines with block
+index % T == r, so one big JSONL file is shared by all tasks too. DecontamStep writes the removed
+documents' rows to `OUT/work/removed/<rank>.jsonl` and the task's per-problem nearest documents and
+counts to `OUT/work/stats/<rank>.json` (atomically, last), and datatrove marks the task complete
+under `OUT/work/logs/completions/`; a rerun skips completed tasks and redoes the others from the
+start (their files are overwritten, so nothing is counted twice).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+
+from phi1_jax.decontam.benchmarks import benchmark_of
+from phi1_jax.decontam.index import METHODS, TABLE_TAUS, BenchmarkIndex
+
+LINES_PER_BLOCK = 256
+BATCH = 32  # documents embedded together
+PROGRESS_EVERY_S = 30.0
+
+
+class InputReader(PipelineStep):
+  """Documents from pack-style inputs: ("jsonl", path) and ("py", path, id) units."""
+
+  name = "decontam input"
+  type = "📖 - READER"
+
+  def __init__(self, units: list[tuple]):
+    super().__init__()
+    self.units = units
+
+  def run(self, data=None, rank: int = 0, world_size: int = 1):
+    py_index = block_index = 0
+    for unit in self.units:
+      if unit[0] == "py":
+        mine = py_index % world_size == rank
+        py_index += 1
+        if mine:
+          text = Path(unit[1]).read_text(encoding="utf-8", errors="replace")
+          if text.strip():
+            self.stat_update("documents")
+            yield Document(text=text, id=unit[2], metadata={"source": "py", "meta": {"path": unit[2]}})
+        continue
+      path = unit[1]
+      opener = gzip.open if path.endswith(".gz") else open
+      with opener(path, "rb") as lines:
+        for lineno, line in enumerate(lines, 1):
+          if (lineno - 1) % LINES_PER_BLOCK == 0:
+            block_index += 1
+          if (block_index - 1) % world_size != rank or not line.strip():
+            continue
+          doc = _parse_line(line)
+          if doc is None:
+            self.stat_update("bad")
+            yield Document(text="", id=f"{Path(path).name}:{lineno}", metadata={"bad": True})
+            continue
+          self.stat_update("documents")
+          doc_id = doc.get("id") if isinstance(doc.get("id"), str) and doc.get("id") else f"{Path(path).name}:{lineno}"
+          yield Document(text=doc["text"], id=doc_id,
+                         metadata={"source": doc.get("source", ""), "meta": doc.get("meta") or {}})
+
+
+def _parse_line(line: bytes) -> dict | None:
+  try:
+    doc = json.loads(line.decode("utf-8"))
+  except (UnicodeDecodeError, ValueError):
+    return None
+  if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not doc["text"].strip():
+    return None
+  return doc
+
+
+def clean_adapter(self, document: Document) -> dict:
+  """The project's JSONL document format, which `pack` reads."""
+  return {"id": document.id, "text": document.text, "source": document.metadata.get("source", ""),
+          "meta": document.metadata.get("meta", {})}
+
+
+class _Nearest:
+  """Per problem and method: the best score and the document holding it."""
+
+  def __init__(self):
+    self.best: dict[str, dict[str, list]] = {m: {} for m in METHODS}
+
+  def add(self, method: str, task: str, score: float, doc_id: str) -> None:
+    current = self.best[method].get(task)
+    closer = current is None or (score < current[0] if method == "embed" else score > current[0])
+    if closer:
+      self.best[method][task] = [score, doc_id]
+
+
+class DecontamStep(PipelineStep):
+  """Scans every document; yields the kept ones, records the removed ones and the per-problem nearest."""
+
+  name = "decontam scan"
+  type = "🦠 - DECONT"
+
+  def __init__(self, index: BenchmarkIndex, work_dir: str, clean_dir: str, embedder_spec: dict | None = None,
+               embedder=None, total_bytes: int = 0):
+    super().__init__()
+    self.index, self.work_dir, self.clean_dir = index, work_dir, clean_dir
+    self.embedder_spec = embedder_spec  # a checkpoint: loaded in the task's process, never pickled
+    self.embedder = embedder  # or an embedder object given from Python
+    self.total_bytes = total_bytes
+
+  def _embedder(self):
+    if not self.embedder_spec:
+      return self.embedder
+    from phi1_jax.decontam import embedding
+    return embedding.load_embedder(**self.embedder_spec)
+
+  def run(self, data=None, rank: int = 0, world_size: int = 1):
+    work = Path(self.work_dir)
+    for sub in ("removed", "stats", "progress"):
+      (work / sub).mkdir(parents=True, exist_ok=True)
+    stale = Path(self.clean_dir) / f"{rank:05d}.jsonl.gz"
+    if stale.exists():
+      stale.unlink()  # left by an earlier try of this task that did not complete
+    embedder = self._embedder()
+    nearest = _Nearest()
+    counts = {"documents": 0, "kept": 0, "removed": 0, "bad": 0, "functions": 0, "bytes": 0,
+              "removed_by": {m: 0 for m in METHODS}, "flagged_by": {m: 0 for m in METHODS},
+              "ast_at_tau": {}, "bad_items": []}
+    start = last_report = time.time()
+    progress = open(work / "progress" / f"{rank:05d}.jsonl", "w", encoding="utf-8")
+    removed_path = work / "removed" / f"{rank:05d}.jsonl"
+    with open(removed_path, "w", encoding="utf-8") as removed:
+      for batch in _batches(data, BATCH):
+        docs = [d for d in batch if not d.metadata.get("bad")]
+        for d in batch:
+          if d.metadata.get("bad"):
+            counts["bad"] += 1
+            if len(counts["bad_items"]) < 20:
+              counts["bad_items"].append(d.id)
+        embeddings = embedder.embed([d.text for d in docs]) if embedder is not None and docs else None
+        for i, doc in enumerate(docs):
+          scan = self.index.scan(doc.text, None if embeddings is None else embeddings[i])
+          counts["documents"] += 1
+          counts["functions"] += scan.functions
+          counts["bytes"] += len(doc.text.encode("utf-8", errors="replace"))
+          for method, scores in scan.scores.items():
+            for task, score in scores.items():
+              nearest.add(method, task, score, doc.id)
+          ast_best: dict[str, float] = {}  # per benchmark: for Table 3's documents column
+          for task, rate in scan.scores.get("ast", {}).items():
+            name = benchmark_of(task)
+            ast_best[name] = max(ast_best.get(name, 0.0), rate)
+          for name, rate in ast_best.items():
+            for tau in TABLE_TAUS:
+              key = f"{name}@{tau}"
+              counts["ast_at_tau"][key] = counts["ast_at_tau"].get(key, 0) + int(rate >= tau)
+          verdicts = self.index.verdicts(scan)
+          for v in verdicts:
+            counts["flagged_by"][v["method"]] += 1
+          if verdicts:
+            counts["removed"] += 1
+            counts["removed_by"][verdicts[0]["method"]] += 1
+            self.stat_update("removed")
+            row = {"id": doc.id, **verdicts[0], "matches": verdicts, "source": doc.metadata.get("source", "")}
+            removed.write(json.dumps(row) + "\n")
+          else:
+            counts["kept"] += 1
+            self.stat_update("kept")
+            yield doc
+        if time.time() - last_report >= PROGRESS_EVERY_S:
+          last_report = time.time()
+          self._progress(rank, world_size, counts, time.time() - start, progress)
+    self._progress(rank, world_size, counts, time.time() - start, progress)
+    progress.close()
+    trees = self.index.trees
+    counts["ast_pairs"] = {"all": trees.pairs, "in_size_band": trees.in_band, "tree_edit_distances": trees.computed}
+    counts["seconds"] = round(time.time() - start, 3)
+    stats = {"rank": rank, "counts": counts, "nearest": nearest.best}
+    tmp = work / "stats" / f".{rank:05d}.json.tmp"
+    tmp.write_text(json.dumps(stats))
+    os.replace(tmp, work / "stats" / f"{rank:05d}.json")
+
+  def _progress(self, rank, world_size, counts, seconds, file) -> None:
+    """A line with rate and ETA (this task's share of the input bytes) and a JSONL row to plot."""
+    share = max(self.total_bytes / world_size, 1)
+    rate = counts["bytes"] / max(seconds, 1e-9)
+    eta = max(share - counts["bytes"], 0) / rate if rate else float("inf")
+    print(f"decontam task {rank}/{world_size}: {counts['documents']} documents ({counts['bytes'] / share:.0%} of "
+          f"~{share / 1e6:.1f} MB), {counts['documents'] / max(seconds, 1e-9):.1f} docs/s, {rate / 1e6:.2f} MB/s, "
+          f"{counts['removed']} removed, ETA {eta:.0f}s", file=sys.stderr, flush=True)
+    file.write(json.dumps({"seconds": round(seconds, 2), "documents": counts["documents"], "bytes": counts["bytes"],
+                           "removed": counts["removed"], "docs_per_s": round(counts["documents"] / max(seconds, 1e-9), 2)})
+               + "\n")
+    file.flush()
+
+
+def _batches(data, size: int):
+  batch = []
+  for doc in data or ():
+    batch.append(doc)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def build_pipeline(units: list[tuple], index: BenchmarkIndex, out: Path, embedder_spec: dict | None, embedder=None,
+                   total_bytes: int = 0) -> list:
+  clean = out / "clean"
+  return [
+      InputReader(units),
+      DecontamStep(index, str(out / "work"), str(clean), embedder_spec, embedder, total_bytes),
+      JsonlWriter(str(clean), output_filename="${rank}.jsonl.gz", adapter=clean_adapter),
+  ]

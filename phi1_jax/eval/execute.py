@@ -560,7 +560,7 @@ def evaluate_samples(
     summary = {
         "benchmark": benchmark,
         **pass_at,
-        "n_samples": len(samples),
+        "n_samples_total": len(samples),  # all samples; the eval CLI adds n_samples_per_problem
         "n_passed": int(sum(r.passed for r in results)),
         "n_problems_attempted": len(n_by_task),
         "n_problems": len(problems),

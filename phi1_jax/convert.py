@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -284,7 +286,15 @@ def write_hf_dir(out_dir, hf_config: dict, tensors: dict[str, np.ndarray]) -> No
   """config.json + model.safetensors into a new (or empty) folder."""
   out_dir = _fresh_dir(out_dir)
   safetensors.numpy.save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+  # safetensors creates the file 0600; give it the mode any new file gets (0666 less the umask).
+  os.chmod(out_dir / "model.safetensors", 0o666 & ~_umask())
   (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+  os.umask(mask)
+  return mask
 
 
 # ---------------------------------------------------------------- Orbax files
@@ -322,6 +332,24 @@ def find_params_checkpoint(path) -> tuple[Path, Path]:
   return params_dir, config_path
 
 
+class _DropMissingMetadataWarning(logging.Filter):
+  """Orbax warns on every restore of an item folder, which never holds _CHECKPOINT_METADATA (its
+  step folder does); only that one message is dropped, other absl warnings still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Metadata file does not exist")
+
+
+_ABSL_FILTER = _DropMissingMetadataWarning()
+
+
+def quiet_orbax_metadata_warning() -> None:
+  """Installs the filter on absl's logger (idempotent): call where a checkpoint is read."""
+  absl_logger = logging.getLogger("absl")
+  if _ABSL_FILTER not in absl_logger.filters:
+    absl_logger.addFilter(_ABSL_FILTER)
+
+
 def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
   """(ModelConfig, pure params of float32 numpy arrays) from any folder find_params_checkpoint takes.
 
@@ -331,6 +359,7 @@ def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
   if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
     return hf_to_params(*read_hf_dir(path))
   params_dir, config_path = find_params_checkpoint(path)
+  quiet_orbax_metadata_warning()
   cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
   expected = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
   stored = dict(ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree)

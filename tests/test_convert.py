@@ -212,3 +212,61 @@ def test_load_params_also_reads_a_transformers_folder(hf_dir, hf_files):
   expected_cfg, expected = convert.hf_to_params(*hf_files)
   assert cfg == expected_cfg
   assert all(np.array_equal(params["blocks"][k], v) for k, v in expected["blocks"].items())
+
+
+@pytest.fixture(scope="module")
+def trainer_workdir(tmp_path_factory):
+  """A trainer workdir as train.py leaves it: model_config.json, checkpoints/<step>/state, tokenizer.json."""
+  from flax import nnx
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  from phi1_jax.data.tokenizer import EOS_TOKEN
+  from phi1_jax.model import Phi
+
+  cfg = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4,
+                    max_seq_len=64, eos_id=0)
+  workdir = tmp_path_factory.mktemp("run") / "workdir"
+  workdir.mkdir()
+  (workdir / "model_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+  params = nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+  state = {"params": params, "opt_state": {"mu": params["blocks"]}, "step": np.int32(5)}
+  with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",)) as manager:
+    manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  hf = Tokenizer(models.BPE())  # a byte-level BPE, as phi-1's CodeGen tokenizer
+  hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  hf.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS_TOKEN],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  hf.train_from_iterator([Path(json.__file__).read_text()] * 2, trainer)
+  hf.save(str(workdir / "tokenizer.json"))
+  return workdir
+
+
+def _convert_cli(*args, umask=0o022):
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "phi1_jax.convert", *map(str, args)], capture_output=True,
+                        text=True, env=env, timeout=120, umask=umask)
+
+
+def test_export_of_a_trainer_workdir_is_quiet_and_readable(trainer_workdir, tmp_path):
+  """No Orbax 'Metadata file does not exist' warning; files get the umask's mode, as any new file."""
+  out = tmp_path / "hf"
+  proc = _convert_cli("orbax-to-hf", "--ckpt", trainer_workdir, "--out", out)
+  assert proc.returncode == 0, proc.stderr
+  assert "Metadata file does not exist" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
+  assert [(out / name).stat().st_mode & 0o777 for name in ("config.json", "model.safetensors")] == [0o644, 0o644]
+  out = tmp_path / "private"
+  assert _convert_cli("orbax-to-hf", "--ckpt", trainer_workdir, "--out", out, umask=0o077).returncode == 0
+  assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_metadata_filter_drops_only_that_warning(caplog):
+  import logging
+  convert.quiet_orbax_metadata_warning()
+  convert.quiet_orbax_metadata_warning()  # idempotent
+  absl_logger = logging.getLogger("absl")
+  assert absl_logger.filters.count(convert._ABSL_FILTER) == 1
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    absl_logger.warning("Metadata file does not exist: %s", "/x/_CHECKPOINT_METADATA")
+    absl_logger.warning("something else")
+  assert [r.getMessage() for r in caplog.records] == ["something else"]

@@ -33,6 +33,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
+from phi1_jax.cli import out_dir_problem
 from phi1_jax.model import ModelConfig, Phi, abstract_model
 
 HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU with the tanh approximation
@@ -239,13 +240,18 @@ def params_to_hf(cfg: ModelConfig, pure_params: dict) -> tuple[dict, dict[str, n
 def read_hf_dir(hf_dir) -> tuple[dict, dict[str, np.ndarray]]:
   """config.json and every tensor (float32) of a save_pretrained folder, single or sharded."""
   hf_dir = Path(hf_dir)
+  if not hf_dir.is_dir():
+    raise ValueError(f"{hf_dir}: {'is a file, not' if hf_dir.exists() else 'not found; expected'} a save_pretrained folder")
   config_path = hf_dir / "config.json"
   if not config_path.is_file():
     raise ValueError(f"{config_path}: not found (expected a save_pretrained folder)")
-  config_json = json.loads(config_path.read_text())
+  config_json = read_json(config_path)
   index_path = hf_dir / "model.safetensors.index.json"
   if index_path.is_file():
-    files = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index_path}: has no weight_map object")
+    files = sorted(set(weight_map.values()))
   elif (hf_dir / "model.safetensors").is_file():
     files = ["model.safetensors"]
   else:
@@ -265,10 +271,24 @@ def read_hf_dir(hf_dir) -> tuple[dict, dict[str, np.ndarray]]:
   return config_json, tensors
 
 
+def read_json(path: Path) -> dict:
+  """A JSON object from `path`; ValueError naming the file when it is not one."""
+  try:
+    data = json.loads(Path(path).read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(data, dict):
+    raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+  return data
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   """Tensors of one file as float32; bf16 (which numpy lacks) is decoded with ml_dtypes."""
-  with safetensors.safe_open(str(path), framework="np") as f:
-    dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+  try:
+    with safetensors.safe_open(str(path), framework="np") as f:
+      dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+  except safetensors.SafetensorError as e:
+    raise ValueError(f"{path}: not a safetensors file ({e})") from None
   unknown = {k: d for k, d in dtypes.items() if d not in _NP_DTYPES}
   if unknown:
     k, d = next(iter(unknown.items()))
@@ -360,9 +380,21 @@ def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
     return hf_to_params(*read_hf_dir(path))
   params_dir, config_path = find_params_checkpoint(path)
   quiet_orbax_metadata_warning()
-  cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
+  try:
+    cfg = ModelConfig.from_dict(read_json(config_path))
+  except TypeError as e:  # a field of the wrong kind
+    raise ValueError(f"{config_path}: {e}") from None
   expected = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
-  stored = dict(ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree)
+  if not any(params_dir.iterdir()):
+    raise ValueError(f"{params_dir}: empty folder, not an Orbax checkpoint (an unfinished save?)")
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(params_dir)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{params_dir}: not a readable Orbax checkpoint ({str(e).splitlines()[0]})") from None
+  tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+  if not isinstance(tree, dict):
+    raise ValueError(f"{params_dir}: not a readable Orbax checkpoint (no array metadata; an unfinished save?)")
+  stored = dict(tree)
   nested = "params" in stored and "embed" not in stored  # a trainer `state` item
   found = dict(stored["params"]) if nested else stored
   check_shapes({k: tuple(v.shape) for k, v in _flatten(expected).items()},
@@ -409,6 +441,9 @@ def _ensure_writable(out_dir) -> None:
   out_dir = Path(out_dir)
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise ValueError(f"{out_dir}: already exists and is not an empty folder; choose a new --out")
+  problem = out_dir_problem(out_dir)
+  if problem:
+    raise ValueError(f"--out {out_dir}: {problem}")
 
 
 def _fresh_dir(out_dir) -> Path:

@@ -47,6 +47,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -54,6 +55,7 @@ import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from phi1_jax.cli import out_dir_problem
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
 FORMAT = "phi1_jax.packed/v1"
@@ -122,21 +124,29 @@ def _work_units(described: list[dict]) -> Iterator[tuple]:
           yield ("py", py_batch)
           py_batch, py_bytes = [], 0
         continue
-      opener = gzip.open if f.name.endswith(".gz") else open
-      with opener(f, "rb") as fh:
-        lines, nbytes, first = [], 0, 1
-        for lineno, line in enumerate(fh, 1):
-          if not lines:
-            first = lineno
-          lines.append(line)
-          nbytes += len(line)
-          if nbytes >= _UNIT_BYTES or len(lines) >= _UNIT_LINES:
-            yield ("jsonl", str(f), first, lines)
-            lines, nbytes = [], 0
-        if lines:
-          yield ("jsonl", str(f), first, lines)
+      yield from _jsonl_units(f)
     if py_batch:
       yield ("py", py_batch)
+
+
+def _jsonl_units(f: Path) -> Iterator[tuple]:
+  opener = gzip.open if f.name.endswith(".gz") else open
+  lineno = 0
+  try:
+    with opener(f, "rb") as fh:
+      lines, nbytes, first = [], 0, 1
+      for lineno, line in enumerate(fh, 1):
+        if not lines:
+          first = lineno
+        lines.append(line)
+        nbytes += len(line)
+        if nbytes >= _UNIT_BYTES or len(lines) >= _UNIT_LINES:
+          yield ("jsonl", str(f), first, lines)
+          lines, nbytes = [], 0
+      if lines:
+        yield ("jsonl", str(f), first, lines)
+  except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz: the whole file is unusable
+    raise PackError(f"--input {f}: unreadable after line {lineno} ({e})") from None
 
 
 # ---------------------------------------------------------------- workers
@@ -405,6 +415,9 @@ def pack(
   }, sort_keys=True).encode()).hexdigest()
 
   out = Path(out_dir)
+  problem = out_dir_problem(out)
+  if problem:
+    raise PackError(f"--out {out}: {problem}")
   existing = read_existing_manifest(out)
   if existing is not None:
     if existing.get("fingerprint") == fingerprint:

@@ -64,7 +64,10 @@ class SentencePieceTokenizer(Tokenizer):
 
   def __init__(self, model_file: str):
     self.path = str(model_file)
-    self._sp = spm.SentencePieceProcessor(model_file=self.path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=self.path)
+    except (RuntimeError, OSError) as e:  # sentencepiece names neither the file nor the format
+      raise ValueError(f"{self.path}: not a SentencePiece model ({str(e).splitlines()[0]})") from None
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.piece_to_id(EOS_TOKEN)
     if self.eos_id == self._sp.unk_id():
@@ -95,7 +98,10 @@ class HFTokenizer(Tokenizer):
     import tokenizers  # imported here: only the HF backend needs it
 
     self.path = str(json_file)
-    self._tok = tokenizers.Tokenizer.from_file(self.path)
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(self.path)
+    except Exception as e:  # tokenizers raises a bare Exception for any unreadable file
+      raise ValueError(f"{self.path}: not a Hugging Face tokenizer.json ({str(e).splitlines()[0]})") from None
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     eos = self._tok.token_to_id(EOS_TOKEN)
     if eos is None:
@@ -191,6 +197,12 @@ def train_tokenizer(
     raise FileNotFoundError(f"tokenizer input not found: {missing[0]}")
   if vocab_size < 300:
     raise ValueError(f"vocab_size={vocab_size}: must be >= 300 (256 byte pieces + specials + merges)")
+  if max_sentences < 1:
+    raise ValueError(f"max_sentences={max_sentences}: must be >= 1")
+  from phi1_jax.cli import out_dir_problem
+  problem = out_dir_problem(out_dir)
+  if problem:
+    raise ValueError(f"--out {out_dir}: {problem}")
   # Reservoir sample here, so the trainer sees a bounded, reproducible set.
   rng = random.Random(seed)
   sample: list[str] = []
@@ -260,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   train.add_argument("--out", required=True, help="folder for tokenizer.model")
   train.add_argument("--max_sentences", type=int, default=200_000)
   args = parser.parse_args(argv)
+  if (Path(args.out) / SPM_FILE).exists():  # packed data and runs name it by its sha256: never replace it
+    print(f"error: --out {args.out}: already holds {SPM_FILE}; choose a new folder", file=sys.stderr)
+    return 2
   try:
     out = train_tokenizer(args.input, args.vocab_size, args.out, max_sentences=args.max_sentences)
   except (FileNotFoundError, ValueError) as e:

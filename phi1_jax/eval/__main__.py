@@ -122,8 +122,10 @@ def _tokenizer_path(args, ckpt: Path) -> Path:
 
 
 def _check_out(out: Path) -> None:
-  if out.exists() and not out.is_dir():
-    raise ValueError(f"--out={out}: exists and is not a folder")
+  from phi1_jax.cli import out_dir_problem
+  problem = out_dir_problem(out)
+  if problem:
+    raise ValueError(f"--out={out}: {problem}")
   taken = [f for f in OUT_FILES if (out / f).exists()]
   if taken:
     raise ValueError(f"--out={out}: already holds {taken[0]}; choose a new folder")
@@ -137,6 +139,7 @@ def _load_model(ckpt: Path, kind: str):
 
 
 def main(argv=None) -> int:
+  from phi1_jax.data.tokenizer import load_tokenizer
   args = _parse_args(argv)
   ckpt = Path(args.checkpoint)
   out = Path(args.out)
@@ -145,6 +148,7 @@ def main(argv=None) -> int:
     problems = _load_problems(args)
     kind = _checkpoint_kind(ckpt)
     tok_path = _tokenizer_path(args, ckpt)
+    tokenizer = load_tokenizer(tok_path)
     _check_out(out)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -152,12 +156,10 @@ def main(argv=None) -> int:
 
   import tqdm
   from phi1_jax import sample
-  from phi1_jax.data.tokenizer import load_tokenizer
   from phi1_jax.eval import execute, problems as problems_lib
 
   start = time.perf_counter()
   try:
-    tokenizer = load_tokenizer(tok_path)
     model = _load_model(ckpt, kind)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)

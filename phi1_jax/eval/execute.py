@@ -576,8 +576,12 @@ def evaluate_samples(
 
 
 def _read_samples(path: str) -> list[dict]:
+    if os.path.isdir(path):
+        raise ValueError(f"--samples={path}: is a folder, not a JSONL file")
     if not os.path.isfile(path):
         raise ValueError(f"samples file not found: {path}")
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        raise ValueError(f"--samples={path}: its folder is not writable (results are written beside it)")
     samples = []
     opener = open
     if path.endswith(".gz"):

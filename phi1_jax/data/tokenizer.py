@@ -131,6 +131,23 @@ def tokenizer_file(path: str | os.PathLike) -> Path:
   return p
 
 
+def checkpoint_tokenizer(path: str | os.PathLike) -> Path | None:
+  """The tokenizer kept with a checkpoint, or None: tokenizer.model / tokenizer.json in its folder or
+  its tokenizer/ subfolder (the trainer copies it into the workdir); a trainer step folder
+  (WORKDIR/checkpoints/<step>) uses its workdir's."""
+  p = Path(path)
+  bases = [p]
+  if p.name.isdigit() and p.parent.name == "checkpoints":
+    bases.append(p.parent.parent)
+  for folder in (f for base in bases for f in (base, base / "tokenizer")):
+    if folder.is_dir():
+      try:
+        return tokenizer_file(folder)
+      except FileNotFoundError:
+        pass
+  return None
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   """Loads a SentencePiece `tokenizer.model` or a HF `tokenizer.json` (file or its folder)."""
   f = tokenizer_file(path)

@@ -102,21 +102,15 @@ def _checkpoint_kind(path: Path) -> str:
 
 
 def _tokenizer_path(args, ckpt: Path) -> Path:
-  from phi1_jax.data.tokenizer import tokenizer_file
+  from phi1_jax.data.tokenizer import checkpoint_tokenizer, tokenizer_file
   if args.tokenizer:
     try:
       return tokenizer_file(args.tokenizer)
     except FileNotFoundError as e:
       raise ValueError(f"--tokenizer: {e}") from None
-  bases = [ckpt]
-  if ckpt.name.isdigit() and ckpt.parent.name == "checkpoints":
-    bases.append(ckpt.parent.parent)  # trainer step folder: the workdir keeps the tokenizer
-  for base in bases:
-    for folder in (base, base / "tokenizer"):
-      try:
-        return tokenizer_file(folder)
-      except FileNotFoundError:
-        pass
+  found = checkpoint_tokenizer(ckpt)
+  if found:
+    return found
   raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); "
                    "pass --tokenizer=PATH")
 

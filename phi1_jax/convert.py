@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,7 @@ import safetensors.numpy
 from flax import nnx
 
 from phi1_jax.cli import out_dir_problem
+from phi1_jax.data.tokenizer import EOS_TOKEN
 from phi1_jax.model import ModelConfig, Phi, abstract_model
 
 HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU with the tanh approximation
@@ -460,17 +462,58 @@ def hf_to_orbax(hf_dir, out_dir) -> ModelConfig:
   """The hf-to-orbax command: validates everything, then writes out_dir."""
   _ensure_writable(out_dir)
   cfg, params = hf_to_params(*read_hf_dir(hf_dir))
+  tokenizer = Path(hf_dir) / "tokenizer.json"  # kept beside the params, where eval and sample look
+  if tokenizer.is_file():
+    from phi1_jax.data.tokenizer import load_tokenizer
+    try:
+      load_tokenizer(tokenizer)
+    except ValueError as e:
+      print(f"note: tokenizer not copied: {e}", file=sys.stderr)
+      tokenizer = None
   save_params(out_dir, cfg, params)
+  if tokenizer and tokenizer.is_file():
+    shutil.copyfile(tokenizer, Path(out_dir) / "tokenizer.json")
   return cfg
 
 
-def orbax_to_hf(ckpt, out_dir) -> ModelConfig:
-  """The orbax-to-hf command: validates everything, then writes out_dir."""
+def orbax_to_hf(ckpt, out_dir, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> ModelConfig:
+  """The orbax-to-hf command: validates everything, then writes out_dir (with the tokenizer, when it can)."""
   _ensure_writable(out_dir)
   cfg, params = load_params(ckpt)
   hf_config, tensors = params_to_hf(cfg, params)
+  tokenizer = hf_tokenizer_files(ckpt, cfg, log)
+  if tokenizer and tokenizer["eos_id"] != hf_config["eos_token_id"]:
+    log(f"note: the tokenizer's {EOS_TOKEN} is id {tokenizer['eos_id']}, model_config.json's eos_id "
+        f"{cfg.eos_id}; config.json takes the tokenizer's")
+    hf_config.update(bos_token_id=tokenizer["eos_id"], eos_token_id=tokenizer["eos_id"])
   write_hf_dir(out_dir, hf_config, tensors)
+  for name, text in (tokenizer or {}).get("files", {}).items():
+    (Path(out_dir) / name).write_text(text)
   return cfg
+
+
+def hf_tokenizer_files(ckpt, cfg: ModelConfig, log) -> dict | None:
+  """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, from the tokenizer kept with the
+  checkpoint (a tokenizer.json as it is; a train_tokenizer SentencePiece model converted, same ids);
+  None, after one line saying why, when there is none or it cannot be converted."""
+  from phi1_jax.data.tokenizer import checkpoint_tokenizer, load_tokenizer, spm_as_hf_tokenizer
+  path = checkpoint_tokenizer(ckpt)
+  if path is None:
+    log(f"note: no tokenizer.model or tokenizer.json kept with {ckpt}; exported the model only")
+    return None
+  try:
+    if path.suffix == ".json":
+      eos_id, text = load_tokenizer(path).eos_id, path.read_text()
+    else:
+      hf = spm_as_hf_tokenizer(path)
+      eos_id, text = hf.token_to_id(EOS_TOKEN), hf.to_str()
+  except ValueError as e:
+    log(f"note: tokenizer not exported, AutoTokenizer will not load the folder: {e}")
+    return None
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN,
+            "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False}
+  return {"eos_id": eos_id, "files": {"tokenizer.json": text,
+                                      "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}}
 
 
 def main(argv=None) -> int:
@@ -492,7 +535,8 @@ def main(argv=None) -> int:
   except (ValueError, OSError, json.JSONDecodeError) as e:
     print(f"convert: error: {e}".replace("\n", " "), file=sys.stderr)
     return 2
-  print(f"wrote {args.out} ({cfg.n_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size})")
+  print(f"wrote {args.out} ({cfg.n_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size})"
+        + (" with its tokenizer" if (Path(args.out) / "tokenizer.json").is_file() else ""))
   return 0
 
 

@@ -148,6 +148,51 @@ def checkpoint_tokenizer(path: str | os.PathLike) -> Path | None:
   return None
 
 
+def spm_as_hf_tokenizer(model_file: str | os.PathLike):
+  """A `tokenizers.Tokenizer` giving the ids of a SentencePiece model made by `train_tokenizer`.
+
+  Same pieces and ids; merges in the model's piece order (SentencePiece BPE ranks a merge by its
+  result's score, which falls with the id); spaces become "▁" and back; unseen characters fall back
+  to bytes. The one difference: a literal "▁" in text, which SentencePieceTokenizer sends as bytes,
+  decodes here as a space. ValueError for a model trained with other settings (a dummy prefix,
+  another normalisation, unigram), whose text handling this does not reproduce.
+  """
+  import tokenizers
+  from sentencepiece import sentencepiece_model_pb2
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  try:
+    proto.ParseFromString(Path(model_file).read_bytes())
+  except Exception as e:  # noqa: BLE001 (protobuf's DecodeError has no stable import path)
+    raise ValueError(f"{model_file}: not a SentencePiece model ({e})") from None
+  trainer, norm = proto.trainer_spec, proto.normalizer_spec
+  unlike = [name for name, ok in (
+      ("model_type BPE", trainer.model_type == sentencepiece_model_pb2.TrainerSpec.BPE),
+      ("byte_fallback", trainer.byte_fallback), ("identity normalization", norm.name == "identity"),
+      ("no dummy prefix", not norm.add_dummy_prefix), ("whitespace kept", not norm.remove_extra_whitespaces),
+  ) if not ok]
+  if unlike:
+    raise ValueError(f"{model_file}: not trained as train_tokenizer does (needs {', '.join(unlike)})")
+  vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+  if EOS_TOKEN not in vocab:
+    raise ValueError(f"{model_file}: has no {EOS_TOKEN} piece")
+  normal = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
+  ranked = []
+  for piece, rank in vocab.items():
+    if proto.pieces[rank].type == normal:
+      splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+      ranked += [(rank, vocab[a], vocab[b], a, b) for a, b in splits]
+  merges = [(a, b) for *_, a, b in sorted(ranked)]
+  unk = proto.pieces[trainer.unk_id].piece
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True,
+                                                   fuse_unk=True))
+  tok.normalizer = tokenizers.normalizers.Replace(" ", _SPACE_MARK)
+  tok.decoder = tokenizers.decoders.Sequence([tokenizers.decoders.Replace(_SPACE_MARK, " "),
+                                              tokenizers.decoders.ByteFallback(), tokenizers.decoders.Fuse()])
+  tok.add_special_tokens([tokenizers.AddedToken(EOS_TOKEN, special=True, normalized=False)])
+  return tok
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   """Loads a SentencePiece `tokenizer.model` or a HF `tokenizer.json` (file or its folder)."""
   f = tokenizer_file(path)

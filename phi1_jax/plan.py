@@ -189,7 +189,9 @@ def _flag_problem(error: Exception, config_arg: str, config_file: str) -> str:
       return f"--config={config_arg}: line {lines[-1]}: {type(e).__name__}: {str(e).splitlines()[0]}"
   text = str(error).strip()
   if isinstance(error, flags.Error):  # an unknown flag, a value of the wrong type
-    return text.splitlines()[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # ml_collections puts a config file's traceback in the message: its last line says what went wrong
+    return lines[0] if len(lines) == 1 else f"{lines[0].split(': ')[0]}: {lines[-1]}"
   if "get_config" in text:
     return f"--config={config_arg}: the file defines no get_config()"
   if isinstance(error, (AttributeError, KeyError)):  # ml_collections: an override of a field the config lacks

@@ -45,6 +45,7 @@ CASES = [
     (PLAN, ["--config=configs/tiny.py", "--config.optimizer.lrr=1"], "unknown config key 'lrr'"),
     (PLAN, ["--config=configs/tiny.py", "--config.total_steps=many"], "--config.total_steps=many"),
     (PLAN, ["--config=configs/tiny.py", "--devices=-1"], "--devices=-1"),
+    (PLAN, ["--config={badconfig}"], "--config={badconfig}: line 3: NameError: name 'lr' is not defined"),
     (PACK, ["--input", "{missing}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{tmp}/p"], "{missing}: not found"),
     (PACK, ["--input", "{py}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{file}/p"], "{file} is a file"),
     (PACK, ["--input", "{py}", "--tokenizer", "{garbage}", "--seq_len", "8", "--out", "{tmp}/p"],
@@ -76,9 +77,12 @@ def places(tmp_path_factory) -> dict[str, str]:
   (tmp / "badhf").mkdir()
   (tmp / "badhf" / "config.json").write_text("{bad")
   (tmp / "bad.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+  (tmp / "badconfig.py").write_text("def get_config():\n  from phi1_jax.config import base_config\n"
+                                    "  return base_config(lr)\n")
   paths = {"tmp": tmp, "tok": tok, "ckpt": ckpt, "emptyckpt": empty, "file": tmp / "file",
            "garbage": tmp / "garbage", "badhf": tmp / "badhf", "badgz": tmp / "bad.jsonl.gz",
-           "missing": tmp / "no" / "such", "py": STDLIB / "json"}
+           "missing": tmp / "no" / "such", "py": STDLIB / "json",
+           "badconfig": tmp / "badconfig.py"}
   return {k: str(v) for k, v in paths.items()}
 
 

@@ -93,20 +93,32 @@ def _run(module: str, args: list[str]) -> subprocess.CompletedProcess:
                         text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def results(places) -> list[subprocess.CompletedProcess]:
-  with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
-    return list(pool.map(lambda case: _run(case[0], [a.format(**places) for a in case[1]]), CASES))
-
-
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{m.split('.')[-1]}-{i}" for i, (m, _, _) in enumerate(CASES)])
-def test_one_line_exit_2(results, places, index):
-  module, args, expected = CASES[index]
-  proc = results[index]
+def _problem(case, proc: subprocess.CompletedProcess, places: dict) -> str | None:
+  """What is wrong with how a case ended, or None."""
+  expected = case[2].format(**places)
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert "Traceback" not in proc.stderr and "Compiling" not in proc.stderr, proc.stderr[-3000:]
-  assert lines and expected.format(**places) in lines[-1], proc.stderr[-3000:]
-  assert "error" in lines[-1], lines[-1]
-  assert not (Path(places["tmp"]) / "e").exists() and not (Path(places["tmp"]) / "c").exists()
+  if proc.returncode != 2:
+    return f"exit code {proc.returncode}"
+  if "Traceback" in proc.stderr:
+    return "a traceback"
+  if "Compiling" in proc.stderr:
+    return "jax compiled before the check"
+  if not lines or expected not in lines[-1] or "error" not in lines[-1]:
+    return f"last line {lines[-1] if lines else ''!r} lacks {expected!r}"
+  return None
 
+
+def test_every_entry_point_ends_a_mistake_in_one_line(places):
+  # One test, not one per case: under pytest-xdist a shared fixture would run every case in each worker.
+  def run(case):
+    return _run(case[0], [a.format(**places) for a in case[1]])
+
+  with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+    procs = list(pool.map(run, CASES))
+  failures = []
+  for case, proc in zip(CASES, procs):
+    problem = _problem(case, proc, places)
+    if problem:
+      failures.append(f"python -m {case[0]} {' '.join(case[1])}: {problem}\n{proc.stderr[-1500:]}")
+  assert not failures, "\n\n".join(failures)
+  assert not (Path(places["tmp"]) / "e").exists() and not (Path(places["tmp"]) / "c").exists()

@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -31,6 +34,8 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
+from phi1_jax.cli import out_dir_problem
+from phi1_jax.data.tokenizer import EOS_TOKEN
 from phi1_jax.model import ModelConfig, Phi, abstract_model
 
 HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU with the tanh approximation
@@ -237,13 +242,18 @@ def params_to_hf(cfg: ModelConfig, pure_params: dict) -> tuple[dict, dict[str, n
 def read_hf_dir(hf_dir) -> tuple[dict, dict[str, np.ndarray]]:
   """config.json and every tensor (float32) of a save_pretrained folder, single or sharded."""
   hf_dir = Path(hf_dir)
+  if not hf_dir.is_dir():
+    raise ValueError(f"{hf_dir}: {'is a file, not' if hf_dir.exists() else 'not found; expected'} a save_pretrained folder")
   config_path = hf_dir / "config.json"
   if not config_path.is_file():
     raise ValueError(f"{config_path}: not found (expected a save_pretrained folder)")
-  config_json = json.loads(config_path.read_text())
+  config_json = read_json(config_path)
   index_path = hf_dir / "model.safetensors.index.json"
   if index_path.is_file():
-    files = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index_path}: has no weight_map object")
+    files = sorted(set(weight_map.values()))
   elif (hf_dir / "model.safetensors").is_file():
     files = ["model.safetensors"]
   else:
@@ -263,10 +273,24 @@ def read_hf_dir(hf_dir) -> tuple[dict, dict[str, np.ndarray]]:
   return config_json, tensors
 
 
+def read_json(path: Path) -> dict:
+  """A JSON object from `path`; ValueError naming the file when it is not one."""
+  try:
+    data = json.loads(Path(path).read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(data, dict):
+    raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+  return data
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   """Tensors of one file as float32; bf16 (which numpy lacks) is decoded with ml_dtypes."""
-  with safetensors.safe_open(str(path), framework="np") as f:
-    dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+  try:
+    with safetensors.safe_open(str(path), framework="np") as f:
+      dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+  except safetensors.SafetensorError as e:
+    raise ValueError(f"{path}: not a safetensors file ({e})") from None
   unknown = {k: d for k, d in dtypes.items() if d not in _NP_DTYPES}
   if unknown:
     k, d = next(iter(unknown.items()))
@@ -284,7 +308,15 @@ def write_hf_dir(out_dir, hf_config: dict, tensors: dict[str, np.ndarray]) -> No
   """config.json + model.safetensors into a new (or empty) folder."""
   out_dir = _fresh_dir(out_dir)
   safetensors.numpy.save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+  # safetensors creates the file 0600; give it the mode any new file gets (0666 less the umask).
+  os.chmod(out_dir / "model.safetensors", 0o666 & ~_umask())
   (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+  os.umask(mask)
+  return mask
 
 
 # ---------------------------------------------------------------- Orbax files
@@ -322,6 +354,24 @@ def find_params_checkpoint(path) -> tuple[Path, Path]:
   return params_dir, config_path
 
 
+class _DropMissingMetadataWarning(logging.Filter):
+  """Orbax warns on every restore of an item folder, which never holds _CHECKPOINT_METADATA (its
+  step folder does); only that one message is dropped, other absl warnings still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Metadata file does not exist")
+
+
+_ABSL_FILTER = _DropMissingMetadataWarning()
+
+
+def quiet_orbax_metadata_warning() -> None:
+  """Installs the filter on absl's logger (idempotent): call where a checkpoint is read."""
+  absl_logger = logging.getLogger("absl")
+  if _ABSL_FILTER not in absl_logger.filters:
+    absl_logger.addFilter(_ABSL_FILTER)
+
+
 def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
   """(ModelConfig, pure params of float32 numpy arrays) from any folder find_params_checkpoint takes.
 
@@ -331,9 +381,22 @@ def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
   if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
     return hf_to_params(*read_hf_dir(path))
   params_dir, config_path = find_params_checkpoint(path)
-  cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
+  quiet_orbax_metadata_warning()
+  try:
+    cfg = ModelConfig.from_dict(read_json(config_path))
+  except TypeError as e:  # a field of the wrong kind
+    raise ValueError(f"{config_path}: {e}") from None
   expected = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
-  stored = dict(ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree)
+  if not any(params_dir.iterdir()):
+    raise ValueError(f"{params_dir}: empty folder, not an Orbax checkpoint (an unfinished save?)")
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(params_dir)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{params_dir}: not a readable Orbax checkpoint ({str(e).splitlines()[0]})") from None
+  tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+  if not isinstance(tree, dict):
+    raise ValueError(f"{params_dir}: not a readable Orbax checkpoint (no array metadata; an unfinished save?)")
+  stored = dict(tree)
   nested = "params" in stored and "embed" not in stored  # a trainer `state` item
   found = dict(stored["params"]) if nested else stored
   check_shapes({k: tuple(v.shape) for k, v in _flatten(expected).items()},
@@ -380,6 +443,9 @@ def _ensure_writable(out_dir) -> None:
   out_dir = Path(out_dir)
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise ValueError(f"{out_dir}: already exists and is not an empty folder; choose a new --out")
+  problem = out_dir_problem(out_dir)
+  if problem:
+    raise ValueError(f"--out {out_dir}: {problem}")
 
 
 def _fresh_dir(out_dir) -> Path:
@@ -396,17 +462,58 @@ def hf_to_orbax(hf_dir, out_dir) -> ModelConfig:
   """The hf-to-orbax command: validates everything, then writes out_dir."""
   _ensure_writable(out_dir)
   cfg, params = hf_to_params(*read_hf_dir(hf_dir))
+  tokenizer = Path(hf_dir) / "tokenizer.json"  # kept beside the params, where eval and sample look
+  if tokenizer.is_file():
+    from phi1_jax.data.tokenizer import load_tokenizer
+    try:
+      load_tokenizer(tokenizer)
+    except ValueError as e:
+      print(f"note: tokenizer not copied: {e}", file=sys.stderr)
+      tokenizer = None
   save_params(out_dir, cfg, params)
+  if tokenizer and tokenizer.is_file():
+    shutil.copyfile(tokenizer, Path(out_dir) / "tokenizer.json")
   return cfg
 
 
-def orbax_to_hf(ckpt, out_dir) -> ModelConfig:
-  """The orbax-to-hf command: validates everything, then writes out_dir."""
+def orbax_to_hf(ckpt, out_dir, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> ModelConfig:
+  """The orbax-to-hf command: validates everything, then writes out_dir (with the tokenizer, when it can)."""
   _ensure_writable(out_dir)
   cfg, params = load_params(ckpt)
   hf_config, tensors = params_to_hf(cfg, params)
+  tokenizer = hf_tokenizer_files(ckpt, cfg, log)
+  if tokenizer and tokenizer["eos_id"] != hf_config["eos_token_id"]:
+    log(f"note: the tokenizer's {EOS_TOKEN} is id {tokenizer['eos_id']}, model_config.json's eos_id "
+        f"{cfg.eos_id}; config.json takes the tokenizer's")
+    hf_config.update(bos_token_id=tokenizer["eos_id"], eos_token_id=tokenizer["eos_id"])
   write_hf_dir(out_dir, hf_config, tensors)
+  for name, text in (tokenizer or {}).get("files", {}).items():
+    (Path(out_dir) / name).write_text(text)
   return cfg
+
+
+def hf_tokenizer_files(ckpt, cfg: ModelConfig, log) -> dict | None:
+  """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, from the tokenizer kept with the
+  checkpoint (a tokenizer.json as it is; a train_tokenizer SentencePiece model converted, same ids);
+  None, after one line saying why, when there is none or it cannot be converted."""
+  from phi1_jax.data.tokenizer import checkpoint_tokenizer, load_tokenizer, spm_as_hf_tokenizer
+  path = checkpoint_tokenizer(ckpt)
+  if path is None:
+    log(f"note: no tokenizer.model or tokenizer.json kept with {ckpt}; exported the model only")
+    return None
+  try:
+    if path.suffix == ".json":
+      eos_id, text = load_tokenizer(path).eos_id, path.read_text()
+    else:
+      hf = spm_as_hf_tokenizer(path)
+      eos_id, text = hf.token_to_id(EOS_TOKEN), hf.to_str()
+  except ValueError as e:
+    log(f"note: tokenizer not exported, AutoTokenizer will not load the folder: {e}")
+    return None
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN,
+            "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False}
+  return {"eos_id": eos_id, "files": {"tokenizer.json": text,
+                                      "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}}
 
 
 def main(argv=None) -> int:
@@ -428,7 +535,8 @@ def main(argv=None) -> int:
   except (ValueError, OSError, json.JSONDecodeError) as e:
     print(f"convert: error: {e}".replace("\n", " "), file=sys.stderr)
     return 2
-  print(f"wrote {args.out} ({cfg.n_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size})")
+  print(f"wrote {args.out} ({cfg.n_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size})"
+        + (" with its tokenizer" if (Path(args.out) / "tokenizer.json").is_file() else ""))
   return 0
 
 

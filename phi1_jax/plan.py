@@ -19,25 +19,46 @@ import os
 import sys
 
 
+def _usage_error(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _flag_value(argv, name: str) -> str | None:
+  """The last value given as --name=V or --name V (absl's two spellings), else None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
 def _simulate_devices(argv) -> None:
   """--devices=N: N host-platform devices. XLA reads XLA_FLAGS once, when jax first starts."""
-  for arg in argv:
-    if arg.startswith("--devices="):
-      n = arg.split("=", 1)[1]
-      flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-      os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
-      os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  n = _flag_value(argv, "devices")
+  if n is None:
+    return
+  if not n.isdigit():
+    _usage_error(f"--devices={n}: expected a number of devices >= 1 (0: the devices present)")
+  if int(n) > 0:
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 if __name__ == "__main__":
   _simulate_devices(sys.argv)
 
 import math  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from phi1_jax import sharding, train  # noqa: E402
 from phi1_jax.metrics import flops_per_token  # noqa: E402
@@ -133,11 +154,58 @@ def report(f: dict) -> str:
   return "\n".join(lines)
 
 
+def parse_flags(argv):
+  """absl flag parsing with every mistake as one line and exit code 2.
+
+  --config's file is checked first: ml_collections defers a missing file's error to its first use,
+  as two chained tracebacks; an error in the file's own code is named with its line."""
+  if any(a.split("=")[0] in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+    return train.parse_flags(argv)
+  config_arg = _flag_value(argv[1:], "config")
+  if config_arg is None:
+    _usage_error("--config is required, e.g. --config=configs/phi1.py")
+  config_file = config_arg.split(":", 1)[0]  # "file.py:arg" passes arg to get_config
+  if not os.path.isfile(config_file):
+    _usage_error(f"--config={config_arg}: {'is a folder, not a' if os.path.isdir(config_file) else 'no such'} "
+                 "config file")
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 (a bad flag, the config file's own code, an unknown override)
+    _usage_error(_flag_problem(e, config_arg, config_file))
+
+
+def _flag_problem(error: Exception, config_arg: str, config_file: str) -> str:
+  """One line for an exception raised while parsing flags, loading the config file or its overrides."""
+  where = os.path.abspath(config_file)
+  chain, e = [], error
+  while e is not None and e not in chain:  # ml_collections re-raises the file's errors as new ones
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in chain:
+    if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) == where:
+      return f"--config={config_arg}: line {e.lineno}: SyntaxError: {e.msg}"
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == where]
+    if lines:
+      return f"--config={config_arg}: line {lines[-1]}: {type(e).__name__}: {str(e).splitlines()[0]}"
+  text = str(error).strip()
+  if isinstance(error, flags.Error):  # an unknown flag, a value of the wrong type
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # ml_collections puts a config file's traceback in the message: its last line says what went wrong
+    return lines[0] if len(lines) == 1 else f"{lines[0].split(': ')[0]}: {lines[-1]}"
+  if "get_config" in text:
+    return f"--config={config_arg}: the file defines no get_config()"
+  if isinstance(error, (AttributeError, KeyError)):  # ml_collections: an override of a field the config lacks
+    text = text.encode().decode("unicode_escape")
+    key, hint = re.search(r"'(\w+)'", text), re.search(r'Did you mean "(\w+)"', text)
+    return (f"unknown config key {key.group(1) if key else text!r} in the --config.* overrides"
+            + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+  return f"--config={config_arg}: {type(error).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None:
-    sys.exit("error: --config is required")
+    _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # jax logs its backend search at INFO
   config = _CONFIG.value
   try:
     if _MESH.value:
@@ -149,4 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,130 @@ def test_load_params_also_reads_a_transformers_folder(hf_dir, hf_files):
   expected_cfg, expected = convert.hf_to_params(*hf_files)
   assert cfg == expected_cfg
   assert all(np.array_equal(params["blocks"][k], v) for k, v in expected["blocks"].items())
+
+
+@pytest.fixture(scope="module")
+def trainer_workdir(tmp_path_factory):
+  """A trainer workdir as train.py leaves it: model_config.json, checkpoints/<step>/state, tokenizer.json."""
+  from flax import nnx
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  from phi1_jax.data.tokenizer import EOS_TOKEN
+  from phi1_jax.model import Phi
+
+  cfg = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4,
+                    max_seq_len=64, eos_id=0)
+  workdir = tmp_path_factory.mktemp("run") / "workdir"
+  workdir.mkdir()
+  (workdir / "model_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+  params = nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+  state = {"params": params, "opt_state": {"mu": params["blocks"]}, "step": np.int32(5)}
+  with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",)) as manager:
+    manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  hf = Tokenizer(models.BPE())  # a byte-level BPE, as phi-1's CodeGen tokenizer
+  hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  hf.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS_TOKEN],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  hf.train_from_iterator([Path(json.__file__).read_text()] * 2, trainer)
+  hf.save(str(workdir / "tokenizer.json"))
+  return workdir
+
+
+def _convert_cli(*args, umask=0o022):
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "phi1_jax.convert", *map(str, args)], capture_output=True,
+                        text=True, env=env, timeout=120, umask=umask)
+
+
+# Run with HF_HUB_OFFLINE=1 in a fresh process, as a user loading the export would.
+_LOAD_EXPORT = """
+import json, sys
+from transformers import AutoTokenizer, pipeline
+from phi1_jax.data.tokenizer import load_tokenizer
+out, original, text = sys.argv[1], sys.argv[2], sys.argv[3]
+hf, ours = AutoTokenizer.from_pretrained(out), load_tokenizer(original)
+ids = hf(text)["input_ids"]
+generate = pipeline("text-generation", model=out)
+generated = generate("def f(x):", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+print(json.dumps({"same_ids": ids == ours.encode(text), "round_trip": hf.decode(ids) == text,
+                  "eos": [hf.eos_token, hf.eos_token_id, ours.eos_id, generate.model.config.eos_token_id],
+                  "generated": generated.startswith("def f(x):")}))
+"""
+_AWKWARD = "def f(x):\n\treturn x  # é 🙂\r\n\n    <|endoftext|>class A: pass\n"
+
+
+def _load_export(out, original):
+  env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+  proc = subprocess.run([sys.executable, "-c", _LOAD_EXPORT, str(out), str(original), _AWKWARD],
+                        capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_export_of_a_trainer_workdir_is_quiet_and_readable(trainer_workdir, tmp_path):
+  """No Orbax 'Metadata file does not exist' warning; files get the umask's mode, as any new file."""
+  out = tmp_path / "hf"
+  proc = _convert_cli("orbax-to-hf", "--ckpt", trainer_workdir, "--out", out)
+  assert proc.returncode == 0, proc.stderr
+  assert "Metadata file does not exist" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
+  assert [(out / name).stat().st_mode & 0o777 for name in ("config.json", "model.safetensors")] == [0o644, 0o644]
+  # The export carries the workdir's Hugging Face tokenizer: AutoTokenizer and pipeline load the folder.
+  assert "with its tokenizer" in proc.stdout
+  assert (out / "tokenizer.json").read_text() == (trainer_workdir / "tokenizer.json").read_text()
+  loaded = _load_export(out, trainer_workdir / "tokenizer.json")
+  assert loaded == {"same_ids": True, "round_trip": True, "eos": ["<|endoftext|>", 0, 0, 0], "generated": True}
+
+
+def test_exported_weights_follow_a_strict_umask(tmp_path):
+  old = os.umask(0o077)
+  try:
+    convert.write_hf_dir(tmp_path / "private", {"model_type": "phi"}, {"x": np.zeros(2, np.float32)})
+  finally:
+    os.umask(old)
+  assert [(tmp_path / "private" / n).stat().st_mode & 0o777 for n in ("config.json", "model.safetensors")] \
+      == [0o600, 0o600]
+
+
+def test_the_metadata_filter_drops_only_that_warning(caplog):
+  import logging
+  convert.quiet_orbax_metadata_warning()
+  convert.quiet_orbax_metadata_warning()  # idempotent
+  absl_logger = logging.getLogger("absl")
+  assert absl_logger.filters.count(convert._ABSL_FILTER) == 1
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    absl_logger.warning("Metadata file does not exist: %s", "/x/_CHECKPOINT_METADATA")
+    absl_logger.warning("something else")
+  assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+def test_export_converts_the_trainers_sentencepiece_tokenizer(trainer_workdir, tmp_path):
+  from phi1_jax.data.tokenizer import train_tokenizer
+  workdir = tmp_path / "spm_run"
+  shutil.copytree(trainer_workdir, workdir, ignore=shutil.ignore_patterns("tokenizer.json"))
+  train_tokenizer([Path(json.__file__).parent], 400, tmp_path / "tok")
+  shutil.copy(tmp_path / "tok" / "tokenizer.model", workdir / "tokenizer.model")  # as train.py keeps it
+  out = tmp_path / "hf"
+  proc = _convert_cli("orbax-to-hf", "--ckpt", workdir / "checkpoints" / "5", "--out", out)
+  assert proc.returncode == 0 and "with its tokenizer" in proc.stdout, proc.stderr
+  loaded = _load_export(out, workdir / "tokenizer.model")
+  assert loaded == {"same_ids": True, "round_trip": True, "eos": ["<|endoftext|>", 0, 0, 0], "generated": True}
+
+
+def test_export_says_why_a_foreign_sentencepiece_model_is_not_exported(trainer_workdir, tmp_path):
+  import io
+
+  import sentencepiece as spm
+  workdir = tmp_path / "foreign"
+  shutil.copytree(trainer_workdir, workdir, ignore=shutil.ignore_patterns("tokenizer.json"))
+  model = io.BytesIO()  # SentencePiece's defaults: a dummy prefix and NFKC, which the conversion does not reproduce
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(Path(json.__file__).read_text().splitlines()),
+                                 model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
+                                 user_defined_symbols=["<|endoftext|>"], minloglevel=2)
+  (workdir / "tokenizer.model").write_bytes(model.getvalue())
+  out = tmp_path / "hf"
+  proc = _convert_cli("orbax-to-hf", "--ckpt", workdir, "--out", out)
+  assert proc.returncode == 0, proc.stderr
+  notes = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(notes) == 1 and "tokenizer not exported" in notes[0] and "no dummy prefix" in notes[0], proc.stderr
+  assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]

@@ -62,7 +62,8 @@ def test_eval_command_end_to_end(ckpt, tmp_path):
   assert [r["task_id"] for r in results] == [s["task_id"] for s in samples]
   assert all({"completion", "passed", "result"} <= set(r) for r in results)
   summary = json.loads((out / "summary.json").read_text())
-  assert summary["benchmark"] == "humaneval" and summary["n_samples"] == 3 and summary["n_problems"] == 3
+  assert summary["benchmark"] == "humaneval" and summary["n_samples_total"] == 3 and summary["n_problems"] == 3
+  assert summary["n_samples_per_problem"] == 1 and "n_samples" not in summary
   assert summary["pass@1"] == 0.0 and "pass@10" not in summary  # pass@k only where n >= k
   assert summary["temperature"] == 0.0 and summary["checkpoint"] == str(ckpt)
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"pass@1": 0.0}

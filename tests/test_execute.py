@@ -225,7 +225,7 @@ def test_cli_writes_official_results_file_and_prints_pass_at_k(tmp_path):
     assert [list(row) for row in rows] == [["task_id", "completion", "result", "passed"]] * 4
     assert [row["passed"] for row in rows] == [True, False, True, False]
     summary = json.loads(Path(f"{sample_file}_summary.json").read_text())
-    assert summary["n_samples"] == 4 and summary["n_passed"] == 2
+    assert summary["n_samples_total"] == 4 and summary["n_passed"] == 2
 
 
 @pytest.mark.skipif(not MBPP_PATH.is_file(), reason=f"MBPP file absent: {MBPP_PATH}")

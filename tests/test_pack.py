@@ -126,14 +126,36 @@ def test_bad_lines_reported_and_threshold_fails(tmp_path, small_tokenizer):
   r = _cli("--input", path, "--tokenizer", small_tokenizer, "--seq_len", 8, "--out", out)
   assert r.returncode != 0
   error = _one_error_line(r.stderr)
-  assert "4 of 10 items are bad" in error and f"{path}:2: not valid JSON" in error
-  for where in (f"{path}:2: not valid JSON", f"{path}:4: no text", f"{path}:6: no text", f"{path}:10: not UTF-8"):
+  assert "3 of 9 items are bad" in error and f"{path}:2: not valid JSON" in error  # line 4 is empty: skipped
+  for where in (f"{path}:2: not valid JSON", f"{path}:6: no text", f"{path}:10: not UTF-8"):
     assert where in r.stderr
+  assert f"{path}:4" not in r.stderr
   assert not out.exists() and not (tmp_path / ".out.partial").exists()
 
   m = pack([path], small_tokenizer, 8, out, max_bad_fraction=0.5, workers=1)
-  assert m["bad"]["count"] == 4 and f"{path}:10: not UTF-8" in m["bad"]["items"]
-  assert m["documents"] == 6
+  assert m["bad"]["count"] == 3 and f"{path}:10: not UTF-8" in m["bad"]["items"]
+  assert m["documents"] == 6 and m["skipped_empty"] == 1
+
+
+def test_empty_documents_are_skipped_alike_in_jsonl_and_folders(tmp_path, small_tokenizer):
+  """A package's empty __init__.py files: skipped and counted, in a folder and as JSONL rows alike."""
+  pkg = tmp_path / "pkg"
+  for i in range(20):
+    (pkg / f"sub{i}").mkdir(parents=True)
+    (pkg / f"sub{i}" / "__init__.py").write_text("" if i % 2 else "  \n")  # empty and whitespace-only
+    (pkg / f"sub{i}" / "mod.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 5)
+  rows = [{"id": str(f.relative_to(tmp_path)), "text": f.read_text()} for f in sorted(pkg.rglob("*.py"))]
+  jsonl = write_jsonl(tmp_path / "pkg.jsonl", rows)
+  jsonl.write_text(jsonl.read_text() + "\n")  # a blank line is skipped too
+  manifests = {}
+  for name, src in (("folder", pkg), ("jsonl", jsonl)):
+    r = _cli("--input", src, "--tokenizer", small_tokenizer, "--seq_len", 16, "--out", tmp_path / name)
+    assert r.returncode == 0, r.stderr  # the default --max_bad_fraction (0.1%) is not touched
+    assert "20 empty documents skipped, 0 bad items" in r.stdout
+    manifests[name] = json.loads((tmp_path / name / "manifest.json").read_text())
+  for m in manifests.values():
+    assert m["documents"] == 20 and m["skipped_empty"] == 20 and m["bad"]["count"] == 0
+  assert manifests["jsonl"]["skipped_blank_lines"] == 1
 
 
 def test_non_utf8_py_file_is_bad(tmp_path, small_tokenizer):

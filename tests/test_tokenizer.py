@@ -105,3 +105,18 @@ def test_cli_bad_input_one_line(tmp_path):
   r = subprocess.run([sys.executable, "-m", "phi1_jax.data.tokenizer", "train", "--input", str(STDLIB / "json"),
                       "--vocab_size", "100", "--out", str(tmp_path / "o")], capture_output=True, text=True)
   assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "vocab_size" in r.stderr
+
+
+def test_sentencepiece_as_hf_tokenizer_gives_the_same_ids(small_tokenizer):
+  """The export's conversion: same ids and exact decoding on code it was not trained on."""
+  from phi1_jax.data.tokenizer import spm_as_hf_tokenizer
+  tok = load_tokenizer(small_tokenizer)
+  hf = spm_as_hf_tokenizer(tok.path)
+  texts = [f.read_text(encoding="utf-8") for pkg in ("json", "email", "asyncio", "collections")
+           for f in sorted((STDLIB / pkg).glob("*.py"))]
+  texts += [t for t in AWKWARD if "\u2581" not in t]  # a literal "▁" decodes as a space there (docstring)
+  for text in texts:
+    ids = hf.encode(text, add_special_tokens=False).ids
+    assert ids == tok.encode(text), text[:200]
+    assert hf.decode(ids, skip_special_tokens=False) == text, text[:200]
+  assert hf.token_to_id(EOS_TOKEN) == tok.eos_id and hf.get_vocab_size() == tok.vocab_size

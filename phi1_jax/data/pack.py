@@ -14,7 +14,13 @@ On disk (`--out`):
       each record = seq_len + 1 little-endian int32 tokens as raw bytes (group_size:1, so
       `grain.sources.ArrayRecordDataSource` reads records at random cheaply);
   manifest.json: format, seq_len, tokenizer (path, sha256, vocab_size, eos_id), inputs with sha256,
-      per split documents / tokens / records / shards, bad items, flags, fingerprint.
+      per split documents / tokens / records / shards, skipped empty documents, bad items, flags,
+      fingerprint.
+
+Documents whose text is empty or only whitespace (an empty `__init__.py`, a JSONL row with
+"text": "") are skipped and counted (`skipped_empty`), not bad. Bad items (a line that is not
+JSON or not UTF-8, a row without a "text" string, a .py file that is not UTF-8) are reported; more
+than --max_bad_fraction of them (of documents + bad items) stops the run.
 
 The eval split holds whole documents chosen by a hash of the document id (JSONL "id", else
 file:line; a .py file's path inside its input folder); a document is held out when its hash,
@@ -41,6 +47,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -48,6 +55,7 @@ import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from phi1_jax.cli import out_dir_problem
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
 FORMAT = "phi1_jax.packed/v1"
@@ -116,21 +124,29 @@ def _work_units(described: list[dict]) -> Iterator[tuple]:
           yield ("py", py_batch)
           py_batch, py_bytes = [], 0
         continue
-      opener = gzip.open if f.name.endswith(".gz") else open
-      with opener(f, "rb") as fh:
-        lines, nbytes, first = [], 0, 1
-        for lineno, line in enumerate(fh, 1):
-          if not lines:
-            first = lineno
-          lines.append(line)
-          nbytes += len(line)
-          if nbytes >= _UNIT_BYTES or len(lines) >= _UNIT_LINES:
-            yield ("jsonl", str(f), first, lines)
-            lines, nbytes = [], 0
-        if lines:
-          yield ("jsonl", str(f), first, lines)
+      yield from _jsonl_units(f)
     if py_batch:
       yield ("py", py_batch)
+
+
+def _jsonl_units(f: Path) -> Iterator[tuple]:
+  opener = gzip.open if f.name.endswith(".gz") else open
+  lineno = 0
+  try:
+    with opener(f, "rb") as fh:
+      lines, nbytes, first = [], 0, 1
+      for lineno, line in enumerate(fh, 1):
+        if not lines:
+          first = lineno
+        lines.append(line)
+        nbytes += len(line)
+        if nbytes >= _UNIT_BYTES or len(lines) >= _UNIT_LINES:
+          yield ("jsonl", str(f), first, lines)
+          lines, nbytes = [], 0
+      if lines:
+        yield ("jsonl", str(f), first, lines)
+  except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz: the whole file is unusable
+    raise PackError(f"--input {f}: unreadable after line {lineno} ({e})") from None
 
 
 # ---------------------------------------------------------------- workers
@@ -149,8 +165,9 @@ def _split_hash(doc_id: str) -> float:
 
 
 def _process_unit(unit: tuple) -> dict:
-  """Parses and tokenizes one unit. Returns docs [(hash, tokens)], bad items, skipped, bytes."""
-  docs_meta, texts, bad, skipped, nbytes = [], [], [], 0, 0
+  """Parses and tokenizes one unit. Returns docs [(hash, tokens)], bad items, skipped empty docs, blank
+  lines, bytes."""
+  docs_meta, texts, bad, skipped, blank, nbytes = [], [], [], 0, 0, 0
   if unit[0] == "py":
     for file, doc_id in unit[1]:
       raw = Path(file).read_bytes()
@@ -171,7 +188,7 @@ def _process_unit(unit: tuple) -> dict:
     for lineno, line in enumerate(lines, first):
       nbytes += len(line)
       if not line.strip():
-        skipped += 1
+        blank += 1
         continue
       try:
         doc = json.loads(line.decode("utf-8"))
@@ -182,15 +199,18 @@ def _process_unit(unit: tuple) -> dict:
         bad.append(f"{file}:{lineno}: not valid JSON")
         continue
       text = doc.get("text") if isinstance(doc, dict) else None
-      if not isinstance(text, str) or not text.strip():
+      if not isinstance(text, str):
         bad.append(f"{file}:{lineno}: no text")
+        continue
+      if not text.strip():
+        skipped += 1  # an empty document (e.g. an empty __init__.py), skipped as in a folder
         continue
       doc_id = doc.get("id")
       docs_meta.append(_split_hash(doc_id if isinstance(doc_id, str) and doc_id else f"{Path(file).name}:{lineno}"))
       texts.append(text)
   ids = _worker_tokenizer.encode_batch(texts)
   docs = [(h, np.asarray(t, dtype=np.int32)) for h, t in zip(docs_meta, ids)]
-  return {"docs": docs, "bad": bad, "skipped": skipped, "bytes": nbytes}
+  return {"docs": docs, "bad": bad, "skipped": skipped, "blank": blank, "bytes": nbytes}
 
 
 def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) -> Iterator[dict]:
@@ -310,7 +330,7 @@ def _write_splits(described, tokenizer_path, eos_id, seq_len, threshold, out, wo
                   progress_desc):
   """One pass: tokenizes everything, writes both splits. Returns counts and every doc's (hash, tokens)."""
   writers = {s: _SplitWriter(out, s, seq_len, eos_id, records_per_shard) for s in SPLITS}
-  bad, skipped, doc_hashes, doc_lengths = [], 0, [], []
+  bad, skipped, doc_hashes, doc_lengths = [], collections.Counter(), [], []
   total_bytes = sum(inp["bytes"] for inp in described)
   with _progress(total_bytes, progress_desc) as bar:
     for result in _ordered_results(_work_units(described), tokenizer_path, workers):
@@ -322,7 +342,7 @@ def _write_splits(described, tokenizer_path, eos_id, seq_len, threshold, out, wo
         if len(bad) < 20:
           print(f"warning: bad item {item}", file=sys.stderr)
         bad.append(item)
-      skipped += result["skipped"]
+      skipped.update(empty_documents=result["skipped"], blank_lines=result["blank"])
       bar.update(result["bytes"])
   splits = {s: w.finish() for s, w in writers.items()}
   return splits, bad, skipped, np.array(doc_hashes), np.array(doc_lengths, dtype=np.int64)
@@ -395,6 +415,9 @@ def pack(
   }, sort_keys=True).encode()).hexdigest()
 
   out = Path(out_dir)
+  problem = out_dir_problem(out)
+  if problem:
+    raise PackError(f"--out {out}: {problem}")
   existing = read_existing_manifest(out)
   if existing is not None:
     if existing.get("fingerprint") == fingerprint:
@@ -416,7 +439,8 @@ def pack(
         described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard, "pack")
     items = len(hashes) + len(bad)
     if items == 0:
-      raise PackError(f"--input: no documents found in {[str(i) for i in inputs]}")
+      raise PackError(f"--input: no documents found in {[str(i) for i in inputs]} "
+                      f"({skipped['empty_documents']} empty ones skipped)")
     if len(bad) > max_bad_fraction * items:
       raise PackError(f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
                       f"{max_bad_fraction:.3%}); first: {bad[0]}")
@@ -456,7 +480,8 @@ def pack(
       "records": {s: splits[s]["records"] for s in SPLITS},
       "splits": splits,
       "eval_hash_threshold": threshold,
-      "skipped_empty": skipped,
+      "skipped_empty": skipped["empty_documents"],  # documents whose text is empty or only whitespace
+      "skipped_blank_lines": skipped["blank_lines"],  # blank lines of JSONL files
       "bad": {"count": len(bad), "items": bad[:_MAX_REPORTED_BAD]},
       "flags": {"seq_len": seq_len, "eval_fraction": eval_fraction, "max_bad_fraction": max_bad_fraction,
                 "workers": workers, "records_per_shard": records_per_shard},
@@ -476,9 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--tokenizer", required=True, help="folder with tokenizer.model or tokenizer.json")
   parser.add_argument("--seq_len", type=int, required=True)
   parser.add_argument("--out", required=True)
-  parser.add_argument("--eval_fraction", type=float, default=0.01)
-  parser.add_argument("--max_bad_fraction", type=float, default=0.001)
-  parser.add_argument("--workers", type=int, default=2)
+  parser.add_argument("--eval_fraction", type=float, default=0.01, help="share of documents held out (by id hash)")
+  parser.add_argument("--max_bad_fraction", type=float, default=0.001,
+                      help="stop if more than this share of items is bad (not JSON/UTF-8, no text); "
+                           "empty documents are skipped, not bad")
+  parser.add_argument("--workers", type=int, default=2, help="tokenizer processes")
   args = parser.parse_args(argv)
   try:
     m = pack(args.input, args.tokenizer, args.seq_len, args.out, eval_fraction=args.eval_fraction,
@@ -488,7 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   r = m["records"]
   print(f"{args.out}: {m['documents']} documents, {m['tokens']} tokens, {r['train']} train + "
-        f"{r['eval']} eval records of {m['record_len']} tokens, {m['bad']['count']} bad items")
+        f"{r['eval']} eval records of {m['record_len']} tokens, {m['skipped_empty']} empty documents skipped, "
+        f"{m['bad']['count']} bad items")
   return 0
 
 

@@ -64,7 +64,10 @@ class SentencePieceTokenizer(Tokenizer):
 
   def __init__(self, model_file: str):
     self.path = str(model_file)
-    self._sp = spm.SentencePieceProcessor(model_file=self.path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=self.path)
+    except (RuntimeError, OSError) as e:  # sentencepiece names neither the file nor the format
+      raise ValueError(f"{self.path}: not a SentencePiece model ({str(e).splitlines()[0]})") from None
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.piece_to_id(EOS_TOKEN)
     if self.eos_id == self._sp.unk_id():
@@ -95,7 +98,10 @@ class HFTokenizer(Tokenizer):
     import tokenizers  # imported here: only the HF backend needs it
 
     self.path = str(json_file)
-    self._tok = tokenizers.Tokenizer.from_file(self.path)
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(self.path)
+    except Exception as e:  # tokenizers raises a bare Exception for any unreadable file
+      raise ValueError(f"{self.path}: not a Hugging Face tokenizer.json ({str(e).splitlines()[0]})") from None
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     eos = self._tok.token_to_id(EOS_TOKEN)
     if eos is None:
@@ -123,6 +129,68 @@ def tokenizer_file(path: str | os.PathLike) -> Path:
   if not p.is_file():
     raise FileNotFoundError(f"{p}: tokenizer not found")
   return p
+
+
+def checkpoint_tokenizer(path: str | os.PathLike) -> Path | None:
+  """The tokenizer kept with a checkpoint, or None: tokenizer.model / tokenizer.json in its folder or
+  its tokenizer/ subfolder (the trainer copies it into the workdir); a trainer step folder
+  (WORKDIR/checkpoints/<step>) uses its workdir's."""
+  p = Path(path)
+  bases = [p]
+  if p.name.isdigit() and p.parent.name == "checkpoints":
+    bases.append(p.parent.parent)
+  for folder in (f for base in bases for f in (base, base / "tokenizer")):
+    if folder.is_dir():
+      try:
+        return tokenizer_file(folder)
+      except FileNotFoundError:
+        pass
+  return None
+
+
+def spm_as_hf_tokenizer(model_file: str | os.PathLike):
+  """A `tokenizers.Tokenizer` giving the ids of a SentencePiece model made by `train_tokenizer`.
+
+  Same pieces and ids; merges in the model's piece order (SentencePiece BPE ranks a merge by its
+  result's score, which falls with the id); spaces become "▁" and back; unseen characters fall back
+  to bytes. The one difference: a literal "▁" in text, which SentencePieceTokenizer sends as bytes,
+  decodes here as a space. ValueError for a model trained with other settings (a dummy prefix,
+  another normalisation, unigram), whose text handling this does not reproduce.
+  """
+  import tokenizers
+  from sentencepiece import sentencepiece_model_pb2
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  try:
+    proto.ParseFromString(Path(model_file).read_bytes())
+  except Exception as e:  # noqa: BLE001 (protobuf's DecodeError has no stable import path)
+    raise ValueError(f"{model_file}: not a SentencePiece model ({e})") from None
+  trainer, norm = proto.trainer_spec, proto.normalizer_spec
+  unlike = [name for name, ok in (
+      ("model_type BPE", trainer.model_type == sentencepiece_model_pb2.TrainerSpec.BPE),
+      ("byte_fallback", trainer.byte_fallback), ("identity normalization", norm.name == "identity"),
+      ("no dummy prefix", not norm.add_dummy_prefix), ("whitespace kept", not norm.remove_extra_whitespaces),
+  ) if not ok]
+  if unlike:
+    raise ValueError(f"{model_file}: not trained as train_tokenizer does (needs {', '.join(unlike)})")
+  vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+  if EOS_TOKEN not in vocab:
+    raise ValueError(f"{model_file}: has no {EOS_TOKEN} piece")
+  normal = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
+  ranked = []
+  for piece, rank in vocab.items():
+    if proto.pieces[rank].type == normal:
+      splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+      ranked += [(rank, vocab[a], vocab[b], a, b) for a, b in splits]
+  merges = [(a, b) for *_, a, b in sorted(ranked)]
+  unk = proto.pieces[trainer.unk_id].piece
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True,
+                                                   fuse_unk=True))
+  tok.normalizer = tokenizers.normalizers.Replace(" ", _SPACE_MARK)
+  tok.decoder = tokenizers.decoders.Sequence([tokenizers.decoders.Replace(_SPACE_MARK, " "),
+                                              tokenizers.decoders.ByteFallback(), tokenizers.decoders.Fuse()])
+  tok.add_special_tokens([tokenizers.AddedToken(EOS_TOKEN, special=True, normalized=False)])
+  return tok
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -191,6 +259,12 @@ def train_tokenizer(
     raise FileNotFoundError(f"tokenizer input not found: {missing[0]}")
   if vocab_size < 300:
     raise ValueError(f"vocab_size={vocab_size}: must be >= 300 (256 byte pieces + specials + merges)")
+  if max_sentences < 1:
+    raise ValueError(f"max_sentences={max_sentences}: must be >= 1")
+  from phi1_jax.cli import out_dir_problem
+  problem = out_dir_problem(out_dir)
+  if problem:
+    raise ValueError(f"--out {out_dir}: {problem}")
   # Reservoir sample here, so the trainer sees a bounded, reproducible set.
   rng = random.Random(seed)
   sample: list[str] = []
@@ -260,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   train.add_argument("--out", required=True, help="folder for tokenizer.model")
   train.add_argument("--max_sentences", type=int, default=200_000)
   args = parser.parse_args(argv)
+  if (Path(args.out) / SPM_FILE).exists():  # packed data and runs name it by its sha256: never replace it
+    print(f"error: --out {args.out}: already holds {SPM_FILE}; choose a new folder", file=sys.stderr)
+    return 2
   try:
     out = train_tokenizer(args.input, args.vocab_size, args.out, max_sentences=args.max_sentences)
   except (FileNotFoundError, ValueError) as e:

@@ -102,28 +102,24 @@ def _checkpoint_kind(path: Path) -> str:
 
 
 def _tokenizer_path(args, ckpt: Path) -> Path:
-  from phi1_jax.data.tokenizer import tokenizer_file
+  from phi1_jax.data.tokenizer import checkpoint_tokenizer, tokenizer_file
   if args.tokenizer:
     try:
       return tokenizer_file(args.tokenizer)
     except FileNotFoundError as e:
       raise ValueError(f"--tokenizer: {e}") from None
-  bases = [ckpt]
-  if ckpt.name.isdigit() and ckpt.parent.name == "checkpoints":
-    bases.append(ckpt.parent.parent)  # trainer step folder: the workdir keeps the tokenizer
-  for base in bases:
-    for folder in (base, base / "tokenizer"):
-      try:
-        return tokenizer_file(folder)
-      except FileNotFoundError:
-        pass
+  found = checkpoint_tokenizer(ckpt)
+  if found:
+    return found
   raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); "
                    "pass --tokenizer=PATH")
 
 
 def _check_out(out: Path) -> None:
-  if out.exists() and not out.is_dir():
-    raise ValueError(f"--out={out}: exists and is not a folder")
+  from phi1_jax.cli import out_dir_problem
+  problem = out_dir_problem(out)
+  if problem:
+    raise ValueError(f"--out={out}: {problem}")
   taken = [f for f in OUT_FILES if (out / f).exists()]
   if taken:
     raise ValueError(f"--out={out}: already holds {taken[0]}; choose a new folder")
@@ -137,6 +133,7 @@ def _load_model(ckpt: Path, kind: str):
 
 
 def main(argv=None) -> int:
+  from phi1_jax.data.tokenizer import load_tokenizer
   args = _parse_args(argv)
   ckpt = Path(args.checkpoint)
   out = Path(args.out)
@@ -145,6 +142,7 @@ def main(argv=None) -> int:
     problems = _load_problems(args)
     kind = _checkpoint_kind(ckpt)
     tok_path = _tokenizer_path(args, ckpt)
+    tokenizer = load_tokenizer(tok_path)
     _check_out(out)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -152,12 +150,10 @@ def main(argv=None) -> int:
 
   import tqdm
   from phi1_jax import sample
-  from phi1_jax.data.tokenizer import load_tokenizer
   from phi1_jax.eval import execute, problems as problems_lib
 
   start = time.perf_counter()
   try:
-    tokenizer = load_tokenizer(tok_path)
     model = _load_model(ckpt, kind)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)

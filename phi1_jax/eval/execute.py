@@ -560,7 +560,7 @@ def evaluate_samples(
     summary = {
         "benchmark": benchmark,
         **pass_at,
-        "n_samples": len(samples),
+        "n_samples_total": len(samples),  # all samples; the eval CLI adds n_samples_per_problem
         "n_passed": int(sum(r.passed for r in results)),
         "n_problems_attempted": len(n_by_task),
         "n_problems": len(problems),
@@ -576,8 +576,12 @@ def evaluate_samples(
 
 
 def _read_samples(path: str) -> list[dict]:
+    if os.path.isdir(path):
+        raise ValueError(f"--samples={path}: is a folder, not a JSONL file")
     if not os.path.isfile(path):
         raise ValueError(f"samples file not found: {path}")
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        raise ValueError(f"--samples={path}: its folder is not writable (results are written beside it)")
     samples = []
     opener = open
     if path.endswith(".gz"):

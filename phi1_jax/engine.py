@@ -105,23 +105,18 @@ def prefill_buckets(max_len: int) -> list[int]:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
-def _prefill(graphdef, params, layers, state, tokens_1xP, length, slot, col, seed, greedy, temperature,
-             top_k, top_p, vocab_limit):
-  """Runs one right-padded prompt, writes its keys/values into row `slot` at columns
-  col-length .. col-1 (mod S), draws its first token; returns the new state, the first token's
-  (id, log-prob, top ids, top log-probs) and the prompt's hidden states (for echo log-probs).
-  slot == B (no row) changes no row: an echo-only request."""
+def _prefill(graphdef, params, layers, state, tokens_1xP, length, last, slot, col, seed):
+  """Runs a prompt but its last token (`length` tokens, right-padded to P), writes their
+  keys/values into row `slot` at columns col-length .. col-1 (mod S) and leaves the last token as
+  the row's next input: the decode step at column `col` draws the first new token, as it draws
+  every other. Returns the new state and the hidden states (for echo log-probs). slot == B
+  changes no row (an echo-only request)."""
   model = nnx.merge(graphdef, params)
   P = tokens_1xP.shape[1]
   S = state["valid"].shape[1]
   causal_1xPxP = jnp.tril(jnp.ones((P, P), bool))[None]  # padding sits after the prompt: causal is enough
   h_1xPxD, cache_1 = model.hidden_states(tokens_1xP, positions_BxL=jnp.arange(P)[None], mask_BxLxS=causal_1xPxP,
                                          cache=model.init_cache(1, P), cache_index=0, layers=layers)
-  logits_1xV = model.logits(jax.lax.dynamic_slice_in_dim(h_1xPxD, length - 1, 1, axis=1))[:, 0]
-  key, sub = jax.random.split(jax.random.key(seed))
-  tok_1 = sample.next_token_rows(logits_1xV, sub[None], greedy[None], temperature[None], top_k[None],
-                                 top_p[None], vocab_limit)
-  picked = _logprobs(logits_1xV, tok_1, vocab_limit)
   # prompt token j goes to column col - length + j; padding to column S, which the scatter drops
   t_P = jnp.arange(P)
   cols_P = jnp.where(t_P < length, (col - length + t_P) % S, S)
@@ -130,16 +125,18 @@ def _prefill(graphdef, params, layers, state, tokens_1xP, length, slot, col, see
   valid_S = jnp.zeros((S,), bool).at[cols_P].set(True, mode="drop")
   state = {"cache": cache,
            "valid": state["valid"].at[slot].set(valid_S, mode="drop"),
-           "tok": state["tok"].at[slot].set(tok_1[0], mode="drop"),
+           "tok": state["tok"].at[slot].set(last, mode="drop"),
            "pos": state["pos"].at[slot].set(length, mode="drop"),
-           "keys": state["keys"].at[slot].set(key, mode="drop")}
-  return state, jax.tree.map(lambda x: x[0], picked), h_1xPxD
+           "keys": state["keys"].at[slot].set(jax.random.key(seed), mode="drop")}
+  return state, h_1xPxD
 
 
 @functools.partial(sample._jit, static_argnames=("graphdef",), donate_argnames=("state",))
-def _decode_step(graphdef, params, layers, state, col, greedy_B, temperature_B, top_k_B, top_p_B, vocab_limit):
+def _decode_step(graphdef, params, layers, state, col, greedy_B, temperature_B, top_k_B, top_p_B, vocab_limit,
+                 want_top):
   """One token for every slot: each row's newest token goes to column `col`, sees the columns its
-  mask holds, and the next token is drawn with the row's own settings and key."""
+  mask holds, and the next token is drawn with the row's own settings and key. Returns the new
+  state and (tokens, their log-probs, top K ids and log-probs: computed only when want_top)."""
   model = nnx.merge(graphdef, params)
   S = state["valid"].shape[1]
   at_col_S = jnp.arange(S) == col
@@ -151,24 +148,26 @@ def _decode_step(graphdef, params, layers, state, col, greedy_B, temperature_B, 
   tok_B = sample.next_token_rows(logits_BxV, keys_Bx2[:, 1], greedy_B, temperature_B, top_k_B, top_p_B, vocab_limit)
   state = {"cache": cache, "valid": state["valid"] | at_col_S[None], "tok": tok_B, "pos": state["pos"] + 1,
            "keys": keys_Bx2[:, 0]}
-  return state, _logprobs(logits_BxV, tok_B, vocab_limit)
+  return state, _logprobs(logits_BxV, tok_B, vocab_limit, want_top)
 
 
-def _logprobs(logits_BxV, tok_B, vocab_limit):
-  """(tok_B, its log-prob under the model's full softmax, the top K ids below vocab_limit and their log-probs)."""
+def _logprobs(logits_BxV, tok_B, vocab_limit, want_top=True):
+  """(tok_B, its log-prob under the model's full softmax, the top K ids below vocab_limit and
+  their log-probs, zeros unless want_top)."""
   logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
   chosen_B = jnp.take_along_axis(logp_BxV, tok_B[:, None], axis=1)[:, 0]
-  top_lp_BxK, top_id_BxK = jax.lax.top_k(sample.mask_vocab(logp_BxV, vocab_limit), MAX_TOP_LOGPROBS)
+  B = logits_BxV.shape[0]
+  top_lp_BxK, top_id_BxK = jax.lax.cond(
+      want_top, lambda: tuple(jax.lax.top_k(sample.mask_vocab(logp_BxV, vocab_limit), MAX_TOP_LOGPROBS)),
+      lambda: (jnp.zeros((B, MAX_TOP_LOGPROBS), jnp.float32), jnp.zeros((B, MAX_TOP_LOGPROBS), jnp.int32)))
   return tok_B, chosen_B, top_id_BxK.astype(jnp.int32), top_lp_BxK
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _prompt_logprobs(graphdef, params, h_1xPxD, tokens_1xP, vocab_limit):
-  """For each prompt position j >= 1: log p(token j | tokens before it) and the top K at j."""
+def _prompt_logprobs(graphdef, params, h_1xPxD, next_1xP, vocab_limit):
+  """For each prefilled position j: log p(next_1xP[j] | tokens up to j) and the top K there."""
   model = nnx.merge(graphdef, params)
-  logits_PxV = model.logits(h_1xPxD)[0, :-1]
-  next_P = tokens_1xP[0, 1:]
-  _, chosen_P, top_id_PxK, top_lp_PxK = _logprobs(logits_PxV, next_P, vocab_limit)
+  _, chosen_P, top_id_PxK, top_lp_PxK = _logprobs(model.logits(h_1xPxD)[0], next_1xP[0], vocab_limit)
   return chosen_P, top_id_PxK, top_lp_PxK
 
 
@@ -226,10 +225,12 @@ class Engine:
       self._wake.notify()
 
   def submit(self, seqs: list[Sequence]) -> None:
-    """Queues sequences (all or none); QueueFull when they do not fit in --max_queue."""
+    """Queues sequences (all or none); QueueFull when more than max_queue would wait for a slot."""
     with self._wake:
-      if len(self._waiting) + len(seqs) > self.max_queue:
-        raise QueueFull(f"{len(self._waiting)} sequences wait already (--max_queue={self.max_queue})")
+      running = sum(s is not None for s in self._slots)
+      if running + len(self._waiting) + len(seqs) > self.max_batch + self.max_queue:
+        raise QueueFull(f"{running} sequences run and {len(self._waiting)} wait "
+                        f"(--max_batch={self.max_batch}, --max_queue={self.max_queue})")
       self._waiting.extend(seqs)
       self._wake.notify()
 
@@ -268,18 +269,19 @@ class Engine:
       self._stopping = True
 
   def warm_up(self) -> None:
-    """Compiles the decode step and every prefill bucket (greedy and sampled rows run in both)."""
+    """Compiles the decode step (greedy and sampled rows, with and without top log-probs) and, for
+    every prompt bucket, the prefill and the prompt log-probs."""
     start = time.perf_counter()
+    S = self.max_seq_len
     for P in self.buckets:
-      for temperature in (0.0, 1.0):
-        params = Params(max_tokens=1, temperature=temperature, top_p=0.9, logprobs=1, prompt_logprobs=True)
-        seq = Sequence([1] * min(P, self.max_seq_len - 1), params, lambda d: None)
-        self._prefill(seq, slot=0)
-        self._slots[0] = seq  # max_tokens=1 ended it: run one step with it anyway
-        self._step()
-        self._free(0)
-      self._prefill(Sequence([1] * min(P, self.max_seq_len - 1), Params(max_tokens=0, prompt_logprobs=True),
-                             lambda d: None), slot=None)
+      prompt = [1] * (min(P, S - 1) + 1)  # prefills min(P, S - 1) tokens: bucket P
+      self._prefill(Sequence(prompt, Params(max_tokens=0, logprobs=1, prompt_logprobs=True), lambda d: None), None)
+    for logprobs in (None, 1):
+      seqs = [Sequence([1, 2], Params(max_tokens=1, temperature=t, top_p=0.9, logprobs=logprobs), lambda d: None)
+              for t in (0.0, 1.0)]
+      for b, seq in enumerate(seqs):
+        self._prefill(seq, b)
+      self._step()
     self._t = self.tokens_total = self._log_tokens = 0
     self._log_t = time.perf_counter()
     self._traces_at_ready = self._traces
@@ -301,36 +303,38 @@ class Engine:
         self._prefill(seq, slot=free[0])
 
   def _prefill(self, seq: Sequence, slot: int | None) -> None:
+    """Prefills seq into `slot` (its first token comes with the next step), or with slot None
+    (max_tokens == 0) only computes the prompt's log-probs."""
     seq.t_start = time.perf_counter()
-    p = len(seq.prompt)
-    P = next(b for b in self.buckets if b >= p)
+    p, prm = len(seq.prompt), seq.params
+    n = p - 1  # the prompt's last token is the next step's input
+    P = next(b for b in self.buckets if b >= max(n, 1))
     tokens_1xP = np.zeros((1, P), np.int32)
-    tokens_1xP[0, :p] = seq.prompt
-    prm = seq.params
-    row = (np.bool_(prm.temperature == 0), np.float32(max(prm.temperature, 1e-6)), np.int32(prm.top_k),
-           np.float32(prm.top_p))
-    self._state, first, h_1xPxD = _prefill(
-        self._graphdef, self._params, self._layers, self._state, tokens_1xP, np.int32(p),
+    tokens_1xP[0, :n] = seq.prompt[:-1]
+    self._state, h_1xPxD = _prefill(
+        self._graphdef, self._params, self._layers, self._state, tokens_1xP, np.int32(n), np.int32(seq.prompt[-1]),
         np.int32(self.max_batch if slot is None else slot), np.int32(self._t % self.max_seq_len),
-        np.uint32(prm.seed % 2**32), *row, self.vocab_limit)
+        np.uint32(prm.seed % 2**32))
     echo: list[Token] = []
     if prm.prompt_logprobs:
+      next_1xP = np.zeros((1, P), np.int32)
+      next_1xP[0, :n] = seq.prompt[1:]
       chosen_P, top_id_PxK, top_lp_PxK = jax.device_get(
-          _prompt_logprobs(self._graphdef, self._params, h_1xPxD, tokens_1xP, self.vocab_limit))
+          _prompt_logprobs(self._graphdef, self._params, h_1xPxD, next_1xP, self.vocab_limit))
       k = prm.logprobs or 0
       echo = [Token(seq.prompt[0], None, None)] + [
-          Token(seq.prompt[j], float(chosen_P[j - 1]), self._top(top_id_PxK[j - 1, :k], top_lp_PxK[j - 1, :k]))
-          for j in range(1, p)]
-    if slot is None:  # echo only (max_tokens == 0): no slot, nothing generated
+          Token(seq.prompt[j + 1], float(chosen_P[j]), self._top(top_id_PxK[j, :k], top_lp_PxK[j, :k]))
+          for j in range(n)]
+    if slot is None:  # echo only: no slot, nothing generated
       seq.finish_reason, seq.t_done = "length", time.perf_counter()
       seq.emit(Delta("", echo, "length"))
       return
-    self._greedy_B[slot], self._temperature_B[slot], self._top_k_B[slot], self._top_p_B[slot] = row
+    self._greedy_B[slot] = prm.temperature == 0
+    self._temperature_B[slot] = max(prm.temperature, 1e-6)
+    self._top_k_B[slot], self._top_p_B[slot] = prm.top_k, prm.top_p
     self._slots[slot] = seq
     if echo:
       seq.emit(Delta("", echo))
-    tok, lp, top_id, top_lp = jax.device_get(first)
-    self._accept(slot, int(tok), float(lp), top_id, top_lp)
 
   def _step(self) -> None:
     for b, seq in enumerate(self._slots):
@@ -340,9 +344,10 @@ class Engine:
     if not any(s is not None for s in self._slots):
       return
     col = np.int32(self._t % self.max_seq_len)
+    want_top = np.bool_(any(s is not None and s.params.logprobs for s in self._slots))
     self._state, picked = _decode_step(self._graphdef, self._params, self._layers, self._state, col,
                                        self._greedy_B, self._temperature_B, self._top_k_B, self._top_p_B,
-                                       self.vocab_limit)
+                                       self.vocab_limit, want_top)
     self._t += 1
     tok_B, lp_B, top_id_BxK, top_lp_BxK = jax.device_get(picked)
     for b, seq in enumerate(self._slots):

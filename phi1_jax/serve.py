@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -133,7 +134,7 @@ class _Reply:
     self.texts = ["" for _ in seqs]
     self.tokens = [[] for _ in seqs]
     self.finish = [None for _ in seqs]
-    self.t_start = time.perf_counter()
+    self.t_start = min(s.t_submit for s in seqs)
 
   def prompt_of(self, i) -> int:
     return i // self.req.n
@@ -167,16 +168,18 @@ class _Reply:
   async def whole(self, events, engine, request):
     """Waits for every choice (cancelling them if the client goes away), then one JSON response."""
     try:
+      checked = time.perf_counter()
       while None in self.finish:
         try:
-          i, delta = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+          self._take(*await asyncio.wait_for(events.get(), DISCONNECT_POLL_S))
         except asyncio.TimeoutError:
+          pass
+        if time.perf_counter() - checked >= DISCONNECT_POLL_S:
+          checked = time.perf_counter()
           if await request.is_disconnected():
             engine.cancel(self.seqs)
             self._log("client gone")
             return JSONResponse({}, status_code=499)
-          continue
-        self._take(i, delta)
     except asyncio.CancelledError:
       engine.cancel(self.seqs)
       self._log("cancelled")
@@ -253,6 +256,9 @@ def _parse_args(argv):
   p.add_argument("--dtype", default=None, help="compute dtype: float32, bfloat16 (default: the checkpoint's)")
   p.add_argument("--tokenizer", default=None, help="tokenizer.model / tokenizer.json or its folder")
   p.add_argument("--log_every_s", type=float, default=10.0, help="seconds between load lines")
+  p.add_argument("--compile_cache", default="~/.cache/phi1_jax/jax_cache",
+                 help="JAX's persistent compilation cache: a second start skips compiling ('' turns it off; "
+                 "$JAX_COMPILATION_CACHE_DIR wins)")
   return p.parse_args(argv)
 
 
@@ -306,9 +312,13 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}".replace("\n", " "), file=sys.stderr)
     return 2
+  import jax
   import uvicorn
 
   from phi1_jax.engine import Engine
+  if args.compile_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).expanduser()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   model_name = args.model_name or Path(args.checkpoint).absolute().name
   engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=max_seq_len,
                   log_every_s=args.log_every_s)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -104,7 +103,6 @@ def prefill_buckets(max_len: int) -> list[int]:
 # ---------------------------------------------------------------- compiled programs
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
 def _prefill(graphdef, params, layers, state, tokens_1xP, length, last, slot, col, seed):
   """Runs a prompt but its last token (`length` tokens, right-padded to P), writes their
   keys/values into row `slot` at columns col-length .. col-1 (mod S) and leaves the last token as
@@ -131,7 +129,6 @@ def _prefill(graphdef, params, layers, state, tokens_1xP, length, last, slot, co
   return state, h_1xPxD
 
 
-@functools.partial(sample._jit, static_argnames=("graphdef",), donate_argnames=("state",))
 def _decode_step(graphdef, params, layers, state, col, greedy_B, temperature_B, top_k_B, top_p_B, vocab_limit,
                  want_top):
   """One token for every slot: each row's newest token goes to column `col`, sees the columns its
@@ -163,7 +160,6 @@ def _logprobs(logits_BxV, tok_B, vocab_limit, want_top=True):
   return tok_B, chosen_B, top_id_BxK.astype(jnp.int32), top_lp_BxK
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
 def _prompt_logprobs(graphdef, params, h_1xPxD, next_1xP, vocab_limit):
   """For each prefilled position j: log p(next_1xP[j] | tokens up to j) and the top K there."""
   model = nnx.merge(graphdef, params)
@@ -183,7 +179,17 @@ class Engine:
     self.vocab_limit = np.int32(tokenizer.vocab_size)
     self.eos_id = tokenizer.eos_id
     self.buckets = prefill_buckets(max_seq_len)
-    self._graphdef, self._params = nnx.split(model)
+    graphdef, params = nnx.split(model)
+    # The programs close over the graph definition and take the parameters as a flat list: a call
+    # then neither hashes the graph nor walks the nnx State (about 2 ms a step on a CPU).
+    self._params, treedef = jax.tree.flatten(params)
+
+    def bind(fn):
+      return lambda leaves, *args: fn(graphdef, jax.tree.unflatten(treedef, leaves), *args)
+
+    self._prefill_fn = jax.jit(bind(_prefill), donate_argnums=(2,))
+    self._decode_fn = sample._jit(bind(_decode_step), donate_argnums=(2,))
+    self._prompt_logprobs_fn = jax.jit(bind(_prompt_logprobs))
     self._layers = model.unstacked_layers()  # per-layer copies, as sample.generate uses them
     B, S = max_batch, max_seq_len
     self._state = {"cache": model.init_cache(B, S), "valid": jnp.zeros((B, S), bool),
@@ -247,6 +253,7 @@ class Engine:
   def stats(self) -> dict:
     return {"running": sum(s is not None for s in self._slots), "waiting": len(self._waiting),
             "max_batch": self.max_batch, "max_queue": self.max_queue, "tokens_generated": self.tokens_total,
+            "decode_steps": self._t,
             "traces_after_warmup": self._traces - self._traces_at_ready if self.ready else None}
 
   # ---- the engine thread
@@ -254,11 +261,14 @@ class Engine:
   def _run(self) -> None:
     try:
       self.warm_up()
+      pending = None  # the step in flight
       while not self._stopping:
         self._admit()
-        if any(s is not None for s in self._slots):
-          self._step()
-        else:
+        step = self._dispatch()
+        if pending is not None:
+          self._collect(pending)
+        pending = step
+        if pending is None:
           with self._wake:
             if not self._waiting and not self._stopping:
               self._wake.wait(timeout=self._log_every_s)
@@ -281,7 +291,9 @@ class Engine:
               for t in (0.0, 1.0)]
       for b, seq in enumerate(seqs):
         self._prefill(seq, b)
-      self._step()
+      self._collect(self._dispatch())
+      for b in range(len(seqs)):
+        self._free(b)
     self._t = self.tokens_total = self._log_tokens = 0
     self._log_t = time.perf_counter()
     self._traces_at_ready = self._traces
@@ -311,8 +323,8 @@ class Engine:
     P = next(b for b in self.buckets if b >= max(n, 1))
     tokens_1xP = np.zeros((1, P), np.int32)
     tokens_1xP[0, :n] = seq.prompt[:-1]
-    self._state, h_1xPxD = _prefill(
-        self._graphdef, self._params, self._layers, self._state, tokens_1xP, np.int32(n), np.int32(seq.prompt[-1]),
+    self._state, h_1xPxD = self._prefill_fn(
+        self._params, self._layers, self._state, tokens_1xP, np.int32(n), np.int32(seq.prompt[-1]),
         np.int32(self.max_batch if slot is None else slot), np.int32(self._t % self.max_seq_len),
         np.uint32(prm.seed % 2**32))
     echo: list[Token] = []
@@ -320,7 +332,7 @@ class Engine:
       next_1xP = np.zeros((1, P), np.int32)
       next_1xP[0, :n] = seq.prompt[1:]
       chosen_P, top_id_PxK, top_lp_PxK = jax.device_get(
-          _prompt_logprobs(self._graphdef, self._params, h_1xPxD, next_1xP, self.vocab_limit))
+          self._prompt_logprobs_fn(self._params, h_1xPxD, next_1xP, self.vocab_limit))
       k = prm.logprobs or 0
       echo = [Token(seq.prompt[0], None, None)] + [
           Token(seq.prompt[j + 1], float(chosen_P[j]), self._top(top_id_PxK[j, :k], top_lp_PxK[j, :k]))
@@ -336,22 +348,30 @@ class Engine:
     if echo:
       seq.emit(Delta("", echo))
 
-  def _step(self) -> None:
+  def _dispatch(self):
+    """Frees cancelled slots and starts one decode step for the others; returns what `_collect`
+    needs (the step runs while the host handles the step before it)."""
     for b, seq in enumerate(self._slots):
       if seq is not None and seq.cancelled:  # its client is gone: nobody to tell
         self._free(b)
         seq.t_done = time.perf_counter()
     if not any(s is not None for s in self._slots):
-      return
+      return None
     col = np.int32(self._t % self.max_seq_len)
     want_top = np.bool_(any(s is not None and s.params.logprobs for s in self._slots))
-    self._state, picked = _decode_step(self._graphdef, self._params, self._layers, self._state, col,
-                                       self._greedy_B, self._temperature_B, self._top_k_B, self._top_p_B,
-                                       self.vocab_limit, want_top)
+    self._state, picked = self._decode_fn(self._params, self._layers, self._state, col, self._greedy_B.copy(),
+                                          self._temperature_B.copy(), self._top_k_B.copy(), self._top_p_B.copy(),
+                                          self.vocab_limit, want_top)
     self._t += 1
+    return picked, list(self._slots)
+
+  def _collect(self, step) -> None:
+    """Hands a finished step's tokens to the sequences that held the slots when it started, if
+    they still do (a sequence that ended since, by its token of the step before, gets none)."""
+    picked, owners = step
     tok_B, lp_B, top_id_BxK, top_lp_BxK = jax.device_get(picked)
-    for b, seq in enumerate(self._slots):
-      if seq is not None:
+    for b, seq in enumerate(owners):
+      if seq is not None and self._slots[b] is seq:
         self._accept(b, int(tok_B[b]), float(lp_B[b]), top_id_BxK[b], top_lp_BxK[b])
 
   def _accept(self, slot: int, tok: int, lp: float, top_id_K, top_lp_K) -> None:

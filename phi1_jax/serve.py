@@ -16,7 +16,9 @@ request checks and response shapes are `phi1_jax.openai_api`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -86,22 +88,12 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
                            type_="server_error", code="not_ready")
     except api.ApiError as e:
       return error_response(e)
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-
-    def emitter(i):
-      def emit(delta):  # engine thread -> this request's event loop
-        try:
-          loop.call_soon_threadsafe(events.put_nowait, (i, delta))
-        except RuntimeError:  # the loop is closed: the server is shutting down
-          pass
-      return emit
-
+    mailbox = _Mailbox(asyncio.get_running_loop(), len(req.prompts) * req.n, wake_each_step=req.stream)
     seqs = []
-    for p, prompt in enumerate(req.prompts):
+    for prompt in req.prompts:
       for j in range(req.n):
         params = dataclasses.replace(req.params, seed=api.choice_seed(req, j) % 2**32)
-        seqs.append(engine_lib.Sequence(prompt, params, emitter(len(seqs))))
+        seqs.append(engine_lib.Sequence(prompt, params, functools.partial(mailbox.put, len(seqs))))
     try:
       engine.submit(seqs)
     except engine_lib.QueueFull as e:
@@ -110,8 +102,8 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     reply = _Reply(rid, req, seqs, tokenizer, model_name)
     if req.stream:
-      return StreamingResponse(reply.stream(events, engine), media_type="text/event-stream")
-    return await reply.whole(events, engine, request)
+      return StreamingResponse(reply.stream(mailbox, engine), media_type="text/event-stream")
+    return await reply.whole(mailbox, engine, request)
 
   @app.post("/v1/completions")
   async def completions(request: Request):
@@ -122,6 +114,45 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
     return await handle(request, chat=True)
 
   return app
+
+
+class _Mailbox:
+  """Deltas from the engine thread to one request on the event loop. The engine appends without
+  the loop; the loop is woken at most once per batch of deltas (streaming) or once when every
+  choice has finished (a whole response), so 32 running requests do not cost 32 wake-ups a step."""
+
+  def __init__(self, loop, n_choices: int, wake_each_step: bool):
+    self.loop, self.left, self.wake_each_step = loop, n_choices, wake_each_step
+    self.items: collections.deque = collections.deque()
+    self.ready = asyncio.Event()
+    self.scheduled = False
+
+  def put(self, i, delta) -> None:  # engine thread
+    self.items.append((i, delta))
+    if delta.finish_reason:
+      self.left -= 1
+    if (self.wake_each_step or self.left == 0) and not self.scheduled:
+      self.scheduled = True
+      try:
+        self.loop.call_soon_threadsafe(self._wake)
+      except RuntimeError:  # the loop is closed: the server is shutting down
+        pass
+
+  def _wake(self) -> None:
+    self.scheduled = False
+    self.ready.set()
+
+  async def take(self, timeout: float | None = None) -> list:
+    """What arrived since the last call (empty after `timeout` seconds with nothing)."""
+    try:
+      await asyncio.wait_for(self.ready.wait(), timeout)
+    except asyncio.TimeoutError:
+      return []
+    self.ready.clear()
+    items = []
+    while self.items:
+      items.append(self.items.popleft())
+    return items
 
 
 class _Reply:
@@ -165,21 +196,16 @@ class _Reply:
       return self.api.chat_logprobs(tokens, self.tok)
     return self.api.completion_logprobs(tokens, self.tok, offset)
 
-  async def whole(self, events, engine, request):
+  async def whole(self, mailbox, engine, request):
     """Waits for every choice (cancelling them if the client goes away), then one JSON response."""
     try:
-      checked = time.perf_counter()
       while None in self.finish:
-        try:
-          self._take(*await asyncio.wait_for(events.get(), DISCONNECT_POLL_S))
-        except asyncio.TimeoutError:
-          pass
-        if time.perf_counter() - checked >= DISCONNECT_POLL_S:
-          checked = time.perf_counter()
-          if await request.is_disconnected():
-            engine.cancel(self.seqs)
-            self._log("client gone")
-            return JSONResponse({}, status_code=499)
+        for item in await mailbox.take(DISCONNECT_POLL_S):
+          self._take(*item)
+        if None in self.finish and await request.is_disconnected():
+          engine.cancel(self.seqs)
+          self._log("client gone")
+          return JSONResponse({}, status_code=499)
     except asyncio.CancelledError:
       engine.cancel(self.seqs)
       self._log("cancelled")
@@ -205,7 +231,7 @@ class _Reply:
       body["usage"] = usage
     return f"data: {json.dumps(body)}\n\n"
 
-  async def stream(self, events, engine):
+  async def stream(self, mailbox, engine):
     """Server-sent events: one chunk per delta, the finish reason in each choice's last chunk,
     usage (with stream_options.include_usage), then `data: [DONE]`. A client that goes away
     cancels the request (Starlette cancels this generator), which frees its slots."""
@@ -216,19 +242,9 @@ class _Reply:
         yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                             "finish_reason": None} for i in range(len(self.seqs))])
       while None in self.finish:
-        i, delta = await events.get()
-        self._take(i, delta)
-        text = delta.text
-        if not echoed[i]:  # the echoed prompt goes with a choice's first chunk (with its log-probs, if asked)
-          text, echoed[i] = self._echo_text(i) + text, True
-        logprobs = self._logprobs(i, delta.tokens, offsets[i])
-        offsets[i] += sum(len(self.tok.decode([t.id])) for t in delta.tokens)
-        if self.req.chat:
-          choice = {"index": i, "delta": {"content": text} if text else {}, "logprobs": logprobs,
-                    "finish_reason": delta.finish_reason}
-        else:
-          choice = {"index": i, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
-        yield self._chunk([choice])
+        for i, delta in await mailbox.take():
+          self._take(i, delta)
+          yield self._delta_chunk(i, delta, offsets, echoed)
       if self.req.include_usage:
         yield self._chunk([], self._usage())
       yield "data: [DONE]\n\n"
@@ -237,6 +253,19 @@ class _Reply:
       engine.cancel(self.seqs)
       self._log("client gone (stream)")
       raise
+
+  def _delta_chunk(self, i, delta, offsets, echoed) -> str:
+    text = delta.text
+    if not echoed[i]:  # the echoed prompt goes with a choice's first chunk (with its log-probs, if asked)
+      text, echoed[i] = self._echo_text(i) + text, True
+    logprobs = self._logprobs(i, delta.tokens, offsets[i])
+    offsets[i] += sum(len(self.tok.decode([t.id])) for t in delta.tokens)
+    if self.req.chat:
+      choice = {"index": i, "delta": {"content": text} if text else {}, "logprobs": logprobs,
+                "finish_reason": delta.finish_reason}
+    else:
+      choice = {"index": i, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+    return self._chunk([choice])
 
 
 # ---------------------------------------------------------------- command line

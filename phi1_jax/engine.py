@@ -3,16 +3,19 @@
 Slots. The KV cache has `max_batch` rows of S columns (S = max_seq_len) per layer, one row per
 slot. Decode step t writes every row's newest key/value at column t % S: one scalar index for the
 whole batch, so the model's cached forward (`Phi.hidden_states`, as `phi1_jax.sample` uses it)
-runs unchanged. A request that joins before step t has its prompt's keys/values written at columns
-t-p .. t-1 (mod S) of its slot's row. Keys are stored with rotary already applied at their true
-positions, so where a column sits does not matter: a per-row mask says which columns hold the
-row's tokens. A request fits when prompt + max_tokens <= S (checked before it is queued).
+runs unchanged. A prompt of p tokens that joins before step t has its first p-1 tokens prefilled
+into columns t-p+1 .. t-1 (mod S) of its slot's row; its last token is step t's input, so every
+new token, the first included, comes from the decode step. Keys are stored with rotary already
+applied at their true positions, so where a column sits does not matter: a per-row mask says
+which columns hold the row's tokens. A request fits when prompt + max_tokens <= S (checked
+before it is queued).
 
 Joining and leaving. Between decode steps the engine thread prefills waiting requests into free
-slots (one at a time, the prompt right-padded to a power-of-two bucket), and a finished request
-(eos, a stop string, max_tokens, or its client gone) frees its slot at once. Greedy rows take the
-argmax and sampled rows draw with their own key (`sample.next_token_rows`), so a request's tokens
-do not depend on what else runs in the batch.
+slots (one at a time, right-padded to a power-of-two bucket), and a finished request (eos, a stop
+string, max_tokens, or its client gone) frees its slot. Greedy rows take the argmax and sampled
+rows draw with their own key (`sample.next_token_rows`), so a request's tokens do not depend on
+what else runs in the batch. Steps are pipelined: step t+1 is dispatched before the host reads
+step t's tokens, so a sequence that ends at step t has one wasted row in step t+1 (dropped).
 
 No compiles after warm-up: one decode step for the batch, one prefill and one prompt log-prob
 program per prompt bucket, all compiled by `warm_up()` (the server answers /health with 200 only
@@ -286,14 +289,11 @@ class Engine:
     for P in self.buckets:
       prompt = [1] * (min(P, S - 1) + 1)  # prefills min(P, S - 1) tokens: bucket P
       self._prefill(Sequence(prompt, Params(max_tokens=0, logprobs=1, prompt_logprobs=True), lambda d: None), None)
-    for logprobs in (None, 1):
-      seqs = [Sequence([1, 2], Params(max_tokens=1, temperature=t, top_p=0.9, logprobs=logprobs), lambda d: None)
-              for t in (0.0, 1.0)]
-      for b, seq in enumerate(seqs):
-        self._prefill(seq, b)
-      self._collect(self._dispatch())
-      for b in range(len(seqs)):
-        self._free(b)
+    for temperature in (0.0, 1.0):  # the step's greedy-only and sampling branches ...
+      for logprobs in (None, 1):  # ... with and without top log-probs
+        params = Params(max_tokens=1, temperature=temperature, top_p=0.9, logprobs=logprobs)
+        self._prefill(Sequence([1, 2], params, lambda d: None), 0)
+        self._collect(self._dispatch())  # max_tokens=1: the sequence ends and frees slot 0
     self._t = self.tokens_total = self._log_tokens = 0
     self._log_t = time.perf_counter()
     self._traces_at_ready = self._traces

@@ -12,21 +12,25 @@ max_tokens) three ways, interleaved, best of --repeats each:
   sequential  the same requests one after another
   direct      one generate() call in this process on the same prompts (max_new_tokens = the
               largest max_tokens), with the server idle: the floor the server's overhead is measured on
+  engine      (also) the server's batching engine in this process, no HTTP: all requests submitted
+              at once to `phi1_jax.engine.Engine` (its own thread, --clients slots)
 
-Prints each mode's seconds and completion tokens/s, the ratios, and whether all three gave the
-same text (greedy: they must).
+Prints each mode's seconds and completion tokens/s, the ratios, and whether all gave the same
+text (greedy: they must).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -132,8 +136,30 @@ def main():
                            vocab_limit=tok.vocab_size)
     return [(tok.decode(r[:m]), min(len(r) + 1, m)) for r, m in zip(rows, max_tokens)]
 
+  from phi1_jax import engine as engine_lib
+  eng = engine_lib.Engine(model, tok, max_batch=args.clients, max_queue=args.clients, max_seq_len=args.max_seq_len)
+  eng.start()
+
+  def engine_run():
+    done = threading.Semaphore(0)
+    texts = [""] * args.clients
+
+    def emit(i, delta):
+      texts[i] += delta.text
+      if delta.finish_reason:
+        done.release()
+
+    seqs = [engine_lib.Sequence(p, engine_lib.Params(max_tokens=m), functools.partial(emit, i))
+            for i, (p, m) in enumerate(zip(prompts, max_tokens))]
+    eng.submit(seqs)
+    for _ in seqs:
+      done.acquire()
+    return [(t, s.n_generated) for t, s in zip(texts, seqs)]
+
+  while not eng.ready:
+    time.sleep(0.1)
   try:
-    runs = {"concurrent": concurrent_run, "sequential": sequential_run, "direct": direct_run}
+    runs = {"concurrent": concurrent_run, "sequential": sequential_run, "direct": direct_run, "engine": engine_run}
     answers = {name: fn() for name, fn in runs.items()}  # warm-up: compiles generate, connects clients
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
@@ -145,8 +171,7 @@ def main():
     proc.terminate()
     proc.wait(30)
   tokens = sum(n for _, n in answers["concurrent"])
-  same = [t for t, _ in answers["concurrent"]] == [t for t, _ in answers["sequential"]] \
-      == [t for t, _ in answers["direct"]]
+  same = all([t for t, _ in answers[name]] == [t for t, _ in answers["direct"]] for name in runs)
   best = {name: min(t) for name, t in times.items()}
   print(json.dumps({"clients": args.clients, "completion_tokens": tokens,
                     "model": {k: getattr(args, k) for k in ("d_model", "n_layers", "vocab_size", "dtype")}}))
@@ -154,7 +179,8 @@ def main():
     print(f"{name:>10}: {t:7.3f}s  {tokens / t:9.1f} tokens/s")
   print(f"concurrent / sequential speed-up: {best['sequential'] / best['concurrent']:.2f}x")
   print(f"server overhead over direct generate: {best['concurrent'] / best['direct'] - 1:+.1%}")
-  print(f"same greedy text in all three: {same}")
+  print(f"engine (no HTTP) overhead over direct generate: {best['engine'] / best['direct'] - 1:+.1%}")
+  print(f"same greedy text in all four: {same}")
 
 
 if __name__ == "__main__":

@@ -280,6 +280,11 @@ class Engine:
       log.exception("engine stopped")
       self.ready, self.failed = False, True
       self._stopping = True
+      with self._wake:  # whoever waits gets an answer: finish_reason "error"
+        stranded = [seq for seq in self._slots if seq is not None] + list(self._waiting)
+        self._waiting.clear()
+      for seq in stranded:
+        seq.emit(Delta("", [], "error"))
 
   def warm_up(self) -> None:
     """Compiles the decode step (greedy and sampled rows, with and without top log-probs) and, for

@@ -116,6 +116,11 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
   return app
 
 
+ENGINE_FAILED = {"error": {"message": "the model failed while generating (see the server's log); the server "
+                                      "answers 503 until it is restarted", "type": "server_error", "param": None,
+                           "code": "engine_failed"}}
+
+
 class _Mailbox:
   """Deltas from the engine thread to one request on the event loop. The engine appends without
   the loop; the loop is woken at most once per batch of deltas (streaming) or once when every
@@ -210,6 +215,9 @@ class _Reply:
       engine.cancel(self.seqs)
       self._log("cancelled")
       raise
+    if "error" in self.finish:
+      self._log("engine failed")
+      return JSONResponse(ENGINE_FAILED, status_code=500)
     choices = []
     for i in range(len(self.seqs)):
       if self.req.chat:
@@ -244,6 +252,10 @@ class _Reply:
       while None in self.finish:
         for i, delta in await mailbox.take():
           self._take(i, delta)
+          if delta.finish_reason == "error":
+            yield f"data: {json.dumps(ENGINE_FAILED)}\n\n"
+            self.finish = ["error"] * len(self.seqs)
+            break
           yield self._delta_chunk(i, delta, offsets, echoed)
       if self.req.include_usage:
         yield self._chunk([], self._usage())

@@ -19,11 +19,23 @@ dtype made once per `generate` call (slicing the stacked weights inside the loop
 on every token). It costs memory: one more copy of the layers (half of it for a bfloat16 model).
 
 Shapes in names: B batch, P padded prompt length, S cache length, M max new tokens, V vocab.
+
+Command (one prompt, printed completions):
+
+  python -m phi1_jax.sample --checkpoint=CKPT --prompt='def fib(n):' [--max_tokens=128]
+      [--temperature=0 --top_p=1 --top_k=0 --seed=0 --n=1 --stop=STR ... --tokenizer=PATH]
+
+CKPT is anything `phi1_jax.convert.load_params` reads; the tokenizer is found beside it
+(`find_tokenizer`). `--prompt=-` reads the prompt from stdin.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import sys
+import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
@@ -46,22 +58,49 @@ def _next_token(logits_BxV, key, temperature, top_k, top_p, vocab_limit, *, gree
   the embedding is padded past the tokenizer (phi-1: 51200 rows, 50295 tokens) and a padding
   id cannot be decoded.
   """
-  neg_inf = jnp.finfo(jnp.float32).min
-  logits_BxV = logits_BxV.astype(jnp.float32)
-  logits_BxV = jnp.where(jnp.arange(logits_BxV.shape[-1]) < vocab_limit, logits_BxV, neg_inf)
+  logits_BxV = mask_vocab(logits_BxV, vocab_limit)
   if greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   logits_BxV = logits_BxV / temperature
-  if filtered:  # top-k, then top-p on what top-k kept (as transformers orders them)
-    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-    kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxV, jnp.maximum(top_k, 1) - 1, 1, axis=1)
-    in_k_BxV = (top_k <= 0) | (sorted_BxV >= kth_Bx1)
-    probs_BxV = jax.nn.softmax(jnp.where(in_k_BxV, sorted_BxV, neg_inf), axis=-1)
-    # keep a token while the mass before it is under top_p: the top token is always kept
-    keep_BxV = in_k_BxV & ((jnp.cumsum(probs_BxV, axis=-1) - probs_BxV) < top_p)
-    thresh_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-    logits_BxV = jnp.where(logits_BxV < thresh_Bx1, neg_inf, logits_BxV)
+  if filtered:
+    logits_BxV = top_k_top_p(logits_BxV, top_k, top_p)
   return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+def next_token_rows(logits_BxV, keys_B, greedy_B, temperature_B, top_k_B, top_p_B, vocab_limit):
+  """`_next_token` with settings per row (the server's slots): greedy rows take the argmax, the
+  others draw with their own key, temperature, top-k (0: off) and top-p. Everything is traced;
+  the filtering (a sort of the vocabulary) runs only when some row samples."""
+  logits_BxV = mask_vocab(logits_BxV, vocab_limit)
+  greedy_tok_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+
+  def draw():
+    scaled_BxV = top_k_top_p(logits_BxV / temperature_B[:, None], top_k_B[:, None], top_p_B[:, None])
+    return jax.vmap(jax.random.categorical)(keys_B, scaled_BxV).astype(jnp.int32)
+
+  drawn_B = jax.lax.cond(jnp.all(greedy_B), lambda: greedy_tok_B, draw)
+  return jnp.where(greedy_B, greedy_tok_B, drawn_B)
+
+
+def mask_vocab(logits_BxV, vocab_limit):
+  """float32 logits with ids >= vocab_limit (embedding padding past the tokenizer) at -inf."""
+  logits_BxV = logits_BxV.astype(jnp.float32)
+  return jnp.where(jnp.arange(logits_BxV.shape[-1]) < vocab_limit, logits_BxV, jnp.finfo(jnp.float32).min)
+
+
+def top_k_top_p(logits_BxV, top_k, top_p):
+  """Top-k (0: off), then top-p on what top-k kept (as transformers orders them); the others at
+  -inf. top_k and top_p are scalars or [B, 1] (one per row); top_p >= 1 keeps every token."""
+  neg_inf = jnp.finfo(jnp.float32).min
+  B = logits_BxV.shape[0]
+  sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+  kth_Bx1 = jnp.take_along_axis(sorted_BxV, jnp.broadcast_to(jnp.maximum(top_k, 1) - 1, (B, 1)), axis=1)
+  in_k_BxV = (top_k <= 0) | (sorted_BxV >= kth_Bx1)
+  probs_BxV = jax.nn.softmax(jnp.where(in_k_BxV, sorted_BxV, neg_inf), axis=-1)
+  # keep a token while the mass before it is under top_p: the top token is always kept
+  keep_BxV = in_k_BxV & ((top_p >= 1.0) | ((jnp.cumsum(probs_BxV, axis=-1) - probs_BxV) < top_p))
+  thresh_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits_BxV < thresh_Bx1, neg_inf, logits_BxV)
 
 
 # XLA:CPU sends each dot to YNNPACK by default, which is slow for the few rows of a decode step
@@ -252,3 +291,140 @@ def sample_texts(model, tokenizer, prompts: Sequence[str], *, stop_sequences: Se
     if progress is not None:
       progress(len(idx))
   return results
+
+
+# ---------------------------------------------------------------- checkpoint + tokenizer, command line
+
+
+def find_tokenizer(ckpt, tokenizer=None) -> Path:
+  """The tokenizer file for checkpoint `ckpt`: `tokenizer` if given, else a tokenizer.model /
+  tokenizer.json in the checkpoint folder or its tokenizer/ subfolder (for a trainer step folder,
+  also in the workdir). ValueError naming what is missing."""
+  from phi1_jax.data.tokenizer import tokenizer_file
+  if tokenizer:
+    try:
+      return tokenizer_file(tokenizer)
+    except FileNotFoundError as e:
+      raise ValueError(f"--tokenizer: {e}") from None
+  ckpt = Path(ckpt)
+  bases = [ckpt]
+  if ckpt.name.isdigit() and ckpt.parent.name == "checkpoints":
+    bases.append(ckpt.parent.parent)  # trainer step folder: the workdir keeps the tokenizer
+  for base in bases:
+    for folder in (base, base / "tokenizer"):
+      try:
+        return tokenizer_file(folder)
+      except FileNotFoundError:
+        pass
+  raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); "
+                   "pass --tokenizer=PATH")
+
+
+def check_checkpoint(ckpt) -> None:
+  """ValueError naming the problem when `ckpt` is no checkpoint convert.load_params reads (nothing loaded)."""
+  from phi1_jax import convert
+  ckpt = Path(ckpt)
+  if not ckpt.exists():
+    raise ValueError(f"checkpoint {ckpt}: not found")
+  if (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
+    return  # a transformers folder
+  convert.find_params_checkpoint(ckpt)
+
+
+def load_model_and_tokenizer(ckpt, tokenizer=None, dtype: str | None = None):
+  """(Phi, Tokenizer) from any checkpoint convert.load_params reads, compute dtype overridden by
+  `dtype`. ValueError (one line) for a bad checkpoint, a missing tokenizer or a tokenizer larger
+  than the model's vocabulary."""
+  import dataclasses
+
+  from phi1_jax import convert
+  from phi1_jax.data.tokenizer import load_tokenizer
+  check_checkpoint(ckpt)
+  tok_path = find_tokenizer(ckpt, tokenizer)
+  tok = load_tokenizer(tok_path)
+  try:
+    cfg, params = convert.load_params(ckpt)
+  except (OSError, KeyError) as e:
+    raise ValueError(f"checkpoint {ckpt}: cannot be read ({type(e).__name__}: {e})") from None
+  if dtype:
+    cfg = dataclasses.replace(cfg, dtype=dtype)
+  if tok.vocab_size > cfg.vocab_size:
+    raise ValueError(f"tokenizer {tok_path} has {tok.vocab_size} tokens, the model only {cfg.vocab_size}")
+  return convert.model_from_params(cfg, params), tok
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """argparse that reports a bad flag in one line (no usage block), exit code 2."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parse_args(argv):
+  parser = OneLineParser(prog="python -m phi1_jax.sample", description="Sample completions of one prompt.")
+  parser.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
+  parser.add_argument("--prompt", required=True, help="the prompt text ('-' reads stdin)")
+  parser.add_argument("--max_tokens", type=int, default=128, help="new tokens at most")
+  parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+  parser.add_argument("--top_p", type=float, default=1.0)
+  parser.add_argument("--top_k", type=int, default=0, help="0 keeps every token")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--n", type=int, default=1, help="completions (needs --temperature > 0 for n > 1)")
+  parser.add_argument("--stop", action="append", default=[], help="stop string (repeat for several)")
+  parser.add_argument("--tokenizer", default=None, help="tokenizer.model / tokenizer.json or its folder")
+  parser.add_argument("--dtype", default=None, help="compute dtype (float32, bfloat16); default: the checkpoint's")
+  return parser.parse_args(argv)
+
+
+def _check_args(args) -> None:
+  if args.max_tokens < 1:
+    raise ValueError(f"--max_tokens={args.max_tokens}: must be >= 1")
+  if args.temperature < 0:
+    raise ValueError(f"--temperature={args.temperature}: must be >= 0")
+  if not 0 < args.top_p <= 1:
+    raise ValueError(f"--top_p={args.top_p}: must be in (0, 1]")
+  if args.top_k < 0:
+    raise ValueError(f"--top_k={args.top_k}: must be >= 0")
+  if args.n < 1:
+    raise ValueError(f"--n={args.n}: must be >= 1")
+  if args.n > 1 and args.temperature == 0:
+    raise ValueError(f"--n={args.n} with --temperature=0 repeats one greedy completion; give --temperature > 0")
+  if not args.prompt:
+    raise ValueError("--prompt is empty")
+  if args.dtype not in (None, "float32", "bfloat16", "float16"):
+    raise ValueError(f"--dtype={args.dtype}: must be float32, bfloat16 or float16")
+
+
+def main(argv=None) -> int:
+  args = _parse_args(argv)
+  if args.prompt == "-":
+    args.prompt = sys.stdin.read()
+  start = time.perf_counter()
+  try:  # every user mistake ends here, in one line
+    _check_args(args)
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer, args.dtype)
+    n_prompt = len(tokenizer.encode(args.prompt))
+    if n_prompt == 0:
+      raise ValueError("--prompt encodes to no tokens")
+    if n_prompt + args.max_tokens > model.cfg.max_seq_len:
+      raise ValueError(f"prompt ({n_prompt} tokens) + --max_tokens={args.max_tokens} exceeds the model's "
+                       f"context of {model.cfg.max_seq_len} tokens")
+  except ValueError as e:
+    print(f"error: {e}".replace("\n", " "), file=sys.stderr)
+    return 2
+  print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+  start = time.perf_counter()
+  texts = sample_texts(model, tokenizer, [args.prompt] * args.n, stop_sequences=args.stop, batch_size=args.n,
+                       max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                       top_k=args.top_k, seed=args.seed)
+  for i, text in enumerate(texts):
+    if args.n > 1:
+      print(f"### completion {i + 1} of {args.n}")
+    print(text)
+  print(f"sampled {args.n} x up to {args.max_tokens} tokens in {time.perf_counter() - start:.1f}s "
+        "(compilation included)", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

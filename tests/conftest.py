@@ -34,3 +34,25 @@ def run_module(module: str, *args: str, timeout: float = 300, env: dict | None =
   full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env, timeout=timeout,
                         capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(stdlib_cache, tmp_path_factory) -> Path:
+  """A random-init tiny Phi saved by the converter (params/ + model_config.json) with the stdlib
+  tokenizer beside it, as `phi1_jax.serve` and `phi1_jax.sample` load checkpoints. init_std is
+  large so greedy logits are far apart (float32 near-ties would make argmax comparisons flaky);
+  the context is long enough (512) that a server test's requests outlast a client hanging up."""
+  import shutil
+
+  from flax import nnx
+
+  from phi1_jax import convert
+  from phi1_jax.data import stdlib_corpus
+  from phi1_jax.model import ModelConfig, Phi
+  tok_dir, _ = stdlib_corpus.ensure_stdlib_data(stdlib_cache, TINY_VOCAB, TINY_SEQ_LEN)
+  cfg = ModelConfig(vocab_size=TINY_VOCAB, d_model=64, n_layers=2, n_heads=4, head_dim=16, mlp_dim=128,
+                    rotary_dim=8, max_seq_len=512, eos_id=0, init_std=0.5, scan_layers=False)
+  path = tmp_path_factory.mktemp("served") / "tiny-phi"
+  convert.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+  shutil.copy(Path(tok_dir) / "tokenizer.model", path / "tokenizer.model")
+  return path

@@ -118,3 +118,43 @@ def test_bad_arguments():
     generate(model, [[1], []], max_new_tokens=3)
   with pytest.raises(ValueError, match="max_new_tokens"):
     generate(model, [[1]], max_new_tokens=0)
+
+
+def test_sample_command_prints_greedy_completion(tiny_checkpoint):
+  """`python -m phi1_jax.sample` prints what generate gives (greedy); --n draws several."""
+  from conftest import run_module
+  from phi1_jax.sample import load_model_and_tokenizer
+  model, tok = load_model_and_tokenizer(tiny_checkpoint)
+  prompt = "def fib(n):\n"
+  want = generate(model, [tok.encode(prompt)], max_new_tokens=12, eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
+  r = run_module("phi1_jax.sample", f"--checkpoint={tiny_checkpoint}", f"--prompt={prompt}", "--max_tokens=12")
+  assert r.returncode == 0, r.stderr
+  assert r.stdout == tok.decode(want) + "\n"
+  r = run_module("phi1_jax.sample", f"--checkpoint={tiny_checkpoint}", "--prompt=-", "--max_tokens=12",
+                 "--temperature=0.8", "--n=2", "--seed=1", input=prompt)
+  assert r.returncode == 0 and r.stdout.count("### completion ") == 2, r.stderr
+
+
+def test_sample_command_bad_input_is_one_line(tiny_checkpoint, tmp_path):
+  """Each mistake: one line naming it, exit code 2 (the five run at once)."""
+  import os
+  import shutil
+  import subprocess
+  import sys
+
+  from conftest import REPO
+  no_tok = tmp_path / "no_tokenizer"
+  shutil.copytree(tiny_checkpoint, no_tok, ignore=shutil.ignore_patterns("tokenizer.model"))
+  cases = {
+      "not found": [f"--checkpoint={tmp_path / 'nope'}", "--prompt=x"],
+      "no tokenizer.model or tokenizer.json": [f"--checkpoint={no_tok}", "--prompt=x"],
+      "--top_p=0.0": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--top_p=0"],
+      "invalid int value": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--max_tokens=many"],
+      "exceeds the model's context": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--max_tokens=100000"],
+  }
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  procs = {named: subprocess.Popen([sys.executable, "-m", "phi1_jax.sample", *args], cwd=REPO, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for named, args in cases.items()}
+  for named, proc in procs.items():
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1 and named in err, (named, err)

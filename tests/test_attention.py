@@ -1,0 +1,113 @@
+"""phi1_jax.attention: the fused dropout kernel (Pallas' interpreter on CPU, the same kernel code
+that runs compiled on a GPU) against the unfused path, and the dropout mask's statistics."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phi1_jax import attention as A
+
+B, L, N, H = 2, 64, 2, 16
+# Forward and backward tiled differently: matching gradients show that the backward kernel
+# regenerates the forward's mask, and that the mask does not depend on the tiling.
+BLOCKS = A.Blocks(block_q=16, block_k=32, bwd_outer=32, bwd_inner=16)
+SEED = jnp.array([12345, 678], jnp.uint32)
+
+
+def _qkv(seed=0, shape=(B, L, N, H)):
+  rng = np.random.RandomState(seed)
+  return tuple(jnp.asarray(rng.normal(size=shape).astype(np.float32)) for _ in range(3))
+
+
+def _value_and_grads(fn, q, k, v):
+  """Output and the gradients of a fixed random projection of it, jitted."""
+  proj = jnp.asarray(np.random.RandomState(7).normal(size=q.shape).astype(np.float32))
+  loss = lambda q, k, v: jnp.sum(fn(q, k, v) * proj)
+  out = jax.jit(fn)(q, k, v)
+  return out, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
+def _assert_close(got, want, rtol):
+  err = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+  assert err < rtol, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_kernel_matches_unfused_attention_forward_and_gradients(rate):
+  """rate 0: plain causal attention (jax.nn's too); rate 0.3: the unfused path with the same mask."""
+  q, k, v = _qkv()
+  kernel = lambda q, k, v: A.flash_attention(q, k, v, SEED, rate, blocks=BLOCKS, interpret=True)
+  reference = lambda q, k, v: A.attention_reference(q, k, v, SEED, rate)
+  out, grads = _value_and_grads(kernel, q, k, v)
+  ref_out, ref_grads = _value_and_grads(reference, q, k, v)
+  _assert_close(out, ref_out, 1e-5)
+  for g, r in zip(grads, ref_grads):
+    _assert_close(g, r, 1e-5)
+  if rate == 0.0:
+    _assert_close(out, jax.nn.dot_product_attention(q, k, v, is_causal=True), 1e-5)
+  else:
+    assert float(jnp.linalg.norm(out - A.attention_reference(q, k, v, SEED, 0.0))) > 1.0  # it did drop
+
+
+def test_kernel_output_is_unbiased_under_dropout():
+  """With v = 1 every row of plain attention is 1; kept probabilities scaled by 1/(1-p) average 1."""
+  q, k, _ = _qkv(1, (4, 64, 2, 16))
+  ones = jnp.ones_like(q)
+  out = jax.jit(lambda q, k, v: A.flash_attention(q, k, v, SEED, 0.5, blocks=BLOCKS, interpret=True))(q, k, ones)
+  rows = np.asarray(out[..., 0])  # [B, L, N]; all H columns are equal
+  assert set(np.unique(rows[:, 0])) <= {0.0, 2.0}  # the first query sees one key: dropped, or 1 / (1 - 0.5)
+  assert abs(rows[:, 16:].mean() - 1.0) < 0.05  # rows with 17+ keys: the mean of 384 sums
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_mask_keep_rate_and_independence(rate):
+  keep = np.asarray(A.dropout_keep(SEED, 4, 8, 256, 256, rate))  # 2M positions
+  n = keep.size
+  assert abs(keep.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+  # neighbours along keys, queries, heads and batch rows are uncorrelated
+  for axis in range(4):
+    a, b = np.moveaxis(keep, axis, 0)[:-1].ravel(), np.moveaxis(keep, axis, 0)[1:].ravel()
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
+  # every query row and every key column keeps about its share (no striping)
+  per_query = keep.mean(axis=(0, 1, 3))
+  assert np.abs(per_query - (1 - rate)).max() < 6 * np.sqrt(rate * (1 - rate) / (4 * 8 * 256))
+
+
+def test_mask_is_a_function_of_seed_and_step():
+  """The trainer's per-step key: the same step gives the same mask, another step another one."""
+  base = jax.random.key(0)
+  mask = lambda step: np.asarray(A.dropout_keep(A.seed_from_key(jax.random.fold_in(base, step)), 2, 4, 64, 64, 0.1))
+  np.testing.assert_array_equal(mask(3), mask(3))
+  agree = (mask(3) == mask(4)).mean()
+  assert abs(agree - (0.9**2 + 0.1**2)) < 0.01  # independent masks agree where both keep or both drop
+
+
+def test_kernel_lowers_for_cuda():
+  """The Triton lowering (what a GPU compiles) of the forward and backward kernels, in bfloat16 at
+  phi-1's head size and default tiles: unsupported operations would fail here, on CPU."""
+  q = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16)
+  seed = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  loss = lambda q, k, v, s: A.flash_attention(q, k, v, s, 0.1, interpret=False).astype(jnp.float32).sum()
+  exported = jax.export.export(
+      jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=["cuda"],
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(q, q, q, seed)
+  text = exported.mlir_module()
+  assert "flash_dropout_fwd" in text and "flash_dropout_bwd" in text
+
+
+def test_model_attention_pallas_and_unfused_paths_drop_the_same_positions():
+  """model.attention with impl "pallas" (the kernel) and "xla" (probabilities written out) agree
+  under the same dropout key; "auto" off GPU is the unfused path."""
+  from phi1_jax.model import attention
+
+  q, k, v = _qkv(2, (2, 32, 2, 16))
+  key = jax.random.key(5)
+  run = jax.jit(lambda q, k, v, impl: attention(q, k, v, None, is_causal=True, impl=impl, dropout_rate=0.2, key=key),
+                static_argnums=3)
+  pallas, xla = run(q, k, v, "pallas"), run(q, k, v, "xla")
+  _assert_close(pallas, xla, 1e-5)
+  np.testing.assert_array_equal(run(q, k, v, "auto"), xla)
+  assert float(jnp.abs(xla - A.attention_reference(q, k, v, SEED, 0.0)).max()) > 0.1  # dropout acted

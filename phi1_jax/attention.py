@@ -17,6 +17,8 @@ training step's dropout key, so the same seed and step give the same mask (exact
     attention_reference(q, k, v, seed, rate)   # the same function, unfused (XLA)
 
 `interpret=None` runs the kernel compiled on GPU and in Pallas' interpreter elsewhere (tests).
+Tiles: `Blocks`; the environment variable PHI1_FLASH_BLOCKS="128,64,64,64,4,4,2" (the fields in
+order) replaces the defaults, so a benchmark's best tiling can be tried in a training run.
 `fits()` says where the kernel applies (causal, no mask array, head dim a power of 2 from 16 to
 128, lengths divisible by the blocks); model.attention falls back to the unfused path elsewhere.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -55,8 +58,20 @@ class Blocks:
   num_warps_bwd: int = 4
   num_stages: int = 2
 
+  @classmethod
+  def parse(cls, spec: str) -> "Blocks":
+    """From "128,64,64,64,4,4,2" (the fields in order; fewer keep the rest's defaults)."""
+    try:
+      return cls(*[int(x) for x in spec.split(",")])
+    except (TypeError, ValueError):
+      raise ValueError(f"tile spec {spec!r}: give up to {len(dataclasses.fields(cls))} comma-separated ints "
+                       f"({', '.join(f.name for f in dataclasses.fields(cls))})") from None
 
-DEFAULT_BLOCKS = Blocks()
+  def spec(self) -> str:
+    return ",".join(str(getattr(self, f.name)) for f in dataclasses.fields(self))
+
+
+DEFAULT_BLOCKS = Blocks.parse(os.environ["PHI1_FLASH_BLOCKS"]) if os.environ.get("PHI1_FLASH_BLOCKS") else Blocks()
 
 
 # --- the counter-based mask -------------------------------------------------------------------

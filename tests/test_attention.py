@@ -2,7 +2,10 @@
 statistics. On CPU the kernel runs in Pallas' interpreter; on a GPU (benchmarks/gpu_check.sh) the
 same tests run it compiled by Triton, where float32 dots are TF32 (hence the looser tolerance)."""
 
-import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ B, L, N, H = 2, 64, 2, 16
 # regenerates the forward's mask, and that the mask does not depend on the tiling.
 BLOCKS = A.Blocks(block_q=16, block_k=32, bwd_outer=32, bwd_inner=16)
 SEED = jnp.array([12345, 678], jnp.uint32)
+REPO = Path(__file__).resolve().parents[1]
 ON_GPU = jax.default_backend() == "gpu"
 F32_RTOL = 5e-3 if ON_GPU else 1e-5
 
@@ -117,3 +121,34 @@ def test_model_attention_pallas_and_unfused_paths_drop_the_same_positions():
   _assert_close(pallas, xla, F32_RTOL)
   np.testing.assert_array_equal(run(q, k, v, "auto"), pallas if ON_GPU else xla)
   assert float(jnp.abs(xla - A.attention_reference(q, k, v, SEED, 0.0)).max()) > 0.1  # dropout acted
+
+
+SHARDED_CHECK = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import ConfigDict
+from phi1_jax import attention as A, sharding
+blocks = A.Blocks(block_q=16, block_k=16, bwd_outer=16, bwd_inner=16)
+rng = np.random.RandomState(0)
+q, k, v = (jnp.asarray(rng.normal(size=(2, 16, 2, 16)).astype(np.float32)) for _ in range(3))
+seed = jnp.array([3, 4], jnp.uint32)
+ref, ref_grad = jax.value_and_grad(lambda q: A.attention_reference(q, k, v, seed, 0.3).sum())(q)
+mesh = sharding.make_mesh(ConfigDict(dict(data=1, fsdp=2, tensor=2)))
+f = sharding.on_mesh(lambda q, k, v: A.flash_attention(q, k, v, seed, 0.3, blocks=blocks), mesh)
+qs, ks, vs = (jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))) for x in (q, k, v))
+out, grad = jax.jit(jax.value_and_grad(lambda q: f(q, ks, vs).sum()))(qs)
+print(abs(float(out - ref)) / abs(float(ref)), float(jnp.abs(grad - ref_grad).max()))
+"""
+
+
+@pytest.mark.skipif(ON_GPU, reason="simulated CPU devices")
+def test_kernel_per_shard_uses_the_global_mask():
+  """On a (1, 2, 2) mesh of 4 CPU devices (batch and heads split) each shard runs the kernel on its
+  rows and heads and drops what the unsharded reference drops."""
+  env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", SHARDED_CHECK], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  loss_err, grad_err = map(float, proc.stdout.split()[-2:])
+  assert loss_err < 1e-5 and grad_err < 1e-5

@@ -240,7 +240,8 @@ def _interpret(interpret):
 
 
 def _params(num_warps, num_stages):
-  return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+  params = getattr(plgpu, "CompilerParams", None) or plgpu.TritonCompilerParams  # the older name
+  return params(num_warps=num_warps, num_stages=num_stages)
 
 
 def _forward(q, k, v, seed4, rate, blocks, interpret, heads_total):

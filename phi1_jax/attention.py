@@ -95,9 +95,12 @@ def _threshold(rate: float) -> int:
 
 
 def _keep(plane_key, q_pos, k_pos, kv_len: int, rate: float):
-  """True where the probability at (q_pos, k_pos) is kept (broadcasting int32 positions)."""
-  x = (q_pos * kv_len + k_pos).astype(jnp.uint32)
-  return _fmix32((x * jnp.uint32(GOLDEN)) ^ plane_key) >= jnp.uint32(_threshold(rate))
+  """True where the probability at (q_pos, k_pos) is kept (broadcasting int32 positions).
+  (q S + k) GOLDEN mod 2^32 is formed as q (S GOLDEN) + k GOLDEN: the products per row and per
+  column, one add per element."""
+  row = q_pos.astype(jnp.uint32) * jnp.uint32(kv_len * GOLDEN % 2**32)
+  col = k_pos.astype(jnp.uint32) * jnp.uint32(GOLDEN)
+  return _fmix32((row + col) ^ plane_key) >= jnp.uint32(_threshold(rate))
 
 
 def seed_from_key(key) -> jax.Array:
@@ -147,14 +150,15 @@ def _fwd_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, rate, b
   q_pos = i * block_q + jnp.arange(block_q, dtype=jnp.int32)[:, None]
   pk = _kernel_plane_key(seed_ref, b, n, n_heads) if rate > 0 else None
 
-  def body(j, carry):
+  def body(j, carry, masked):
     o, m, l = carry
     ks = pl.ds(j * block_k, block_k)
     k, v = k_ref[ks, :], v_ref[ks, :]
     s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     s = s * (scale * LOG2E)  # base-2 exponent: exp(x) = exp2(x log2 e)
     k_pos = j * block_k + jnp.arange(block_k, dtype=jnp.int32)[None, :]
-    s = jnp.where(q_pos >= k_pos, s, MASK_VALUE)
+    if masked:  # only blocks crossing the diagonal
+      s = jnp.where(q_pos >= k_pos, s, MASK_VALUE)
     m_new = jnp.maximum(m, s.max(axis=-1))
     corr = jnp.exp2(m - m_new)
     p = jnp.exp2(s - m_new[:, None])
@@ -168,8 +172,12 @@ def _fwd_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, rate, b
   o = jnp.zeros((block_q, H), jnp.float32)
   m = jnp.full((block_q,), -jnp.inf, jnp.float32)
   l = jnp.zeros((block_q,), jnp.float32)
-  upper = jax.lax.div((i + 1) * block_q + block_k - 1, block_k)  # causal: keys up to the block's last row
-  o, m, l = jax.lax.fori_loop(0, upper, body, (o, m, l))
+  # Key blocks wholly at or before the block's first query need no causal mask; then the ones
+  # crossing the diagonal, up to the block's last query.
+  full = jax.lax.div(i * block_q + 1, block_k)
+  upper = jax.lax.div((i + 1) * block_q + block_k - 1, block_k)
+  o, m, l = jax.lax.fori_loop(0, full, functools.partial(body, masked=False), (o, m, l))
+  o, m, l = jax.lax.fori_loop(full, upper, functools.partial(body, masked=True), (o, m, l))
   o_ref[...] = (o * (1.0 / (1.0 - rate) / l)[:, None]).astype(o_ref.dtype)
   lse_ref[...] = m + jnp.log2(l)
 
@@ -182,10 +190,12 @@ def _bwd_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_re
   inv_keep = 1.0 / (1.0 - rate)
   pk = _kernel_plane_key(seed_ref, b, n, n_heads) if rate > 0 else None
 
-  def ds_and_p(q, k, v, do, lse, delta, q_pos, k_pos):
+  def ds_and_p(q, k, v, do, lse, delta, q_pos, k_pos, masked):
     """dS (scaled by the softmax scale) and the kept, rescaled probabilities of one tile."""
     s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    s = jnp.where(q_pos >= k_pos, s * (scale * LOG2E), MASK_VALUE)
+    s = s * (scale * LOG2E)
+    if masked:
+      s = jnp.where(q_pos >= k_pos, s, MASK_VALUE)
     p = jnp.exp2(s - lse[:, None])
     dpd = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     if rate > 0:
@@ -202,19 +212,23 @@ def _bwd_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_re
   k, v = k_ref[ks, :], v_ref[ks, :]
   k_pos = t * outer + jnp.arange(outer, dtype=jnp.int32)[None, :]
 
-  def dkdv_body(j, carry):
+  def dkdv_body(j, carry, masked):
     dk, dv = carry
     qs = pl.ds(j * inner, inner)
     q, do = q_ref[qs, :], do_ref[qs, :]
     q_pos = j * inner + jnp.arange(inner, dtype=jnp.int32)[:, None]
-    ds, pd = ds_and_p(q, k, v, do, lse_ref[qs], delta_ref[qs], q_pos, k_pos)
+    ds, pd = ds_and_p(q, k, v, do, lse_ref[qs], delta_ref[qs], q_pos, k_pos, masked)
     dv = dv + jax.lax.dot_general(pd.astype(do.dtype), do, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     dk = dk + jax.lax.dot_general(ds.astype(q.dtype), q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     return dk, dv
 
   H = q_ref.shape[-1]
   zeros = jnp.zeros((outer, H), jnp.float32)
-  dk, dv = jax.lax.fori_loop(jax.lax.div(t * outer, inner), L // inner, dkdv_body, (zeros, zeros))
+  # Query blocks crossing the diagonal (masked), then those wholly at or after the block's last key.
+  first = jax.lax.div(t * outer, inner)
+  full = jnp.minimum(jax.lax.div((t + 1) * outer + inner - 2, inner), L // inner)
+  dk, dv = jax.lax.fori_loop(first, full, functools.partial(dkdv_body, masked=True), (zeros, zeros))
+  dk, dv = jax.lax.fori_loop(full, L // inner, functools.partial(dkdv_body, masked=False), (dk, dv))
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -223,15 +237,17 @@ def _bwd_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_re
   q, do, lse, delta = q_ref[qs, :], do_ref[qs, :], lse_ref[qs], delta_ref[qs]
   q_pos = t * outer + jnp.arange(outer, dtype=jnp.int32)[:, None]
 
-  def dq_body(j, dq):
+  def dq_body(j, dq, masked):
     kss = pl.ds(j * inner, inner)
     kk, vv = k_ref[kss, :], v_ref[kss, :]
     kp = j * inner + jnp.arange(inner, dtype=jnp.int32)[None, :]
-    ds, _ = ds_and_p(q, kk, vv, do, lse, delta, q_pos, kp)
+    ds, _ = ds_and_p(q, kk, vv, do, lse, delta, q_pos, kp, masked)
     return dq + jnp.dot(ds.astype(kk.dtype), kk, preferred_element_type=jnp.float32)
 
+  full = jax.lax.div(t * outer + 1, inner)
   upper = jax.lax.div((t + 1) * outer + inner - 1, inner)
-  dq = jax.lax.fori_loop(0, upper, dq_body, jnp.zeros((outer, H), jnp.float32))
+  dq = jax.lax.fori_loop(0, full, functools.partial(dq_body, masked=False), jnp.zeros((outer, H), jnp.float32))
+  dq = jax.lax.fori_loop(full, upper, functools.partial(dq_body, masked=True), dq)
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 

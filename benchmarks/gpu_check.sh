@@ -7,6 +7,7 @@
 #   mfu     benchmarks/mfu.py: phi-1 and phi-1-small, the configs' attention dropout 0.1 (the Pallas
 #           kernel) and 0 (cuDNN)
 #   loader  benchmarks/loader_throughput.py against the phi-1 (dropout 0.1) tokens/s just measured
+#           (dropout 0 if that row failed)
 #   bf16    benchmarks/train_throughput.py, phi-1-small, bfloat16, torch on the same GPU
 #   tiny, sample, torch    (not in the default) the README's tiny run, the sampling tests and
 #           speed, the float32 train/sampling comparisons with torch
@@ -71,7 +72,8 @@ step() {
     step mfu 330 python3 benchmarks/mfu.py --configs=phi1,phi1_small --attn_dropout=config,0 "${mfu_args[@]}"
   fi
   if [[ $parts == *loader* ]]; then
-    trainer=$(awk '$1 == "phi1" && $3 == "0.1" && $7 ~ /^[0-9,]+$/ {gsub(",", "", $7); print $7; exit}' "$out/mfu.log" 2>/dev/null)
+    # the first measured phi1 row: dropout 0.1 (the kernel), else 0 if that row failed
+    trainer=$(awk '$1 == "phi1" && $7 ~ /^[0-9,]+$/ {gsub(",", "", $7); print $7; exit}' "$out/mfu.log" 2>/dev/null)
     if [[ -n $trainer ]]; then
       step loader 90 python3 benchmarks/loader_throughput.py --trainer_tok_s="$trainer" "${loader_args[@]}"
     else

@@ -22,6 +22,7 @@ import argparse
 import itertools
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -129,6 +130,7 @@ def main() -> int:
   print(f"flash-attention tiles: {flash.DEFAULT_BLOCKS.spec()} (PHI1_FLASH_BLOCKS)", flush=True)
   print(f"{'config':<12} {'remat':<10} {'attn drop':>9} {'attention':>9} {'micro/dev':>9} {'step s':>9} "
         f"{'tok/s/dev':>11} {'MFU':>7}", flush=True)
+  failures = 0
   for name, dropout, remat, impl in itertools.product(args.configs.split(","), dropouts, remats, impls):
     for micro in candidates:
       config = load_config(name, seq_len, args.small, dropout, remat, impl)
@@ -140,11 +142,16 @@ def main() -> int:
         if _oom(e):
           print(f"{row} out of memory", flush=True)
           continue
-        raise
+        # anything else (a kernel that does not compile here): say so, measure the other rows
+        traceback.print_exc(limit=-8)
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"{row} failed: {type(e).__name__}: {first_line}", flush=True)
+        failures += 1
+        break
       mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
       print(f"{row} {r['step_s']:>9.3f} {r['tok_s_dev']:>11,.0f} {mfu:>7}  loss {r['loss']:.3f}", flush=True)
       break
-  return 0
+  return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -9,16 +9,17 @@
 #   loader  benchmarks/loader_throughput.py against the phi-1 (dropout 0.1) tokens/s just measured
 #           (dropout 0 if that row failed)
 #   bf16    benchmarks/train_throughput.py, phi-1-small, bfloat16, torch on the same GPU
+#   base    the baseline on this card: phi-1 with dropout 0.1 through XLA's unfused attention
 #   tiny, sample, torch    (not in the default) the README's tiny run, the sampling tests and
 #           speed, the float32 train/sampling comparisons with torch
 # Every part runs under a timeout clamped to what is left of GPU_CHECK_BUDGET seconds (default
 # 540), so the call ends inside the device tool's 600 s and says which parts it skipped.
 # Wheels missing there travel in .whl/ (bash benchmarks/gpu_wheels.sh fetches them here).
 # GPU_CHECK_SMALL=1 runs the default parts at the benchmarks' CPU smoke sizes (a dry run here).
-# Usage: bash benchmarks/gpu_check.sh OUT_DIR [attn,mfu,loader,bf16,tiny,sample,torch]
+# Usage: bash benchmarks/gpu_check.sh OUT_DIR [attn,mfu,loader,bf16,base,tiny,sample,torch]
 set -uo pipefail
-out=${1:?usage: gpu_check.sh OUT_DIR [attn,mfu,loader,bf16,tiny,sample,torch]}
-parts=${2:-attn,mfu,loader,bf16}
+out=${1:?usage: gpu_check.sh OUT_DIR [attn,mfu,loader,bf16,base,tiny,sample,torch]}
+parts=${2:-attn,mfu,loader,bf16,base}
 budget=${GPU_CHECK_BUDGET:-540}
 mkdir -p "$out"
 if [[ -z ${GPU_CHECK_SMALL:-} ]] && compgen -G ".whl/*.whl" >/dev/null; then  # cp312 wheels for that machine
@@ -31,11 +32,13 @@ export PYTHONUNBUFFERED=1
 if [[ -n ${GPU_CHECK_SMALL:-} ]]; then
   bench_args=(--small)
   mfu_args=(--small --microbatches=2 --steps=2 --warmup=1)
+  base_args=(--small --microbatches=2 --steps=2 --warmup=1)
   loader_args=(--small)
   bf16_args=(--torch_device=cpu --dtype=bfloat16 --layers=2 --steps=2 --repeats=1)
 else
   bench_args=()
   mfu_args=("--microbatches=16,8,4" --steps=5)
+  base_args=("--microbatches=8,4" --steps=3)
   loader_args=()
   bf16_args=(--torch_device=cuda --dtype=bfloat16 --d_model=1024 --layers=20 --heads=16 --mlp=4096 --vocab=51200
              --seq_len=2048 --batch=8 --steps=5 --repeats=3)
@@ -84,6 +87,9 @@ step() {
     export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the GPU
     step bf16 240 python3 benchmarks/train_throughput.py "${bf16_args[@]}"
     unset XLA_PYTHON_CLIENT_PREALLOCATE
+  fi
+  if [[ $parts == *base* ]]; then
+    step base 150 python3 benchmarks/mfu.py --configs=phi1 --attn_dropout=0.1 --attn_impl=xla "${base_args[@]}"
   fi
   if [[ $parts == *tiny* ]]; then
     step tiny 100 python3 -m phi1_jax.train --config=configs/tiny.py --workdir=/tmp/tiny_gpu

@@ -109,8 +109,8 @@ def seed_from_key(key) -> jax.Array:
 
 
 def dropout_keep(seed, B: int, N: int, L: int, S: int, rate: float, batch_offset=0) -> jax.Array:
-  """The kernel's keep mask materialised, bool [B, N, L, S]. Query i sits at position i + S - L
-  (the last L of S keys), as in the kernel; `batch_offset` is the global index of row 0."""
+  """The kernel's keep mask materialised, bool [B, N, L, S] (the kernel has S = L; with S > L query
+  i sits at position i + S - L); `batch_offset` is the global index of row 0."""
   b = jnp.arange(B, dtype=jnp.int32)[:, None] + batch_offset
   plane = b * N + jnp.arange(N, dtype=jnp.int32)[None, :]
   key_BxN = _plane_key(seed[0], seed[1], plane)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from phi1_jax import attention as flash
 from phi1_jax.sharding import constrain
 
 REMAT_POLICIES = {
@@ -29,7 +30,7 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,9 @@ class ModelConfig:
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
   dtype: str = "float32"  # compute dtype; parameters stay float32
-  attention_impl: str = "xla"  # "xla", "cudnn" (fused kernel on GPU) or "auto" (cudnn where it fits)
+  # "xla", "cudnn" (fused kernel on GPU, no dropout), "pallas" (phi1_jax.attention's kernel, dropout
+  # inside; interpreted off GPU) or "auto" (on GPU: pallas with attention dropout, else cudnn)
+  attention_impl: str = "xla"
   doc_mask: bool = False  # forbid attention across <|endoftext|> in packed sequences
   eos_id: int = 50256  # the <|endoftext|> id, used by doc_mask
   remat: str = "none"  # "none", "full" or "save_dots"
@@ -139,13 +142,21 @@ def _dropout(x, rate, key):
 def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask_BxLxS, *, is_causal, impl, dropout_rate=0.0, key=None):
   """Scaled dot-product attention with the softmax in float32.
 
-  Without attention dropout this is `jax.nn.dot_product_attention`, so XLA or cuDNN can fuse it;
-  dropout on the probabilities needs them materialised, so that path is written out.
+  Without attention dropout this is `jax.nn.dot_product_attention`, so XLA or cuDNN can fuse it.
+  With dropout, causal and no mask array, "pallas" (and "auto" on GPU) runs `phi1_jax.attention`'s
+  fused kernel; otherwise the probabilities are written out and dropped here. Both paths drop the
+  same positions: the mask is a hash of (key, batch, head, query, key position).
   """
+  kernel_fits = (mask_BxLxS is None and is_causal and flash.fits(q_BxLxNxH, k_BxSxNxH)
+                 and (impl == "pallas" or (impl == "auto" and jax.default_backend() == "gpu")))
   if dropout_rate > 0.0 and key is not None:
-    scale = 1.0 / math.sqrt(q_BxLxNxH.shape[-1])
+    seed = flash.seed_from_key(key)
+    if kernel_fits:
+      return flash.flash_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, seed, dropout_rate)
+    B, L, N, H = q_BxLxNxH.shape
+    S = k_BxSxNxH.shape[1]
+    scale = 1.0 / math.sqrt(H)
     logits_BxNxLxS = jnp.einsum("blnh,bsnh->bnls", q_BxLxNxH, k_BxSxNxH, preferred_element_type=jnp.float32) * scale
-    L, S = logits_BxNxLxS.shape[-2:]
     allowed = jnp.ones((1, 1, L, S), bool)
     if is_causal:
       allowed = allowed & jnp.tril(jnp.ones((L, S), bool))[None, None]
@@ -153,10 +164,13 @@ def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask_BxLxS, *, is_causal, impl, d
       allowed = allowed & mask_BxLxS[:, None]
     logits_BxNxLxS = jnp.where(allowed, logits_BxNxLxS, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits_BxNxLxS, axis=-1)
-    probs = _dropout(probs, dropout_rate, key).astype(v_BxSxNxH.dtype)
+    keep = flash.dropout_keep(seed, B, N, L, S, dropout_rate)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(v_BxSxNxH.dtype)
     return jnp.einsum("bnls,bsnh->blnh", probs, v_BxSxNxH)
+  if impl == "pallas" and kernel_fits:  # the kernel without dropout: for comparisons
+    return flash.flash_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, jnp.zeros((2,), jnp.uint32), 0.0)
   mask = None if mask_BxLxS is None else mask_BxLxS[:, None]
-  if impl == "auto":  # jax's own default (None) is always XLA, so choose here
+  if impl in ("auto", "pallas"):  # jax's own default (None) is always XLA, so choose here
     impl = "cudnn" if _cudnn_fits(q_BxLxNxH, mask) else "xla"
   return jax.nn.dot_product_attention(
       q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=is_causal, implementation=impl)

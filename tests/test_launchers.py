@@ -26,7 +26,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-TOTAL_STEPS = 12
+TOTAL_STEPS = 30  # steps enough that scancel lands mid-run
 SBATCH_CPU = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]  # the README's
 
 
@@ -122,11 +122,11 @@ def test_sbatch_one_failing_task_ends_the_job(slurm, trainer_flags, tmp_path):
   assert "model:" not in out  # task 0 never trained: it was stopped, not left waiting
 
 
-def _wait_for(predicate, timeout: float, what: str):
+def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
   deadline = time.monotonic() + timeout
   while not predicate():
     assert time.monotonic() < deadline, f"timed out waiting for {what}"
-    time.sleep(0.2)
+    time.sleep(poll)
 
 
 def test_scancel_saves_and_the_same_command_resumes_exactly(slurm, trainer_flags, one_process_run, tmp_path):
@@ -135,18 +135,15 @@ def test_scancel_saves_and_the_same_command_resumes_exactly(slurm, trainer_flags
   assert proc.returncode == 0, proc.stderr
   job_id = proc.stdout.split(";")[0].strip()
   metrics = workdir / "metrics.jsonl"
-  try:
-    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 300, "two steps of job " + job_id)
-    # Freeze the job so the cancel lands mid-run however fast the steps are; scancel sends SIGCONT,
-    # SIGTERM, and SIGKILL after the cluster's KillWait, as a preemption does.
-    subprocess.run(["scontrol", "suspend", job_id], check=True, capture_output=True, timeout=30)
-  finally:
+  try:  # as soon as step 1 is logged: the job is still running however fast the steps are
+    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), 300, "step 1 of job " + job_id, poll=0.05)
+  finally:  # SIGCONT and SIGTERM to every task, SIGKILL after the cluster's KillWait, as a preemption does
     subprocess.run(["scancel", job_id], check=True, capture_output=True, timeout=30)
   _wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip(),
             120, f"job {job_id} to end")
   out = Path(f"{workdir}.{job_id}.out").read_text()
   stopped = len(_rows(workdir))
-  assert 2 <= stopped < TOTAL_STEPS, out[-4000:]
+  assert 1 <= stopped < TOTAL_STEPS, out[-4000:]
   assert f"stopped by signal SIGTERM at step {stopped}; checkpoint saved" in out, out[-4000:]
   assert (workdir / "checkpoints" / str(stopped)).is_dir()
 

@@ -214,3 +214,10 @@ def test_tpu_pod_usage_errors():
   assert run("tpu", "zone").returncode == 2
   assert "after --" in run("tpu", "zone", "project", "--config=x").stderr
   assert "--config" in run("tpu", "zone", "--", "--workdir=x").stderr
+
+
+@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck is not installed (apt-get install shellcheck)")
+def test_local_cluster_script_passes_shellcheck():
+  proc = subprocess.run(["shellcheck", "--shell=bash", "launch/slurm_local_cluster.sh"], cwd=REPO, capture_output=True,
+                        text=True)
+  assert proc.returncode == 0, proc.stdout

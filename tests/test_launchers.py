@@ -6,7 +6,8 @@ recording `gcloud` that runs the remote command here, as worker 0 of a one-worke
   as one process.
 - A task that dies ends the whole job (srun --kill-on-bad-exit) with a non-zero exit.
 - scancel (SIGTERM, then SIGKILL after KillWait) makes the trainer save; the same sbatch command
-  resumes, and the losses equal the uninterrupted run's.
+  resumes, and the losses equal the uninterrupted run's (one task: with two, train.py can deadlock
+  when its processes see SIGTERM at different steps; an xfail test shows it).
 - tpu_pod.sh's gcloud command and the remote line it builds (flag order, quoting of spaces, commas and
   quotes, a REPO_DIR under ~ with a space) train for real.
 """
@@ -129,30 +130,68 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
     time.sleep(poll)
 
 
-def test_scancel_saves_and_the_same_command_resumes_exactly(slurm, trainer_flags, one_process_run, tmp_path):
-  workdir = tmp_path / "run"
-  proc = _sbatch(workdir, trainer_flags, wait=False)
+def _submit_and_wait_for_step_1(workdir: Path, trainer_flags: list[str], *options: str) -> str:
+  proc = _sbatch(workdir, trainer_flags, *options, wait=False)
   assert proc.returncode == 0, proc.stderr
   job_id = proc.stdout.split(";")[0].strip()
   metrics = workdir / "metrics.jsonl"
   try:  # as soon as step 1 is logged: the job is still running however fast the steps are
     _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), 300, "step 1 of job " + job_id, poll=0.05)
-  finally:  # SIGCONT and SIGTERM to every task, SIGKILL after the cluster's KillWait, as a preemption does
-    subprocess.run(["scancel", job_id], check=True, capture_output=True, timeout=30)
-  _wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip(),
-            120, f"job {job_id} to end")
+  except AssertionError:
+    subprocess.run(["scancel", job_id], timeout=30)
+    raise
+  return job_id
+
+
+def _job_ended(job_id: str) -> bool:
+  return not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def test_scancel_saves_and_the_same_command_resumes_exactly(slurm, trainer_flags, one_process_run, tmp_path):
+  # One task: with several, train.py's stop is not agreed between processes (see the xfail below).
+  workdir = tmp_path / "run"
+  job_id = _submit_and_wait_for_step_1(workdir, trainer_flags, "--ntasks-per-node=1")
+  # SIGCONT and SIGTERM to every task, SIGKILL after the cluster's KillWait, as a preemption does
+  subprocess.run(["scancel", job_id], check=True, capture_output=True, timeout=30)
+  _wait_for(lambda: _job_ended(job_id), 120, f"job {job_id} to end")
   out = Path(f"{workdir}.{job_id}.out").read_text()
   stopped = len(_rows(workdir))
   assert 1 <= stopped < TOTAL_STEPS, out[-4000:]
   assert f"stopped by signal SIGTERM at step {stopped}; checkpoint saved" in out, out[-4000:]
   assert (workdir / "checkpoints" / str(stopped)).is_dir()
 
-  proc = _sbatch(workdir, trainer_flags)  # the same command again
+  proc = _sbatch(workdir, trainer_flags, "--ntasks-per-node=1")  # the same command again
   out = _job_output(workdir, proc)
   assert proc.returncode == 0, out[-4000:]
   assert f"steps {stopped} -> {TOTAL_STEPS}" in out, out[-4000:]
   _assert_same_losses(_rows(workdir), one_process_run)
   assert len(_rows(workdir)) == TOTAL_STEPS
+
+
+def _task_pid(job_id: str, task: int) -> int:
+  """The trainer process of one task of the job's first step (scontrol lists its children too)."""
+  listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, check=True).stdout
+  pids = [int(f[0]) for f in (line.split() for line in listed.splitlines()[1:]) if f[2] == "0" and f[4] == str(task)]
+  trainers = [p for p in pids if b"phi1_jax.train" in Path(f"/proc/{p}/cmdline").read_bytes()]
+  return min(trainers)
+
+
+@pytest.mark.xfail(strict=True, reason="train.py stops each process at the step where it saw SIGTERM: processes that "
+                   "see it at different steps wait for each other forever (one in save, one in the next step)")
+def test_sigterm_seen_at_different_steps_still_saves(slurm, trainer_flags, tmp_path):
+  # On a real cluster each node's slurmd signals its own tasks: the processes see SIGTERM at different
+  # times. Here task 1 gets it two seconds before task 0.
+  workdir = tmp_path / "run"
+  job_id = _submit_and_wait_for_step_1(workdir, trainer_flags)
+  try:
+    os.kill(_task_pid(job_id, 1), 15)
+    time.sleep(2)
+    os.kill(_task_pid(job_id, 0), 15)
+    _wait_for(lambda: _job_ended(job_id), 40, f"job {job_id} to save and end")
+  finally:  # SIGKILL: hung processes would hold the node for the cluster's KillWait
+    subprocess.run(["scancel", "--signal=KILL", "--full", job_id], capture_output=True, timeout=30)
+  out = Path(f"{workdir}.{job_id}.out").read_text()
+  assert "checkpoint saved" in out and list((workdir / "checkpoints").iterdir()), out[-4000:]
 
 
 def test_sbatch_without_config_is_a_usage_error():

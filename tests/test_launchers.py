@@ -75,7 +75,7 @@ def slurm():
   if not shutil.which("sbatch"):
     pytest.skip("SLURM is not installed (as root, launch/slurm_local_cluster.sh installs and starts it; .ci/run does)")
   up = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30).stdout.split()
-  if not {"idle", "mix"} & set(up):
+  if not {"idle", "mix", "alloc", "comp"} & set(up):
     if os.geteuid() != 0:
       pytest.skip("no idle SLURM node, and starting one (launch/slurm_local_cluster.sh) needs root")
     proc = subprocess.run(["bash", "launch/slurm_local_cluster.sh"], cwd=REPO, capture_output=True, text=True,
@@ -187,7 +187,7 @@ def test_sigterm_seen_at_different_steps_still_saves(slurm, trainer_flags, tmp_p
     os.kill(_task_pid(job_id, 1), 15)
     time.sleep(2)
     os.kill(_task_pid(job_id, 0), 15)
-    _wait_for(lambda: _job_ended(job_id), 40, f"job {job_id} to save and end")
+    _wait_for(lambda: _job_ended(job_id), 25, f"job {job_id} to save and end")
   finally:  # SIGKILL: hung processes would hold the node for the cluster's KillWait
     subprocess.run(["scancel", "--signal=KILL", "--full", job_id], capture_output=True, timeout=30)
   out = Path(f"{workdir}.{job_id}.out").read_text()

@@ -27,7 +27,7 @@ if [[ ${1:-} != "--" ]]; then
   exit 2
 fi
 shift
-if [[ " $* " != *" --config="* ]]; then
+if [[ " $* " != *" --config="* && " $* " != *" --config "* ]]; then
   echo "error: the trainer flags need --config=CONFIG.py" >&2
   exit 2
 fi

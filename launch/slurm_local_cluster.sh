@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, to try launch/slurm.sbatch (and for the tests).
 #
-#   sudo launch/slurm_local_cluster.sh          # install if missing, configure, start; wait for the node
-#   sudo launch/slurm_local_cluster.sh stop     # stop the daemons it started
+#   launch/slurm_local_cluster.sh          # as root: install if missing, configure, start; wait for the node
+#   launch/slurm_local_cluster.sh stop     # stop the daemons it started
 #
 # Needs root (it writes /etc/slurm/slurm.conf and starts daemons). When slurmctld, slurmd or munge
 # are missing it installs Debian's packages with apt-get. Safe to run again: a cluster that is up

@@ -65,7 +65,7 @@ def run(root: Path, plan: dict, parallel: int, log=print) -> int:
   """Runs every unfinished trial; 0 when all are finished at the end, else 1 (or 128+signal)."""
   trials = plan["trials"]
   states = {t["name"]: trial_lib.status(root, t) for t in trials}
-  counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
+  counts = {s: n for s in trial_lib.STATUSES if (n := list(states.values()).count(s))}
   log(f"sweep {root}: {len(trials)} trials (" + ", ".join(f"{n} {s}" for s, n in counts.items())
       + f"); {parallel} at a time")
   for t in trials:

@@ -188,7 +188,7 @@ def report(root: Path, plan: dict, metric: str, mode: str, log=print) -> dict[st
   for r in rows:
     writer.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
   paths["csv"].write_text(buf.getvalue())
-  counts = {s: [r["status"] for r in rows].count(s) for s in dict.fromkeys(r["status"] for r in rows)}
+  counts = {s: n for s in trial_lib.STATUSES if (n := [r["status"] for r in rows].count(s))}
   status_line = f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
   paths["md"].write_text(f"# Sweep {root}\n\n{status_line}; sorted by {metric} ({mode} first).\n\n"
                          + markdown_table(columns, body) + "\n")

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+STATUSES = ("finished", "running", "partial", "failed", "diverged", "pending")
 _DIVERGED = re.compile(r"(loss|grad_norm) is (nan|inf) at step \d+")
 
 

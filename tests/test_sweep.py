@@ -3,6 +3,7 @@ ends with the metrics of uninterrupted runs, the report on a partial and a full 
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,3 +174,46 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
   # The same root with other flags is refused, untouched.
   rc, err = call(capsys, *sweep_args(root, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--grid=optimizer.warmup_steps=0,10"))
   assert rc == 2 and err == [f"error: {root}/sweep.json holds another sweep (other trials); rerun with its flags, or give a new --root"]
+
+
+def _slurm_node_up() -> str | None:
+  """Why the SLURM test cannot run here, or None (a one-node cluster: launch/slurm_local_cluster.sh)."""
+  if not (shutil.which("sbatch") and shutil.which("sinfo")):
+    return "SLURM is not installed (as root, launch/slurm_local_cluster.sh installs and starts it; .ci/run does)"
+  try:
+    states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30).stdout.split()
+  except subprocess.TimeoutExpired:
+    return "sinfo does not answer"
+  return None if {"idle", "mix"} & set(states) else f"no idle SLURM node (sinfo: {states or 'nothing'})"
+
+
+@pytest.mark.slow
+def test_slurm_array_runs_the_trials_and_resubmits_only_unfinished_ones(tmp_path, stdlib_cache):
+  reason = _slurm_node_up()
+  if reason:
+    pytest.skip(reason)
+  root = tmp_path / "sweep"
+  args = sweep_args(root, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--set=optimizer.warmup_steps=0",
+                    "--executor=slurm", "--sbatch_args=--wait --cpus-per-task=1")
+  env = {"JAX_PLATFORMS": "cpu"}
+  out = run_module("phi1_jax.sweep", *args, env=env, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "--array=0,1 " in out.stdout and "submitted job array" in out.stdout
+  plan = plan_lib.read_plan(root)
+  assert [trial_lib.status(root, t) for t in plan["trials"]] == ["finished", "finished"]
+  task_logs = sorted((root / "slurm").glob("*.out"))
+  assert len(task_logs) == 2
+  for t in plan["trials"]:
+    log = (root / t["name"] / "sweep" / "attempt-1.log").read_text()
+    assert "job " in log and "1 nodes, 1 processes" in log and "step 20/20" in log  # through launch/slurm.sbatch
+
+  # One trial made unfinished again (its last checkpoint gone): only it is resubmitted, and it resumes.
+  last = root / plan["trials"][1]["name"] / "checkpoints" / "20"
+  shutil.rmtree(last)
+  out = run_module("phi1_jax.sweep", *args, env=env, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "--array=1 " in out.stdout
+  assert last.is_dir() and [len(trial_lib.attempts(root, t)) for t in plan["trials"]] == [1, 2]
+  assert "resumed from" in (root / plan["trials"][1]["name"] / "sweep" / "attempt-2.log").read_text()
+  out = run_module("phi1_jax.sweep", *args, env=env)
+  assert out.returncode == 0 and "nothing to submit" in out.stdout

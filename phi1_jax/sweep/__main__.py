@@ -19,6 +19,7 @@ again skips finished trials and resumes the others from their checkpoints.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -110,8 +111,10 @@ def trial(argv: list[str]) -> int:
     lock.close()
     print(f"skip {t['name']}: finished", flush=True)
     return 0
-  command = slurm.trainer_command() if args.launcher == "slurm" else local.TRAINER
-  attempt = trial_lib.Attempt(root, t, lock, command + plan_lib.trainer_args(plan, t, root))
+  command, env = local.TRAINER, None
+  if args.launcher == "slurm":  # launch/slurm.sbatch runs srun $PYTHON -m phi1_jax.train
+    command, env = slurm.trainer_command(), {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
+  attempt = trial_lib.Attempt(root, t, lock, command + plan_lib.trainer_args(plan, t, root), env)
   print(f"run {t['name']} (attempt {attempt.number}, log {attempt.log_path})", flush=True)
   for sig in (signal.SIGTERM, signal.SIGINT):  # a cancelled task: the trainer saves and exits
     signal.signal(sig, lambda signum, frame: attempt.proc.send_signal(signal.SIGTERM))

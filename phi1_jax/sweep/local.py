@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from phi1_jax.metrics import _duration
 from phi1_jax.sweep import plan as plan_lib
 from phi1_jax.sweep import trials as trial_lib
+from phi1_jax.sweep.trials import duration
 
 TRAINER = [sys.executable, "-m", "phi1_jax.train"]
 _POLL_S = 0.2
@@ -110,10 +110,10 @@ def run(root: Path, plan: dict, parallel: int, log=print) -> int:
         elapsed = time.time() - a.start
         done_times.append(elapsed)
         left = len(todo) + len(running)
-        eta = _duration(sum(done_times) / len(done_times) * math.ceil(left / parallel)) if left else "0m00s"
+        eta = duration(sum(done_times) / len(done_times) * math.ceil(left / parallel)) if left else "0m00s"
         end = f"exit code {rc}, " if rc else ""
         log(f"[{n_todo - left}/{n_todo}] {a.trial['name']}: {end}{_summary(root, a.trial)} after "
-            f"{_duration(elapsed)}; sweep ETA {eta}")
+            f"{duration(elapsed)}; sweep ETA {eta}")
       time.sleep(_POLL_S)
   finally:
     for s, h in old_handlers.items():

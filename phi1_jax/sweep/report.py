@@ -14,8 +14,8 @@ import math
 import re
 from pathlib import Path
 
-from phi1_jax.metrics import _duration
 from phi1_jax.sweep import trials as trial_lib
+from phi1_jax.sweep.trials import duration
 
 COLUMNS = ("status", "step", "final_eval_loss", "best_eval_loss", "final_loss", "tokens", "wall_s")
 
@@ -63,7 +63,7 @@ def _fmt(column: str, value) -> str:
   if value is None:
     return "-"
   if column == "wall_s":
-    return _duration(value)
+    return duration(value)
   if isinstance(value, bool):
     return str(value).lower()
   if isinstance(value, float):

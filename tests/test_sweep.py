@@ -89,6 +89,17 @@ def test_random_search_plan_is_seeded_named_and_in_bounds():
   assert [t["overrides"] for t in other["trials"]] != [t["overrides"] for t in trials]
 
 
+def test_parallel_slots_get_their_own_gpus_or_a_share_of_one():
+  from phi1_jax.sweep.local import slot_envs
+  assert slot_envs(3, []) == [None] * 3  # CPU: the trials share the cores
+  own = slot_envs(4, [str(i) for i in range(8)])
+  assert [e["CUDA_VISIBLE_DEVICES"] for e in own] == ["0,1", "2,3", "4,5", "6,7"]
+  assert all("XLA_PYTHON_CLIENT_MEM_FRACTION" not in e for e in own)
+  shared = slot_envs(4, ["3", "5"])
+  assert [(e["CUDA_VISIBLE_DEVICES"], e["XLA_PYTHON_CLIENT_MEM_FRACTION"]) for e in shared] == [
+      ("3", "0.45"), ("5", "0.45"), ("3", "0.45"), ("5", "0.45")]
+
+
 def _losses(wd):
   """step -> (loss, eval_loss), the report's reading of metrics.jsonl (the last row of a step wins)."""
   from phi1_jax.sweep.report import metric_rows

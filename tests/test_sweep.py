@@ -195,7 +195,7 @@ def _slurm_node_up() -> str | None:
     states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30).stdout.split()
   except subprocess.TimeoutExpired:
     return "sinfo does not answer"
-  return None if {"idle", "mix"} & set(states) else f"no idle SLURM node (sinfo: {states or 'nothing'})"
+  return None if {"idle", "mix", "alloc"} & set(states) else f"no SLURM node up (sinfo: {states or 'nothing'})"
 
 
 @pytest.mark.slow

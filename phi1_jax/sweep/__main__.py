@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m phi1_jax.sweep", description=__doc__.split("\n")[0])
+  p = _Parser(prog="python -m phi1_jax.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True, help="trainer config file (configs/*.py)")
   p.add_argument("--root", required=True, help="sweep folder: sweep.json and one workdir per trial")
   p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")

@@ -131,6 +131,8 @@ def trial(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+  if hasattr(sys.stdout, "reconfigure"):  # progress lines show up at once in a pipe or a log file
+    sys.stdout.reconfigure(line_buffering=True)
   command = {"report": report, "trial": trial}.get(argv[0] if argv else "", None)
   try:
     return command(argv[1:]) if command else sweep(argv)

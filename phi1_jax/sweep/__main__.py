@@ -139,6 +139,9 @@ def main(argv: list[str]) -> int:
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except BrokenPipeError:  # `... report | head`: the reader left; stay quiet
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

@@ -139,8 +139,10 @@ def plot_metric_vs_values(rows: list[dict], keys: list[str], metric: str, path: 
       label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(others, group_key)) or None
       style = "o-" if len(members) > 1 else "o"
       ax.plot([x_of(r[key]) for r in members], [r[metric] for r in members], style, label=label)
-    if numeric and min(values) > 0 and max(values) / min(values) >= 3:
-      ax.set_xscale("log")
+    if numeric and min(values) > 0:  # learning rates (floats over 3x) and sizes (ints over 10x) on a log axis
+      spread = max(values) / min(values)
+      if spread >= 10 or (spread >= 3 and any(isinstance(v, float) for v in values)):
+        ax.set_xscale("log")
     if not numeric:
       ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right", fontsize=7)
     ax.set_xlabel(key)

@@ -207,7 +207,8 @@ def resolve_data(config, log):
     from phi1_jax.data import stdlib_corpus
     log(f"data: the embedded default (this Python's standard library), cached in {config.data.cache_dir}")
     tok_dir, data_dir = stdlib_corpus.ensure_stdlib_data(
-        Path(config.data.cache_dir).expanduser(), config.data.stdlib_vocab_size, config.seq_len)
+        Path(config.data.cache_dir).expanduser(), config.data.stdlib_vocab_size, config.seq_len,
+        max_bytes=config.data.stdlib_max_bytes)
     sources = [(str(data_dir), 1.0)]
   else:
     sources = []

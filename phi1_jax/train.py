@@ -179,6 +179,11 @@ def check_workdir(workdir: Path):
       return
 
 
+def end_step_of(config) -> int:
+  """Where this invocation stops: run_until_step (a pause) or total_steps."""
+  return min(config.run_until_step or config.total_steps, config.total_steps)
+
+
 def latest_checkpoint_step(workdir: Path) -> int | None:
   """The newest finalized checkpoint's step, read from the folder names: no state is loaded."""
   ckpt_dir = workdir / "checkpoints"
@@ -199,16 +204,20 @@ def finished_message(config, workdir: Path, end_step: int) -> str | None:
           f"raise --config.run_until_step to continue")
 
 
+def ensure_stdlib(config) -> tuple[str, str]:
+  """The "stdlib" mixture's (tokenizer dir, data dir), built on first use; touches no JAX."""
+  from phi1_jax.data import stdlib_corpus
+  return stdlib_corpus.ensure_stdlib_data(Path(config.data.cache_dir).expanduser(), config.data.stdlib_vocab_size,
+                                          config.seq_len, max_bytes=config.data.stdlib_max_bytes)
+
+
 def resolve_data(config, log):
   """(train sources [(dir, weight)], eval dir, tokenizer path); fails fast on missing paths."""
   from phi1_jax.data import pipeline
   mixture = config.data.mixture.strip()
   if mixture == "stdlib":
-    from phi1_jax.data import stdlib_corpus
     log(f"data: the embedded default (this Python's standard library), cached in {config.data.cache_dir}")
-    tok_dir, data_dir = stdlib_corpus.ensure_stdlib_data(
-        Path(config.data.cache_dir).expanduser(), config.data.stdlib_vocab_size, config.seq_len,
-        max_bytes=config.data.stdlib_max_bytes)
+    tok_dir, data_dir = ensure_stdlib(config)
     sources = [(str(data_dir), 1.0)]
   else:
     sources = []
@@ -366,7 +375,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
   check_workdir(workdir)
   check_config(config)
   model_cfg = model_config_of(config)
-  end_step = min(config.run_until_step or config.total_steps, config.total_steps)
+  end_step = end_step_of(config)
   finished = finished_message(config, workdir, end_step)
   if finished:  # before any data, state or compilation: a rerun of a finished sweep costs seconds
     log(finished)
@@ -555,8 +564,14 @@ def main(argv):
     print(f"error: --config: {str(e).splitlines()[0]}", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  init_distributed(config)
   try:
+    distributed = config.distributed.coordinator_address or config.distributed.auto
+    if (distributed and config.data.mixture.strip() == "stdlib"
+        and not finished_message(config, Path(_WORKDIR.value), end_step_of(config))):
+      # Build shared data before joining the other processes: one builds while the rest wait on a
+      # file lock, and no collective or coordination timeout runs meanwhile.
+      ensure_stdlib(config)
+    init_distributed(config)
     train(config, _WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -83,9 +83,11 @@ def test_resume_after_sigkill_is_exact(tmp_path, stdlib_cache):
     assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, stdlib_cache):
+@pytest.mark.parametrize("checkpoint_every", [100000, 1])  # 1: the signal's step is always saved already
+def test_sigterm_saves_and_exits_cleanly(tmp_path, stdlib_cache, checkpoint_every):
   proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train",
-                           *train_args(tmp_path, stdlib_cache, "--config.total_steps=100000")],
+                           *train_args(tmp_path, stdlib_cache, "--config.total_steps=100000",
+                                       f"--config.checkpoint_every={checkpoint_every}")],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   for line in proc.stdout:  # wait until training is under way
     if line.startswith("step 3/"):
@@ -96,6 +98,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, stdlib_cache):
   assert "stopped by signal SIGTERM" in rest
   steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert steps and max(steps) >= 3
+  assert f"summary: stopped at step {max(steps)}/100000" in rest
 
 
 def _single_error_line(out) -> str:

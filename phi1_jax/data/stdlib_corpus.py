@@ -130,6 +130,10 @@ def ensure_stdlib_data(
   """Returns (tokenizer_dir, data_dir) for the stdlib corpus, building what is missing."""
   version = f"py{sys.version_info.major}.{sys.version_info.minor}"
   base = Path(cache_dir) / f"stdlib-{CACHE_VERSION}-{version}-{max_bytes}"
+  tok_dir = base / f"tok-v{vocab_size}-s{tokenizer_sentences}"
+  data_dir = tok_dir / f"L{seq_len}-eval{eval_fraction}"
+  if (data_dir / "manifest.json").is_file():  # pack renames a finished folder into place: complete
+    return str(tok_dir), str(data_dir)
   base.mkdir(parents=True, exist_ok=True)
   with _build_lock(base):
     return _ensure_built(base, max_bytes, vocab_size, seq_len, tokenizer_sentences, eval_fraction, workers)

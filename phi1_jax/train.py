@@ -171,11 +171,11 @@ def check_config(config):
 def check_workdir(workdir: Path):
   """--workdir must be a folder or not exist yet (its parents are made)."""
   for p in (workdir, *workdir.parents):
-    if p.exists():
+    if p.exists():  # the nearest existing one: the run writes there or makes folders in it
       if not p.is_dir():
         raise UserError(f"--workdir {workdir}: {p} is a file, not a folder")
-      if not os.access(p, os.W_OK) and p == workdir:
-        raise UserError(f"--workdir {workdir}: not writable")
+      if not os.access(p, os.W_OK):
+        raise UserError(f"--workdir {workdir}: {p} is not writable")
       return
 
 
@@ -584,7 +584,7 @@ def parse_flags(argv):
   """absl flag parsing with a one-line error (a bad override names the key and the problem)."""
   path = config_path(argv)
   if path is not None and not Path(path).is_file():  # ml_collections would bury this in two tracebacks
-    print(f"error: --config {path}: no such file" + (" (it is a folder)" if Path(path).is_dir() else ""),
+    print(f"error: --config {path}: " + ("a folder, not a config file" if Path(path).is_dir() else "no such file"),
           file=sys.stderr)
     sys.exit(2)
   try:

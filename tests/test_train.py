@@ -45,7 +45,8 @@ def test_tiny_loss_falls(tmp_path, stdlib_cache):
   rows = metric_rows(tmp_path)
   evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
   assert len(evals) == 3
-  assert evals[-1] < evals[0] - 1.0, evals  # from ~ln(4096)=8.3 down by well over a nat
+  # falling all along, from ln(4096)=8.3 (a uniform guess) by well over a nat on held-out code
+  assert evals == sorted(evals, reverse=True) and evals[-1] < np.log(4096) - 1.5, evals
   assert rows[0]["loss"] > rows[-1]["loss"] + 1.0
   assert {"loss", "lr", "grad_norm", "tokens_per_sec"} <= set(rows[-1])
   assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_path = ""  # packed folder whose eval split gives eval loss; default: first source
   c.data.cache_dir = "~/.cache/phi1_jax"  # where "stdlib" data is built
   c.data.stdlib_vocab_size = 4096
+  c.data.stdlib_max_bytes = 8_000_000  # cap on the "stdlib" corpus (~2.5M tokens)
   c.data.tokenizer = ""  # default: the tokenizer named in the packed data's manifest
 
   c.loss_chunk_size = 0  # >0: cross-entropy over chunks of this many positions (big vocab)

@@ -31,7 +31,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from phi1_jax import sharding
-from phi1_jax.metrics import MetricWriter, Progress, flops_per_token, peak_flops
+from phi1_jax.metrics import MetricWriter, Progress, _duration, flops_per_token, peak_flops
 from phi1_jax.model import ModelConfig, Phi, abstract_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file (configs/*.py).")
@@ -168,15 +168,56 @@ def check_config(config):
     raise UserError(f"microbatch of {micro} sequences does not split over {jax.process_count()} processes")
 
 
+def check_workdir(workdir: Path):
+  """--workdir must be a folder or not exist yet (its parents are made)."""
+  for p in (workdir, *workdir.parents):
+    if p.exists():  # the nearest existing one: the run writes there or makes folders in it
+      if not p.is_dir():
+        raise UserError(f"--workdir {workdir}: {p} is a file, not a folder")
+      if not os.access(p, os.W_OK):
+        raise UserError(f"--workdir {workdir}: {p} is not writable")
+      return
+
+
+def end_step_of(config) -> int:
+  """Where this invocation stops: run_until_step (a pause) or total_steps."""
+  return min(config.run_until_step or config.total_steps, config.total_steps)
+
+
+def latest_checkpoint_step(workdir: Path) -> int | None:
+  """The newest finalized checkpoint's step, read from the folder names: no state is loaded."""
+  ckpt_dir = workdir / "checkpoints"
+  if not ckpt_dir.is_dir():
+    return None
+  return max(ocp.utils.checkpoint_steps(ckpt_dir.absolute()), default=None)
+
+
+def finished_message(config, workdir: Path, end_step: int) -> str | None:
+  """One line when the workdir's latest checkpoint already reaches end_step, else None."""
+  done = latest_checkpoint_step(workdir)
+  if done is None or done < end_step:
+    return None
+  if done >= config.total_steps:
+    return (f"run already finished at step {done} (total_steps={config.total_steps}) in {workdir}; "
+            f"raise --config.total_steps to continue")
+  return (f"run already at step {done} (run_until_step={config.run_until_step}) in {workdir}; "
+          f"raise --config.run_until_step to continue")
+
+
+def ensure_stdlib(config) -> tuple[str, str]:
+  """The "stdlib" mixture's (tokenizer dir, data dir), built on first use; touches no JAX."""
+  from phi1_jax.data import stdlib_corpus
+  return stdlib_corpus.ensure_stdlib_data(Path(config.data.cache_dir).expanduser(), config.data.stdlib_vocab_size,
+                                          config.seq_len, max_bytes=config.data.stdlib_max_bytes)
+
+
 def resolve_data(config, log):
   """(train sources [(dir, weight)], eval dir, tokenizer path); fails fast on missing paths."""
   from phi1_jax.data import pipeline
   mixture = config.data.mixture.strip()
   if mixture == "stdlib":
-    from phi1_jax.data import stdlib_corpus
     log(f"data: the embedded default (this Python's standard library), cached in {config.data.cache_dir}")
-    tok_dir, data_dir = stdlib_corpus.ensure_stdlib_data(
-        Path(config.data.cache_dir).expanduser(), config.data.stdlib_vocab_size, config.seq_len)
+    tok_dir, data_dir = ensure_stdlib(config)
     sources = [(str(data_dir), 1.0)]
   else:
     sources = []
@@ -207,10 +248,25 @@ def resolve_data(config, log):
   tokenizer = config.data.tokenizer or manifests[0]["tokenizer"]["path"]
   if not Path(tokenizer).exists():
     raise UserError(f"tokenizer {tokenizer} does not exist")
-  vocab = manifests[0]["tokenizer"]["vocab_size"]
-  if vocab > config.model.vocab_size:
-    raise UserError(f"tokenizer has {vocab} tokens, model.vocab_size={config.model.vocab_size}")
+  check_tokenizer_fits(config, manifests[0]["tokenizer"], tokenizer)
   return sources, eval_path, tokenizer
+
+
+def check_tokenizer_fits(config, packed_tok: dict, tokenizer: str):
+  """The model's vocabulary must hold the data's tokens and its eos_id must be the data's separator.
+
+  Both stay explicit in the config rather than read from the data: they fix the model's shape,
+  which checkpoints, init_from, plan and the Hugging Face export all take from the config, and a
+  padded vocabulary (phi-1: 51200 entries for 50257 tokens) is a deliberate choice.
+  """
+  vocab, eos = packed_tok["vocab_size"], packed_tok.get("eos_id")
+  fix = f"--config.model.vocab_size={vocab}" + (f" --config.model.eos_id={eos}" if eos is not None else "")
+  if vocab > config.model.vocab_size:
+    raise UserError(f"tokenizer {tokenizer} has {vocab} tokens, model.vocab_size={config.model.vocab_size}; "
+                    f"for this tokenizer set {fix}")
+  if eos is not None and eos != config.model.eos_id:
+    raise UserError(f"tokenizer {tokenizer} separates documents with token {eos}, model.eos_id="
+                    f"{config.model.eos_id}; set --config.model.eos_id={eos}")
 
 
 def prepare_workdir(workdir: Path, config, model_cfg: ModelConfig, tokenizer: str, log):
@@ -312,11 +368,21 @@ def init_distributed(config):
 
 def train(config, workdir: str | os.PathLike) -> dict:
   """Runs (or resumes) training; returns the last metrics. Raises UserError on bad input."""
+  t_start = time.perf_counter()
   workdir = Path(workdir)
   is_main = jax.process_index() == 0
   log = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
+  check_workdir(workdir)
   check_config(config)
   model_cfg = model_config_of(config)
+  end_step = end_step_of(config)
+  finished = finished_message(config, workdir, end_step)
+  if finished:  # before any data, state or compilation: a rerun of a finished sweep costs seconds
+    log(finished)
+    return {"step": latest_checkpoint_step(workdir), "already_finished": True}
+  if config.optimizer.warmup_steps >= config.total_steps:
+    log(f"warning: optimizer.warmup_steps={config.optimizer.warmup_steps} >= total_steps={config.total_steps}: "
+        f"the learning rate never reaches optimizer.lr={config.optimizer.lr}")
   sources, eval_path, tokenizer = resolve_data(config, log)
   init_params = init_from_pretrained(config.init_from, model_cfg) if config.init_from else None
   prepare_workdir(workdir, config, model_cfg, tokenizer, log)
@@ -357,7 +423,6 @@ def train(config, workdir: str | os.PathLike) -> dict:
     log(f"resumed from {workdir}/checkpoints/{latest}" + ("" if same_processes else
         f" (saved by another number of processes: data position from step {int(state['step'])})"))
   start_step = int(state["step"])
-  end_step = min(config.run_until_step or config.total_steps, config.total_steps)
 
   G = config.grad_accum_steps
   train_step = jit_train_step(graphdef, tx, config, mesh, state_shard)
@@ -393,7 +458,8 @@ def train(config, workdir: str | os.PathLike) -> dict:
   log(f"model: {n_params:,} parameters; mesh {dict(mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} devices; "
       f"{config.batch_size} x {config.seq_len} tokens per step; steps {start_step} -> {end_step}")
 
-  last = {}
+  last, last_eval = {}, None
+  saved_step = latest  # the newest checkpoint on disk: never saved twice
   pending = None  # (step, metrics on device): read one step late so the next step is already dispatched
   window_start, window_steps = time.perf_counter(), 0
   step = start_step
@@ -416,6 +482,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
         window_start, window_steps = time.perf_counter(), 0
         if step % config.eval_every == 0 or step == end_step:
           last.update(run_eval())
+          last_eval = (step, last["eval_loss"])
         last.update(_humaneval_metrics(config, step, graphdef, state, tokenizer))
         writer.write(step, last)
         progress.update(step, last)
@@ -424,9 +491,11 @@ def train(config, workdir: str | os.PathLike) -> dict:
           last = _read(pending, schedule)
           pending = None
         save(step)
+        saved_step = step
     if pending is not None:
       last = _read(pending, schedule)
-    save(step, force=True)
+    if step != saved_step:  # e.g. a signal right after a checkpoint_every save
+      save(step, force=True)
     if stop_signal:
       log(f"stopped by signal {signal.Signals(stop_signal[0]).name} at step {step}; checkpoint saved")
   except FloatingPointError as e:
@@ -437,7 +506,21 @@ def train(config, workdir: str | os.PathLike) -> dict:
     ckpt_mngr.close()
     writer.close()
   last["step"] = step
+  log(summary_line(config, workdir, step, end_step, last, last_eval, time.perf_counter() - t_start))
   return last
+
+
+def summary_line(config, workdir: Path, step: int, end_step: int, last: dict, last_eval, seconds: float) -> str:
+  """What a finished (or stopped) run reached, in one line."""
+  state = "finished" if step >= config.total_steps else "paused" if step >= end_step else "stopped"
+  parts = [f"{state} at step {step}/{config.total_steps} in {_duration(seconds)}"]
+  if "loss" in last:
+    parts.append(f"train loss {last['loss']:.4f}")
+  if last_eval is not None:
+    parts.append(f"eval loss {last_eval[1]:.4f}" + ("" if last_eval[0] == step else f" (step {last_eval[0]})"))
+  parts.append(f"{step * config.batch_size * config.seq_len:,} tokens seen")
+  parts.append(f"checkpoint {workdir / 'checkpoints' / str(step)}")
+  return "summary: " + " | ".join(parts)
 
 
 def _read(pending, schedule) -> dict:
@@ -472,11 +555,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or _WORKDIR.value is None:
-    sys.exit("error: --config and --workdir are required")
+    print("error: --config and --workdir are required", file=sys.stderr)
+    sys.exit(2)
   config = _CONFIG.value
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  init_distributed(config)
   try:
+    config.distributed  # ml_collections defers a config file's load error to the first access
+  except OSError as e:
+    print(f"error: --config: {str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  try:
+    distributed = config.distributed.coordinator_address or config.distributed.auto
+    if (distributed and config.data.mixture.strip() == "stdlib"
+        and not finished_message(config, Path(_WORKDIR.value), end_step_of(config))):
+      # Build shared data before joining the other processes: one builds while the rest wait on a
+      # file lock, and no collective or coordination timeout runs meanwhile.
+      ensure_stdlib(config)
+    init_distributed(config)
     train(config, _WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -487,6 +582,11 @@ def main(argv):
 
 def parse_flags(argv):
   """absl flag parsing with a one-line error (a bad override names the key and the problem)."""
+  path = config_path(argv)
+  if path is not None and not Path(path).is_file():  # ml_collections would bury this in two tracebacks
+    print(f"error: --config {path}: " + ("a folder, not a config file" if Path(path).is_dir() else "no such file"),
+          file=sys.stderr)
+    sys.exit(2)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -499,6 +599,18 @@ def parse_flags(argv):
     print(f"error: unknown config key {key.group(1) if key else text!r} in the overrides"
           + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), file=sys.stderr)
     sys.exit(2)
+
+
+def config_path(argv) -> str | None:
+  """The file named by --config in argv ("--config=F", "--config F", "F:arg" forms), or None."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == "--":
+      break
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1].split(":", 1)[0]
+    if arg.startswith(("--config=", "-config=")):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+  return None
 
 
 if __name__ == "__main__":

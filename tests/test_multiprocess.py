@@ -198,8 +198,38 @@ def test_launch_scripts_pass_shellcheck(script):
   assert proc.returncode == 0, proc.stdout
 
 
+def test_two_processes_from_an_empty_cache(tmp_path):
+  """The README's launch/local.py command on a fresh machine: both processes want the stdlib data,
+  one builds it while the other waits (a small corpus cap keeps the build short)."""
+  home = tmp_path / "home"
+  env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
+  proc = subprocess.run([sys.executable, "launch/local.py", "--processes=2", "--devices=2", "--", sys.executable,
+                         "-m", "phi1_jax.train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'mp'}",
+                         "--config.data.stdlib_max_bytes=1000000", "--config.data.stdlib_vocab_size=1024",
+                         "--config.model.vocab_size=1024", "--config.total_steps=2", "--config.batch_size=8",
+                         "--config.model.n_layers=1", "--config.eval_batches=1"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-5000:]
+  assert "[p0] summary: finished at step 2/2" in proc.stdout
+  built = list((home / ".cache" / "phi1_jax").glob("stdlib-*/tok-v1024-*/L128-*/manifest.json"))
+  assert len(built) == 1 and not list((home / ".cache" / "phi1_jax").rglob("*.partial"))
+
+
+def test_local_launcher_stops_the_others_at_once(tmp_path):
+  """p1 fails at once; p0 ignores SIGTERM (as one stuck in a collective does) and would sleep 10 minutes."""
+  code = ("import signal, sys, time; pid = int(sys.argv[-1].split('=')[1]); print('up', pid, flush=True)\n"
+          "if pid == 1: time.sleep(1); sys.exit(5)\n"
+          "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")
+  proc = subprocess.Popen([sys.executable, "launch/local.py", "--processes=2", "--grace=1", "--", sys.executable,
+                           "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  out, _ = proc.communicate(timeout=60)  # it would take 600 s if p0 were left running
+  assert proc.returncode == 5
+  assert "[p0] up 0" in out and "[p1] up 1" in out
+
+
 def test_local_launcher_fails_when_one_process_fails():
-  code = "import sys; pid = int(sys.argv[-1].split('=')[1]); print('hi', pid); sys.exit(3 if pid == 1 else 0)"
+  code = ("import sys, time; pid = int(sys.argv[-1].split('=')[1]); print('hi', pid, flush=True); "
+          "time.sleep(1) if pid == 1 else None; sys.exit(3 if pid == 1 else 0)")  # p0 done before p1 fails
   proc = subprocess.run([sys.executable, "launch/local.py", "--processes=2", "--", sys.executable, "-c", code],
                         cwd=REPO, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 3

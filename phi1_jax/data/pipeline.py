@@ -131,15 +131,19 @@ def make_eval_batches(
   """The eval split as batches {"tokens": int32[batch_size, seq_len + 1]}, fixed order.
 
   Process i takes records i, i + n, ...; every process gets (records // n) // batch_size batches
-  (capped by max_batches), so collective eval steps line up; leftover records are dropped.
+  (capped by max_batches), so collective eval steps line up; leftover records are dropped. When
+  max_batches takes fewer records than the split holds, they are spread evenly over the split
+  (records 0, k, 2k, ...), so a capped eval still sees every part of it, not its first documents.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size}: must be >= 1")
   _check_shard(shard_index, shard_count)
   records = _records(data_dir, "eval")
   n_batches = (len(records) // shard_count) // batch_size
-  if max_batches is not None:
-    n_batches = min(n_batches, max_batches)
+  if max_batches is not None and max_batches < n_batches:
+    n_batches = max_batches
+    taken, every = n_batches * batch_size * shard_count, records
+    records = grain.MapDataset.range(taken).map(lambda j: every[j * len(every) // taken])  # distinct: j*L//t grows
   mine = records[shard_index::shard_count][:n_batches * batch_size]
   return list(mine.batch(batch_size, drop_remainder=True)) if n_batches else []
 

@@ -1,0 +1,432 @@
+"""The one way this project calls an LLM: any OpenAI-compatible endpoint, never paying twice.
+
+    llm = LLM(base_url="http://127.0.0.1:8000/v1", cache_path="OUT/llm_cache.sqlite",
+              concurrency=8, max_tokens_total=2_000_000, metrics_path="OUT/llm_metrics.jsonl")
+    answer = await llm.ask(chat_request("gpt-4o-mini", [{"role": "user", "content": "..."}],
+                                        temperature=1.0, max_tokens=800, seed=7))
+    answer.text, answer.usage, answer.cached
+
+- Client: the `openai` package's AsyncOpenAI with `base_url` (OpenAI, vLLM, llama.cpp,
+  `phi1_jax.serve`); the key comes from the environment variable `api_key_env` (default
+  OPENAI_API_KEY; a local endpoint needs none). The SDK's own retries are off: this module retries,
+  so it can count every fault and honour Retry-After.
+- Retries with exponential backoff and jitter on 429 (waiting at least `Retry-After`), 408/409/5xx,
+  dropped connections, timeouts and garbage 200s (not JSON, no choices, no text): up to
+  `max_attempts` tries, then `RequestFailed` for that request only. 400/422: `RequestFailed` at
+  once (the request itself is wrong). 401/403/404: `EndpointError` (wrong key, URL or model: every
+  request would fail, the caller stops the run with one line).
+- Cache: SQLite in WAL mode keyed by sha256 of (endpoint, the full JSON body: model, messages or
+  prompt, every sampling parameter, seed). An answer is committed the moment it arrives, before
+  `ask` returns it, so a rerun, or a resume after SIGKILL at any moment, never pays for an answer it
+  received. Identical requests in flight at once are sent once. The base URL is not in the key:
+  the same model behind another address answers from the cache.
+- Caps: `max_requests` (HTTP requests sent by this process, retries included) and
+  `max_tokens_total` (prompt + completion tokens of every answer used, cached ones included, so a
+  rerun of a capped run stops where it stopped). When a cap is reached, one line says so, requests
+  already sent finish and are cached, new ones raise `BudgetExhausted`; cached answers are still
+  served.
+- Accounting: `summary()` (requests, cache hits, retries by reason, failures, tokens paid and
+  used) for a stage's manifest; a progress line with rate and ETA every `progress_every_s` on
+  stderr and the same numbers as JSON rows in `metrics_path`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import email.utils
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import openai
+
+ENDPOINTS = {"chat": "/chat/completions", "completion": "/completions"}
+RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+FATAL_STATUSES = {401, 403, 404}
+MAX_RETRY_AFTER_S = 600.0
+
+
+class LLMError(Exception):
+  """Base of this module's errors."""
+
+
+class EndpointError(LLMError):
+  """The endpoint refuses every request (bad key, URL or model): stop the run."""
+
+
+class RequestFailed(LLMError):
+  """One request failed for good (retries spent, or the endpoint calls it a bad request)."""
+
+
+class BudgetExhausted(LLMError):
+  """A cap was reached: the request was not sent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """An endpoint ("chat" or "completion") and the JSON body sent to it."""
+  endpoint: str
+  body: dict
+
+  @property
+  def key(self) -> str:
+    return request_key(self.endpoint, self.body)
+
+
+@dataclasses.dataclass
+class Answer:
+  key: str
+  text: str  # choices[0].message.content (chat) or choices[0].text (completion)
+  response: dict  # the endpoint's whole JSON answer
+  usage: dict  # {"prompt_tokens", "completion_tokens"}
+  cached: bool  # served from the cache (paid by an earlier run or request)
+
+
+def request_key(endpoint: str, body: dict) -> str:
+  canonical = json.dumps({"endpoint": endpoint, "body": body}, sort_keys=True, ensure_ascii=False,
+                         separators=(",", ":"))
+  return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def chat_request(model: str, messages: list[dict], **params) -> Request:
+  return Request("chat", {"model": model, "messages": messages, **params})
+
+
+def completion_request(model: str, prompt: str, **params) -> Request:
+  return Request("completion", {"model": model, "prompt": prompt, **params})
+
+
+class _Retry(Exception):
+  def __init__(self, reason: str, retry_after: float | None = None, detail: str = ""):
+    super().__init__(reason)
+    self.reason, self.retry_after, self.detail = reason, retry_after, detail
+
+
+def parse_retry_after(value: str | None) -> float | None:
+  """Seconds from a Retry-After header (seconds, or an HTTP date); None when absent or unreadable."""
+  if not value:
+    return None
+  try:
+    return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+  except ValueError:
+    pass
+  try:
+    when = email.utils.parsedate_to_datetime(value)
+  except (TypeError, ValueError):
+    return None
+  return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER_S)
+
+
+def parse_answer(endpoint: str, raw_text: str) -> tuple[dict, str, dict]:
+  """(response, text, usage) from a 200's body; raises _Retry("garbage") when it is not one."""
+  try:
+    response = json.loads(raw_text)
+  except ValueError:
+    raise _Retry("garbage", detail=f"not JSON: {raw_text[:80]!r}") from None
+  choices = response.get("choices") if isinstance(response, dict) else None
+  if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+    raise _Retry("garbage", detail="no choices")
+  if endpoint == "chat":
+    message = choices[0].get("message")
+    text = message.get("content") if isinstance(message, dict) else None
+  else:
+    text = choices[0].get("text")
+  if not isinstance(text, str):
+    raise _Retry("garbage", detail="no text in choices[0]")
+  usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+  usage = {name: int(usage.get(name) or 0) for name in ("prompt_tokens", "completion_tokens")}
+  return response, text, usage
+
+
+class Cache:
+  """Answers by request key in SQLite (WAL): each answer committed on its own, at once.
+
+  WAL with synchronous=NORMAL keeps every committed answer when the process is killed (only a
+  power loss could drop the last few). Several processes may share one file.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+    self.db.execute("PRAGMA journal_mode=WAL")
+    self.db.execute("PRAGMA synchronous=NORMAL")
+    self.db.execute(
+        "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, endpoint TEXT, request TEXT, "
+        "response TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)")
+
+  def get(self, key: str) -> tuple[str, str] | None:
+    """(endpoint, response JSON) or None."""
+    return self.db.execute("SELECT endpoint, response FROM answers WHERE key = ?", (key,)).fetchone()
+
+  def put(self, request: Request, response: dict, usage: dict) -> None:
+    self.db.execute(
+        "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (request.key, request.endpoint, json.dumps(request.body, sort_keys=True), json.dumps(response),
+         usage["prompt_tokens"], usage["completion_tokens"], time.time()))
+
+  def __len__(self) -> int:
+    return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+  def close(self) -> None:
+    self.db.close()
+
+
+def _api_key(base_url: str, api_key_env: str) -> str:
+  key = os.environ.get(api_key_env)
+  if key:
+    return key
+  host = urllib.parse.urlparse(base_url).hostname or ""
+  if host in ("127.0.0.1", "localhost", "::1"):
+    return "none"  # local servers (phi1_jax.serve, vLLM, llama.cpp) take any key
+  raise LLMError(f"--base_url {base_url} needs an API key: set the environment variable {api_key_env}")
+
+
+class LLM:
+  """Asks an OpenAI-compatible endpoint, through the cache, within the caps. Use from one event loop."""
+
+  def __init__(self, base_url: str, *, cache_path: str | os.PathLike, api_key_env: str = "OPENAI_API_KEY",
+               concurrency: int = 8, timeout_s: float = 120.0, max_attempts: int = 8,
+               backoff_base_s: float = 1.0, backoff_max_s: float = 60.0, max_requests: int | None = None,
+               max_tokens_total: int | None = None, metrics_path: str | os.PathLike | None = None,
+               progress_every_s: float = 10.0, total: int | None = None, log=None):
+    if concurrency < 1 or max_attempts < 1 or timeout_s <= 0:
+      raise LLMError("concurrency and max_attempts must be >= 1 and timeout_s > 0")
+    self.base_url = base_url
+    self.client = openai.AsyncOpenAI(base_url=base_url, api_key=_api_key(base_url, api_key_env),
+                                     max_retries=0, timeout=timeout_s)
+    self.cache = Cache(cache_path)
+    self.concurrency, self.max_attempts = concurrency, max_attempts
+    self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
+    self.max_requests, self.max_tokens_total = max_requests, max_tokens_total
+    self.total, self.progress_every_s = total, progress_every_s
+    self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    self.metrics = open(metrics_path, "a") if metrics_path else None
+    self._semaphore: asyncio.Semaphore | None = None
+    self._inflight: dict[str, asyncio.Future] = {}
+    self.exhausted: str | None = None  # which cap stopped new requests
+    self.counts = collections.Counter()  # sent, paid, cached, answered, failed, not_sent
+    self.retries = collections.Counter()  # by reason: 429, 500, connection, timeout, garbage, ...
+    self.tokens = collections.Counter()  # {prompt,completion}_tokens_{paid,used}
+    self.started = time.monotonic()
+    self._last_progress = self.started
+
+  # ------------------------------------------------------------ public
+
+  async def ask(self, request: Request) -> Answer:
+    """The answer to `request`: from the cache, or from the endpoint (then cached at once).
+
+    Raises RequestFailed (this request only), BudgetExhausted (a cap: not sent) or EndpointError.
+    """
+    if request.endpoint not in ENDPOINTS:
+      raise LLMError(f"unknown endpoint {request.endpoint!r} (want one of {sorted(ENDPOINTS)})")
+    key = request.key
+    while key in self._inflight:  # the same request is on its way: wait for it, pay once
+      try:
+        await asyncio.shield(self._inflight[key])
+      except Exception:
+        pass
+    answer = self._cached(key)
+    if answer is not None:
+      self._account(answer)
+      return answer
+    future = asyncio.get_running_loop().create_future()
+    self._inflight[key] = future
+    try:
+      answer = await self._fetch(request)
+      self._account(answer)
+      return answer
+    except RequestFailed:
+      self.counts["failed"] += 1
+      self._progress()
+      raise
+    finally:
+      del self._inflight[key]
+      future.set_result(None)
+
+  def summary(self) -> dict:
+    """Counts for a manifest: requests, cache hits, retries by reason, failures, tokens, caps."""
+    elapsed = time.monotonic() - self.started
+    return {
+        "base_url": self.base_url,
+        "requests_sent": self.counts["sent"],
+        "answers_paid": self.counts["paid"],
+        "answers_cached": self.counts["cached"],
+        "answers": self.counts["answered"],
+        "failed": self.counts["failed"],
+        "not_sent_over_cap": self.counts["not_sent"],
+        "retries": dict(self.retries),
+        "tokens": dict(self.tokens),
+        "caps": {"max_requests": self.max_requests, "max_tokens_total": self.max_tokens_total},
+        "stopped_by_cap": self.exhausted,
+        "seconds": round(elapsed, 3),
+    }
+
+  def tokens_used(self) -> int:
+    return self.tokens["prompt_tokens_used"] + self.tokens["completion_tokens_used"]
+
+  async def aclose(self) -> None:
+    self._progress(force=True)
+    await self.client.close()
+    self.cache.close()
+    if self.metrics:
+      self.metrics.close()
+
+  # ------------------------------------------------------------ internals
+
+  def _cached(self, key: str) -> Answer | None:
+    row = self.cache.get(key)
+    if row is None:
+      return None
+    endpoint, response_json = row
+    response, text, usage = parse_answer(endpoint, response_json)
+    self.counts["cached"] += 1
+    return Answer(key, text, response, usage, cached=True)
+
+  def _check_caps(self) -> None:
+    if self.exhausted is None:
+      if self.max_requests is not None and self.counts["sent"] >= self.max_requests:
+        self.exhausted = f"--max_requests={self.max_requests}"
+      elif self.max_tokens_total is not None and self.tokens_used() >= self.max_tokens_total:
+        self.exhausted = f"--max_tokens_total={self.max_tokens_total} ({self.tokens_used()} tokens used)"
+      if self.exhausted:
+        self.log(f"llm: cap {self.exhausted} reached: requests on their way finish and are cached, "
+                 "no new request is sent; rerun with a higher cap to go on (nothing is paid twice)")
+    if self.exhausted:
+      self.counts["not_sent"] += 1
+      raise BudgetExhausted(self.exhausted)
+
+  async def _fetch(self, request: Request) -> Answer:
+    if self._semaphore is None:
+      self._semaphore = asyncio.Semaphore(self.concurrency)
+    last = None
+    for attempt in range(self.max_attempts):
+      async with self._semaphore:
+        self._check_caps()
+        self.counts["sent"] += 1
+        try:
+          response, text, usage = await self._send(request)
+        except _Retry as retry:
+          last = retry
+        else:
+          self.cache.put(request, response, usage)  # committed before anyone uses it
+          self.counts["paid"] += 1
+          self.tokens["prompt_tokens_paid"] += usage["prompt_tokens"]
+          self.tokens["completion_tokens_paid"] += usage["completion_tokens"]
+          return Answer(request.key, text, response, usage, cached=False)
+      self.retries[last.reason] += 1
+      if attempt + 1 == self.max_attempts:
+        break
+      delay = min(self.backoff_max_s, self.backoff_base_s * 2**attempt) * random.uniform(0.5, 1.0)
+      if last.retry_after is not None:
+        delay = max(delay, last.retry_after)
+      self._progress()
+      await asyncio.sleep(delay)
+    raise RequestFailed(f"gave up after {self.max_attempts} tries, last: {last.reason} {last.detail}".strip())
+
+  async def _send(self, request: Request) -> tuple[dict, str, dict]:
+    body = dict(request.body)
+    if request.endpoint == "chat":
+      create = self.client.chat.completions.with_raw_response.create
+      named = {"model": body.pop("model"), "messages": body.pop("messages")}
+    else:
+      create = self.client.completions.with_raw_response.create
+      named = {"model": body.pop("model"), "prompt": body.pop("prompt")}
+    try:
+      raw = await create(**named, extra_body=body)
+      raw_text = raw.text
+    except openai.APITimeoutError:
+      raise _Retry("timeout") from None
+    except openai.APIConnectionError as error:
+      raise _Retry("connection", detail=str(error)[:120]) from None
+    except openai.APIStatusError as error:
+      status = error.status_code
+      message = f"HTTP {status} from {self.base_url}: {str(error.message)[:200]}"
+      if status in RETRY_STATUSES or status >= 500:
+        raise _Retry(str(status), parse_retry_after(error.response.headers.get("retry-after")),
+                     detail=message) from None
+      if status in FATAL_STATUSES:
+        raise EndpointError(message) from None
+      raise RequestFailed(message) from None
+    return parse_answer(request.endpoint, raw_text)
+
+  def _account(self, answer: Answer) -> None:
+    self.counts["answered"] += 1
+    self.tokens["prompt_tokens_used"] += answer.usage["prompt_tokens"]
+    self.tokens["completion_tokens_used"] += answer.usage["completion_tokens"]
+    self._progress()
+
+  def _progress(self, force: bool = False) -> None:
+    now = time.monotonic()
+    if not force and now - self._last_progress < self.progress_every_s:
+      return
+    self._last_progress = now
+    elapsed = max(now - self.started, 1e-9)
+    done = self.counts["answered"] + self.counts["failed"]
+    rate = done / elapsed
+    row = {"time": time.time(), "elapsed_s": round(elapsed, 3), "answers": self.counts["answered"],
+           "paid": self.counts["paid"], "cached": self.counts["cached"], "failed": self.counts["failed"],
+           "sent": self.counts["sent"], "retries": sum(self.retries.values()), "tokens_used": self.tokens_used(),
+           "answers_per_s": round(rate, 3)}
+    of_total, eta = "", ""
+    if self.total:
+      of_total = f"/{self.total}"
+      if rate > 0:
+        row["eta_s"] = round(max(self.total - done, 0) / rate, 1)
+        eta = f", ETA {row['eta_s']:.0f}s"
+    self.log(f"llm: {done}{of_total} done ({row['paid']} paid, {row['cached']} cached, {row['failed']} failed), "
+             f"{rate:.2f}/s{eta}, {row['retries']} retries, {row['tokens_used']} tokens")
+    if self.metrics:
+      self.metrics.write(json.dumps(row) + "\n")
+      self.metrics.flush()
+
+
+# ------------------------------------------------------------ command-line flags shared by stages
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+  """The flags every LLM-calling stage takes."""
+  group = parser.add_argument_group("LLM endpoint")
+  group.add_argument("--base_url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+  group.add_argument("--model", required=True)
+  group.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
+  group.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+  group.add_argument("--timeout", type=float, default=120.0, help="seconds per request before a retry")
+  group.add_argument("--max_attempts", type=int, default=8, help="tries per request")
+  group.add_argument("--max_requests", type=int, default=None, help="cap on HTTP requests this run sends")
+  group.add_argument("--max_tokens_total", type=int, default=None,
+                     help="cap on prompt + completion tokens of the answers used (cached ones included)")
+  group.add_argument("--cache", default=None, help="SQLite request cache (default: OUT/llm_cache.sqlite)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+  """Raises LLMError naming the first bad LLM flag."""
+  if urllib.parse.urlparse(args.base_url).scheme not in ("http", "https"):
+    raise LLMError(f"--base_url {args.base_url!r}: want an http:// or https:// URL")
+  for name in ("concurrency", "max_attempts"):
+    if getattr(args, name) < 1:
+      raise LLMError(f"--{name} must be >= 1, got {getattr(args, name)}")
+  if args.timeout <= 0:
+    raise LLMError(f"--timeout must be > 0, got {args.timeout}")
+  for name in ("max_requests", "max_tokens_total"):
+    if getattr(args, name) is not None and getattr(args, name) < 0:
+      raise LLMError(f"--{name} must be >= 0, got {getattr(args, name)}")
+  _api_key(args.base_url, args.api_key_env)
+
+
+def from_args(args: argparse.Namespace, out_dir: str | os.PathLike, **kw) -> LLM:
+  """An LLM client from `add_args` flags; cache and metrics under `out_dir` unless --cache says."""
+  out_dir = Path(out_dir)
+  return LLM(args.base_url, cache_path=args.cache or out_dir / "llm_cache.sqlite",
+             api_key_env=args.api_key_env, concurrency=args.concurrency, timeout_s=args.timeout,
+             max_attempts=args.max_attempts, max_requests=args.max_requests,
+             max_tokens_total=args.max_tokens_total, metrics_path=out_dir / "llm_metrics.jsonl", **kw)

@@ -16,6 +16,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from phi1_jax import llm as llm_lib
 from phi1_jax.curate.common import UserError
 
 
@@ -32,6 +33,17 @@ def parser() -> argparse.ArgumentParser:
   root = argparse.ArgumentParser(prog="python -m phi1_jax.curate", description=__doc__.split("\n")[0])
   cmds = root.add_subparsers(dest="command", required=True)
 
+  p = cmds.add_parser("annotate", help="an LLM rates each document's educational value")
+  _add_input(p)
+  p.add_argument("--out", required=True)
+  _add_sample(p)
+  p.add_argument("--prompt", default=None, help="prompt template file with a {document} placeholder")
+  p.add_argument("--scoring", default="additive", help="additive (0-5 from the answer) or logprob (P(yes))")
+  p.add_argument("--max_chars", type=int, default=4000, help="characters of each document shown to the LLM")
+  p.add_argument("--max_new_tokens", type=int, default=400, help="answer length limit per request")
+  p.add_argument("--temperature", type=float, default=0.0)
+  llm_lib.add_args(p)
+
   p = cmds.add_parser("embed", help="document embeddings (float16 .npy shards + ids)")
   _add_input(p)
   p.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint or transformers Phi folder")
@@ -47,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--annotations", required=True, help="annotate's OUT folder or its annotations.jsonl")
   p.add_argument("--embeddings", required=True, help="embed's OUT folder")
   p.add_argument("--out", required=True)
-  p.add_argument("--threshold", type=int, default=3, help="score >= threshold is 'educational'")
+  p.add_argument("--threshold", type=float, default=3, help="score >= threshold is 'educational'")
   p.add_argument("--model", default="random_forest", help="random_forest (the paper's) or logistic: the one saved")
   p.add_argument("--test_fraction", type=float, default=0.2)
   p.add_argument("--cut", type=float, default=0.5, help="probability at which a document counts as educational")
@@ -74,7 +86,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parser().parse_args(argv)
   try:
-    if args.command == "embed":
+    if args.command == "annotate":
+      from phi1_jax.curate.annotate import annotate
+      annotate(args)
+    elif args.command == "embed":
       from phi1_jax.curate.embeddings import embed_documents
       embed_documents(args.input, args.checkpoint, args.out, tokenizer=args.tokenizer, max_len=args.max_len,
                       pooling=args.pooling, batch_size=args.batch_size, shard_size=args.shard_size,

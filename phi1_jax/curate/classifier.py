@@ -123,7 +123,7 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
   test_ids = [doc_id for (doc_id, _), t in zip(labelled, test) if t]
   with open(out / "test_predictions.jsonl", "w") as fh:
     for i, doc_id in enumerate(test_ids):
-      fh.write(json.dumps({"id": doc_id, "score": int(score_arr[test][i]), "label": bool(y[test][i]),
+      fh.write(json.dumps({"id": doc_id, "score": score_arr[test][i].item(), "label": bool(y[test][i]),
                            **{f"prob_{k}": float(probs[k][i]) for k in MODELS}}) + "\n")
   info = {
       "format": FORMAT, "model": model, "threshold": threshold, "cut": cut, "seed": seed, "trees": trees,

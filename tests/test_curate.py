@@ -167,3 +167,169 @@ def test_annotate_refusals_are_one_line_exit_2(endpoint, tmp_path, capsys, fault
   err = capsys.readouterr().err.strip().splitlines()
   assert message in err[-1] and err[-1].startswith("curate annotate: error:")
   assert not server.paid_keys()
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def _write_embeddings(folder: Path, ids: list[str], vecs: np.ndarray) -> Path:
+  """A folder in `curate embed`'s format (one shard) holding given vectors."""
+  folder.mkdir(parents=True)
+  np.save(folder / "emb-00000.npy", vecs.astype(np.float16))
+  (folder / "ids-00000.txt").write_text("".join(i + "\n" for i in ids))
+  manifest = {"format": "phi1_jax.embeddings/v1", "shards": 1, "documents": len(ids),
+              "embedder": {"dim": vecs.shape[1], "fingerprint": "fixture", "checkpoint": "none"}}
+  (folder / "manifest.json").write_text(json.dumps(manifest))
+  return folder
+
+
+def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
+  from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+  from phi1_jax.curate.classifier import load_classifier, train_classifier
+  rng = np.random.default_rng(0)
+  n = 400
+  scores = rng.integers(0, 6, n)
+  # Educational documents (score >= 3) sit along one direction, with noise that makes some errors.
+  vecs = rng.normal(size=(n, 16)) + 1.2 * (scores >= 3)[:, None] * np.eye(16)[0]
+  ids = [f"doc-{i}" for i in range(n)]
+  _write_embeddings(tmp_path / "emb", ids + ["unlabelled"], np.vstack([vecs, np.zeros((1, 16))]))
+  rows = [{"id": i, "score": int(s), "response": "", "model": "m", "usage": {}} for i, s in zip(ids, scores)]
+  rows.append({"id": "unparsed", "score": None, "response": "?", "model": "m", "usage": {}})  # no embedding needed
+  (tmp_path / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+  info = train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50)
+  assert info["unparseable_annotations"] == 1 and info["train_documents"] + info["test_documents"] == n
+  assert 40 < info["test_documents"] < 120
+  preds = [json.loads(l) for l in (tmp_path / "cls" / "test_predictions.jsonl").read_text().splitlines()]
+  for kind in ("random_forest", "logistic"):
+    y = np.array([p["label"] for p in preds])
+    prob = np.array([p[f"prob_{kind}"] for p in preds])
+    m = info["metrics"][kind]
+    assert m["precision"] == pytest.approx(precision_score(y, prob >= 0.5))
+    assert m["recall"] == pytest.approx(recall_score(y, prob >= 0.5))
+    assert m["f1"] == pytest.approx(f1_score(y, prob >= 0.5)) and m["f1"] > 0.6
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, prob)) and m["roc_auc"] > 0.7
+    assert sum(m["confusion_matrix"].values()) == len(preds)
+  model, loaded = load_classifier(tmp_path / "cls")  # skops, not pickle
+  assert loaded["model"] == "random_forest" and loaded["embedder"]["fingerprint"] == "fixture"
+  row = {i: k for k, i in enumerate(ids)}
+  x = vecs[[row[p["id"]] for p in preds]].astype(np.float16).astype(np.float32)
+  np.testing.assert_allclose(model.predict_proba(x)[:, 1], [p["prob_random_forest"] for p in preds])
+
+  with pytest.raises(Exception, match="not empty"):  # a finished classifier is never overwritten
+    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls")
+  (tmp_path / "more.jsonl").write_text(json.dumps({"id": "stranger", "score": 4}) + "\n")
+  with pytest.raises(Exception, match="no embedding for 1 annotated document"):
+    train_classifier(tmp_path / "more.jsonl", tmp_path / "emb", tmp_path / "cls2")
+
+
+# ---------------------------------------------------------------- filter
+
+
+def _data_rows(folder: Path) -> list[dict]:
+  rows = []
+  for f in sorted(folder.glob("*.jsonl.gz")):
+    with gzip.open(f, "rt") as fh:
+      rows += [json.loads(l) for l in fh]
+  return rows
+
+
+@pytest.fixture(scope="module")
+def filter_setup(tmp_path_factory):
+  """Inputs (stdlib json, http and some of email, plus near-copies of three email files) and a classifier
+  trained on a tiny checkpoint's embeddings with labels 'email-like is educational'."""
+  from phi1_jax.curate.classifier import train_classifier
+  from phi1_jax.curate.embeddings import embed_documents
+  base = tmp_path_factory.mktemp("filter")
+  ckpt = make_checkpoint(base / "ckpt")
+  copies = []
+  for name in ("charset.py", "errors.py", "iterators.py"):
+    text = (STDLIB / "email" / name).read_text()
+    copies.append({"id": f"copy/{name}", "text": "# a copied file\n" + text, "source": "copies", "meta": {}})
+  (base / "copies.jsonl").write_text("".join(json.dumps(c) + "\n" for c in copies))
+  email = ["__init__.py", "base64mime.py", "charset.py", "encoders.py", "errors.py", "iterators.py", "parser.py",
+           "quoprimime.py", "utils.py"]
+  inputs = [str(STDLIB / "json"), str(STDLIB / "http"), *(str(STDLIB / "email" / n) for n in email),
+            str(base / "copies.jsonl")]
+  embed_documents(inputs, ckpt, base / "emb", max_len=64, log=lambda *_: None)
+  ids = (base / "emb" / "ids-00000.txt").read_text().splitlines()
+  rows = [{"id": i, "score": 4 if i.startswith(("email/", "copy/")) else 1} for i in ids]
+  (base / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  train_classifier(base / "annotations.jsonl", base / "emb", base / "cls", trees=30, test_fraction=0.3,
+                   log=lambda *_: None)
+  return base, inputs, ckpt, len(ids)
+
+
+def _filter_args(inputs, cls, out, *extra):
+  return ["filter", "--input", *inputs, f"--classifier={cls}", f"--out={out}", "--tasks=2", *extra]
+
+
+@pytest.fixture(scope="module")
+def filtered(filter_setup):
+  """A finished filter run on two tasks run by a local pool of two workers: (out, its log)."""
+  base, inputs, _, _ = filter_setup
+  out = base / "filtered"
+  proc = _cli(*_filter_args(inputs, base / "cls", out, "--workers=2"), timeout=400)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, proc.stdout + proc.stderr
+
+
+def test_filter_end_to_end_rerun_and_pack(filter_setup, filtered, tmp_path):
+  from phi1_jax.data.pack import pack
+  base, inputs, ckpt, n_docs = filter_setup
+  out, log = filtered
+  scored = _data_rows(out / "scored")
+  kept, dups = _data_rows(out / "data"), _data_rows(out / "duplicates")
+  cut = json.loads((base / "cls" / "model_info.json").read_text())["cut"]
+  above = {r["id"] for r in scored if r["meta"]["edu_score"] >= cut}
+  assert len(scored) == len({r["id"] for r in scored}) == n_docs  # each document once
+  assert {r["id"] for r in kept} | {r["id"] for r in dups} == above and not {r["id"] for r in kept} & {r["id"] for r in dups}
+  # Each copy and its original are near-duplicates: exactly one of every pair is dropped.
+  assert len(dups) == 3 and {r["id"].split("/")[1] for r in dups} == {"charset.py", "errors.py", "iterators.py"}
+  assert all(r["id"].startswith(("email/", "copy/")) for r in kept)  # the classifier learnt 'email-like'
+  m = json.loads((out / "manifest.json").read_text())
+  assert m["totals"]["documents_in"] == n_docs and m["totals"]["documents_out"] == len(kept)
+  assert m["totals"]["documents_above_cut"] == len(above)
+  assert m["by_source"]["json"]["kept_fraction"] == 0 and m["by_source"]["copies"]["documents_in"] == 3
+  assert m["totals"]["tokens_out"] == sum(r["meta"]["n_tokens"] for r in kept) > 0
+  assert m["classifier"]["embedder"]["fingerprint"] and "f1" in m["classifier"]["metrics"]
+  assert "doc/s" in log and "ETA" in log  # progress lines
+
+  before = {p: p.read_bytes() for p in (out / "data").iterdir()}
+  proc = _cli(*_filter_args(inputs, base / "cls", out))  # rerun: every task is already done
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert {p: p.read_bytes() for p in (out / "data").iterdir()} == before
+  assert json.loads((out / "manifest.json").read_text())["resumed_finished_run"] is True
+  proc = _cli(*_filter_args(inputs, base / "cls", out, "--cut=0.9"))
+  assert proc.returncode == 2 and "other settings (cut)" in proc.stderr
+
+  packed = pack(sorted((out / "data").glob("*.jsonl.gz")), ckpt, 32, tmp_path / "packed", eval_fraction=0.0,
+                workers=1)  # the output packs as it is
+  assert packed["documents"] == len(kept)
+
+
+def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filtered, tmp_path):
+  base, inputs, _, _ = filter_setup
+  ref = filtered[0]
+  out = tmp_path / "killed"
+  env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out)],
+                          cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  try:
+    marker = out / "logs" / "score" / "completions" / "00000"
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-run: task 1 of the score stage is under way
+  finally:
+    proc.wait()
+  assert not (out / "manifest.json").exists()
+  proc = _cli(*_filter_args(inputs, base / "cls", out))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for folder in ("scored", "data", "duplicates"):
+    assert _data_rows(out / folder) == _data_rows(ref / folder)
+  a, b = (json.loads((d / "manifest.json").read_text()) for d in (ref, out))
+  assert a["by_source"] == b["by_source"]

@@ -402,6 +402,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   group.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
   group.add_argument("--timeout", type=float, default=120.0, help="seconds per request before a retry")
   group.add_argument("--max_attempts", type=int, default=8, help="tries per request")
+  group.add_argument("--backoff_s", type=float, default=1.0,
+                     help="wait before the first retry, doubled each time up to 60 s (at least Retry-After)")
   group.add_argument("--max_requests", type=int, default=None, help="cap on HTTP requests this run sends")
   group.add_argument("--max_tokens_total", type=int, default=None,
                      help="cap on prompt + completion tokens of the answers used (cached ones included)")
@@ -417,6 +419,8 @@ def check_args(args: argparse.Namespace) -> None:
       raise LLMError(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.timeout <= 0:
     raise LLMError(f"--timeout must be > 0, got {args.timeout}")
+  if args.backoff_s < 0:
+    raise LLMError(f"--backoff_s must be >= 0, got {args.backoff_s}")
   for name in ("max_requests", "max_tokens_total"):
     if getattr(args, name) is not None and getattr(args, name) < 0:
       raise LLMError(f"--{name} must be >= 0, got {getattr(args, name)}")
@@ -428,5 +432,5 @@ def from_args(args: argparse.Namespace, out_dir: str | os.PathLike, **kw) -> LLM
   out_dir = Path(out_dir)
   return LLM(args.base_url, cache_path=args.cache or out_dir / "llm_cache.sqlite",
              api_key_env=args.api_key_env, concurrency=args.concurrency, timeout_s=args.timeout,
-             max_attempts=args.max_attempts, max_requests=args.max_requests,
+             max_attempts=args.max_attempts, backoff_base_s=args.backoff_s, max_requests=args.max_requests,
              max_tokens_total=args.max_tokens_total, metrics_path=out_dir / "llm_metrics.jsonl", **kw)

@@ -88,7 +88,7 @@ def test_annotate_through_faults_each_document_once(endpoint, tmp_path):
   # 429 and 503 with Retry-After, 500, dropped and reset connections, 200s with HTML or no choices:
   server.add_faults("429", "500", "503", "drop", "reset", "garbage", "no_choices", "429", "drop")
   out = tmp_path / "ann"
-  proc = _cli(*_annotate_args(base_url, out, "--concurrency=4", "--max_attempts=30"))
+  proc = _cli(*_annotate_args(base_url, out, "--concurrency=4", "--max_attempts=30", "--backoff_s=0.05"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = _rows(out)
   _check_rows(rows, server)

@@ -333,3 +333,21 @@ def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filt
     assert _data_rows(out / folder) == _data_rows(ref / folder)
   a, b = (json.loads((d / "manifest.json").read_text()) for d in (ref, out))
   assert a["by_source"] == b["by_source"]
+
+
+def test_curation_notebook_runs_on_the_outputs(filter_setup, filtered, tmp_path):
+  import nbclient
+  import nbformat
+  base, _, _, _ = filter_setup
+  nb = nbformat.read(REPO / "notebooks" / "curation.ipynb", as_version=4)
+  os.environ.update(CURATE_ANNOTATIONS=str(base / "annotations.jsonl"), CURATE_CLASSIFIER=str(base / "cls"),
+                    CURATE_FILTERED=str(filtered[0]))
+  try:
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+  finally:
+    for k in ("CURATE_ANNOTATIONS", "CURATE_CLASSIFIER", "CURATE_FILTERED"):
+      os.environ.pop(k)
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.output_type == "error"]
+  assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # histogram, PR curve, kept fractions
+  assert any("kept" in o.get("data", {}).get("text/html", "") for o in outputs)

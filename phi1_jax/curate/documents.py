@@ -44,6 +44,12 @@ def input_files(described: list[dict]) -> list[tuple[str, str]]:
 
 def read_file(file: str, root: str) -> Iterator[dict]:
   """The documents of one input file, each `{"id", "text", "source", "meta"}`."""
+  for doc, _ in read_file_offsets(file, root):
+    yield doc
+
+
+def read_file_offsets(file: str, root: str) -> Iterator[tuple[dict, int]]:
+  """(document, bytes of the file read so far, compressed bytes for .gz) for progress and ETA."""
   path = Path(file)
   if path.name.endswith(".py"):
     try:
@@ -52,17 +58,18 @@ def read_file(file: str, root: str) -> Iterator[dict]:
       raise InputError(f"{path}: not UTF-8") from None
     if text.strip():
       rel = path.relative_to(root).as_posix()
-      yield {"id": f"{Path(root).name}/{rel}", "text": text, "source": Path(root).name, "meta": {"path": rel}}
+      yield {"id": f"{Path(root).name}/{rel}", "text": text, "source": Path(root).name, "meta": {"path": rel}}, \
+          path.stat().st_size
     return
-  opener = gzip.open if path.name.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as fh:
+  with open(path, "rb") as raw:
+    fh = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
     for lineno, line in enumerate(fh, 1):
       if not line.strip():
         continue
       try:
         doc = json.loads(line)
-      except ValueError:
-        raise InputError(f"{path}:{lineno}: not valid JSON") from None
+      except ValueError:  # also UnicodeDecodeError
+        raise InputError(f"{path}:{lineno}: not valid JSON (UTF-8)") from None
       text = doc.get("text") if isinstance(doc, dict) else None
       if not isinstance(text, str):
         raise InputError(f"{path}:{lineno}: no text")
@@ -71,7 +78,7 @@ def read_file(file: str, root: str) -> Iterator[dict]:
       doc_id = doc.get("id")
       meta = doc.get("meta")
       yield {"id": doc_id if isinstance(doc_id, str) and doc_id else f"{path.name}:{lineno}", "text": text,
-             "source": str(doc.get("source") or path.name), "meta": meta if isinstance(meta, dict) else {}}
+             "source": str(doc.get("source") or path.name), "meta": meta if isinstance(meta, dict) else {}}, raw.tell()
 
 
 def iter_documents(described: list[dict]) -> Iterator[dict]:

@@ -138,9 +138,9 @@ def run_filter(inputs, classifier, out, *, executor="local", tasks=1, workers=1,
     return JsonlWriter(str(out / name), output_filename="${rank}.jsonl.gz", adapter=steps.to_row)
 
   stages = {
-      "score": ([steps.InputReader(files, str(out / "metrics")),
-                 steps.EmbedClassify(str(classifier), batch_size=batch_size),
-                 steps.CountBySource(str(out / "counts" / "in")), writer("scored")], tasks),
+      "score": ([steps.InputReader(files), steps.EmbedClassify(str(classifier), batch_size=batch_size),
+                 steps.CountBySource(str(out / "counts" / "in")), writer("scored"),
+                 steps.Progress("score", str(out / "metrics"))], tasks),
       "sig": ([steps.RankReader(str(out / "scored")), steps.ScoreCut(cut),
                MinhashDedupSignature(str(out / "minhash" / "signatures"), config=mh, language=steps.CodeWords())],
               tasks),

@@ -41,42 +41,63 @@ def _document(doc: dict) -> Document:
 class InputReader(PipelineStep):
   """Reads the --input files (as pack does); task `rank` takes files rank, rank + T, ...
 
-  Logs a progress line (documents, bytes, rate, ETA) every 10 s and appends the same numbers to
-  `metrics_dir/read-<rank>.jsonl`; the time between documents includes the embedding downstream.
+  Each document carries metadata["_read"] = (bytes of this task's files read, their total), for
+  the Progress step at the end of the pipeline (not written out).
   """
 
   name = "phi1_jax input"
   type = "📖 - READER"
 
-  def __init__(self, files: list[tuple[str, str]], metrics_dir: str):
+  def __init__(self, files: list[tuple[str, str]]):
     super().__init__()
-    self.files, self.metrics_dir = files, metrics_dir
+    self.files = files
 
   def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
     shard = self.files[rank::world_size]
     total = sum(os.path.getsize(f) for f, _ in shard)
-    done_bytes, n_docs, t0, last = 0, 0, time.perf_counter(), time.perf_counter()
+    done = 0
+    for file, root in shard:
+      for doc, offset in documents.read_file_offsets(file, root):
+        self.stat_update("documents")
+        d = _document(doc)
+        d.metadata["_read"] = (done + offset, total)
+        yield d
+      done += os.path.getsize(file)
+
+
+class Progress(PipelineStep):
+  """At the end of a pipeline: a line (documents, MB, documents/s, ETA) every 10 s and at the end,
+  the same numbers appended to `metrics_dir/<stage>-<rank>.jsonl`."""
+
+  name = "phi1_jax progress"
+  type = "📊 - STATS"
+
+  def __init__(self, stage: str, metrics_dir: str):
+    super().__init__()
+    self.stage, self.metrics_dir = stage, metrics_dir
+
+  def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
     Path(self.metrics_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(self.metrics_dir) / f"read-{rank:05d}.jsonl", "a") as metrics:
+    n, done, total, t0 = 0, 0, 0, time.perf_counter()
+    last = t0
+    with open(Path(self.metrics_dir) / f"{self.stage}-{rank:05d}.jsonl", "a") as metrics:
       def report():
         dt = max(time.perf_counter() - t0, 1e-9)
-        rate = done_bytes / dt
-        row = {"time": time.time(), "rank": rank, "documents": n_docs, "bytes": done_bytes, "bytes_total": total,
-               "docs_per_sec": round(n_docs / dt, 2), "eta_s": round((total - done_bytes) / max(rate, 1e-9), 1)}
+        eta = (total - done) / max(done / dt, 1e-9)
+        row = {"time": time.time(), "stage": self.stage, "rank": rank, "documents": n, "bytes": done,
+               "bytes_total": total, "docs_per_sec": round(n / dt, 3), "eta_s": round(eta, 1)}
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
-        print(f"filter task {rank}: {n_docs} documents, {done_bytes / 1e6:.1f}/{total / 1e6:.1f} MB, "
-              f"{row['docs_per_sec']:.1f} doc/s, ETA {row['eta_s']:.0f}s", flush=True)
+        print(f"{self.stage} task {rank}: {n} documents, {done / 1e6:.1f}/{total / 1e6:.1f} MB, "
+              f"{row['docs_per_sec']:.2f} doc/s, ETA {eta:.0f}s", flush=True)
 
-      for file, root in shard:
-        for doc in documents.read_file(file, root):
-          self.stat_update("documents")
-          n_docs += 1
-          yield _document(doc)
-          if time.perf_counter() - last > _PROGRESS_EVERY_S:
-            last = time.perf_counter()
-            report()
-        done_bytes += os.path.getsize(file)
+      for doc in data:
+        n += 1
+        done, total = doc.metadata.pop("_read", (done, total))
+        yield doc
+        if time.perf_counter() - last > _PROGRESS_EVERY_S:
+          last = time.perf_counter()
+          report()
       report()
 
 
@@ -126,7 +147,7 @@ class EmbedClassify(PipelineStep):
   name = "phi1_jax embed + classify"
   type = "🔢 - INFERENCE"
 
-  def __init__(self, classifier_dir: str, batch_size: int = 16, batch_docs: int = 256):
+  def __init__(self, classifier_dir: str, batch_size: int = 16, batch_docs: int = 128):
     super().__init__()
     self.classifier_dir, self.batch_size, self.batch_docs = classifier_dir, batch_size, batch_docs
 

@@ -275,6 +275,7 @@ def filtered(filter_setup):
   return out, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_filter_end_to_end_rerun_and_pack(filter_setup, filtered, tmp_path):
   from phi1_jax.data.pack import pack
   base, inputs, ckpt, n_docs = filter_setup
@@ -309,6 +310,7 @@ def test_filter_end_to_end_rerun_and_pack(filter_setup, filtered, tmp_path):
   assert packed["documents"] == len(kept)
 
 
+@pytest.mark.slow
 def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filtered, tmp_path):
   base, inputs, _, _ = filter_setup
   ref = filtered[0]
@@ -335,6 +337,7 @@ def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filt
   assert a["by_source"] == b["by_source"]
 
 
+@pytest.mark.slow
 def test_curation_notebook_runs_on_the_outputs(filter_setup, filtered, tmp_path):
   import nbclient
   import nbformat

@@ -16,7 +16,6 @@ import argparse
 import sys
 from typing import Sequence
 
-from phi1_jax import llm as llm_lib
 from phi1_jax.curate.common import UserError
 
 
@@ -30,6 +29,9 @@ def _add_sample(p):
 
 
 def parser() -> argparse.ArgumentParser:
+  # Imported here, not at the top: datatrove's worker processes re-import this module, and they
+  # need neither the openai client nor the parser.
+  from phi1_jax import llm as llm_lib
   root = argparse.ArgumentParser(prog="python -m phi1_jax.curate", description=__doc__.split("\n")[0])
   cmds = root.add_subparsers(dest="command", required=True)
 

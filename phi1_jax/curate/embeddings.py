@@ -60,11 +60,12 @@ def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, poo
             "embedder": embedder.fingerprint, "shard_size": shard_size}
   check_config(out, config)
 
-  docs = list(documents.sampled_documents(described, sample, seed))
-  total_tokens, done_docs, t_start = 0, 0, time.perf_counter()
+  docs = documents.sampled_documents(described, sample, seed)  # streamed: inputs may be large
+  total_tokens, done_docs, n_docs, n_shards, t_start = 0, 0, 0, 0, time.perf_counter()
   metrics = open(out / "metrics.jsonl", "a")
-  bar = tqdm.tqdm(total=len(docs), desc="embedding", unit="doc", mininterval=5)
+  bar = tqdm.tqdm(total=sample, desc="embedding", unit="doc", mininterval=5)
   for k, shard in enumerate(_batched(docs, shard_size)):
+    n_docs, n_shards = n_docs + len(shard), k + 1
     emb_name, ids_name = _shard_names(k)
     ids = [d["id"] for d in shard]
     if (out / emb_name).is_file() and (out / ids_name).read_text().splitlines() == ids:
@@ -88,17 +89,16 @@ def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, poo
     bar.update(len(shard))
   bar.close()
   metrics.close()
-  n_shards = -(-len(docs) // shard_size)
   # A stale shard from a bigger earlier run cannot exist: config.json pins the inputs and sample.
   manifest = {
       "format": FORMAT, "inputs": documents.public(described), "sample": sample, "seed": seed,
-      "documents": len(docs), "shards": n_shards, "shard_size": shard_size, "dtype": "float16",
+      "documents": n_docs, "shards": n_shards, "shard_size": shard_size, "dtype": "float16",
       "embedder": {**embedder.identity, "fingerprint": embedder.fingerprint},
       "this_run": {"documents_embedded": done_docs, "tokens_embedded": total_tokens,
                    "seconds": round(time.perf_counter() - t_start, 3)},
   }
   write_json_atomic(out / "manifest.json", manifest)
-  log(f"{out}: {len(docs)} documents in {n_shards} shard(s), {done_docs} embedded now "
+  log(f"{out}: {n_docs} documents in {n_shards} shard(s), {done_docs} embedded now "
       f"({total_tokens} tokens), dim {embedder.cfg.d_model}")
   return manifest
 

@@ -83,6 +83,16 @@ def test_parse_score_takes_the_last_valid_line():
   assert parse_score("Educational score: 7") is None and parse_score("no score") is None
 
 
+def test_logprob_score_is_p_yes_from_the_top_logprobs():
+  import math
+
+  from phi1_jax.curate.annotate import p_yes
+  top = {" yes": math.log(0.5), "Yes": math.log(0.2), " no": math.log(0.3)}
+  response = {"choices": [{"text": " yes", "logprobs": {"tokens": [" yes"], "top_logprobs": [top]}}]}
+  assert p_yes(response) == pytest.approx(0.7)
+  assert p_yes({"choices": [{"text": " no", "logprobs": None}]}) is None  # no logprobs: unscored
+
+
 def test_annotate_through_faults_each_document_once(endpoint, tmp_path):
   server, base_url, _ = endpoint
   # 429 and 503 with Retry-After, 500, dropped and reset connections, 200s with HTML or no choices:

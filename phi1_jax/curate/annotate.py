@@ -4,7 +4,7 @@ Default scoring ("additive"): a chat request with the prompt below (an additive 
 FineWeb-Edu and Stack-Edu ask it, on the paper's question); the score is the last line
 `Educational score: <0-5>` of the answer, null when there is none. `--scoring=logprob` (Ask-LLM,
 Sachdeva et al. 2024) asks a yes/no question on the completions endpoint and takes P("yes") from
-the first token's top logprobs.
+the first token's top 5 logprobs.
 
   OUT/annotations.jsonl  {"id", "score", "response", "model", "usage"}, one row per document, written
                          (and flushed) the moment its answer arrives
@@ -123,7 +123,7 @@ def _request(doc: dict, args, prompt: str) -> llm_lib.Request:
   text = doc["text"][:args.max_chars]
   content = prompt.replace(PLACEHOLDER, text)
   if args.scoring == "logprob":
-    return llm_lib.completion_request(args.model, content, max_tokens=1, temperature=0.0, logprobs=20)
+    return llm_lib.completion_request(args.model, content, max_tokens=1, temperature=0.0, logprobs=5)
   return llm_lib.chat_request(args.model, [{"role": "user", "content": content}],
                               max_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
 

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,30 +246,53 @@ def _data_rows(folder: Path) -> list[dict]:
   return rows
 
 
-@pytest.fixture(scope="module")
-def filter_setup(tmp_path_factory):
-  """Inputs (stdlib json, http and some of email, plus near-copies of three email files) and a classifier
-  trained on a tiny checkpoint's embeddings with labels 'email-like is educational'."""
+def _build_filter_setup(base: Path) -> int:
   from phi1_jax.curate.classifier import train_classifier
   from phi1_jax.curate.embeddings import embed_documents
-  base = tmp_path_factory.mktemp("filter")
   ckpt = make_checkpoint(base / "ckpt")
   copies = []
   for name in ("charset.py", "errors.py", "iterators.py"):
     text = (STDLIB / "email" / name).read_text()
     copies.append({"id": f"copy/{name}", "text": "# a copied file\n" + text, "source": "copies", "meta": {}})
   (base / "copies.jsonl").write_text("".join(json.dumps(c) + "\n" for c in copies))
-  email = ["__init__.py", "base64mime.py", "charset.py", "encoders.py", "errors.py", "iterators.py", "parser.py",
-           "quoprimime.py", "utils.py"]
-  inputs = [str(STDLIB / "json"), str(STDLIB / "http"), *(str(STDLIB / "email" / n) for n in email),
-            str(base / "copies.jsonl")]
-  embed_documents(inputs, ckpt, base / "emb", max_len=64, log=lambda *_: None)
+  embed_documents(_filter_inputs(base), ckpt, base / "emb", max_len=64, log=lambda *_: None)
   ids = (base / "emb" / "ids-00000.txt").read_text().splitlines()
   rows = [{"id": i, "score": 4 if i.startswith(("email/", "copy/")) else 1} for i in ids]
   (base / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   train_classifier(base / "annotations.jsonl", base / "emb", base / "cls", trees=30, test_fraction=0.3,
                    log=lambda *_: None)
-  return base, inputs, ckpt, len(ids)
+  proc = _cli(*_filter_args(_filter_inputs(base), base / "cls", base / "filtered", "--workers=2"), timeout=400)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (base / "filter.log").write_text(proc.stdout + proc.stderr)
+  return len(ids)
+
+
+def _filter_inputs(base: Path) -> list[str]:
+  email = ["__init__.py", "base64mime.py", "charset.py", "encoders.py", "errors.py", "iterators.py", "parser.py",
+           "quoprimime.py", "utils.py"]
+  return [str(STDLIB / "json"), str(STDLIB / "http"), *(str(STDLIB / "email" / n) for n in email),
+          str(base / "copies.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def filter_setup(tmp_path_factory):
+  """Inputs (stdlib json, http and some of email, plus near-copies of three email files), a
+  classifier trained on a tiny checkpoint's embeddings with labels 'email-like is educational', and
+  a finished filter run on two tasks by a local pool of two workers. Built once for all pytest-xdist
+  workers (a file lock in their shared temporary folder)."""
+  from filelock import FileLock
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp sits in this session's folder
+    shared = shared.parent
+  base = shared / "curate_filter"
+  with FileLock(str(shared / "curate_filter.lock")):
+    if not (base / "done.json").is_file():
+      if base.exists():
+        shutil.rmtree(base)
+      base.mkdir()
+      (base / "done.json").write_text(json.dumps({"documents": _build_filter_setup(base)}))
+  n_docs = json.loads((base / "done.json").read_text())["documents"]
+  return base, _filter_inputs(base), base / "ckpt", n_docs
 
 
 def _filter_args(inputs, cls, out, *extra):
@@ -277,12 +301,9 @@ def _filter_args(inputs, cls, out, *extra):
 
 @pytest.fixture(scope="module")
 def filtered(filter_setup):
-  """A finished filter run on two tasks run by a local pool of two workers: (out, its log)."""
-  base, inputs, _, _ = filter_setup
-  out = base / "filtered"
-  proc = _cli(*_filter_args(inputs, base / "cls", out, "--workers=2"), timeout=400)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return out, proc.stdout + proc.stderr
+  """The finished filter run: (its folder, its log)."""
+  base = filter_setup[0]
+  return base / "filtered", (base / "filter.log").read_text()
 
 
 @pytest.mark.slow

@@ -137,9 +137,10 @@ def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_double
   deadline = time.time() + 120
   while not first.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.02)
+  os.killpg(proc.pid, signal.SIGSTOP)  # frozen, it keeps its lock: the check below cannot race its end
+  assert proc.poll() is None, "the run finished before it could be killed"
   assert cli.main(argv[3:]) == 2  # a second run on the same --out while the first runs: refused
   assert "another decontamination run" in capsys.readouterr().err
-  assert proc.poll() is None, "the run finished before it could be killed"
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
   assert not (killed / "manifest.json").exists() and not (killed / "work/logs/completions/00007").exists()

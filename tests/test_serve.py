@@ -284,6 +284,10 @@ def test_request_and_load_log_lines(server, client):
   client.completions.create(model=server.name, prompt="x", max_tokens=3)
   log = server.log()
   assert re.search(r"cmpl-\w+: 1 prompt tokens, 3 completion tokens, queue [\d.]+s, total [\d.]+s, ok", log)
+  deadline = time.time() + 15  # the load line comes at the engine's next --log_every_s tick
+  while not re.search(r"slots \d+/8 running, \d+ waiting, [\d.]+ tokens/s", log) and time.time() < deadline:
+    time.sleep(0.2)
+    log = server.log()
   assert re.search(r"slots \d+/8 running, \d+ waiting, [\d.]+ tokens/s", log)
 
 

@@ -27,14 +27,25 @@ if [[ ${1:-} != "--" ]]; then
   exit 2
 fi
 shift
-repo_dir=${REPO_DIR:-'~/phi1_jax'}
+if [[ " $* " != *" --config="* && " $* " != *" --config "* ]]; then
+  echo "error: the trainer flags need --config=CONFIG.py" >&2
+  exit 2
+fi
 
-# Quote each trainer flag for the remote shell.
-remote_args=""
-for arg in "$@"; do
-  remote_args+=" $(printf '%q' "$arg")"
+# The remote login shell (bash on TPU VM images) runs this line: every piece is quoted with
+# printf %q, except a leading ~/ of REPO_DIR, which that shell expands to the worker's home.
+repo_dir=${REPO_DIR:-'~/phi1_jax'}
+if [[ $repo_dir == \~/* ]]; then
+  # shellcheck disable=SC2088  # the remote shell expands this ~, not ours
+  remote_dir='~/'$(printf '%q' "${repo_dir#\~/}")
+else
+  remote_dir=$(printf '%q' "$repo_dir")
+fi
+# The trainer's overrides must follow --config, so auto=True goes last.
+command="cd ${remote_dir} && python3 -m phi1_jax.train"
+for arg in "$@" --config.distributed.auto=True; do
+  command+=" $(printf '%q' "$arg")"
 done
-command="cd ${repo_dir} && python3 -m phi1_jax.train --config.distributed.auto=True${remote_args}"
 
 gcloud compute tpus tpu-vm ssh "$tpu_name" --zone "$zone" "${project_flag[@]}" \
   --worker=all --command="$command"

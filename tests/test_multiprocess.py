@@ -275,6 +275,7 @@ def test_two_processes_from_an_empty_cache(tmp_path):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-5000:]
   assert "[p0] summary: finished at step 2/2" in proc.stdout
+  assert "nothing to do" not in proc.stdout  # the process that waited for the build does not pack again
   built = list((home / ".cache" / "phi1_jax").glob("stdlib-*/tok-v1024-*/L128-*/manifest.json"))
   assert len(built) == 1 and not list((home / ".cache" / "phi1_jax").rglob("*.partial"))
 

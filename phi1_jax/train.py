@@ -113,7 +113,7 @@ def make_train_step(graphdef, tx, config):
     total, count = loss_sums(nnx.merge(graphdef, params), tokens_BxL1, key, config.loss_chunk_size)
     return total / count
 
-  def step(state, tokens_GxBxL1):
+  def step(state, tokens_GxBxL1, stop_D=None):
     step_key = jax.random.fold_in(base_key, state["step"])
     G = tokens_GxBxL1.shape[0]
     dropout_on = any(config.model[f] > 0 for f in ("embd_dropout", "attn_dropout", "resid_dropout"))
@@ -131,6 +131,8 @@ def make_train_step(graphdef, tx, config):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss / G, "grad_norm": optax.global_norm(grads)}
+    if stop_D is not None:  # any process's stop flag, read by every process with this step's metrics
+      metrics["stop"] = jnp.max(stop_D)
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   return step
@@ -346,11 +348,28 @@ def create_state(config, tx, state_shard, init_params=None):
   return jax.jit(fresh_state, out_shardings=state_shard)(init_params)
 
 
-def jit_train_step(graphdef, tx, config, mesh, state_shard):
-  """The jitted train step on `mesh`: (state, tokens [G, B/G, L+1]) -> (state, metrics); donates state."""
-  return jax.jit(sharding.on_mesh(make_train_step(graphdef, tx, config), mesh),
-                 in_shardings=(state_shard, sharding.batch_sharding(mesh, 1)),
+def jit_train_step(graphdef, tx, config, mesh, state_shard, stop_flags: bool = False):
+  """The jitted train step on `mesh`: (state, tokens [G, B/G, L+1]) -> (state, metrics); donates state.
+
+  With stop_flags it takes a third argument, `stop_flags_array`'s one flag per device, and its
+  metrics carry "stop": their max.
+  """
+  in_shardings = (state_shard, sharding.batch_sharding(mesh, 1))
+  if stop_flags:
+    in_shardings += (per_device_sharding(mesh),)
+  return jax.jit(sharding.on_mesh(make_train_step(graphdef, tx, config), mesh), in_shardings=in_shardings,
                  out_shardings=(state_shard, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def per_device_sharding(mesh):
+  """A vector of one element per device: each device holds its own."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+
+
+def stop_flags_array(stop: bool, mesh) -> jax.Array:
+  """This process's stop flag on each of its devices, as one global vector [n_devices]."""
+  return jax.make_array_from_callback((mesh.devices.size,), per_device_sharding(mesh),
+                                      lambda _: np.full((1,), stop, np.int32))
 
 
 def init_distributed(config):
@@ -425,7 +444,16 @@ def train(config, workdir: str | os.PathLike) -> dict:
   start_step = int(state["step"])
 
   G = config.grad_accum_steps
-  train_step = jit_train_step(graphdef, tx, config, mesh, state_shard)
+  # All processes must stop after the same step, or one waits in save() for a peer that waits in
+  # the next step's collectives, until SIGKILL. They see a signal at different times (each node's
+  # slurmd signals its own tasks), so with several processes each passes its flag into the step,
+  # and all stop once a step's metrics carry any flag: they read the same metrics at the same point
+  # of the loop, so they agree, with no host sync beyond that read. (An all-gather of the flags
+  # would be a second blocking sync per step; jax's preemption sync manager catches SIGTERM in
+  # C++, which the Python handler below replaces, and never sees SIGINT.) One process stops at
+  # the step where it sees the signal, as before.
+  multiprocess = jax.process_count() > 1
+  train_step = jit_train_step(graphdef, tx, config, mesh, state_shard, stop_flags=multiprocess)
   eval_step = jax.jit(sharding.on_mesh(make_eval_step(graphdef, config), mesh))
   eval_batches = pipeline.make_eval_batches(eval_path, batch_size=local_batch, max_batches=config.eval_batches,
                                             shard_index=jax.process_index(), shard_count=jax.process_count())
@@ -459,21 +487,33 @@ def train(config, workdir: str | os.PathLike) -> dict:
       f"{config.batch_size} x {config.seq_len} tokens per step; steps {start_step} -> {end_step}")
 
   last, last_eval = {}, None
+  stop_agreed = False  # a step's metrics carried some process's stop flag
+
+  def read(pending) -> dict:
+    nonlocal stop_agreed
+    values = _read(pending, schedule)
+    stop_agreed |= values.pop("stop", 0.0) > 0
+    return values
+
+  def stopping() -> bool:
+    return stop_agreed if multiprocess else bool(stop_signal)
+
   saved_step = latest  # the newest checkpoint on disk: never saved twice
   pending = None  # (step, metrics on device): read one step late so the next step is already dispatched
   window_start, window_steps = time.perf_counter(), 0
   step = start_step
   try:
-    while step < end_step and not stop_signal:
+    while step < end_step and not stopping():
       batch = next_batch()
-      state, metrics = train_step(state, batch)
+      stop_arg = (stop_flags_array(bool(stop_signal), mesh),) if multiprocess else ()
+      state, metrics = train_step(state, batch, *stop_arg)
       step += 1
       window_steps += 1
       if pending is not None:
-        last = _read(pending, schedule)
+        last = read(pending)
       pending = (step, metrics)
       if step % config.log_every == 0 or step == end_step:
-        last = _read(pending, schedule)
+        last = read(pending)
         pending = None
         elapsed = time.perf_counter() - window_start
         tps = tokens_per_step * window_steps / elapsed
@@ -488,16 +528,17 @@ def train(config, workdir: str | os.PathLike) -> dict:
         progress.update(step, last)
       if step % config.checkpoint_every == 0 and step != end_step:
         if pending is not None:  # a checkpoint only after its step's loss and gradient are finite
-          last = _read(pending, schedule)
+          last = read(pending)
           pending = None
         save(step)
         saved_step = step
     if pending is not None:
-      last = _read(pending, schedule)
+      last = read(pending)
     if step != saved_step:  # e.g. a signal right after a checkpoint_every save
       save(step, force=True)
-    if stop_signal:
-      log(f"stopped by signal {signal.Signals(stop_signal[0]).name} at step {step}; checkpoint saved")
+    if stopping():
+      by = f"signal {signal.Signals(stop_signal[0]).name}" if stop_signal else "a signal to another process"
+      log(f"stopped by {by} at step {step}; checkpoint saved")
   except FloatingPointError as e:
     log(f"error: {e}; the last good checkpoint is {ckpt_mngr.latest_step()}")
     raise
@@ -573,6 +614,9 @@ def main(argv):
       ensure_stdlib(config)
     init_distributed(config)
     train(config, _WORKDIR.value)
+    # Saved and done: a late SIGTERM (another node's, a launcher stopping the rest) must not make
+    # jax's shutdown, which waits for the other processes, end in a failure exit.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

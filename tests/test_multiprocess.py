@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +191,67 @@ def test_checkpoint_from_8_devices_fsdp_resumes_on_2(cli_flags, reference_run, t
   assert _max_rel_err(_final_params(tmp_path), _final_params(reference_run)) <= 1e-5
 
 
+def _children(pid: int) -> dict[int, int]:
+  """{process_id: pid} of the trainers launch/local.py (pid) started."""
+  pids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+  found = {}
+  for child in map(int, pids):
+    try:
+      argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+      continue
+    ids = [a.split(b"=")[1] for a in argv if a.startswith(b"--config.distributed.process_id=")]
+    if ids:
+      found[int(ids[0])] = child
+  return found
+
+
+def test_sigterm_seen_at_different_steps_saves_one_checkpoint_and_resumes_exactly(stdlib_cache, tmp_path):
+  """Process 1 gets SIGTERM, process 0 two seconds later (as two nodes' slurmds signal their own
+  tasks): both stop after the same step and save it, and the same command resumes exactly."""
+  total = 30  # steps enough that the first signal lands mid-run
+  flags = ["-m", "phi1_jax.train", "--config=configs/tiny.py", f"--config.total_steps={total}",
+           "--config.batch_size=4", "--config.model.n_layers=1", "--config.log_every=1", "--config.eval_every=1000",
+           "--config.eval_batches=1", "--config.optimizer.warmup_steps=1", "--config.checkpoint_every=1000",
+           f"--config.data.cache_dir={stdlib_cache}"]
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  _run([sys.executable, *flags, f"--workdir={ref}"], devices=2)
+  launcher = [sys.executable, "launch/local.py", "--processes=2", "--devices=1", "--", sys.executable, *flags,
+              f"--workdir={run}"]
+  proc = subprocess.Popen(launcher, cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().strip()):  # step 1 logged: both are training
+      assert proc.poll() is None and time.monotonic() < deadline, "no step 1"
+      time.sleep(0.05)
+    pids = _children(proc.pid)
+    assert sorted(pids) == [0, 1], pids
+    os.kill(pids[1], signal.SIGTERM)
+    time.sleep(2)
+    with contextlib.suppress(ProcessLookupError):  # it may have stopped already, with process 1
+      os.kill(pids[0], signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)  # without an agreed stop both wait for each other until killed
+  finally:
+    if proc.poll() is None:
+      for pid in _children(proc.pid).values():
+        os.kill(pid, signal.SIGKILL)
+      proc.kill()
+  assert proc.returncode == 0, out[-4000:]
+  stopped = len(_metrics(run))
+  assert 1 <= stopped < total, out[-4000:]
+  assert "[p0] stopped by " in out and f"at step {stopped}; checkpoint saved" in out, out[-4000:]
+  assert [p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()] == [str(stopped)]
+
+  out = _run(launcher).stdout  # the same command resumes
+  assert f"steps {stopped} -> {total}" in out, out[-4000:]
+  got, want = _metrics(run), _metrics(ref)
+  assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, total + 1))
+  for g, r in zip(got, want):
+    for key in ("loss", "grad_norm"):
+      assert abs(g[key] - r[key]) <= 1e-5 * abs(r[key]), (g["step"], key, g[key], r[key])
+
+
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -211,6 +275,7 @@ def test_two_processes_from_an_empty_cache(tmp_path):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-5000:]
   assert "[p0] summary: finished at step 2/2" in proc.stdout
+  assert "nothing to do" not in proc.stdout  # the process that waited for the build does not pack again
   built = list((home / ".cache" / "phi1_jax").glob("stdlib-*/tok-v1024-*/L128-*/manifest.json"))
   assert len(built) == 1 and not list((home / ".cache" / "phi1_jax").rglob("*.partial"))
 

@@ -166,5 +166,7 @@ def _ensure_built(base: Path, max_bytes: int, vocab_size: int, seq_len: int, tok
     train_tokenizer([corpus], vocab_size, tok_dir, max_sentences=tokenizer_sentences)
 
   data_dir = tok_dir / f"L{seq_len}-eval{eval_fraction}"
+  if (data_dir / "manifest.json").is_file():  # another process built it while this one waited
+    return str(tok_dir), str(data_dir)
   pack([corpus], tok_dir, seq_len, data_dir, eval_fraction=eval_fraction, workers=workers)  # no-op once built
   return str(tok_dir), str(data_dir)

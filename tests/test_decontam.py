@@ -171,11 +171,9 @@ def test_bad_inputs_end_in_one_line_and_exit_2(decontaminated, tmp_path, capsys)
       "other inputs/benchmarks/flags": ["--input", fixture, f"--out={out}", *BENCH_FLAGS, "--ngram=8"],
       "--results": ["--input", fixture, f"--out={tmp_path / 'o5'}", "--benchmarks=humaneval",
                     f"--results={tmp_path / 'none.jsonl'}"],
-      "phi1_jax.embed": ["--input", fixture, f"--out={tmp_path / 'o6'}", "--benchmarks=humaneval",
-                         "--embed_checkpoint=ckpt"],
+      "--embed_checkpoint": ["--input", fixture, f"--out={tmp_path / 'o6'}", "--benchmarks=humaneval",
+                             f"--embed_checkpoint={tmp_path / 'no_ckpt'}"],
   }
-  if Path(__file__).resolve().parents[1].joinpath("phi1_jax/embed.py").exists():
-    del cases["phi1_jax.embed"]  # the embedder exists in this checkout: the flag is usable
   for needle, argv in cases.items():
     assert cli.main(argv) == 2, needle
     err = capsys.readouterr().err.strip()
@@ -185,7 +183,7 @@ def test_bad_inputs_end_in_one_line_and_exit_2(decontaminated, tmp_path, capsys)
 
 
 class _CharGramEmbedder:
-  """A small real embedder for the L2 method: hashed character 4-gram counts (stands where phi1_jax.embed plugs in)."""
+  """A small real embedder for the L2 method: hashed character 4-gram counts (stands for --embed_checkpoint from Python)."""
 
   def embed(self, texts):
     out = np.zeros((len(texts), 256), np.float32)
@@ -217,6 +215,32 @@ def test_embedding_distance_removes_a_near_copy_of_the_problem_text(tmp_path):
   report = json.loads((tmp_path / "out/report.json").read_text())
   assert report["problems"][target.task_id]["embed"]["id"] == "near"
   assert manifest["kept"] == 1
+
+
+def test_embed_checkpoint_runs_the_l2_method_with_the_curation_embedder(tmp_path, tiny_checkpoint):
+  """`--embed_checkpoint` end to end: phi1_jax.embed's Embedder on a tiny checkpoint, in the CLI's task
+  process. A verbatim copy of a problem (prompt + solution) embeds to the problem's vector (L2 0)."""
+  target = bench_lib.humaneval_references()[7]
+  docs = [{"id": "copy", "text": target.text, "source": "t", "meta": {}},
+          {"id": "other", "text": Path(os.__file__).read_text()[:3000], "source": "t", "meta": {}}]
+  inp = tmp_path / "in.jsonl"
+  inp.write_text("".join(json.dumps(d) + "\n" for d in docs))
+  out = tmp_path / "out"
+  proc = run_module("phi1_jax.decontam", "--input", str(inp), f"--out={out}", "--benchmarks=humaneval",
+                    f"--embed_checkpoint={tiny_checkpoint}", "--embed_max_len=256", "--embed_max_l2=0.001",
+                    timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  removed = _read_jsonl(out / "removed.jsonl")
+  assert [r["id"] for r in removed] == ["copy"], removed
+  embed_match = next(m for m in removed[0]["matches"] if m["method"] == "embed")
+  assert embed_match["task_id"] == target.task_id and embed_match["score"] <= 0.001, embed_match
+  report = json.loads((out / "report.json").read_text())
+  assert report["flags"]["embed_checkpoint"] == str(tiny_checkpoint)
+  assert report["counts"]["flagged_by"]["embed"] == 1, report["counts"]
+  assert report["problems"][target.task_id]["embed"]["id"] == "copy"
+  # every problem has a nearest document by L2 (the method scored them all), and the table shows it
+  assert all(p["embed"] is not None for p in report["problems"].values())
+  assert "embed (L2)" in (out / "report.md").read_text() and "L2 <= 0.001" in (out / "report.md").read_text()
 
 
 def test_tree_edit_distance_matches_apted_and_the_prefilter_is_a_lower_bound():

@@ -2,7 +2,7 @@
 
 The endpoint is the `endpoint` fixture: the tests' misbehaving OpenAI-compatible server with
 scripted answers (tests/synth_responders.py), whose text the tests can predict. End-to-end checks
-of plumbing only could point it at `python -m phi1_jax.serve` as well.
+of the plumbing against `python -m phi1_jax.serve` are in test_stages_on_serve.py.
 """
 
 import collections

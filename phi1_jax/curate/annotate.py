@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 from phi1_jax import llm as llm_lib
@@ -143,8 +144,10 @@ async def _annotate(docs: list[dict], args, prompt: str, out: Path, client: llm_
         except llm_lib.BudgetExhausted as e:
           stop.append(str(e))
           return
-        except llm_lib.RequestFailed:
+        except llm_lib.RequestFailed as e:
           counts["failed"] += 1
+          if counts["failed"] <= 3:  # the reason, e.g. a prompt longer than the model's context (HTTP 400)
+            print(f"annotate: {doc['id']}: not annotated: {e}", file=sys.stderr, flush=True)
           continue
         score = p_yes(answer.response) if args.scoring == "logprob" else parse_score(answer.text)
         row = {"id": doc["id"], "score": score, "response": answer.text, "model": args.model, "usage": answer.usage}

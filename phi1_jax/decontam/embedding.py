@@ -1,15 +1,14 @@
-"""The hook for the embedding-distance method: an embedder from `phi1_jax.embed` (the curation stage's).
+"""The embedder of the L2 method: `phi1_jax.embed.Embedder` (the curation stage's), loaded once per process.
 
-An embedder is any object with `embed(texts: list[str]) -> array [len(texts), D]`. `--embed_checkpoint`
-loads one with `phi1_jax.embed.load_embedder(checkpoint, max_len=...)`; that module is built by the
-curation stage and is not in every checkout, so without it the flag stops the run with one line
-before any work. Python callers (and tests) can pass any embedder to `decontam.run(embedder=...)`.
+An embedder is any object with `embed(texts: list[str]) -> array [len(texts), D]`; `--embed_checkpoint`
+loads `Embedder(checkpoint, max_len=...)` (masked-mean pooling), Python callers (and tests) can pass
+any embedder to `decontam.run(embedder=...)`.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
+from pathlib import Path
 
 
 class EmbedderUnavailable(ValueError):
@@ -17,13 +16,12 @@ class EmbedderUnavailable(ValueError):
 
 
 @functools.lru_cache(maxsize=2)  # one load per process, however many tasks it runs
-def load_embedder(checkpoint: str, max_len: int = 512, module: str = "phi1_jax.embed"):
+def load_embedder(checkpoint: str, max_len: int = 512):
+  if not Path(checkpoint).exists():
+    raise EmbedderUnavailable(f"--embed_checkpoint={checkpoint}: not found")
+  from phi1_jax.embed import Embedder  # imports JAX: only when the L2 method is asked for
   try:
-    embed = importlib.import_module(module)
-  except ImportError as e:
-    raise EmbedderUnavailable(f"--embed_checkpoint needs {module} (the curation stage's embedder), which "
-                              f"cannot be imported here: {e}") from None
-  loader = getattr(embed, "load_embedder", None)
-  if loader is None:
-    raise EmbedderUnavailable(f"--embed_checkpoint: {module} has no load_embedder(checkpoint, max_len)")
-  return loader(checkpoint, max_len=max_len)
+    return Embedder(checkpoint, max_len=max_len)
+  except (ValueError, OSError) as e:  # not a checkpoint, no tokenizer beside it, max_len too long
+    reason = str(e).replace(" (pass --tokenizer)", "")  # decontam takes the tokenizer beside the checkpoint
+    raise EmbedderUnavailable(f"--embed_checkpoint={checkpoint}: {reason}") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from pathlib import Path
 
@@ -22,15 +21,7 @@ COLUMNS = ("status", "step", "final_eval_loss", "best_eval_loss", "final_loss", 
 def metric_rows(wd: Path) -> list[dict]:
   """metrics.jsonl, one row per step: the last written wins (a resumed run logs steps again that
   its killed attempt had logged after its checkpoint)."""
-  path = wd / "metrics.jsonl"
-  by_step: dict[int, dict] = {}
-  if path.exists():
-    for line in path.read_text().splitlines():
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:  # a line cut short by a kill
-        continue
-      by_step[row["step"]] = row
+  by_step = {row["step"]: row for row in trial_lib.jsonl_rows(wd / "metrics.jsonl")}
   return [by_step[s] for s in sorted(by_step)]
 
 

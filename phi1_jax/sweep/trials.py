@@ -38,16 +38,22 @@ def is_finished(root: Path, trial: dict) -> bool:
 
 def attempts(root: Path, trial: dict) -> list[dict]:
   """[{attempt, start, host, end?, returncode?}], the start and end rows of each attempt merged."""
-  path = workdir(root, trial) / "sweep" / "attempts.jsonl"
   merged: dict[int, dict] = {}
+  for row in jsonl_rows(workdir(root, trial) / "sweep" / "attempts.jsonl"):
+    merged.setdefault(row["attempt"], {}).update(row)
+  return [merged[k] for k in sorted(merged)]
+
+
+def jsonl_rows(path: Path) -> list[dict]:
+  """A JSONL file's rows; none when it is missing, and a last line cut short by a kill is skipped."""
+  rows = []
   if path.exists():
     for line in path.read_text().splitlines():
       try:
-        row = json.loads(line)
-      except json.JSONDecodeError:  # a line cut short by a kill
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
         continue
-      merged.setdefault(row["attempt"], {}).update(row)
-  return [merged[k] for k in sorted(merged)]
+  return rows
 
 
 def attempt_log(root: Path, trial: dict, attempt: int) -> Path:

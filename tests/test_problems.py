@@ -11,12 +11,10 @@ from phi1_jax.eval.execute import execute_programs
 MBPP_PATH = Path(__file__).resolve().parents[2] / "shared/data/mbpp/mbpp.jsonl"
 needs_mbpp = pytest.mark.skipif(not MBPP_PATH.is_file(), reason=f"MBPP file absent: {MBPP_PATH}")
 
-# MBPP test tasks whose reference code fails in the sandbox, with why.
-MBPP_REFERENCE_FAILURES = {
-    # amicable_numbers_sum(9999) with the reference's divisor loop over 9999 numbers takes
-    # 5-10 s of CPython, beyond the 3 s timeout every harness (human-eval, BigCode) uses.
-    "MBPP/123": "timed out",
-}
+# MBPP test tasks whose reference code may exceed the harness's 3 s timeout, depending on the machine's
+# load: amicable_numbers_sum(9999) with the reference's divisor loop over 9999 numbers takes 2-10 s of
+# CPython (every harness, human-eval and BigCode, uses 3 s). Checked to pass with a long timeout instead.
+MBPP_SLOW_REFERENCES = {"MBPP/123"}
 
 
 def test_humaneval_has_164_problems_with_official_program_layout():
@@ -114,4 +112,7 @@ def test_mbpp_reference_solutions_pass():
     programs = [problems_lib.build_program(p, p.canonical_solution) for p in problems]
     results = execute_programs(programs, timeout_s=3.0)
     failures = {p.task_id: r.result for p, r in zip(problems, results) if not r.passed}
-    assert failures == MBPP_REFERENCE_FAILURES
+    assert set(failures) <= MBPP_SLOW_REFERENCES and set(failures.values()) <= {"timed out"}, failures
+    slow = [p for p in problems if p.task_id in MBPP_SLOW_REFERENCES]
+    slow_results = execute_programs([problems_lib.build_program(p, p.canonical_solution) for p in slow], timeout_s=60.0)
+    assert all(r.passed for r in slow_results), [r.result for r in slow_results]

@@ -27,11 +27,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from phi1_jax import convert
+from phi1_jax import convert, sample
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
 POOLINGS = ("mean", "last")
-MIN_BUCKET = 16
 _SORT_CHUNK_BATCHES = 8  # documents sorted by length within 8 batches at a time
 
 
@@ -43,15 +42,6 @@ def params_digest(params: dict) -> str:
     h.update(f"{path}\0{x.shape}\0".encode())
     h.update(x.tobytes())
   return h.hexdigest()
-
-
-def buckets(max_len: int) -> list[int]:
-  """Padded lengths: powers of two from MIN_BUCKET, then max_len."""
-  out, n = [], MIN_BUCKET
-  while n < max_len:
-    out.append(n)
-    n *= 2
-  return out + [max_len]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "pooling"))
@@ -102,7 +92,7 @@ class Embedder:
     model = convert.model_from_params(cfg, params)
     self._graphdef, state = nnx.split(model)
     self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
-    self._buckets = buckets(max_len)
+    self._buckets = sample.pow2_buckets(max_len)
 
   @property
   def fingerprint(self) -> str:

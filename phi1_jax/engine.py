@@ -42,7 +42,6 @@ from phi1_jax import sample
 
 log = logging.getLogger("phi1_jax.serve")
 MAX_TOP_LOGPROBS = 5  # top alternatives per token that a request may ask for (OpenAI's limit)
-MIN_BUCKET = 16
 
 
 class QueueFull(Exception):
@@ -92,15 +91,6 @@ class Sequence:
     self.t_submit = time.perf_counter()
     self.t_start: float | None = None  # prefill began (left the queue)
     self.t_done: float | None = None
-
-
-def prefill_buckets(max_len: int) -> list[int]:
-  """Padded prompt lengths: powers of two from MIN_BUCKET, then max_len itself."""
-  buckets, b = [], MIN_BUCKET
-  while b < max_len:
-    buckets.append(b)
-    b *= 2
-  return buckets + [max_len]
 
 
 # ---------------------------------------------------------------- compiled programs
@@ -181,7 +171,7 @@ class Engine:
     self.tokenizer, self.max_batch, self.max_queue, self.max_seq_len = tokenizer, max_batch, max_queue, max_seq_len
     self.vocab_limit = np.int32(tokenizer.vocab_size)
     self.eos_id = tokenizer.eos_id
-    self.buckets = prefill_buckets(max_seq_len)
+    self.buckets = sample.pow2_buckets(max_seq_len)
     graphdef, params = nnx.split(model)
     # The programs close over the graph definition and take the parameters as a flat list: a call
     # then neither hashes the graph nor walks the nnx State (about 2 ms a step on a CPU).

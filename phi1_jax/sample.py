@@ -46,6 +46,15 @@ from flax import nnx
 PAD_OUT = -1  # marks "no token" in the output buffer (after eos or a host stop)
 
 
+def pow2_buckets(max_len: int, smallest: int = 16) -> list[int]:
+  """Padded lengths for jit shapes: powers of two from `smallest`, then max_len itself."""
+  out, n = [], smallest
+  while n < max_len:
+    out.append(n)
+    n *= 2
+  return out + [max_len]
+
+
 def _round_up(n: int, m: int) -> int:
   return max(m, -(-n // m) * m)
 

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -34,6 +33,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
+from phi1_jax import paths
 from phi1_jax.cli import out_dir_problem
 from phi1_jax.data.tokenizer import EOS_TOKEN
 from phi1_jax.model import ModelConfig, Phi, abstract_model
@@ -241,7 +241,7 @@ def params_to_hf(cfg: ModelConfig, pure_params: dict) -> tuple[dict, dict[str, n
 
 def read_hf_dir(hf_dir) -> tuple[dict, dict[str, np.ndarray]]:
   """config.json and every tensor (float32) of a save_pretrained folder, single or sharded."""
-  hf_dir = Path(hf_dir)
+  hf_dir = paths.as_path(hf_dir)
   if not hf_dir.is_dir():
     raise ValueError(f"{hf_dir}: {'is a file, not' if hf_dir.exists() else 'not found; expected'} a save_pretrained folder")
   config_path = hf_dir / "config.json"
@@ -276,7 +276,7 @@ def read_hf_dir(hf_dir) -> tuple[dict, dict[str, np.ndarray]]:
 def read_json(path: Path) -> dict:
   """A JSON object from `path`; ValueError naming the file when it is not one."""
   try:
-    data = json.loads(Path(path).read_text())
+    data = json.loads(paths.as_path(path).read_text())
   except (ValueError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
   if not isinstance(data, dict):
@@ -286,6 +286,7 @@ def read_json(path: Path) -> dict:
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   """Tensors of one file as float32; bf16 (which numpy lacks) is decoded with ml_dtypes."""
+  path = paths.local_copy(path)  # safetensors maps a local file
   try:
     with safetensors.safe_open(str(path), framework="np") as f:
       dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
@@ -327,22 +328,25 @@ def _umask() -> int:
 _TRAINER_ITEMS = ("params", "state")
 
 
-def _trainer_item(step_dir: Path) -> Path | None:
+def _trainer_item(step_dir):
   return next((step_dir / name for name in _TRAINER_ITEMS if (step_dir / name).is_dir()), None)
 
 
-def find_params_checkpoint(path) -> tuple[Path, Path]:
-  """(params_dir, model_config_path) for a converter output, a trainer step folder or workdir.
+def find_params_checkpoint(path):
+  """(params_dir, model_config_path) for a converter output, a trainer step folder or workdir,
+  on a disk or in a bucket (epath paths).
 
   params_dir is the Orbax item folder: `params`, or a trainer `state` item holding "params".
   """
-  path = Path(path).absolute()
+  path = paths.absolute(path)
   if path.name.isdigit() and path.parent.name == "checkpoints" and _trainer_item(path):
+    if not ocp.utils.is_checkpoint_finalized(path):  # in a bucket, a save cut short keeps its name
+      raise ValueError(f"{path}: an unfinished save (no commit_success.txt)")
     params_dir, config_path = _trainer_item(path), path.parent.parent / "model_config.json"  # trainer step
   elif (path / "params").is_dir():
     params_dir, config_path = path / "params", path / "model_config.json"  # converter output
-  elif (path / "checkpoints").is_dir():  # trainer workdir: latest finished step (Orbax names it <step>)
-    steps = [int(p.name) for p in (path / "checkpoints").iterdir() if p.name.isdigit() and _trainer_item(p)]
+  elif (path / "checkpoints").is_dir():  # trainer workdir: latest finalized step
+    steps = [s for s in ocp.utils.checkpoint_steps(path / "checkpoints") if _trainer_item(path / "checkpoints" / str(s))]
     if not steps:
       raise ValueError(f"{path / 'checkpoints'}: no finished step folder with a params or state item")
     params_dir, config_path = _trainer_item(path / "checkpoints" / str(max(steps))), path / "model_config.json"
@@ -377,7 +381,7 @@ def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
 
   A transformers save_pretrained folder (config.json + safetensors) is read through hf_to_params.
   """
-  path = Path(ckpt_path)
+  path = paths.as_path(ckpt_path)
   if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
     return hf_to_params(*read_hf_dir(path))
   params_dir, config_path = find_params_checkpoint(path)
@@ -440,6 +444,8 @@ def load_hf(hf_dir) -> tuple[ModelConfig, Phi]:
 
 def _ensure_writable(out_dir) -> None:
   """Refuses a non-empty output folder, so nothing the user made is overwritten."""
+  if paths.is_remote(out_dir):
+    raise ValueError(f"--out {out_dir}: write to a local folder (then copy it up: gcloud storage cp -r)")
   out_dir = Path(out_dir)
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise ValueError(f"{out_dir}: already exists and is not an empty folder; choose a new --out")
@@ -462,7 +468,7 @@ def hf_to_orbax(hf_dir, out_dir) -> ModelConfig:
   """The hf-to-orbax command: validates everything, then writes out_dir."""
   _ensure_writable(out_dir)
   cfg, params = hf_to_params(*read_hf_dir(hf_dir))
-  tokenizer = Path(hf_dir) / "tokenizer.json"  # kept beside the params, where eval and sample look
+  tokenizer = paths.as_path(hf_dir) / "tokenizer.json"  # kept beside the params, where eval and sample look
   if tokenizer.is_file():
     from phi1_jax.data.tokenizer import load_tokenizer
     try:
@@ -472,7 +478,7 @@ def hf_to_orbax(hf_dir, out_dir) -> ModelConfig:
       tokenizer = None
   save_params(out_dir, cfg, params)
   if tokenizer and tokenizer.is_file():
-    shutil.copyfile(tokenizer, Path(out_dir) / "tokenizer.json")
+    paths.copy(tokenizer, Path(out_dir) / "tokenizer.json")
   return cfg
 
 
@@ -527,6 +533,11 @@ def main(argv=None) -> int:
                      help="converter output, trainer step folder (checkpoints/<step>) or trainer workdir")
   to_hf.add_argument("--out", required=True, help="new (or empty) folder for config.json and model.safetensors")
   args = parser.parse_args(argv)
+  source = args.hf_dir if args.command == "hf-to-orbax" else args.ckpt
+  problem = paths.bucket_problem(source)
+  if problem:
+    print(f"convert: error: {source}: {problem}", file=sys.stderr)
+    return 2
   try:
     if args.command == "hf-to-orbax":
       cfg = hf_to_orbax(args.hf_dir, args.out)

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -27,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from phi1_jax import convert, sample
+from phi1_jax import convert, paths, sample
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
 POOLINGS = ("mean", "last")
@@ -65,7 +64,7 @@ class Embedder:
       raise ValueError(f"--pooling={pooling!r} is not one of {POOLINGS}")
     if max_len < 1 or batch_size < 1:
       raise ValueError(f"--max_len={max_len} and --batch_size={batch_size} must be positive")
-    checkpoint = Path(checkpoint)
+    checkpoint = paths.as_path(checkpoint)
     try:
       tok_path = tokenizer_file(tokenizer or checkpoint)
     except FileNotFoundError as e:
@@ -82,8 +81,8 @@ class Embedder:
                               doc_mask=False, remat="none", attention_impl="xla")
     self.cfg, self.max_len, self.pooling, self.batch_size = cfg, max_len, pooling, batch_size
     self.identity = {
-        "checkpoint": str(checkpoint.resolve()), "params_sha256": params_digest(params),
-        "tokenizer": str(tok_path.resolve()), "tokenizer_sha256": file_sha256(tok_path),
+        "checkpoint": str(paths.absolute(checkpoint)), "params_sha256": params_digest(params),
+        "tokenizer": str(paths.absolute(tok_path)), "tokenizer_sha256": file_sha256(paths.local_copy(tok_path)),
         "max_len": max_len, "pooling": pooling, "dim": cfg.d_model,
         "model": {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "vocab_size": cfg.vocab_size},
     }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,15 +41,30 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 
 class MetricWriter:
-  """Appends one JSON object per logged step to metrics.jsonl and writes TensorBoard scalars."""
+  """Appends one JSON object per logged step to metrics.jsonl and writes TensorBoard scalars.
 
-  def __init__(self, workdir: Path, enabled: bool = True):
+  A workdir in a bucket gets both through a local staging folder: objects cannot be appended to,
+  and tensorboardX's own GCS writer is broken, so the files are written locally and copied up
+  whole (they are small) at most every `upload_every_s` seconds, at each `sync()` and at close.
+  """
+
+  def __init__(self, workdir, enabled: bool = True, upload_every_s: float = 30.0):
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter
-    self.jsonl = open(Path(workdir) / "metrics.jsonl", "a")
-    self.tb = SummaryWriter(str(Path(workdir) / "tb"))
+
+    from phi1_jax import paths
+    self.remote = paths.as_path(workdir) if paths.is_remote(workdir) else None
+    self.upload_every_s, self.uploaded_at = upload_every_s, time.monotonic()
+    if self.remote is None:
+      self.local = Path(workdir)
+    else:
+      self.local = Path(tempfile.mkdtemp(prefix="phi1_jax_metrics_"))
+      if (self.remote / "metrics.jsonl").exists():  # a resumed run appends to the rows already there
+        (self.local / "metrics.jsonl").write_bytes((self.remote / "metrics.jsonl").read_bytes())
+    self.jsonl = open(self.local / "metrics.jsonl", "a")
+    self.tb = SummaryWriter(str(self.local / "tb"))  # a new events file per run, as on a disk
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -59,11 +76,24 @@ class MetricWriter:
       if isinstance(v, (int, float)):
         self.tb.add_scalar(k, v, step)
     self.tb.flush()
+    if self.remote is not None and time.monotonic() - self.uploaded_at >= self.upload_every_s:
+      self.sync()
+
+  def sync(self):
+    """Copies the staged files to the bucket (nothing to do for a local workdir)."""
+    if not self.enabled or self.remote is None:
+      return
+    for f in [self.local / "metrics.jsonl", *sorted((self.local / "tb").glob("*"))]:
+      (self.remote / f.relative_to(self.local)).write_bytes(f.read_bytes())
+    self.uploaded_at = time.monotonic()
 
   def close(self):
     if self.enabled:
       self.jsonl.close()
       self.tb.close()
+      self.sync()
+      if self.remote is not None:
+        shutil.rmtree(self.local, ignore_errors=True)
 
 
 def _duration(seconds: float) -> str:

@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from phi1_jax import paths
+
 PAD_OUT = -1  # marks "no token" in the output buffer (after eos or a host stop)
 
 
@@ -315,7 +317,7 @@ def find_tokenizer(ckpt, tokenizer=None) -> Path:
       return tokenizer_file(tokenizer)
     except FileNotFoundError as e:
       raise ValueError(f"--tokenizer: {e}") from None
-  ckpt = Path(ckpt)
+  ckpt = paths.as_path(ckpt)
   bases = [ckpt]
   if ckpt.name.isdigit() and ckpt.parent.name == "checkpoints":
     bases.append(ckpt.parent.parent)  # trainer step folder: the workdir keeps the tokenizer
@@ -332,7 +334,10 @@ def find_tokenizer(ckpt, tokenizer=None) -> Path:
 def check_checkpoint(ckpt) -> None:
   """ValueError naming the problem when `ckpt` is no checkpoint convert.load_params reads (nothing loaded)."""
   from phi1_jax import convert
-  ckpt = Path(ckpt)
+  problem = paths.bucket_problem(ckpt)
+  if problem:
+    raise ValueError(f"checkpoint {ckpt}: {problem}")
+  ckpt = paths.as_path(ckpt)
   if not ckpt.exists():
     raise ValueError(f"checkpoint {ckpt}: not found")
   if (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):

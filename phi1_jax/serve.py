@@ -33,6 +33,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from phi1_jax import paths
+
 log = logging.getLogger("phi1_jax.serve")
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
 
@@ -360,7 +362,7 @@ def main(argv=None) -> int:
   if args.compile_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).expanduser()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  model_name = args.model_name or Path(args.checkpoint).absolute().name
+  model_name = args.model_name or paths.absolute(args.checkpoint).name
   engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=max_seq_len,
                   log_every_s=args.log_every_s)
   log.info("loaded %s (%d layers, d_model %d, %s) in %.1fs; compiling %d slots x %d tokens",

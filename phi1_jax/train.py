@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -30,7 +29,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from phi1_jax import sharding
+from phi1_jax import paths, sharding
 from phi1_jax.metrics import MetricWriter, Progress, _duration, flops_per_token, peak_flops
 from phi1_jax.model import ModelConfig, Phi, abstract_model
 
@@ -170,13 +169,20 @@ def check_config(config):
     raise UserError(f"microbatch of {micro} sequences does not split over {jax.process_count()} processes")
 
 
-def check_workdir(workdir: Path):
-  """--workdir must be a folder or not exist yet (its parents are made)."""
+def check_workdir(workdir):
+  """--workdir must be a folder or not exist yet (its parents are made); a bucket must exist."""
+  if paths.is_remote(workdir):
+    problem = paths.bucket_problem(workdir)
+    if problem:
+      raise UserError(f"--workdir {workdir}: {problem}")
+    if workdir.is_file():
+      raise UserError(f"--workdir {workdir} is a file, not a folder")
+    return
   for p in (workdir, *workdir.parents):
     if p.exists():  # the nearest existing one: the run writes there or makes folders in it
       if not p.is_dir():
         raise UserError(f"--workdir {workdir}: {p} is a file, not a folder")
-      if not os.access(p, os.W_OK):
+      if not os.access(str(p), os.W_OK):
         raise UserError(f"--workdir {workdir}: {p} is not writable")
       return
 
@@ -186,15 +192,12 @@ def end_step_of(config) -> int:
   return min(config.run_until_step or config.total_steps, config.total_steps)
 
 
-def latest_checkpoint_step(workdir: Path) -> int | None:
+def latest_checkpoint_step(workdir) -> int | None:
   """The newest finalized checkpoint's step, read from the folder names: no state is loaded."""
-  ckpt_dir = workdir / "checkpoints"
-  if not ckpt_dir.is_dir():
-    return None
-  return max(ocp.utils.checkpoint_steps(ckpt_dir.absolute()), default=None)
+  return max(ocp.utils.checkpoint_steps(paths.absolute(workdir / "checkpoints")), default=None)
 
 
-def finished_message(config, workdir: Path, end_step: int) -> str | None:
+def finished_message(config, workdir, end_step: int) -> str | None:
   """One line when the workdir's latest checkpoint already reaches end_step, else None."""
   done = latest_checkpoint_step(workdir)
   if done is None or done < end_step:
@@ -213,6 +216,10 @@ def ensure_stdlib(config) -> tuple[str, str]:
                                           config.seq_len, max_bytes=config.data.stdlib_max_bytes)
 
 
+_DATA_IN_BUCKET = ("data path {}: ArrayRecord shards and tokenizers are read from local paths; mount the "
+                   "bucket (gcsfuse) and give the mount's path (README: data in a bucket)")
+
+
 def resolve_data(config, log):
   """(train sources [(dir, weight)], eval dir, tokenizer path); fails fast on missing paths."""
   from phi1_jax.data import pipeline
@@ -224,6 +231,8 @@ def resolve_data(config, log):
   else:
     sources = []
     for item in mixture.split(","):
+      if paths.is_remote(item.strip()):
+        raise UserError(_DATA_IN_BUCKET.format(item.strip()))
       path, _, weight = item.strip().rpartition(":")
       if not path:
         path, weight = weight, "1"
@@ -232,6 +241,9 @@ def resolve_data(config, log):
       except ValueError:
         raise UserError(f"data.mixture item {item!r}: weight {weight!r} is not a number") from None
   manifests = []
+  for path in (config.data.eval_path, config.data.tokenizer):
+    if paths.is_remote(path):
+      raise UserError(_DATA_IN_BUCKET.format(path))
   for path, weight in sources:
     if not Path(path).is_dir():
       raise UserError(f"data path {path} does not exist")
@@ -271,7 +283,7 @@ def check_tokenizer_fits(config, packed_tok: dict, tokenizer: str):
                     f"{config.model.eos_id}; set --config.model.eos_id={eos}")
 
 
-def prepare_workdir(workdir: Path, config, model_cfg: ModelConfig, tokenizer: str, log):
+def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log):
   """Writes config snapshots on first use; refuses a workdir of a different model shape."""
   workdir.mkdir(parents=True, exist_ok=True)
   saved_model = workdir / "model_config.json"
@@ -295,13 +307,16 @@ def prepare_workdir(workdir: Path, config, model_cfg: ModelConfig, tokenizer: st
     tok_src = Path(tokenizer)
     tok_dst = workdir / ("tokenizer" + ("".join(tok_src.suffixes) if tok_src.is_file() else ""))
     if not tok_dst.exists():
-      (shutil.copy if tok_src.is_file() else shutil.copytree)(tok_src, tok_dst)
+      paths.copy(tok_src, tok_dst)
 
 
 def init_from_pretrained(path: str, model_cfg: ModelConfig):
   """Parameters of a phi1_jax checkpoint or a Hugging Face folder, checked against the config."""
   from phi1_jax import convert
-  if not Path(path).exists():
+  problem = paths.bucket_problem(path)
+  if problem:
+    raise UserError(f"init_from {path}: {problem}")
+  if not paths.as_path(path).exists():
     raise UserError(f"init_from {path} does not exist")
   try:
     loaded_cfg, params = convert.load_params(path)
@@ -388,7 +403,7 @@ def init_distributed(config):
 def train(config, workdir: str | os.PathLike) -> dict:
   """Runs (or resumes) training; returns the last metrics. Raises UserError on bad input."""
   t_start = time.perf_counter()
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   is_main = jax.process_index() == 0
   log = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
   check_workdir(workdir)
@@ -419,7 +434,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
 
   import grain
   ckpt_mngr = ocp.CheckpointManager(
-      (workdir / "checkpoints").absolute(),
+      paths.absolute(workdir / "checkpoints"),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
                                            enable_async_checkpointing=True),
       item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
@@ -532,6 +547,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
           pending = None
         save(step)
         saved_step = step
+        writer.sync()  # a bucket's metrics reach at least the checkpoint's step
     if pending is not None:
       last = read(pending)
     if step != saved_step:  # e.g. a signal right after a checkpoint_every save
@@ -551,7 +567,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
   return last
 
 
-def summary_line(config, workdir: Path, step: int, end_step: int, last: dict, last_eval, seconds: float) -> str:
+def summary_line(config, workdir, step: int, end_step: int, last: dict, last_eval, seconds: float) -> str:
   """What a finished (or stopped) run reached, in one line."""
   state = "finished" if step >= config.total_steps else "paused" if step >= end_step else "stopped"
   parts = [f"{state} at step {step}/{config.total_steps} in {_duration(seconds)}"]
@@ -608,7 +624,7 @@ def main(argv):
   try:
     distributed = config.distributed.coordinator_address or config.distributed.auto
     if (distributed and config.data.mixture.strip() == "stdlib"
-        and not finished_message(config, Path(_WORKDIR.value), end_step_of(config))):
+        and not finished_message(config, paths.as_path(_WORKDIR.value), end_step_of(config))):
       # Build shared data before joining the other processes: one builds while the rest wait on a
       # file lock, and no collective or coordination timeout runs meanwhile.
       ensure_stdlib(config)

@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded stdlib corpus, built once per test session."""
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -56,3 +57,39 @@ def tiny_checkpoint(stdlib_cache, tmp_path_factory) -> Path:
   convert.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
   shutil.copy(Path(tok_dir) / "tokenizer.model", path / "tokenizer.model")
   return path
+
+
+@contextlib.contextmanager
+def serve_process(checkpoint, log_path: Path, *flags: str, env: dict | None = None):
+  """A real `python -m phi1_jax.serve --checkpoint=...` on 127.0.0.1 (port chosen by the OS);
+  yields (base URL, process) once GET /health answers 200, terminates it after."""
+  import json
+  import re
+  import subprocess
+  import time
+  import urllib.request
+
+  def healthy(url) -> bool:
+    try:
+      with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+        return resp.status == 200 and bool(json.loads(resp.read()))
+    except OSError:  # 503 while compiling, or not listening yet
+      return False
+
+  with open(log_path, "w") as log_file:
+    proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.serve", f"--checkpoint={checkpoint}", "--port=0", *flags],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                            stdout=log_file, stderr=subprocess.STDOUT)
+  try:
+    url, deadline = None, time.time() + 300
+    while not (url and healthy(url)):
+      assert proc.poll() is None, f"server exited {proc.returncode}:\n{log_path.read_text()}"
+      assert time.time() < deadline, f"server not ready in 300s:\n{log_path.read_text()}"
+      if url is None:
+        found = re.search(r"serving \S+ on (http://127\.0\.0\.1:\d+)", log_path.read_text())
+        url = found and found.group(1)
+      time.sleep(0.25)
+    yield url, proc
+  finally:
+    proc.terminate()
+    proc.wait(30)

@@ -20,6 +20,7 @@ import numpy as np
 import openai
 import pytest
 
+from conftest import serve_process
 from phi1_jax import sample
 from phi1_jax.openai_api import CHAT_STOPS, chat_prompt
 
@@ -64,30 +65,11 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
   log_path = tmp_path_factory.mktemp("serve") / "server.log"
-  with open(log_path, "w") as log_file:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "phi1_jax.serve", f"--checkpoint={tiny_checkpoint}", "--port=0",
-         f"--max_batch={MAX_BATCH}", f"--max_queue={MAX_QUEUE}", "--log_every_s=1"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log_file, stderr=subprocess.STDOUT)
-  try:
-    url = None
-    deadline = time.time() + 300
-    while time.time() < deadline:
-      assert proc.poll() is None, f"server exited {proc.returncode}:\n{log_path.read_text()}"
-      if url is None:
-        found = re.search(r"serving \S+ on (http://127\.0\.0\.1:\d+)", log_path.read_text())
-        url = found and found.group(1)
-      elif request("GET", f"{url}/health")[0] == 200:
-        break
-      time.sleep(0.25)
-    else:
-      raise AssertionError(f"server not ready in 300s:\n{log_path.read_text()}")
+  flags = (f"--max_batch={MAX_BATCH}", f"--max_queue={MAX_QUEUE}", "--log_every_s=1")
+  with serve_process(tiny_checkpoint, log_path, *flags) as (url, proc):
     yield Server(url, proc, log_path, tiny_checkpoint.name)
     # nothing compiled after warm-up, whatever the tests sent
     assert request("GET", f"{url}/health")[1]["traces_after_warmup"] == 0
-  finally:
-    proc.terminate()
-    proc.wait(30)
 
 
 @pytest.fixture(scope="module")

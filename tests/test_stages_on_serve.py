@@ -9,16 +9,12 @@ test_synth.py).
 
 import json
 import os
-import re
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module
+from conftest import run_module, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -35,31 +31,8 @@ def _health(url: str) -> dict:
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint, tmp_path_factory):
   """(base URL, model name) of a real `phi1_jax.serve` on 127.0.0.1, ready (GET /health 200)."""
-  log_path = tmp_path_factory.mktemp("serve") / "server.log"
-  with open(log_path, "w") as log_file:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "phi1_jax.serve", f"--checkpoint={tiny_checkpoint}", "--port=0", "--max_batch=4"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log_file, stderr=subprocess.STDOUT)
-  try:
-    url, deadline = None, time.time() + 300
-    while time.time() < deadline:
-      assert proc.poll() is None, f"server exited {proc.returncode}:\n{log_path.read_text()}"
-      if url is None:
-        found = re.search(r"serving \S+ on (http://127\.0\.0\.1:\d+)", log_path.read_text())
-        url = found and found.group(1)
-      else:
-        try:
-          _health(url)
-          break
-        except OSError:  # 503 while compiling, or not listening yet
-          pass
-      time.sleep(0.25)
-    else:
-      raise AssertionError(f"server not ready in 300s:\n{log_path.read_text()}")
+  with serve_process(tiny_checkpoint, tmp_path_factory.mktemp("serve") / "server.log", "--max_batch=4") as (url, _):
     yield url, tiny_checkpoint.name
-  finally:
-    proc.terminate()
-    proc.wait(30)
 
 
 def _endpoint_flags(served):

@@ -34,6 +34,8 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
+from phi1_jax import paths
+
 EOS_TOKEN = "<|endoftext|>"
 SPM_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
@@ -119,8 +121,9 @@ class HFTokenizer(Tokenizer):
 
 
 def tokenizer_file(path: str | os.PathLike) -> Path:
-  """The model file behind `path` (a dir holding tokenizer.model / tokenizer.json, or the file)."""
-  p = Path(path)
+  """The model file behind `path` (a dir holding tokenizer.model / tokenizer.json, or the file),
+  on a disk or in a bucket."""
+  p = paths.as_path(path)
   if p.is_dir():
     for name in (SPM_FILE, HF_FILE):
       if (p / name).is_file():
@@ -135,7 +138,7 @@ def checkpoint_tokenizer(path: str | os.PathLike) -> Path | None:
   """The tokenizer kept with a checkpoint, or None: tokenizer.model / tokenizer.json in its folder or
   its tokenizer/ subfolder (the trainer copies it into the workdir); a trainer step folder
   (WORKDIR/checkpoints/<step>) uses its workdir's."""
-  p = Path(path)
+  p = paths.as_path(path)
   bases = [p]
   if p.name.isdigit() and p.parent.name == "checkpoints":
     bases.append(p.parent.parent)
@@ -162,7 +165,7 @@ def spm_as_hf_tokenizer(model_file: str | os.PathLike):
 
   proto = sentencepiece_model_pb2.ModelProto()
   try:
-    proto.ParseFromString(Path(model_file).read_bytes())
+    proto.ParseFromString(paths.as_path(model_file).read_bytes())
   except Exception as e:  # noqa: BLE001 (protobuf's DecodeError has no stable import path)
     raise ValueError(f"{model_file}: not a SentencePiece model ({e})") from None
   trainer, norm = proto.trainer_spec, proto.normalizer_spec
@@ -195,7 +198,7 @@ def spm_as_hf_tokenizer(model_file: str | os.PathLike):
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   """Loads a SentencePiece `tokenizer.model` or a HF `tokenizer.json` (file or its folder)."""
-  f = tokenizer_file(path)
+  f = paths.local_copy(tokenizer_file(path))
   if f.suffix == ".json":
     return HFTokenizer(str(f))
   return SentencePieceTokenizer(str(f))

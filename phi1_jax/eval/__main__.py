@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from phi1_jax import paths
+
 OUT_FILES = ("samples.jsonl", "samples.jsonl_results.jsonl", "summary.json")
 
 
@@ -90,8 +92,11 @@ def _load_problems(args) -> dict:
   return {t: problems[t] for t in ids}
 
 
-def _checkpoint_kind(path: Path) -> str:
+def _checkpoint_kind(path) -> str:
   """'hf' or 'params'; ValueError if `path` is neither (nothing is loaded)."""
+  problem = paths.bucket_problem(path)
+  if problem:
+    raise ValueError(f"--checkpoint={path}: {problem}")
   if not path.exists():
     raise ValueError(f"--checkpoint={path}: not found")
   if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
@@ -115,8 +120,10 @@ def _tokenizer_path(args, ckpt: Path) -> Path:
                    "pass --tokenizer=PATH")
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, given: str) -> None:
   from phi1_jax.cli import out_dir_problem
+  if paths.is_remote(given):
+    raise ValueError(f"--out={given}: write results to a local folder (then copy them up: gcloud storage cp -r)")
   problem = out_dir_problem(out)
   if problem:
     raise ValueError(f"--out={out}: {problem}")
@@ -135,7 +142,7 @@ def _load_model(ckpt: Path, kind: str):
 def main(argv=None) -> int:
   from phi1_jax.data.tokenizer import load_tokenizer
   args = _parse_args(argv)
-  ckpt = Path(args.checkpoint)
+  ckpt = paths.as_path(args.checkpoint)
   out = Path(args.out)
   try:  # every user mistake ends here, before the model is loaded
     ks = _check_args(args)
@@ -143,7 +150,7 @@ def main(argv=None) -> int:
     kind = _checkpoint_kind(ckpt)
     tok_path = _tokenizer_path(args, ckpt)
     tokenizer = load_tokenizer(tok_path)
-    _check_out(out)
+    _check_out(out, args.out)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

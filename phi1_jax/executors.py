@@ -197,9 +197,11 @@ def _squeue(ids: list[str]) -> dict[str, set[tuple[str, str]]] | None:
 
 
 def _stuck(queued: dict) -> bool:
-  """Every queued job waits on a dependency that failed: nothing more will run."""
+  """Nothing more will run: every queued job waits on a dependency, and one of those failed (the
+  stages after it show plain `Dependency`: they wait on one that waits)."""
   rows = [r for rows in queued.values() for r in rows]
-  return bool(rows) and all(state == "PENDING" and reason == "DependencyNeverSatisfied" for state, reason in rows)
+  return (any(reason == "DependencyNeverSatisfied" for _, reason in rows)
+          and all(state == "PENDING" and reason.startswith("Dependency") for state, reason in rows))
 
 
 def _cancel_stuck(ids: list[str], log) -> None:

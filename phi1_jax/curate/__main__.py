@@ -8,7 +8,8 @@
 
 IN is JSONL documents `{"id", "text", "source", "meta"}` (.jsonl / .jsonl.gz), .py files or folders
 of .py files, as `phi1_jax.data.pack` reads them. Every stage resumes where a killed run stopped
-and refuses an --out that holds something else. A user error is one line and exit code 2.
+and refuses an --out that holds something else. A user error is one line and exit code 2; `annotate`
+exits 1 when every request failed and nothing was annotated before.
 """
 
 from __future__ import annotations
@@ -90,7 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.command == "annotate":
       from phi1_jax.curate.annotate import annotate
-      annotate(args)
+      m = annotate(args)
+      if m["annotated"] == 0 and m["failed_this_run"]:  # nothing from before, nothing now: say so in the exit code
+        print(f"curate annotate: error: none of {m['documents']} documents annotated: all {m['failed_this_run']} "
+              f"requests failed (the first reasons are above; {args.out}/manifest.json counts them); "
+              "the same command again retries them", file=sys.stderr)
+        return 1
     elif args.command == "embed":
       from phi1_jax.curate.embeddings import embed_documents
       embed_documents(args.input, args.checkpoint, args.out, tokenizer=args.tokenizer, max_len=args.max_len,

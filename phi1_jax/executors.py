@@ -232,7 +232,7 @@ def _wait(ids: list[str], stages: list[Stage], log) -> None:
     if time.time() - last >= _PROGRESS_EVERY_S:
       last = time.time()
       states = [state for rows in queued.values() for state, _ in rows]
-      log(f"slurm: {states.count('RUNNING')} running, {states.count('PENDING')} pending; tasks done: "
+      log(f"slurm: {states.count('RUNNING')} task(s) running, {states.count('PENDING')} job(s) pending; tasks done: "
           f"{_progress(stages)}; {last - t0:.0f} s")
     time.sleep(1)
   log(f"slurm: jobs left the queue after {time.time() - t0:.0f} s; tasks done: {_progress(stages)}")
@@ -270,9 +270,10 @@ def _slurm(args, stages: list[Stage], workers, job_prefix: str, state_dir: Path,
     previous.launch_job()  # submits each unfinished stage after its dependency; completed tasks are skipped
   except subprocess.CalledProcessError as e:
     raise ExecutorError(f"sbatch failed ({e.returncode}); see its message above") from None
-  submitted = {s.name: str(e.job_id) for s, e in zip(stages, executors) if e.job_id not in (None, -1)}
-  state_dir.mkdir(parents=True, exist_ok=True)
-  jobs_file.write_text(json.dumps({"jobs": submitted, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+  finally:  # also when a later sbatch failed: a rerun must know the jobs already queued
+    submitted = {s.name: str(e.job_id) for s, e in zip(stages, executors) if e.job_id not in (None, -1)}
+    state_dir.mkdir(parents=True, exist_ok=True)
+    jobs_file.write_text(json.dumps({"jobs": submitted, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
   ids = list(submitted.values())
   where = stages[0].logging_dir if len(stages) == 1 else f"{stages[0].logging_dir.parent}/<stage>"
   chained = " (each after the one before)" if len(submitted) > 1 else ""

@@ -235,6 +235,8 @@ def _wait(ids: list[str], stages: list[Stage], log) -> None:
       log(f"slurm: {states.count('RUNNING')} task(s) running, {states.count('PENDING')} job(s) pending; tasks done: "
           f"{_progress(stages)}; {last - t0:.0f} s")
     time.sleep(1)
+  if any(s.done() < s.tasks for s in stages):  # a task failed: datatrove's stats jobs after it can never start
+    _cancel_stuck(ids, log)
   log(f"slurm: jobs left the queue after {time.time() - t0:.0f} s; tasks done: {_progress(stages)}")
 
 

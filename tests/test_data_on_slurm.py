@@ -127,11 +127,18 @@ def test_decontam_on_slurm_matches_the_local_pool(partition, tmp_path):
   local, slurm = tmp_path / "local", tmp_path / "slurm"
   proc = run_module("phi1_jax.decontam", *common, f"--out={local}", "--workers=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # Another launch_pickled_pipeline first on the submitting shell's PATH: the tasks still run this python's.
+  impostor = tmp_path / "bin" / "launch_pickled_pipeline"
+  impostor.parent.mkdir()
+  impostor.write_text("#!/bin/sh\necho 'not the python that submitted' >&2\nexit 3\n")
+  impostor.chmod(0o755)
   proc = run_module("phi1_jax.decontam", *common, f"--out={slurm}", "--executor=slurm",
-                    f"--slurm_partition={partition}", "--slurm_wait")
+                    f"--slurm_partition={partition}", "--slurm_wait",
+                    env={"PATH": f"{impostor.parent}{os.pathsep}{os.environ['PATH']}"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "slurm: submitted scan job" in proc.stderr
-  assert list((slurm / "work" / "logs" / "slurm_logs").glob("*.out"))
+  outputs = "".join(p.read_text() for p in (slurm / "work" / "logs" / "slurm_logs").glob("*.out"))
+  assert "Launching pipeline for rank=1" in outputs and "not the python" not in outputs
 
   def kept(out):
     return sorted((d["id"], d["text"]) for shard in (out / "clean").glob("*.jsonl.gz") for d in _read_jsonl(shard))

@@ -1,7 +1,8 @@
 """The data stages on real clusters: `curate filter` and `decontam` submitted to a one-node SLURM cluster
 (launch/slurm_local_cluster.sh; .ci/run starts it as root) and `curate filter` on a local Ray, each
 compared with the local pool's output on the same input: the same documents kept, row for row.
-Skipped, saying why, where there is no SLURM or no ray.
+Skipped, saying why, where there is no SLURM or no ray. The waits are long (600 s) because under
+`pytest -n 2` these jobs may queue behind tests/test_launchers.py's training jobs on the same 2 CPUs.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def test_curate_filter_on_slurm_keeps_what_the_local_pool_keeps(partition, filte
       f"curate filter: error: --slurm_partition=no_such_partition: no such partition (this cluster has: {partition})"]
 
   # A task that fails on the node (no TPU there) ends the command: what waited on it is cancelled.
-  proc = _cli(*args, f"--slurm_partition={partition}", "--slurm_wait", timeout=300, JAX_PLATFORMS="tpu")
+  proc = _cli(*args, f"--slurm_partition={partition}", "--slurm_wait", timeout=600, JAX_PLATFORMS="tpu")
   assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
   assert "stage score: 0/2 tasks completed" in proc.stderr.splitlines()[-1]
   assert "cancelled jobs" in proc.stdout
@@ -90,7 +91,7 @@ def test_curate_filter_on_slurm_keeps_what_the_local_pool_keeps(partition, filte
   jobs = _jobs(out)
   assert list(jobs) == STAGES and f"squeue -j {','.join(jobs.values())}" in proc.stdout
   assert not (out / "manifest.json").exists()
-  proc = _cli(*args, f"--slurm_partition={partition}", "--slurm_wait", timeout=300)
+  proc = _cli(*args, f"--slurm_partition={partition}", "--slurm_wait", timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
   assert "submitted" not in proc.stdout and _jobs(out) == jobs
   for stage in STAGES:  # one output file per task of each stage's job, under OUT/logs/<stage>
@@ -104,7 +105,7 @@ def test_curate_filter_on_slurm_keeps_what_the_local_pool_keeps(partition, filte
   # A lost task is the only one submitted again.
   (out / "logs" / "write" / "completions" / "00001").unlink()
   (out / "manifest.json").unlink()
-  proc = _cli(*args, f"--slurm_partition={partition}", "--slurm_wait", timeout=300)
+  proc = _cli(*args, f"--slurm_partition={partition}", "--slurm_wait", timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
   assert list(_jobs(out)) == ["write"]
   assert json.loads((out / "logs" / "write" / "ranks_to_run.json").read_text()) == [1]
@@ -133,7 +134,7 @@ def test_decontam_on_slurm_matches_the_local_pool(partition, tmp_path):
   impostor.write_text("#!/bin/sh\necho 'not the python that submitted' >&2\nexit 3\n")
   impostor.chmod(0o755)
   proc = run_module("phi1_jax.decontam", *common, f"--out={slurm}", "--executor=slurm",
-                    f"--slurm_partition={partition}", "--slurm_wait",
+                    f"--slurm_partition={partition}", "--slurm_wait", timeout=600,
                     env={"PATH": f"{impostor.parent}{os.pathsep}{os.environ['PATH']}"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "slurm: submitted scan job" in proc.stderr

@@ -11,8 +11,8 @@
             the classifier's identity and metrics, inputs with checksums.
 
 Each stage runs on a datatrove executor (local pool, SLURM or Ray: phi1_jax/executors.py) whose
-logging folder OUT/logs/<stage> holds a completion marker per task: a rerun does no finished task again, and a task killed half
-way is done again from its start, its output file rewritten whole. OUT/config.json pins the
+logging folder OUT/logs/<stage> holds a completion marker per task: a rerun does no finished task
+again, and a task killed half way is done again from its start, its output file rewritten whole. OUT/config.json pins the
 settings that decide the output; a rerun with other settings is refused.
 """
 
@@ -22,7 +22,6 @@ import hashlib
 import json
 import time
 from pathlib import Path
-
 from types import SimpleNamespace
 
 from phi1_jax import executors

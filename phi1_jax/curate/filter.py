@@ -12,8 +12,8 @@
 
 Each stage runs on a datatrove executor (local pool, SLURM or Ray: phi1_jax/executors.py) whose
 logging folder OUT/logs/<stage> holds a completion marker per task: a rerun does no finished task
-again, and a task killed half way is done again from its start, its output file rewritten whole. OUT/config.json pins the
-settings that decide the output; a rerun with other settings is refused.
+again, and a task killed half way is done again from its start, its output file rewritten whole.
+OUT/config.json pins the settings that decide the output; a rerun with other settings is refused.
 """
 
 from __future__ import annotations

@@ -161,6 +161,35 @@ def test_annotate_cap_stops_cleanly_and_a_rerun_goes_on(endpoint, tmp_path):
   _check_rows(_rows(out), server)
 
 
+def test_annotate_exits_1_when_every_request_failed_and_0_when_some_did_not(endpoint, tmp_path):
+  server, base_url, _ = endpoint
+  out = tmp_path / "ann"
+  flags = ("--concurrency=2", "--max_attempts=2", "--backoff_s=0.01")
+  server.fault_for = lambda endpoint, body: "500"  # every request, every try
+  proc = _cli(*_annotate_args(base_url, out, *flags))
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("curate annotate: error: none of 10 documents annotated: all 10 requests failed"), last
+  m = json.loads((out / "manifest.json").read_text())  # what was learnt is kept
+  assert m["annotated"] == 0 and m["failed_this_run"] == 10 and not _rows(out)
+
+  # Some fail (HTTP 400: the request itself is wrong), some are answered: success, exit 0.
+  server.fault_for = lambda endpoint, body: "400" if "json" in prompt_text(endpoint, body).split("```")[1] else None
+  proc = _cli(*_annotate_args(base_url, out, *flags))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  m = json.loads((out / "manifest.json").read_text())
+  assert 0 < m["annotated"] < 10 and m["failed_this_run"] == 10 - m["annotated"]
+
+  # Only failures this run, but rows from before: exit 0, nothing lost; then the rest is retried.
+  server.fault_for = lambda endpoint, body: "500"
+  proc = _cli(*_annotate_args(base_url, out, *flags))
+  assert proc.returncode == 0 and json.loads((out / "manifest.json").read_text())["annotated"] == m["annotated"]
+  server.fault_for = None
+  proc = _cli(*_annotate_args(base_url, out, *flags))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  _check_rows(_rows(out), server)
+
+
 @pytest.mark.parametrize("fault_or_flag, message", [
     ("401", "HTTP 401"), ("--prompt", "placeholder"), ("--base_url=ftp://x", "http:// or https://"),
     ("--sample=0", "--sample=0"), ("--input=/nonexistent", "/nonexistent")])

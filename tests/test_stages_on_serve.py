@@ -74,8 +74,10 @@ def test_annotate_against_serve_records_every_document_once_and_a_rerun_pays_not
   # the default rubric does not fit a 512-token context: each document fails with the server's reason
   too_long = run_module("phi1_jax.curate", "annotate", "--input", str(docs), f"--out={tmp_path / 'long'}",
                         "--max_new_tokens=16", *_endpoint_flags(served))
-  assert too_long.returncode == 0, too_long.stderr[-3000:]
+  assert too_long.returncode == 1, too_long.stderr[-3000:]  # nothing annotated at all: said in the exit code
   assert "maximum context length is 512 tokens" in too_long.stderr
+  assert too_long.stderr.strip().splitlines()[-1].startswith(
+      f"curate annotate: error: none of {len(DOCS)} documents annotated: all {len(DOCS)} requests failed")
   assert json.loads((tmp_path / "long/manifest.json").read_text())["failed_this_run"] == len(DOCS)
 
 

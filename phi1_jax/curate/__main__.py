@@ -3,11 +3,13 @@
   python -m phi1_jax.curate annotate --input=IN --out=ANN --base_url=URL --model=NAME [--sample=N]
   python -m phi1_jax.curate embed --input=IN --checkpoint=CKPT --out=EMB [--sample=N] [--max_len=512]
   python -m phi1_jax.curate train-classifier --annotations=ANN --embeddings=EMB --out=CLS [--threshold=3]
-  python -m phi1_jax.curate filter --input=IN --classifier=CLS --out=OUT [--executor=local] [--tasks=T]
+  python -m phi1_jax.curate filter --input=IN --classifier=CLS --out=OUT [--tasks=T] [--workers=W]
+      [--executor=local|slurm|ray] [--slurm_partition=P [--slurm_wait]] [--ray_address=ADDR]
 
 IN is JSONL documents `{"id", "text", "source", "meta"}` (.jsonl / .jsonl.gz), .py files or folders
 of .py files, as `phi1_jax.data.pack` reads them. Every stage resumes where a killed run stopped
-and refuses an --out that holds something else. A user error is one line and exit code 2.
+and refuses an --out that holds something else. A user error is one line and exit code 2; `annotate`
+exits 1 when every request failed and nothing was annotated before.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from typing import Sequence
 
 from phi1_jax.curate.common import UserError
+from phi1_jax.executors import StagesIncomplete
 
 
 def _add_input(p, required=True):
@@ -31,7 +34,7 @@ def _add_sample(p):
 def parser() -> argparse.ArgumentParser:
   # Imported here, not at the top: datatrove's worker processes re-import this module, and they
   # need neither the openai client nor the parser.
-  from phi1_jax import llm as llm_lib
+  from phi1_jax import executors, llm as llm_lib
   root = argparse.ArgumentParser(prog="python -m phi1_jax.curate", description=__doc__.split("\n")[0])
   cmds = root.add_subparsers(dest="command", required=True)
 
@@ -72,16 +75,14 @@ def parser() -> argparse.ArgumentParser:
   _add_input(p)
   p.add_argument("--classifier", required=True, help="train-classifier's OUT folder")
   p.add_argument("--out", required=True)
-  p.add_argument("--executor", default="local", help="local, slurm or ray")
   p.add_argument("--tasks", type=int, default=1, help="input shards (fixed for a run: a rerun must use the same)")
-  p.add_argument("--workers", type=int, default=1, help="tasks run at once (local executor)")
+  p.add_argument("--workers", type=int, default=None, help="tasks run at once (default: 1 locally, all on SLURM/Ray)")
   p.add_argument("--cut", type=float, default=None, help="probability cut (default: the classifier's)")
   p.add_argument("--batch_size", type=int, default=16, help="embedding batch size")
   p.add_argument("--minhash_ngrams", type=int, default=5)
   p.add_argument("--minhash_buckets", type=int, default=14)
   p.add_argument("--minhash_hashes_per_bucket", type=int, default=8)
-  p.add_argument("--slurm_partition", default=None)
-  p.add_argument("--slurm_time", default="24:00:00")
+  executors.add_args(p, kinds=("local", "slurm", "ray"))
   return root
 
 
@@ -90,7 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.command == "annotate":
       from phi1_jax.curate.annotate import annotate
-      annotate(args)
+      m = annotate(args)
+      if m["annotated"] == 0 and m["failed_this_run"]:  # nothing from before, nothing now: say so in the exit code
+        print(f"curate annotate: error: none of {m['documents']} documents annotated: all {m['failed_this_run']} "
+              f"requests failed (the first reasons are above; {args.out}/manifest.json counts them); "
+              "the same command again retries them", file=sys.stderr)
+        return 1
     elif args.command == "embed":
       from phi1_jax.curate.embeddings import embed_documents
       embed_documents(args.input, args.checkpoint, args.out, tokenizer=args.tokenizer, max_len=args.max_len,
@@ -102,15 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                        test_fraction=args.test_fraction, cut=args.cut, seed=args.seed, trees=args.trees)
     elif args.command == "filter":
       from phi1_jax.curate.filter import run_filter
-      slurm = {"partition": args.slurm_partition, "time": args.slurm_time} if args.executor == "slurm" else None
-      if args.executor == "slurm" and not args.slurm_partition:
-        raise UserError("--executor=slurm needs --slurm_partition")
-      run_filter(args.input, args.classifier, args.out, executor=args.executor, tasks=args.tasks,
-                 workers=args.workers, cut=args.cut, batch_size=args.batch_size, n_grams=args.minhash_ngrams,
-                 num_buckets=args.minhash_buckets, hashes_per_bucket=args.minhash_hashes_per_bucket, slurm=slurm)
+      run_filter(args.input, args.classifier, args.out, run_on=args, tasks=args.tasks, workers=args.workers,
+                 cut=args.cut, batch_size=args.batch_size, n_grams=args.minhash_ngrams,
+                 num_buckets=args.minhash_buckets, hashes_per_bucket=args.minhash_hashes_per_bucket)
   except UserError as e:
     print(f"curate {args.command}: error: {e}".replace("\n", " "), file=sys.stderr)
     return 2
+  except StagesIncomplete as e:
+    print(f"curate {args.command}: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

@@ -10,10 +10,10 @@
   OUT/manifest.json: documents and tokens in / above the cut / out per source, kept fractions,
             the classifier's identity and metrics, inputs with checksums.
 
-Each stage is a datatrove executor (local pool, SLURM or Ray) whose logging folder OUT/logs/<stage>
-holds a completion marker per task: a rerun does no finished task again, and a task killed half
-way is done again from its start, its output file rewritten whole. OUT/config.json pins the
-settings that decide the output; a rerun with other settings is refused.
+Each stage runs on a datatrove executor (local pool, SLURM or Ray: phi1_jax/executors.py) whose
+logging folder OUT/logs/<stage> holds a completion marker per task: a rerun does no finished task
+again, and a task killed half way is done again from its start, its output file rewritten whole.
+OUT/config.json pins the settings that decide the output; a rerun with other settings is refused.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+from phi1_jax import executors
 from phi1_jax.curate import documents
 from phi1_jax.curate.common import UserError, check_config, write_json_atomic
 
 FORMAT = "phi1_jax.filtered/v1"
-EXECUTORS = ("local", "slurm", "ray")
 STAGES = ("score", "sig", "buckets", "cluster", "write")
 
 
@@ -37,20 +38,6 @@ def _minhash_config(n_grams: int, num_buckets: int, hashes_per_bucket: int):
   # sha1 rather than xxhash: no extra dependency, and the hash speed does not matter next to embedding.
   return MinhashConfig(n_grams=n_grams, num_buckets=num_buckets, hashes_per_bucket=hashes_per_bucket,
                        hash_config=HashConfig(precision=64, hash_fc="sha1"))
-
-
-def _executor(kind, pipeline, name, tasks, workers, out: Path, depends, slurm: dict):
-  logging_dir = str(out / "logs" / name)
-  if kind == "local":
-    from datatrove.executor.local import LocalPipelineExecutor
-    return LocalPipelineExecutor(pipeline, tasks=tasks, workers=max(1, min(workers, tasks)),
-                                 logging_dir=logging_dir, depends=depends)
-  if kind == "slurm":
-    from datatrove.executor.slurm import SlurmPipelineExecutor
-    return SlurmPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir,
-                                 depends=depends, job_name=f"curate-{name}", **slurm)
-  from datatrove.executor.ray import RayPipelineExecutor
-  return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir, depends=depends)
 
 
 def _sum_counts(folder: Path) -> dict[str, dict[str, int]]:
@@ -93,19 +80,18 @@ def build_manifest(out: Path, config: dict, described: list[dict], info: dict, s
   }
 
 
-def run_filter(inputs, classifier, out, *, executor="local", tasks=1, workers=1, cut=None, batch_size=16,
-               n_grams=5, num_buckets=14, hashes_per_bucket=8, slurm=None, log=print) -> dict | None:
-  """Runs (or resumes) every stage; returns the manifest, or None when a cluster executor was only
-  submitted (rerun the same command once its jobs are done to write the manifest)."""
-  if executor not in EXECUTORS:
-    raise UserError(f"--executor={executor!r} is not one of {EXECUTORS}")
-  if tasks < 1 or workers < 1 or batch_size < 1:
+def run_filter(inputs, classifier, out, *, run_on=None, tasks=1, workers=None, cut=None, batch_size=16,
+               n_grams=5, num_buckets=14, hashes_per_bucket=8, log=print) -> dict | None:
+  """Runs (or resumes) every stage; returns the manifest, or None when SLURM jobs were submitted and
+  not waited for (the same command again, once they are done, writes the manifest). `run_on`: the
+  executor flags (phi1_jax.executors.add_args); None runs here."""
+  run_on = run_on or SimpleNamespace(executor="local")
+  if tasks < 1 or (workers is not None and workers < 1) or batch_size < 1:
     raise UserError(f"--tasks={tasks}, --workers={workers} and --batch_size={batch_size} must be positive")
-  if executor == "ray":
-    try:
-      import ray  # noqa: F401
-    except ImportError:
-      raise UserError("--executor=ray needs the ray package (pip install ray)") from None
+  try:
+    executors.check(run_on)
+  except executors.ExecutorError as e:
+    raise UserError(str(e)) from None
   described = documents.describe_inputs(inputs)
   from phi1_jax.curate.classifier import load_classifier
   classifier = Path(classifier).resolve()
@@ -154,15 +140,13 @@ def run_filter(inputs, classifier, out, *, executor="local", tasks=1, workers=1,
                  steps.CountBySource(str(out / "counts" / "out")), writer("data")], tasks),
   }
   t0 = time.perf_counter()
-  previous = None
-  for name in STAGES:
-    pipeline, n = stages[name]
-    previous = _executor(executor, pipeline, name, n, workers, out, previous, slurm or {})
   done_before = all(_completed(out, name, stages[name][1]) for name in STAGES)
-  previous.run()  # runs its dependencies first, each skipping its completed tasks
-  if not all(_completed(out, name, stages[name][1]) for name in STAGES):
-    log(f"{out}: stages submitted; rerun the same command when they have finished to write the manifest")
-    return None
+  plan = [executors.Stage(name, *stages[name], out / "logs" / name) for name in STAGES]
+  try:
+    if not executors.run(run_on, plan, workers, "curate", out / "logs", log=log):
+      return None  # submitted to SLURM: the message says how to follow the jobs
+  except executors.ExecutorError as e:
+    raise UserError(str(e)) from None
   manifest = build_manifest(out, config, described, info, time.perf_counter() - t0)
   manifest["resumed_finished_run"] = done_before
   write_json_atomic(out / "manifest.json", manifest)

@@ -3,7 +3,7 @@ r"""Remove HumanEval and MBPP look-alikes from training documents; report each m
   python -m phi1_jax.decontam --input=IN [IN ...] --out=OUT [--benchmarks=humaneval,mbpp --mbpp_path=FILE]
       [--ngram=13] [--ngram_min_hits=1] [--ast_tau=0.85] [--ast_min_nodes=10]
       [--embed_checkpoint=CKPT [--embed_max_l2=D]] [--results=FILE_results.jsonl]
-      [--tasks=T] [--workers=W] [--executor=local|slurm]
+      [--tasks=T] [--workers=W] [--executor=local|slurm [--slurm_partition=P] [--slurm_wait]]
 
 IN as `phi1_jax.data.pack` reads it: JSONL documents (.jsonl, .jsonl.gz), .py files, folders of .py.
 Writes OUT/clean/<rank>.jsonl.gz (kept documents, `{"id","text","source","meta"}`, ready for
@@ -24,6 +24,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from phi1_jax import executors
 
 FORMAT = "phi1_jax.decontam/v1"
 
@@ -47,12 +49,9 @@ def _parse_args(argv):
   p.add_argument("--embed_max_len", type=int, default=512)
   p.add_argument("--embed_max_l2", type=float, default=None, help="L2 distance that removes (default: report only)")
   p.add_argument("--results", default=None, help="eval results file (samples.jsonl_results.jsonl) or its folder")
-  p.add_argument("--executor", default="local", choices=["local", "slurm"])
   p.add_argument("--tasks", type=int, default=1, help="datatrove tasks (shards of the input)")
-  p.add_argument("--workers", type=int, default=1, help="tasks run at once by the local executor")
-  p.add_argument("--slurm_partition", default=None)
-  p.add_argument("--slurm_time", default="24:00:00")
-  p.add_argument("--slurm_cpus_per_task", type=int, default=1)
+  p.add_argument("--workers", type=int, default=None, help="tasks run at once (default: 1 locally, all on SLURM)")
+  executors.add_args(p, kinds=("local", "slurm"))
   return p.parse_args(argv)
 
 
@@ -76,11 +75,13 @@ def _check_flags(args) -> list[str]:
     raise DecontamError(f"--ast_min_nodes={args.ast_min_nodes}: must be >= 1")
   if args.embed_max_l2 is not None and not 0 <= args.embed_max_l2 <= 2:
     raise DecontamError(f"--embed_max_l2={args.embed_max_l2}: unit vectors are 0 to 2 apart")
-  for name in ("tasks", "workers", "embed_max_len", "slurm_cpus_per_task"):
-    if getattr(args, name) < 1:
+  for name in ("tasks", "workers", "embed_max_len"):
+    if getattr(args, name) is not None and getattr(args, name) < 1:
       raise DecontamError(f"--{name}={getattr(args, name)}: must be >= 1")
-  if args.executor == "slurm" and not args.slurm_partition:
-    raise DecontamError("--executor=slurm needs --slurm_partition")
+  try:
+    executors.check(args)
+  except executors.ExecutorError as e:
+    raise DecontamError(str(e)) from None
   return names
 
 
@@ -159,7 +160,7 @@ def run(argv=None, embedder=None) -> dict:
       report_lib.read_results(args.results)  # a bad results file fails now, not after the scan
     except ValueError as e:
       raise DecontamError(str(e)) from None
-  out = Path(args.out)
+  out = Path(args.out).absolute()  # SLURM tasks may start in another folder
   flags = {"ngram": args.ngram, "ngram_min_hits": args.ngram_min_hits, "ast_tau": args.ast_tau,
            "ast_min_nodes": args.ast_min_nodes, "exact_min_chars": args.exact_min_chars,
            "embed_checkpoint": args.embed_checkpoint or ("python embedder" if embedder is not None else None),
@@ -191,23 +192,12 @@ def run(argv=None, embedder=None) -> dict:
     (out / "work" / "config.json").write_text(json.dumps({"fingerprint": fingerprint, "flags": flags}) + "\n")
   steps = pipeline.build_pipeline(_units(described), index, out, embed_spec, embedder if embed_spec is None else None,
                                   total_bytes=sum(i["bytes"] for i in described))
-  logs = str(out / "work" / "logs")
-  if args.executor == "slurm":
-    from datatrove.executor.slurm import SlurmPipelineExecutor
-    executor = SlurmPipelineExecutor(steps, tasks=args.tasks, time=args.slurm_time, partition=args.slurm_partition,
-                                     cpus_per_task=args.slurm_cpus_per_task, logging_dir=logs, job_name="decontam")
-    if executor.get_incomplete_ranks():
-      executor.run()
-      print(f"submitted {args.tasks} tasks to SLURM; run this command again when they finish to write the report",
-            file=sys.stderr)
-      return {}
-  else:
-    from datatrove.executor.local import LocalPipelineExecutor
-    executor = LocalPipelineExecutor(steps, tasks=args.tasks, workers=args.workers, logging_dir=logs)
-    executor.run()
-    incomplete = executor.get_incomplete_ranks()
-    if incomplete:
-      raise RuntimeError(f"tasks {incomplete} did not complete; see {logs}/logs")
+  stage = executors.Stage("scan", steps, args.tasks, out / "work" / "logs")
+  try:
+    if not executors.run(args, [stage], args.workers, "decontam", stage.logging_dir, log=_log):
+      return {}  # submitted to SLURM: the message says how to follow the jobs
+  except executors.ExecutorError as e:
+    raise DecontamError(str(e)) from None
   report = report_lib.build(out, args.tasks, index, bench_info, flags, args.results)
   counts = report["counts"]
   clean = sorted(p.name for p in (out / "clean").glob("*.jsonl.gz")) if (out / "clean").is_dir() else []
@@ -227,6 +217,10 @@ def run(argv=None, embedder=None) -> dict:
   return manifest
 
 
+def _log(line: str) -> None:
+  print(line, file=sys.stderr)
+
+
 def _thresholds(args):
   from phi1_jax.decontam.index import Thresholds
   return Thresholds(ngram=args.ngram, ngram_min_hits=args.ngram_min_hits, ast_tau=args.ast_tau,
@@ -240,6 +234,9 @@ def main(argv=None) -> int:
   except DecontamError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except executors.StagesIncomplete as e:
+    print(f"decontam: {e}", file=sys.stderr)
+    return 1
   if manifest:
     print(f"{manifest['documents']} documents: {manifest['kept']} kept, {manifest['removed']} removed "
           f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), {manifest['bad']} bad lines")

@@ -41,12 +41,12 @@ import hashlib
 import json
 import os
 import random
+import socket
 import sqlite3
 import sys
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
 
 import openai
 
@@ -107,9 +107,17 @@ def completion_request(model: str, prompt: str, **params) -> Request:
 
 
 class _Retry(Exception):
-  def __init__(self, reason: str, retry_after: float | None = None, detail: str = ""):
+  def __init__(self, reason: str, retry_after: float | None = None, detail: str = "", no_connection: bool = False):
     super().__init__(reason)
-    self.reason, self.retry_after, self.detail = reason, retry_after, detail
+    self.reason, self.retry_after, self.detail, self.no_connection = reason, retry_after, detail, no_connection
+
+
+def _innermost(error: BaseException) -> BaseException:
+  """The root cause of a connection error ("[Errno 111] Connection refused"), not the client's
+  generic "Connection error."."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  return error
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -219,6 +227,8 @@ class LLM:
     self.tokens = collections.Counter()  # {prompt,completion}_tokens_{paid,used}
     self.started = time.monotonic()
     self._last_progress = self.started
+    self._reached = False  # any HTTP answer at all from the endpoint, even an error
+    self._unreached = 0  # connections refused before that: a wrong URL or a server that is not up
 
   # ------------------------------------------------------------ public
 
@@ -317,6 +327,11 @@ class LLM:
           response, text, usage = await self._send(request)
         except _Retry as retry:
           last = retry
+          if retry.no_connection and not self._reached:
+            self._unreached += 1
+            if self._unreached >= self.max_attempts:  # a typo in --base_url must not retry for minutes
+              raise EndpointError(f"cannot connect to {self.base_url} ({retry.detail}): "
+                                  "is the server up and --base_url right?") from None
         else:
           self.cache.put(request, response, usage)  # committed before anyone uses it
           self.counts["paid"] += 1
@@ -347,8 +362,12 @@ class LLM:
     except openai.APITimeoutError:
       raise _Retry("timeout") from None
     except openai.APIConnectionError as error:
-      raise _Retry("connection", detail=str(error)[:120]) from None
+      # no connection made at all (refused, no such host), unlike one dropped mid-answer
+      cause = _innermost(error)
+      raise _Retry("connection", detail=str(cause)[:120] or type(cause).__name__,
+                   no_connection=isinstance(cause, (ConnectionRefusedError, socket.gaierror))) from None
     except openai.APIStatusError as error:
+      self._reached = True
       status = error.status_code
       message = f"HTTP {status} from {self.base_url}: {str(error.message)[:200]}"
       if status in RETRY_STATUSES or status >= 500:
@@ -357,6 +376,7 @@ class LLM:
       if status in FATAL_STATUSES:
         raise EndpointError(message) from None
       raise RequestFailed(message) from None
+    self._reached = True
     return parse_answer(request.endpoint, raw_text)
 
   def _account(self, answer: Answer) -> None:

@@ -4,10 +4,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -74,6 +76,17 @@ def test_client_errors_are_not_retried(server, tmp_path):
   server.add_faults("401")
   (denied,), _ = _ask_all(server, tmp_path, _requests(1, tag="other"))
   assert isinstance(denied, llm_lib.EndpointError) and "HTTP 401" in str(denied)
+
+
+def test_an_endpoint_that_refuses_connections_stops_the_run_at_once(tmp_path):
+  with socket.socket() as s:  # a port nothing listens on
+    s.bind(("127.0.0.1", 0))
+    nobody = types.SimpleNamespace(base_url=f"http://127.0.0.1:{s.getsockname()[1]}/v1")
+  results, summary = _ask_all(nobody, tmp_path, _requests(6), concurrency=2, max_attempts=4)
+  assert all(isinstance(r, llm_lib.EndpointError) for r in results), results
+  assert str(results[0]).startswith(f"cannot connect to {nobody.base_url} (") and "Connect call failed" in str(results[0])
+  # 4 refusals end the run: after them each request fails at its next try (not 6 x 4 tries with backoff)
+  assert summary["requests_sent"] <= 4 + 6
 
 
 def test_spent_retries_fail_one_request_and_the_run_goes_on(tmp_path):

@@ -93,3 +93,30 @@ def serve_process(checkpoint, log_path: Path, *flags: str, env: dict | None = No
   finally:
     proc.terminate()
     proc.wait(30)
+
+
+def slurm_partition(min_mem_mb: int = 0) -> str:
+  """The default partition of a SLURM cluster whose node takes jobs (and offers `min_mem_mb`):
+  already up, or started by launch/slurm_local_cluster.sh (root); the test skips, saying why, if neither."""
+  import shutil
+  import subprocess
+  if not shutil.which("sbatch"):
+    pytest.skip("SLURM is not installed (as root, launch/slurm_local_cluster.sh installs and starts it; .ci/run does)")
+
+  def ready():
+    out = subprocess.run(["sinfo", "-h", "-o", "%P|%t|%m"], capture_output=True, text=True, timeout=30).stdout
+    for name, state, mem in (line.split("|") for line in out.split()):
+      if name.endswith("*") and state in ("idle", "mix", "alloc", "comp") and int(mem.rstrip("+")) >= min_mem_mb:
+        return name.rstrip("*")
+    return None
+
+  if not ready():
+    if os.geteuid() != 0:
+      pytest.skip(f"no SLURM node taking jobs with {min_mem_mb} MB, and (re)starting one "
+                  "(launch/slurm_local_cluster.sh) needs root")
+    proc = subprocess.run(["bash", "launch/slurm_local_cluster.sh"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode == 2:
+      pytest.skip(f"cannot start a SLURM cluster here: {proc.stderr.strip()}")
+    assert proc.returncode == 0 and ready(), proc.stdout + proc.stderr
+  return ready()

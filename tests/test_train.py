@@ -1,6 +1,7 @@
 """The trainer end to end in real subprocesses: learning, exact resume after SIGKILL, bad input."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -37,6 +38,19 @@ def final_params(workdir, step):
   return state["params"]
 
 
+def sigkill_once_saved(args, saved) -> None:
+  """Runs the trainer with `args` and SIGKILLs it as soon as `saved` exists (a checkpoint), while it runs."""
+  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train", *args], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not saved.exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.01)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 def test_tiny_loss_falls(tmp_path, stdlib_cache):
   out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=60",
                                                   "--config.eval_every=20", "--config.model.d_model=128",
@@ -61,16 +75,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, stdlib_cache):
   out = run_module("phi1_jax.train", *train_args(straight, stdlib_cache, *steps))
   assert out.returncode == 0, out.stderr[-3000:]
 
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train", *train_args(killed, stdlib_cache, *steps)],
-                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt4 = killed / "checkpoints" / "4" / "state"
-  deadline = time.time() + 300
-  while not ckpt4.exists() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.01)
   # The step-5 eval compiles after the checkpoint, so the run is still going when it is killed.
-  assert proc.poll() is None, "the run ended before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  sigkill_once_saved(train_args(killed, stdlib_cache, *steps), killed / "checkpoints" / "4" / "state")
   assert not (killed / "checkpoints" / "8").exists()
 
   out = run_module("phi1_jax.train", *train_args(killed, stdlib_cache, *steps))

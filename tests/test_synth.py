@@ -291,5 +291,8 @@ def test_a_refused_key_stops_the_run_with_one_line(endpoint, tmp_path, capsys):
   server = endpoint(textbook_responder, fault_for=lambda endpoint, body: "401")
   argv = ["textbooks", f"--out={tmp_path / 'out'}", f"--base_url={server.base_url}", "--model=m", "--n=3"]
   assert synth_main(argv) == 2
-  last = capsys.readouterr().err.strip().splitlines()[-1]
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
   assert last.startswith("error: HTTP 401 from http://127.0.0.1:") and len(server.log) <= 3
+  assert "Traceback" not in err  # the task stops; it does not raise through datatrove's logger
+  assert not list((tmp_path / "out" / ".synth" / "logs" / "completions").glob("*"))  # a rerun tries again

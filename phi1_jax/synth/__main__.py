@@ -238,8 +238,8 @@ def _report(manifest: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
   args = _parse_args(argv)
-  from phi1_jax import llm as llm_lib
   from phi1_jax.synth import prompts
+  from phi1_jax.synth.generate import endpoint_error_path
   out = Path(args.out)
   try:
     _check(args)
@@ -253,16 +253,17 @@ def main(argv=None) -> int:
     return 0
   start = time.monotonic()
   executor = build_executor(args, config, out)
-  try:
-    executor.run()
-  except llm_lib.EndpointError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  # A task stopped by a cap or --max_prompts is not done: forget its completion so a rerun redoes it.
+  endpoint_error = endpoint_error_path(out)
+  endpoint_error.unlink(missing_ok=True)
+  executor.run()
+  # A task stopped by a cap, --max_prompts or the endpoint is not done: forget its completion so a rerun redoes it.
   for rank in range(args.tasks):
     stats_path = out / ".synth" / "tasks" / f"{rank:05d}.json"
     if not stats_path.is_file() or not json.loads(stats_path.read_text()).get("complete"):
       (out / ".synth" / "logs" / "completions" / f"{rank:05d}").unlink(missing_ok=True)
+  if endpoint_error.is_file():
+    print(f"error: {endpoint_error.read_text()}", file=sys.stderr)
+    return 2
   manifest = write_manifest(args, config, fingerprint, out, time.monotonic() - start)
   _report(manifest, out)
   if not manifest["complete"]:

@@ -58,6 +58,11 @@ class _Outcome:
   executed: bool = False  # ran its tests in the sandbox
 
 
+def endpoint_error_path(out_dir) -> Path:
+  """Where a task leaves the endpoint's refusal for the command to report."""
+  return Path(out_dir) / ".synth" / "endpoint_error.txt"
+
+
 class Synthesize(PipelineStep):
   name = "synthesize"
   type = "📝 - SYNTH"
@@ -93,6 +98,12 @@ class Synthesize(PipelineStep):
           break
         self.stat_update("documents_kept")
         yield document
+    except llm_lib.EndpointError as error:
+      # The endpoint refuses everything (a bad key, URL or model): the task stops here and the command
+      # says why in one line (raised, datatrove would log it with a traceback first).
+      stats["stopped_by"] = "endpoint"
+      endpoint_error_path(self.out_dir).parent.mkdir(parents=True, exist_ok=True)
+      endpoint_error_path(self.out_dir).write_text(str(error))
     finally:
       loop.run_until_complete(documents.aclose())
       loop.close()

@@ -59,6 +59,7 @@ def add_args(p, kinds=("local", "slurm")) -> None:
   p.add_argument("--slurm_time", default="24:00:00", help="--executor=slurm: time limit of each task")
   p.add_argument("--slurm_cpus_per_task", type=int, default=1)
   p.add_argument("--slurm_mem_per_cpu", default="2G", help="--executor=slurm: memory per CPU, as sbatch takes it")
+  p.add_argument("--slurm_qos", default=None, help="--executor=slurm: the jobs' QOS (default: the account's own)")
   p.add_argument("--slurm_wait", action="store_true",
                  help="--executor=slurm: wait for the jobs (progress every 10 s), then finish the stage")
   if "ray" in kinds:
@@ -266,7 +267,8 @@ def _slurm(args, stages: list[Stage], workers, job_prefix: str, state_dir: Path,
         stage.pipeline, tasks=stage.tasks, workers=workers or -1, time=args.slurm_time,
         partition=args.slurm_partition, cpus_per_task=args.slurm_cpus_per_task,
         sbatch_args={"mem-per-cpu": args.slurm_mem_per_cpu}, logging_dir=str(stage.logging_dir), depends=previous,
-        job_name=f"{job_prefix}-{stage.name}", env_command=_env_command())
+        job_name=f"{job_prefix}-{stage.name}", env_command=_env_command(),
+        qos=args.slurm_qos)  # datatrove's default, "normal", is refused where no QOS has that name
     executors.append(previous)
   try:
     previous.launch_job()  # submits each unfinished stage after its dependency; completed tasks are skipped

@@ -120,6 +120,7 @@ def test_decontam_on_slurm_matches_the_local_pool(partition, tmp_path):
   assert "slurm: submitted scan job" in proc.stderr
   outputs = "".join(p.read_text() for p in (slurm / "work" / "logs" / "slurm_logs").glob("*.out"))
   assert "Launching pipeline for rank=1" in outputs and "not the python" not in outputs
+  assert "--qos" not in (slurm / "work" / "logs" / "launch_script.slurm").read_text()  # the account's own QOS
 
   def kept(out):
     return sorted((d["id"], d["text"]) for shard in (out / "clean").glob("*.jsonl.gz") for d in _read_jsonl(shard))

@@ -29,6 +29,14 @@ def jax_compile_cache(tmp_path_factory):
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on (the OS picks it)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 def run_module(module: str, *args: str, timeout: float = 300, env: dict | None = None, **kw):
   """Runs `python -m module args...` in a real subprocess from the repo root."""
   import subprocess

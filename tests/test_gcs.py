@@ -10,7 +10,6 @@ which tensorstore's OCDBT needs: Orbax's second array write fails with "Malforme
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module, serve_process
+from conftest import REPO, free_port, run_module, serve_process
 from test_train import losses, sigkill_once_saved, train_args
 
 pytestmark = pytest.mark.slow
@@ -64,12 +63,6 @@ def gcs_env(tmp_path_factory):
         os.environ.pop(k, None)
       else:
         os.environ[k] = v
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def bucket_path(path: str):
@@ -153,6 +146,7 @@ def test_sigterm_in_a_bucket_saves(gcs_env, stdlib_cache):
 
 
 def test_eval_convert_sample_and_serve_read_the_bucket(runs, tmp_path):
+  import safetensors.numpy
   straight, run = runs
   ckpt = f"gs://{BUCKET}/{run}"
   # convert: the bucket's export equals the uninterrupted local run's, tensor for tensor
@@ -161,7 +155,6 @@ def test_eval_convert_sample_and_serve_read_the_bucket(runs, tmp_path):
     out = run_module("phi1_jax.convert", "orbax-to-hf", f"--ckpt={source}", f"--out={tmp_path / name}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "with its tokenizer" in out.stdout
-    import safetensors.numpy
     exported[name] = safetensors.numpy.load_file(str(tmp_path / name / "model.safetensors"))
   assert exported["bucket"].keys() == exported["local"].keys()
   for k, v in exported["bucket"].items():

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import slurm_partition
+from conftest import free_port, slurm_partition
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -210,12 +209,6 @@ exec bash -c "$command"
 """
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_tpu_pod_command_runs_on_a_recorded_gcloud(trainer_flags, one_process_run, tmp_path):
   home, bin_dir = tmp_path / "home", tmp_path / "bin"
   home.mkdir()
@@ -226,7 +219,7 @@ def test_tpu_pod_command_runs_on_a_recorded_gcloud(trainer_flags, one_process_ru
   gcloud.chmod(0o755)
   workdir = tmp_path / "run dir,it's"  # a space, a comma and a quote to survive two shells
   env = _env(HOME=str(home), REPO_DIR="~/phi1 jax", GCLOUD_ARGV=str(tmp_path / "argv"),
-             JAX_COORDINATOR_PORT=str(_free_port()))
+             JAX_COORDINATOR_PORT=str(free_port()))
   env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
   del env["PYTHONPATH"]  # the remote `cd` decides which phi1_jax runs (python -m imports from there)
   flags = [*trainer_flags, f"--workdir={workdir}", "--config.run_until_step=3"]

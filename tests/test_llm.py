@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import types
 import pytest
 
 from phi1_jax import llm as llm_lib
-from conftest import REPO
+from conftest import REPO, free_port
 from llm_servers import FaultyLLMServer, canonical, echo_responder
 
 
@@ -79,9 +78,7 @@ def test_client_errors_are_not_retried(server, tmp_path):
 
 
 def test_an_endpoint_that_refuses_connections_stops_the_run_at_once(tmp_path):
-  with socket.socket() as s:  # a port nothing listens on
-    s.bind(("127.0.0.1", 0))
-    nobody = types.SimpleNamespace(base_url=f"http://127.0.0.1:{s.getsockname()[1]}/v1")
+  nobody = types.SimpleNamespace(base_url=f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
   results, summary = _ask_all(nobody, tmp_path, _requests(6), concurrency=2, max_attempts=4)
   assert all(isinstance(r, llm_lib.EndpointError) for r in results), results
   assert str(results[0]).startswith(f"cannot connect to {nobody.base_url} (") and "Connect call failed" in str(results[0])

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """argparse that reports a bad flag in one line (no usage block), exit code 2."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def out_dir_problem(path: str | os.PathLike) -> str | None:

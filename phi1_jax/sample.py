@@ -31,7 +31,6 @@ CKPT is anything `phi1_jax.convert.load_params` reads; the tokenizer is found be
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 import time
@@ -44,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from phi1_jax import paths
+from phi1_jax.cli import OneLineParser
 
 PAD_OUT = -1  # marks "no token" in the output buffer (after eos or a host stop)
 
@@ -365,13 +365,6 @@ def load_model_and_tokenizer(ckpt, tokenizer=None, dtype: str | None = None):
   if tok.vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer {tok_path} has {tok.vocab_size} tokens, the model only {cfg.vocab_size}")
   return convert.model_from_params(cfg, params), tok
-
-
-class OneLineParser(argparse.ArgumentParser):
-  """argparse that reports a bad flag in one line (no usage block), exit code 2."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _parse_args(argv):

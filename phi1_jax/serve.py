@@ -286,7 +286,7 @@ class _Reply:
 
 
 def _parse_args(argv):
-  from phi1_jax.sample import OneLineParser
+  from phi1_jax.cli import OneLineParser
   p = OneLineParser(prog="python -m phi1_jax.serve", description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   p.add_argument("--host", default="127.0.0.1")

@@ -18,6 +18,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from phi1_jax.cli import OneLineParser
 from phi1_jax.curate.common import UserError
 from phi1_jax.executors import StagesIncomplete
 
@@ -35,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
   # Imported here, not at the top: datatrove's worker processes re-import this module, and they
   # need neither the openai client nor the parser.
   from phi1_jax import executors, llm as llm_lib
-  root = argparse.ArgumentParser(prog="python -m phi1_jax.curate", description=__doc__.split("\n")[0])
-  cmds = root.add_subparsers(dest="command", required=True)
+  root = OneLineParser(prog="python -m phi1_jax.curate", description=__doc__.split("\n")[0])
+  cmds = root.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
   p = cmds.add_parser("annotate", help="an LLM rates each document's educational value")
   _add_input(p)

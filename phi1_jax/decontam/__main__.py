@@ -16,7 +16,6 @@ tasks' parts and datatrove's logs: a rerun skips completed tasks; a finished OUT
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 from phi1_jax import executors
+from phi1_jax.cli import OneLineParser
 
 FORMAT = "phi1_jax.decontam/v1"
 
@@ -35,7 +35,7 @@ class DecontamError(ValueError):
 
 
 def _parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m phi1_jax.decontam", description=__doc__.split("\n")[0])
+  p = OneLineParser(prog="python -m phi1_jax.decontam", description=__doc__.split("\n")[0])
   p.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files, .py files, folders of .py")
   p.add_argument("--out", required=True)
   p.add_argument("--benchmarks", default="humaneval,mbpp")

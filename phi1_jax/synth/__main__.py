@@ -15,7 +15,6 @@ rerun with a higher cap to finish.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import json
@@ -23,6 +22,8 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+
+from phi1_jax.cli import OneLineParser
 
 FORMAT = "phi1_jax.synth/v1"
 # Settings that change what is written: a folder holds the output of one of them.
@@ -36,8 +37,8 @@ class SynthError(Exception):
 
 def _parse_args(argv):
   from phi1_jax import llm as llm_lib
-  parser = argparse.ArgumentParser(prog="python -m phi1_jax.synth", description=__doc__.split("\n\n")[0])
-  kinds = parser.add_subparsers(dest="kind", required=True)
+  parser = OneLineParser(prog="python -m phi1_jax.synth", description=__doc__.split("\n\n")[0])
+  kinds = parser.add_subparsers(dest="kind", required=True, parser_class=OneLineParser)
   for kind, max_tokens in (("textbooks", 2048), ("exercises", 1024)):
     sub = kinds.add_parser(kind)
     sub.add_argument("--n", type=int, required=True, help="documents to write")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -33,3 +37,100 @@ def out_dir_problem(path: str | os.PathLike) -> str | None:
   if not os.access(existing, os.W_OK | os.X_OK):
     return f"{existing} is not writable"
   return None
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+def stop_on_signals() -> None:
+  """SIGTERM (a process manager, `kill`, SLURM) stops a command as Ctrl-C does: KeyboardInterrupt."""
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+  signal.signal(signal.SIGTERM, interrupt)
+  signal.signal(signal.SIGINT, interrupt)
+
+
+def descendants(pid: int | None = None) -> list[int]:
+  """Every living process below `pid` (default: this one), children first, read from /proc."""
+  pid = os.getpid() if pid is None else pid
+  children: dict[int, list[int]] = {}
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/stat", "rb") as f:
+        stat = f.read()
+    except OSError:  # gone meanwhile
+      continue
+    ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # after "(comm)": state, ppid
+    children.setdefault(ppid, []).append(int(entry))
+  found, todo = [], [pid]
+  while todo:
+    for child in children.get(todo.pop(), []):
+      found.append(child)
+      todo.append(child)
+  return found
+
+
+def kill_descendants() -> None:
+  """SIGKILL every process this one started (worker pools, sandboxes): none outlives the command."""
+  for pid in descendants():
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except OSError:
+      pass
+
+
+def run_command(main: Callable[[], int | None], kept: str) -> int:
+  """Runs a command's main under the stop rule every command shares.
+
+  SIGINT or SIGTERM ends it within seconds with one line (what was kept, that a rerun resumes),
+  no traceback and no process left behind, exit code 130. `kept` says what survives, e.g.
+  "the annotations written so far are kept". os._exit skips interpreter teardown, where worker
+  threads and asyncio loops that were cut short print pages of tracebacks.
+  """
+  stop_on_signals()
+  try:
+    return main() or 0
+  except KeyboardInterrupt as e:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    name = e.args[0] if e.args and isinstance(e.args[0], str) else "SIGINT"
+    kill_descendants()
+    sys.stdout.flush()
+    print(f"stopped by {name}: {kept}; rerun the same command to resume", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+# ----------------------------------------------------------------------------- reruns
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+  """`key old -> new` for every setting that differs, sorted by key."""
+  return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def already_done(out_dir: str | os.PathLike, settings: dict, product: str, flag: str = "--out") -> bool:
+  """The rerun rule every stage shares, for an output folder that `product` (a file name) completes.
+
+  True: `out_dir` holds `product` made with these settings, so the command has nothing to do (it
+  says so and exits 0). False: no `product` yet; the settings are recorded in settings.json for
+  the next rerun. A `product` made with other settings is never overwritten: ValueError naming
+  every setting that differs, for the caller's one-line error.
+  """
+  out = Path(out_dir)
+  record = out / "settings.json"
+  if (out / product).exists():
+    if not record.exists():
+      raise ValueError(f"{flag}={out} already holds {product} with no settings.json beside it; "
+                       f"choose another {flag}")
+    diff = settings_diff(json.loads(record.read_text()), settings)
+    if diff:
+      raise ValueError(f"{flag}={out} holds {product} made with other settings ({'; '.join(diff)}); "
+                       f"choose another {flag}")
+    return True
+  out.mkdir(parents=True, exist_ok=True)
+  tmp = record.with_suffix(".tmp")
+  tmp.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+  os.replace(tmp, record)
+  return False

@@ -15,6 +15,13 @@
   `max_attempts` tries, then `RequestFailed` for that request only. 400/422: `RequestFailed` at
   once (the request itself is wrong). 401/403/404: `EndpointError` (wrong key, URL or model: every
   request would fail, the caller stops the run with one line).
+- A dead endpoint: when every try has failed for `give_up_after_s` (60 s by default; from the
+  first failure after the last answer), and of more than one request (one bad request retried is
+  not a dead endpoint), every request raises `EndpointError` naming the last error,
+  so a run against a server that went away ends within that window instead of retrying for
+  minutes. (A server that accepts connections and never answers takes `timeout_s` more.)
+- Failed requests: the first few distinct reasons are logged as they happen; `summary()["failures"]`
+  counts them by reason and `describe_failures` makes the one line every stage prints.
 - Cache: SQLite in WAL mode keyed by sha256 of (endpoint, the full JSON body: model, messages or
   prompt, every sampling parameter, seed). An answer is committed the moment it arrives, before
   `ask` returns it, so a rerun, or a resume after SIGKILL at any moment, never pays for an answer it
@@ -41,6 +48,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import socket
 import sqlite3
 import sys
@@ -54,6 +62,9 @@ ENDPOINTS = {"chat": "/chat/completions", "completion": "/completions"}
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 FATAL_STATUSES = {401, 403, 404}
 MAX_RETRY_AFTER_S = 600.0
+REASONS_SHOWN = 3  # distinct failure reasons logged and printed; more are only counted
+REASONS_KEPT = 20  # distinct reasons a summary keeps; the rest count under OTHER_REASONS
+OTHER_REASONS = "(other reasons)"
 
 
 class LLMError(Exception):
@@ -111,6 +122,9 @@ class _Retry(Exception):
     super().__init__(reason)
     self.reason, self.retry_after, self.detail, self.no_connection = reason, retry_after, detail, no_connection
 
+  def __str__(self) -> str:  # "HTTP 503 from URL: ...", "connection [Errno 111] ...", "timeout"
+    return self.detail if self.detail.startswith("HTTP ") else f"{self.reason} {self.detail}".strip()
+
 
 def _innermost(error: BaseException) -> BaseException:
   """The root cause of a connection error ("[Errno 111] Connection refused"), not the client's
@@ -118,6 +132,22 @@ def _innermost(error: BaseException) -> BaseException:
   while error.__cause__ is not None or error.__context__ is not None:
     error = error.__cause__ or error.__context__
   return error
+
+
+def failure_kind(reason: str) -> str:
+  """A reason with its numbers blanked, so "131 were requested" and "135 were requested" count as one."""
+  return re.sub(r"\d+", "#", reason)
+
+
+def describe_failures(failures: dict[str, int], shown: int = REASONS_SHOWN) -> str:
+  """"71 x <reason>; 2 x <reason>; 3 more" for a summary line: the first `shown` kinds of failure,
+  in order of first sight, each with the first reason seen; `failures` may merge several summaries."""
+  kinds: dict[str, list] = {}
+  for reason, count in failures.items():
+    kinds.setdefault(failure_kind(reason), [reason, 0])[1] += count
+  parts = [f"{count} x {reason}" for reason, count in list(kinds.values())[:shown]]
+  rest = sum(count for _, count in list(kinds.values())[shown:])
+  return "; ".join(parts + ([f"{rest} more"] if rest else []))
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -206,9 +236,9 @@ class LLM:
                concurrency: int = 8, timeout_s: float = 120.0, max_attempts: int = 8,
                backoff_base_s: float = 1.0, backoff_max_s: float = 60.0, max_requests: int | None = None,
                max_tokens_total: int | None = None, metrics_path: str | os.PathLike | None = None,
-               progress_every_s: float = 10.0, total: int | None = None, log=None):
-    if concurrency < 1 or max_attempts < 1 or timeout_s <= 0:
-      raise LLMError("concurrency and max_attempts must be >= 1 and timeout_s > 0")
+               progress_every_s: float = 10.0, total: int | None = None, log=None, give_up_after_s: float = 60.0):
+    if concurrency < 1 or max_attempts < 1 or timeout_s <= 0 or give_up_after_s <= 0:
+      raise LLMError("concurrency and max_attempts must be >= 1, timeout_s and give_up_after_s > 0")
     self.base_url = base_url
     self.client = openai.AsyncOpenAI(base_url=base_url, api_key=_api_key(base_url, api_key_env),
                                      max_retries=0, timeout=timeout_s)
@@ -220,6 +250,7 @@ class LLM:
     self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     self.metrics = open(metrics_path, "a") if metrics_path else None
     self._semaphore: asyncio.Semaphore | None = None
+    self._down_event: asyncio.Event | None = None  # set when `down` is: backoffs end at once
     self._inflight: dict[str, asyncio.Future] = {}
     self.exhausted: str | None = None  # which cap stopped new requests
     self.counts = collections.Counter()  # sent, paid, cached, answered, failed, not_sent
@@ -229,6 +260,12 @@ class LLM:
     self._last_progress = self.started
     self._reached = False  # any HTTP answer at all from the endpoint, even an error
     self._unreached = 0  # connections refused before that: a wrong URL or a server that is not up
+    self.give_up_after_s = give_up_after_s
+    self._failing_since: float | None = None  # first failed try since the last answer
+    self._failing_keys: set[str] = set()  # requests that failed since then (two are enough to know)
+    self._last_error = ""
+    self.down: str | None = None  # why the endpoint counts as dead: every request raises EndpointError
+    self.failures: dict[str, list] = {}  # failure_kind -> [first reason seen, count], in order of first sight
 
   # ------------------------------------------------------------ public
 
@@ -255,8 +292,9 @@ class LLM:
       answer = await self._fetch(request)
       self._account(answer)
       return answer
-    except RequestFailed:
+    except RequestFailed as error:
       self.counts["failed"] += 1
+      self._count_failure(str(error))
       self._progress()
       raise
     finally:
@@ -273,11 +311,13 @@ class LLM:
         "answers_cached": self.counts["cached"],
         "answers": self.counts["answered"],
         "failed": self.counts["failed"],
+        "failures": {reason: count for reason, count in self.failures.values()},
         "not_sent_over_cap": self.counts["not_sent"],
         "retries": dict(self.retries),
         "tokens": dict(self.tokens),
         "caps": {"max_requests": self.max_requests, "max_tokens_total": self.max_tokens_total},
         "stopped_by_cap": self.exhausted,
+        "endpoint_down": self.down,
         "seconds": round(elapsed, 3),
     }
 
@@ -302,6 +342,36 @@ class LLM:
     self.counts["cached"] += 1
     return Answer(key, text, response, usage, cached=True)
 
+  def _count_failure(self, reason: str) -> None:
+    kind = failure_kind(reason)
+    if kind not in self.failures and len(self.failures) >= REASONS_KEPT:
+      kind = reason = OTHER_REASONS
+    if kind not in self.failures:
+      self.failures[kind] = [reason, 0]
+      if len(self.failures) <= REASONS_SHOWN:  # the cause, e.g. a prompt longer than the model's context
+        self.log(f"llm: a request failed: {reason}")
+    self.failures[kind][1] += 1
+
+  def _failed_try(self, key: str, error: str) -> None:
+    """Counts a failed try toward the dead-endpoint window; raises EndpointError once it is over."""
+    self._last_error = error
+    if self._failing_since is None:
+      self._failing_since = time.monotonic()
+    if len(self._failing_keys) < 2:
+      self._failing_keys.add(key)
+    self._check_down()
+
+  def _check_down(self) -> None:
+    if self.down is None and self._failing_since is not None and len(self._failing_keys) > 1:
+      failing_s = time.monotonic() - self._failing_since
+      if failing_s >= self.give_up_after_s:
+        self.down = (f"every request to {self.base_url} failed for {failing_s:.0f}s (--give_up_after="
+                     f"{self.give_up_after_s:g}), the last with: {self._last_error}; the answers received are "
+                     "kept: rerun the same command to resume")
+        self._down_event.set()
+    if self.down:
+      raise EndpointError(self.down)
+
   def _check_caps(self) -> None:
     if self.exhausted is None:
       if self.max_requests is not None and self.counts["sent"] >= self.max_requests:
@@ -317,22 +387,28 @@ class LLM:
 
   async def _fetch(self, request: Request) -> Answer:
     if self._semaphore is None:
-      self._semaphore = asyncio.Semaphore(self.concurrency)
+      self._semaphore, self._down_event = asyncio.Semaphore(self.concurrency), asyncio.Event()
     last = None
     for attempt in range(self.max_attempts):
       async with self._semaphore:
+        self._check_down()
         self._check_caps()
         self.counts["sent"] += 1
         try:
           response, text, usage = await self._send(request)
+        except RequestFailed as error:
+          self._failed_try(request.key, str(error))
+          raise
         except _Retry as retry:
           last = retry
+          self._failed_try(request.key, str(retry))
           if retry.no_connection and not self._reached:
             self._unreached += 1
             if self._unreached >= self.max_attempts:  # a typo in --base_url must not retry for minutes
               raise EndpointError(f"cannot connect to {self.base_url} ({retry.detail}): "
                                   "is the server up and --base_url right?") from None
         else:
+          self._failing_since, self._failing_keys = None, set()
           self.cache.put(request, response, usage)  # committed before anyone uses it
           self.counts["paid"] += 1
           self.tokens["prompt_tokens_paid"] += usage["prompt_tokens"]
@@ -344,9 +420,15 @@ class LLM:
       delay = min(self.backoff_max_s, self.backoff_base_s * 2**attempt) * random.uniform(0.5, 1.0)
       if last.retry_after is not None:
         delay = max(delay, last.retry_after)
+      window_left = (self._failing_since or 0) + self.give_up_after_s - time.monotonic()
+      if self._failing_since is not None and window_left > 0:  # wake when the window closes, to stop then
+        delay = min(delay, window_left + 0.01)
       self._progress()
-      await asyncio.sleep(delay)
-    raise RequestFailed(f"gave up after {self.max_attempts} tries, last: {last.reason} {last.detail}".strip())
+      try:  # the backoff, cut short when the endpoint is found dead
+        await asyncio.wait_for(self._down_event.wait(), delay)
+      except asyncio.TimeoutError:
+        pass
+    raise RequestFailed(f"gave up after {self.max_attempts} tries, the last: {last}")
 
   async def _send(self, request: Request) -> tuple[dict, str, dict]:
     body = dict(request.body)
@@ -369,7 +451,8 @@ class LLM:
     except openai.APIStatusError as error:
       self._reached = True
       status = error.status_code
-      message = f"HTTP {status} from {self.base_url}: {str(error.message)[:200]}"
+      said = re.sub(r"^Error code: \d+ - ", "", str(error.message))  # the client's prefix repeats the status
+      message = f"HTTP {status} from {self.base_url}: {said[:200]}"
       if status in RETRY_STATUSES or status >= 500:
         raise _Retry(str(status), parse_retry_after(error.response.headers.get("retry-after")),
                      detail=message) from None
@@ -424,6 +507,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   group.add_argument("--max_attempts", type=int, default=8, help="tries per request")
   group.add_argument("--backoff_s", type=float, default=1.0,
                      help="wait before the first retry, doubled each time up to 60 s (at least Retry-After)")
+  group.add_argument("--give_up_after", type=float, default=60.0,
+                     help="seconds of every request failing (a dead endpoint) after which the run stops")
   group.add_argument("--max_requests", type=int, default=None, help="cap on HTTP requests this run sends")
   group.add_argument("--max_tokens_total", type=int, default=None,
                      help="cap on prompt + completion tokens of the answers used (cached ones included)")
@@ -437,8 +522,9 @@ def check_args(args: argparse.Namespace) -> None:
   for name in ("concurrency", "max_attempts"):
     if getattr(args, name) < 1:
       raise LLMError(f"--{name} must be >= 1, got {getattr(args, name)}")
-  if args.timeout <= 0:
-    raise LLMError(f"--timeout must be > 0, got {args.timeout}")
+  for name in ("timeout", "give_up_after"):
+    if getattr(args, name) <= 0:
+      raise LLMError(f"--{name} must be > 0, got {getattr(args, name)}")
   if args.backoff_s < 0:
     raise LLMError(f"--backoff_s must be >= 0, got {args.backoff_s}")
   for name in ("max_requests", "max_tokens_total"):
@@ -453,4 +539,5 @@ def from_args(args: argparse.Namespace, out_dir: str | os.PathLike, **kw) -> LLM
   return LLM(args.base_url, cache_path=args.cache or out_dir / "llm_cache.sqlite",
              api_key_env=args.api_key_env, concurrency=args.concurrency, timeout_s=args.timeout,
              max_attempts=args.max_attempts, backoff_base_s=args.backoff_s, max_requests=args.max_requests,
-             max_tokens_total=args.max_tokens_total, metrics_path=out_dir / "llm_metrics.jsonl", **kw)
+             max_tokens_total=args.max_tokens_total, metrics_path=out_dir / "llm_metrics.jsonl",
+             give_up_after_s=args.give_up_after, **kw)

@@ -10,13 +10,14 @@ from `faults` (a script, in order), else one at random with probability `fault_r
 `delay_s`. Faults:
   "429"        429 with Retry-After: `retry_after`
   "500", "503" a server error (503 also with Retry-After)
-  "400", "401", "404"  client errors (not to be retried)
+  "400", "401", "404"  client errors (not to be retried); "400:MESSAGE" says MESSAGE as a server would
   "drop"       a 200 whose body stops half way (Content-Length promises more), connection closed
   "reset"      the connection closed before any answer
   "garbage"    a 200 with an HTML body
   "no_choices" a 200 with JSON that is not a completion
   "slow"       a good answer after `slow_s` seconds (past the client's timeout)
 Every request is logged (`log`: endpoint, body, outcome); `paid` lists the bodies answered well.
+`die()` is the server going away: new connections are refused, open ones are closed unanswered.
 
 Run by hand (an endpoint for demos): python tests/llm_servers.py --port 8123 [--fault_rate 0.2]
 [--responder textbook]
@@ -73,6 +74,7 @@ class FaultyLLMServer:
     self.paid: list[tuple[str, str]] = []  # (endpoint, canonical body) of each good answer sent
     self.httpd = _QuietServer(("127.0.0.1", port), self._handler_class())
     self.thread = None
+    self.dead = False
 
   @property
   def base_url(self) -> str:
@@ -86,6 +88,10 @@ class FaultyLLMServer:
   def stop(self) -> None:
     self.httpd.shutdown()
     self.httpd.server_close()
+
+  def die(self) -> None:
+    self.dead = True  # kept-alive connections are closed at their next request
+    self.stop()
 
   def __enter__(self):
     return self.start()
@@ -144,11 +150,17 @@ class FaultyLLMServer:
         if endpoint is None or not isinstance(body, dict):
           self._send(404 if endpoint is None else 400, b'{"error": {"message": "bad request"}}')
           return
+        if server.dead:
+          self.close_connection = True
+          self.connection.close()
+          return
         fault = server._next_fault(endpoint, body)
         entry = {"endpoint": endpoint, "body": body, "outcome": fault or "ok", "time": time.time()}
         with server.lock:
           server.log.append(entry)
-        error = json.dumps({"error": {"message": f"deliberate {fault}"}}).encode()
+        fault, _, message = (fault or "").partition(":")
+        fault = fault or None
+        error = json.dumps({"error": {"message": message or f"deliberate {fault}"}}).encode()
         if fault in ("429", "503"):
           self._send(int(fault), error, headers={"Retry-After": server.retry_after})
         elif fault in ("500", "400", "401", "404"):

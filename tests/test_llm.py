@@ -165,3 +165,57 @@ def test_sigkill_mid_run_then_rerun_pays_only_for_what_never_arrived(tmp_path):
     assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == n
   # At most the requests in flight at the kill (concurrency 4) were answered twice.
   assert sum(count - 1 for count in server.paid_keys().values()) <= 4
+
+
+def test_failed_requests_are_reported_by_reason_with_counts(tmp_path):
+  def faults(endpoint, body):  # 3 prompts too long for the model (each its own numbers), 2 a broken server
+    i = int(body["messages"][0]["content"].split()[1])
+    if i < 3:
+      return f"400:this model's maximum context length is 128 tokens, but {131 + i} were requested"
+    return "500" if i < 5 else None
+  logged = []
+  with FaultyLLMServer(fault_for=faults) as server:
+    results, summary = _ask_all(server, tmp_path, _requests(6), concurrency=1, max_attempts=2, log=logged.append)
+  assert [type(r).__name__ for r in results] == ["RequestFailed"] * 5 + ["Answer"]
+  too_long = f"HTTP 400 from {server.base_url}: this model's maximum context length is 128 tokens, but 131 were requested"
+  broken = f"gave up after 2 tries, the last: HTTP 500 from {server.base_url}: deliberate 500"
+  assert summary["failures"] == {too_long: 3, broken: 2} and summary["failed"] == 5
+  assert llm_lib.describe_failures(summary["failures"]) == f"3 x {too_long}; 2 x {broken}"
+  assert llm_lib.describe_failures(summary["failures"], shown=1) == f"3 x {too_long}; 2 more"
+  # each reason is logged once, as it first happens
+  assert [line for line in logged if "failed:" in line] == [f"llm: a request failed: {too_long}",
+                                                           f"llm: a request failed: {broken}"]
+
+
+def test_a_dead_endpoint_ends_every_request_within_the_window(tmp_path):
+  server = FaultyLLMServer().start()
+
+  async def go():
+    client = llm_lib.LLM(server.base_url, cache_path=tmp_path / "cache.sqlite", concurrency=4, backoff_base_s=0.3,
+                         give_up_after_s=1.5)
+    answers = await asyncio.gather(*(client.ask(r) for r in _requests(4)))
+    server.die()  # the server goes away mid-run: connections refused from now on
+    start = time.monotonic()
+    async def one(request):
+      try:
+        return await client.ask(request)
+      except llm_lib.LLMError as error:
+        return error
+    results = await asyncio.gather(*(one(r) for r in _requests(12, tag="later")))
+    elapsed = time.monotonic() - start
+    await client.aclose()
+    return answers, results, elapsed, client.summary()
+  answers, results, elapsed, summary = asyncio.run(go())
+  assert all(isinstance(a, llm_lib.Answer) for a in answers)
+  assert all(isinstance(r, llm_lib.EndpointError) for r in results), results
+  message = str(results[0])
+  assert message.startswith(f"every request to {server.base_url} failed for ") and "--give_up_after=1.5" in message
+  assert "the last with: connection" in message and message.endswith("rerun the same command to resume")
+  assert 1.5 <= elapsed < 4 and summary["endpoint_down"] == message
+  # one request failing again and again is that request's problem, not a dead endpoint
+  def q0_breaks_the_server(endpoint, body):
+    return "500" if body["messages"][0]["content"] == "q 0" else None
+  with FaultyLLMServer(fault_for=q0_breaks_the_server) as server:
+    results, summary = _ask_all(server, tmp_path / "one", _requests(1), max_attempts=6, backoff_base_s=0.2,
+                                give_up_after_s=0.3)
+  assert isinstance(results[0], llm_lib.RequestFailed) and summary["requests_sent"] == 6

@@ -144,10 +144,8 @@ async def _annotate(docs: list[dict], args, prompt: str, out: Path, client: llm_
         except llm_lib.BudgetExhausted as e:
           stop.append(str(e))
           return
-        except llm_lib.RequestFailed as e:
+        except llm_lib.RequestFailed:  # the client logs the first reasons and counts them all
           counts["failed"] += 1
-          if counts["failed"] <= 3:  # the reason, e.g. a prompt longer than the model's context (HTTP 400)
-            print(f"annotate: {doc['id']}: not annotated: {e}", file=sys.stderr, flush=True)
           continue
         score = p_yes(answer.response) if args.scoring == "logprob" else parse_score(answer.text)
         row = {"id": doc["id"], "score": score, "response": answer.text, "model": args.model, "usage": answer.usage}
@@ -208,6 +206,9 @@ def annotate(args) -> dict:
   }
   write_json_atomic(out / "manifest.json", manifest)
   stopped = f"; stopped by the cap {this_run['stopped_by_cap']}" if this_run["stopped_by_cap"] else ""
+  failures = manifest["llm_this_run"]["failures"]  # why, e.g. HTTP 400: a prompt longer than the model's context
+  failed = f" ({llm_lib.describe_failures(failures)})" if failures else ""
   print(f"{out}: {len(rows)}/{len(docs)} documents annotated, {manifest['unparseable']} unparseable, "
-        f"{this_run['failed_this_run']} failed this run{stopped}; histogram {manifest['score_histogram']}", flush=True)
+        f"{this_run['failed_this_run']} failed this run{failed}{stopped}; histogram {manifest['score_histogram']}",
+        flush=True)
   return manifest

@@ -47,7 +47,13 @@ def _pycon_to_code(code: str) -> str:
 
 def textbook_rejection(text: str, finish_reason: str | None = None, min_chars: int = 1000,
                        require_code: bool = True) -> str | None:
-  """Why a textbook answer is not kept, or None to keep it."""
+  """Why a textbook answer is not kept, or None to keep it. The reasons, checked in this order:
+
+  truncated (cut by max_tokens), refusal, too_short (under `min_chars`), meta_boilerplate ("Sure,
+  here is...", "I hope this helps"), unclosed_code_fence, no_code (no Python code block, when
+  `require_code`), code_syntax_error (a Python block that does not parse), repetitive (over 30%
+  of its long lines repeat).
+  """
   if finish_reason == "length":
     return "truncated"
   stripped = text.strip()

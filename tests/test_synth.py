@@ -19,10 +19,11 @@ import pytest
 from conftest import REPO, run_module
 from data_fixtures import small_tokenizer  # noqa: F401
 from llm_servers import FaultyLLMServer, canonical
-from phi1_jax import llm as llm_lib
+from phi1_jax import cli, llm as llm_lib
 from phi1_jax.synth import prompts, validate
 from phi1_jax.synth.__main__ import main as synth_main
 from synth_responders import exercise_responder, textbook_responder
+from test_cli_rules import alive
 
 
 @pytest.fixture
@@ -221,8 +222,10 @@ def test_sigkill_then_rerun_writes_what_an_unbroken_run_writes_and_pays_nothing_
   deadline = time.monotonic() + 120
   while len(server.paid_keys()) < 12 and time.monotonic() < deadline:
     time.sleep(0.01)
+  started = cli.descendants(run.pid)  # datatrove's multiprocess manager: nothing kills it after a SIGKILL
   run.send_signal(signal.SIGKILL)
   assert run.wait() == -signal.SIGKILL
+  _kill(run, started)
   with sqlite3.connect(out / "llm_cache.sqlite") as db:
     committed = {canonical(json.loads(body)) for (body,) in db.execute("SELECT request FROM answers")}
   assert committed and not (out / "manifest.json").exists()
@@ -296,3 +299,116 @@ def test_a_refused_key_stops_the_run_with_one_line(endpoint, tmp_path, capsys):
   assert last.startswith("error: HTTP 401 from http://127.0.0.1:") and len(server.log) <= 3
   assert "Traceback" not in err  # the task stops; it does not raise through datatrove's logger
   assert not list((tmp_path / "out" / ".synth" / "logs" / "completions").glob("*"))  # a rerun tries again
+
+
+def test_failed_requests_are_named_in_the_summary_line_and_the_manifest(endpoint, tmp_path):
+  def too_long(endpoint, body):  # a quarter of the prompts do not fit the model's context, as a server says it
+    words = len(body["messages"][0]["content"].split())
+    return f"400:this model's maximum context length is 128 tokens, but {words} were requested" if words % 4 == 0 else None
+  server = endpoint(textbook_responder, fault_for=too_long)
+  out = tmp_path / "books"
+  result = _synth("textbooks", server, out, "--n=6")
+  assert result.returncode == 0, result.stderr[-3000:]
+  manifest = json.loads((out / "manifest.json").read_text())
+  failed = manifest["counts"]["rejected"]["request_failed"]
+  assert failed > 0 and sum(manifest["llm"]["failures"].values()) == failed
+  reason = f"HTTP 400 from {server.base_url}: this model's maximum context length is 128 tokens, but "
+  summary = result.stdout.splitlines()[0]
+  assert summary.startswith("synth: wrote 6/6 textbooks") and f"(failed requests: {failed} x {reason}" in summary
+  assert f"llm: a request failed: {reason}" in result.stderr  # as it happens, once
+
+
+def _popen_synth(server, out, *extra):
+  args = [sys.executable, "-m", "phi1_jax.synth", "textbooks", f"--out={out}", f"--base_url={server.base_url}",
+          "--model=test", "--concurrency=4", "--backoff_s=0.05", *extra]
+  stderr = open(out.parent / f"{out.name}.stderr", "w+")
+  return subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                          stderr=stderr), stderr
+
+
+def _kill(run, started=()):
+  """SIGKILL a synth run and all it started: a failing test leaves no process behind."""
+  for pid in [*cli.descendants(run.pid), run.pid, *started]:
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except OSError:
+      pass
+  run.wait()
+
+
+def _wait_for_answers(server, run, count):
+  deadline = time.monotonic() + 120
+  while len(server.paid_keys()) < count and time.monotonic() < deadline and run.poll() is None:
+    time.sleep(0.01)
+  assert len(server.paid_keys()) >= count, "the run did not get going"
+
+
+def _committed(out):
+  with sqlite3.connect(out / "llm_cache.sqlite") as db:
+    return {canonical(json.loads(body)) for (body,) in db.execute("SELECT request FROM answers")}
+
+
+def _rerun_resumes(server, out, n, *extra):
+  """The same command again finishes, asking for nothing it received before."""
+  committed, log_before = _committed(out), len(server.log)
+  result = _synth("textbooks", server, out, f"--n={n}", *extra)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert committed and not committed & {canonical(e["body"]) for e in server.log[log_before:]}
+  assert len(_rows(out)) == n and json.loads((out / "manifest.json").read_text())["complete"]
+
+
+@pytest.mark.slow
+def test_an_endpoint_that_dies_mid_run_ends_the_run_in_one_line_then_a_rerun_resumes(endpoint, tmp_path):
+  server = endpoint(textbook_responder, delay_s=0.05)
+  out = tmp_path / "books"
+  run, stderr = _popen_synth(server, out, "--n=60", "--give_up_after=2")
+  try:
+    _wait_for_answers(server, run, 8)
+    server.die()  # connections refused from now on
+    died = time.monotonic()
+    assert run.wait(timeout=60) == 2
+    assert time.monotonic() - died < 2 + 8  # the window, then at most a try's round trip and the exit
+  finally:
+    _kill(run)
+  stderr.seek(0)
+  err = stderr.read()
+  last = err.strip().splitlines()[-1]
+  assert last.startswith(f"error: every request to {server.base_url} failed for ") and "--give_up_after=2" in last
+  assert "the last with: connection" in last and "Traceback" not in err
+  port = int(server.base_url.split(":")[2].split("/")[0])
+  _rerun_resumes(endpoint(textbook_responder, port=port), out, 60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,workers", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 2)],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-2-workers"])
+def test_a_signal_stops_synth_in_one_line_leaving_no_process_then_a_rerun_resumes(endpoint, tmp_path, sig, workers):
+  server = endpoint(textbook_responder, delay_s=0.5)
+  out = tmp_path / "books"
+  parallel = [f"--tasks={workers}", f"--workers={workers}"]
+  run, stderr = _popen_synth(server, out, "--n=100", *parallel)
+  started = []
+  try:
+    _wait_for_answers(server, run, 8)
+    started += cli.descendants(run.pid)  # the multiprocess manager; with workers, the pool and its forkserver
+    assert len(started) >= (1 if workers == 1 else 3)
+    before = stderr.tell()
+    run.send_signal(sig)
+    stopped = time.monotonic()
+    assert run.wait(timeout=30) == 130
+    assert time.monotonic() - stopped < 5
+  finally:
+    _kill(run)
+  deadline = time.monotonic() + 5
+  while any(map(alive, started)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  outlived = [pid for pid in started if alive(pid)]
+  _kill(run, outlived)
+  assert not outlived, "a process outlived the command"
+  stderr.seek(before)
+  after = stderr.read()
+  assert after.strip().splitlines()[-1] == (f"stopped by {sig.name}: every answer received is kept (llm_cache.sqlite); "
+                                            "rerun the same command to resume")
+  assert "Traceback" not in after and after.count("stopped by") == 1
+  server.delay_s = 0
+  _rerun_resumes(server, out, 100, *parallel)

@@ -10,7 +10,9 @@ tokens, diversity, config). Runs as a datatrove pipeline (the synthesis step, th
 JsonlWriter) on the local executor. Safe to kill and rerun: paid answers replay from
 OUT/llm_cache.sqlite, so the rerun pays for nothing twice and writes exactly --n documents.
 A cap (--max_tokens_total, --max_requests) stops the run cleanly with what was paid for written;
-rerun with a higher cap to finish.
+rerun with a higher cap to finish. SIGINT or SIGTERM stops it within seconds (one line, exit 130,
+no process left behind); an endpoint that failed every request for --give_up_after seconds (60)
+stops it with one line naming the last error (exit 2); either way a rerun resumes.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import signal
 import sqlite3
 import sys
 import time
 from pathlib import Path
 
+from phi1_jax import cli
 from phi1_jax.cli import OneLineParser
 
 FORMAT = "phi1_jax.synth/v1"
@@ -136,7 +140,8 @@ def build_executor(args, config: dict, out: Path):
   llm_options = {"base_url": args.base_url, "cache_path": str(Path(args.cache or out / "llm_cache.sqlite")),
                  "api_key_env": args.api_key_env, "concurrency": args.concurrency, "timeout_s": args.timeout,
                  "max_attempts": args.max_attempts, "backoff_base_s": args.backoff_s, "max_requests": args.max_requests,
-                 "max_tokens_total": args.max_tokens_total, "metrics_path": str(out / "llm_metrics.jsonl")}
+                 "max_tokens_total": args.max_tokens_total, "metrics_path": str(out / "llm_metrics.jsonl"),
+                 "give_up_after_s": args.give_up_after}
   step = Synthesize(args.kind, args.n, str(out), seed=args.seed, topics_path=config["topics_path"],
                     template_path=config["template_path"], model=args.model, endpoint=args.endpoint,
                     sampling={"temperature": args.temperature, "max_tokens": args.max_tokens},
@@ -147,6 +152,21 @@ def build_executor(args, config: dict, out: Path):
                        adapter=jsonl_adapter)
   return LocalPipelineExecutor(pipeline=[step, writer], tasks=args.tasks, workers=args.workers,
                                logging_dir=str(out / ".synth" / "logs"))
+
+
+def start_deaf_forkserver() -> None:
+  """Starts the forkserver that datatrove's worker pool (--workers > 1) forks from, with SIGINT blocked.
+
+  The workers inherit the block: Ctrl-C, which reaches the whole process group, then stops only
+  this process (one line, then cli.run_command kills the workers) instead of printing a traceback
+  from each worker. A SIGINT meanwhile waits for the unblock, it is not lost.
+  """
+  import multiprocess.forkserver
+  blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  try:
+    multiprocess.forkserver.ensure_running()
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _read_documents(out: Path, kind: str, tasks: int) -> list[tuple[Path, list[dict]]]:
@@ -177,7 +197,7 @@ def write_manifest(args, config: dict, fingerprint: str, out: Path, seconds: flo
   files = _read_documents(out, args.kind, args.tasks)
   rows = [row for _, doc_rows in files for row in doc_rows]
   rejected, llm_totals, tokens = collections.Counter(), collections.Counter(), collections.Counter()
-  retries = collections.Counter()
+  retries, failures = collections.Counter(), collections.Counter()
   for stats in task_stats:
     rejected.update(stats.get("rejected", {}))
     summary = stats.get("llm", {})
@@ -185,6 +205,7 @@ def write_manifest(args, config: dict, fingerprint: str, out: Path, seconds: flo
       llm_totals[key] += summary.get(key, 0)
     tokens.update(summary.get("tokens", {}))
     retries.update(summary.get("retries", {}))
+    failures.update(summary.get("failures", {}))
   for row in rows:
     for key, value in row["meta"]["usage"].items():
       tokens[f"{key}_in_documents"] += value
@@ -207,7 +228,8 @@ def write_manifest(args, config: dict, fingerprint: str, out: Path, seconds: flo
                  "rejected": dict(sorted(rejected.items())), "near_duplicates": rejected.get("near_duplicate", 0),
                  "unused_answers": sum(s.get("unused_answers", 0) for s in task_stats)},
       "tokens": dict(sorted(tokens.items())),
-      "llm": {**llm_totals, "retries": dict(retries), "note": "from each task's latest run"},
+      "llm": {**llm_totals, "retries": dict(retries), "failures": dict(failures),
+              "note": "from each task's latest run"},
       "spend": {"cache": _cache_totals(Path(args.cache or out / "llm_cache.sqlite"))},
       "diversity": diversity,
       "seconds": round(seconds, 2),
@@ -223,9 +245,12 @@ def write_manifest(args, config: dict, fingerprint: str, out: Path, seconds: flo
 
 
 def _report(manifest: dict, out: Path) -> None:
+  from phi1_jax import llm as llm_lib
   counts, diversity = manifest["counts"], manifest["diversity"]
+  failures = manifest["llm"].get("failures")  # why requests failed, e.g. HTTP 400: a prompt too long for the model
+  failed = f" (failed requests: {llm_lib.describe_failures(failures)})" if failures else ""
   print(f"synth: wrote {counts['written']}/{counts['requested']} {manifest['kind']} to {out} "
-        f"({counts['prompts']} prompts; rejected {counts['rejected'] or 'none'}; "
+        f"({counts['prompts']} prompts; rejected {counts['rejected'] or 'none'}{failed}; "
         f"{manifest['tokens'].get('prompt_tokens_paid', 0) + manifest['tokens'].get('completion_tokens_paid', 0)} "
         f"tokens paid this run)")
   if "exercises" in manifest:
@@ -256,6 +281,8 @@ def main(argv=None) -> int:
   executor = build_executor(args, config, out)
   endpoint_error = endpoint_error_path(out)
   endpoint_error.unlink(missing_ok=True)
+  if args.workers > 1:
+    start_deaf_forkserver()
   executor.run()
   # A task stopped by a cap, --max_prompts or the endpoint is not done: forget its completion so a rerun redoes it.
   for rank in range(args.tasks):
@@ -277,4 +304,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_command(main, kept="every answer received is kept (llm_cache.sqlite)"))

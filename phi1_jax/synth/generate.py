@@ -99,14 +99,21 @@ class Synthesize(PipelineStep):
         self.stat_update("documents_kept")
         yield document
     except llm_lib.EndpointError as error:
-      # The endpoint refuses everything (a bad key, URL or model): the task stops here and the command
-      # says why in one line (raised, datatrove would log it with a traceback first).
+      # The endpoint refuses everything (a bad key, URL or model) or failed every request for --give_up_after
+      # seconds: the task stops here and the command says why in one line (raised, datatrove would log it
+      # with a traceback first).
       stats["stopped_by"] = "endpoint"
       endpoint_error_path(self.out_dir).parent.mkdir(parents=True, exist_ok=True)
       endpoint_error_path(self.out_dir).write_text(str(error))
+    except (KeyboardInterrupt, GeneratorExit):
+      # Stopped (SIGINT/SIGTERM, or the writer gave up): the loop may have been cut mid-step, and closing
+      # the generator would raise ("already running") or wait out retries; the cache holds every answer.
+      loop = None
+      raise
     finally:
-      loop.run_until_complete(documents.aclose())
-      loop.close()
+      if loop is not None:
+        loop.run_until_complete(documents.aclose())
+        loop.close()
     stats["complete"] = stats["kept"] == stats["target"]
     stats["rejected"] = dict(stats["rejected"])
     tasks_dir = Path(self.out_dir) / ".synth" / "tasks"

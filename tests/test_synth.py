@@ -318,12 +318,14 @@ def test_failed_requests_are_named_in_the_summary_line_and_the_manifest(endpoint
   assert f"llm: a request failed: {reason}" in result.stderr  # as it happens, once
 
 
-def _popen_synth(server, out, *extra):
+def _popen_synth(server, out, *extra, sigint_ignored=False):
+  """A synth run in the background; `sigint_ignored`: started as `command &` in a script starts it."""
   args = [sys.executable, "-m", "phi1_jax.synth", "textbooks", f"--out={out}", f"--base_url={server.base_url}",
           "--model=test", "--concurrency=4", "--backoff_s=0.05", *extra]
   stderr = open(out.parent / f"{out.name}.stderr", "w+")
+  ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
   return subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
-                          stderr=stderr), stderr
+                          stderr=stderr, preexec_fn=ignore), stderr
 
 
 def _kill(run, started=()):
@@ -380,13 +382,15 @@ def test_an_endpoint_that_dies_mid_run_ends_the_run_in_one_line_then_a_rerun_res
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,workers", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 2)],
-                         ids=["SIGINT", "SIGTERM", "SIGINT-2-workers"])
-def test_a_signal_stops_synth_in_one_line_leaving_no_process_then_a_rerun_resumes(endpoint, tmp_path, sig, workers):
+@pytest.mark.parametrize("sig,workers,sigint_ignored", [(signal.SIGINT, 1, True), (signal.SIGTERM, 1, False),
+                                                        (signal.SIGINT, 2, False)],
+                         ids=["SIGINT-started-in-background", "SIGTERM", "SIGINT-2-workers"])
+def test_a_signal_stops_synth_in_one_line_leaving_no_process_then_a_rerun_resumes(endpoint, tmp_path, sig, workers,
+                                                                                  sigint_ignored):
   server = endpoint(textbook_responder, delay_s=0.5)
   out = tmp_path / "books"
   parallel = [f"--tasks={workers}", f"--workers={workers}"]
-  run, stderr = _popen_synth(server, out, "--n=100", *parallel)
+  run, stderr = _popen_synth(server, out, "--n=100", *parallel, sigint_ignored=sigint_ignored)
   started = []
   try:
     _wait_for_answers(server, run, 8)

@@ -219,3 +219,39 @@ def test_a_dead_endpoint_ends_every_request_within_the_window(tmp_path):
     results, summary = _ask_all(server, tmp_path / "one", _requests(1), max_attempts=6, backoff_base_s=0.2,
                                 give_up_after_s=0.3)
   assert isinstance(results[0], llm_lib.RequestFailed) and summary["requests_sent"] == 6
+
+
+@pytest.mark.slow
+def test_curate_annotate_against_an_endpoint_that_dies_mid_run_stops_in_one_line_then_resumes(tmp_path):
+  """The window lives in the shared client, so `curate annotate` (not only synth) gets it."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for i in range(40):
+    (corpus / f"f{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n")
+  out = tmp_path / "ann"
+  server = FaultyLLMServer(delay_s=0.1).start()
+  argv = [sys.executable, "-m", "phi1_jax.curate", "annotate", "--input", str(corpus), f"--out={out}",
+          f"--base_url={server.base_url}", "--model=test", "--concurrency=2", "--backoff_s=0.05", "--give_up_after=2"]
+  run = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 60
+    while len(server.paid_keys()) < 4 and time.monotonic() < deadline:
+      time.sleep(0.01)
+    server.die()
+    died = time.monotonic()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 2 and time.monotonic() - died < 2 + 8, err[-2000:]
+  finally:
+    run.kill()
+  last = err.strip().splitlines()[-1]
+  assert last.startswith(f"curate annotate: error: every request to {server.base_url} failed for ") and "Traceback" not in err
+  with sqlite3.connect(out / "llm_cache.sqlite") as db:
+    committed = {canonical(json.loads(body)) for (body,) in db.execute("SELECT request FROM answers")}
+  port = int(server.base_url.rsplit(":", 1)[1].split("/")[0])
+  with FaultyLLMServer(port=port) as again:
+    rerun = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                           timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert committed and not committed & {canonical(e["body"]) for e in again.log}
+  assert len((out / "annotations.jsonl").read_text().splitlines()) == 40

@@ -16,10 +16,12 @@
   once (the request itself is wrong). 401/403/404: `EndpointError` (wrong key, URL or model: every
   request would fail, the caller stops the run with one line).
 - A dead endpoint: when every try has failed for `give_up_after_s` (60 s by default; from the
-  first failure after the last answer), and of more than one request (one bad request retried is
-  not a dead endpoint), every request raises `EndpointError` naming the last error,
-  so a run against a server that went away ends within that window instead of retrying for
-  minutes. (A server that accepts connections and never answers takes `timeout_s` more.)
+  first failure after the last answer), tries of more than one request (one bad request retried
+  is not a dead endpoint), and no request is at work on the server (in flight for over half the
+  window, at most 5 s: a slow answer under a rate limit is no dead endpoint), every request
+  raises `EndpointError` naming the last error, so a run against a server that went away ends
+  within that window instead of retrying for minutes. (A server that accepts connections and
+  never answers takes `timeout_s` more.)
 - Failed requests: the first few distinct reasons are logged as they happen; `summary()["failures"]`
   counts them by reason and `describe_failures` makes the one line every stage prints.
 - Cache: SQLite in WAL mode keyed by sha256 of (endpoint, the full JSON body: model, messages or
@@ -263,6 +265,7 @@ class LLM:
     self.give_up_after_s = give_up_after_s
     self._failing_since: float | None = None  # first failed try since the last answer
     self._failing_keys: set[str] = set()  # requests that failed since then (two are enough to know)
+    self._sending: dict[str, float] = {}  # request key -> when its try was sent, for tries in flight
     self._last_error = ""
     self.down: str | None = None  # why the endpoint counts as dead: every request raises EndpointError
     self.failures: dict[str, list] = {}  # failure_kind -> [first reason seen, count], in order of first sight
@@ -363,8 +366,10 @@ class LLM:
 
   def _check_down(self) -> None:
     if self.down is None and self._failing_since is not None and len(self._failing_keys) > 1:
-      failing_s = time.monotonic() - self._failing_since
-      if failing_s >= self.give_up_after_s:
+      now = time.monotonic()
+      failing_s = now - self._failing_since
+      at_work = any(now - sent > min(5.0, self.give_up_after_s / 2) for sent in self._sending.values())
+      if failing_s >= self.give_up_after_s and not at_work:
         self.down = (f"every request to {self.base_url} failed for {failing_s:.0f}s (--give_up_after="
                      f"{self.give_up_after_s:g}), the last with: {self._last_error}; the answers received are "
                      "kept: rerun the same command to resume")
@@ -395,7 +400,7 @@ class LLM:
         self._check_caps()
         self.counts["sent"] += 1
         try:
-          response, text, usage = await self._send(request)
+          response, text, usage = await self._send_tracked(request)
         except RequestFailed as error:
           self._failed_try(request.key, str(error))
           raise
@@ -429,6 +434,13 @@ class LLM:
       except asyncio.TimeoutError:
         pass
     raise RequestFailed(f"gave up after {self.max_attempts} tries, the last: {last}")
+
+  async def _send_tracked(self, request: Request) -> tuple[dict, str, dict]:
+    self._sending[request.key] = time.monotonic()  # one try per key at a time: ask() joins identical requests
+    try:
+      return await self._send(request)
+    finally:
+      del self._sending[request.key]
 
   async def _send(self, request: Request) -> tuple[dict, str, dict]:
     body = dict(request.body)

@@ -212,6 +212,14 @@ def test_a_dead_endpoint_ends_every_request_within_the_window(tmp_path):
   assert message.startswith(f"every request to {server.base_url} failed for ") and "--give_up_after=1.5" in message
   assert "the last with: connection" in message and message.endswith("rerun the same command to resume")
   assert 1.5 <= elapsed < 4 and summary["endpoint_down"] == message
+  # a slow answer on its way shows the server at work: failures around it are those requests' own
+  def others_fail(endpoint, body):
+    return "slow" if body["messages"][0]["content"] == "q 0" else "500"
+  with FaultyLLMServer(fault_for=others_fail, slow_s=2.5) as server:
+    results, summary = _ask_all(server, tmp_path / "slow", _requests(3), max_attempts=5, backoff_base_s=0.1,
+                                give_up_after_s=1.0)
+  assert isinstance(results[0], llm_lib.Answer) and summary["endpoint_down"] is None
+  assert [type(r).__name__ for r in results[1:]] == ["RequestFailed"] * 2
   # one request failing again and again is that request's problem, not a dead endpoint
   def q0_breaks_the_server(endpoint, body):
     return "500" if body["messages"][0]["content"] == "q 0" else None

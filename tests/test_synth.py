@@ -154,6 +154,7 @@ def test_exercise_parse_rejections(text, reason):
     (["--n=5", "--base_url=ftp://x"], "--base_url 'ftp://x'"),
     (["--n=5", "--topics=/nonexistent/topics.txt"], "--topics /nonexistent/topics.txt: not found"),
     (["--n=5", "--tasks=6"], "--tasks (6) must not exceed --n (5)"),
+    (["--n=5", "--give_up_after=0"], "--give_up_after must be > 0"),
     (["--n=5", "--template=TEMPLATE"], "unusable field"),
 ])
 def test_bad_flags_stop_with_one_line(tmp_path, capsys, args, message):

@@ -142,7 +142,8 @@ def _settings(args, weights: str, tok_path: Path, ks: list[int]) -> dict:
 
 def _check_out(out: Path, given: str, settings: dict) -> bool:
   """True if `out` holds this evaluation already (the rerun rule); ValueError for a folder that
-  holds another one, finished or cut short; False otherwise (settings recorded for a rerun)."""
+  holds another one, finished or cut short; False otherwise (nothing written: the settings are
+  recorded once the model has loaded, so a checkpoint that fails to load leaves no folder)."""
   if paths.is_remote(given):
     raise ValueError(f"--out={given}: write results to a local folder (then copy them up: gcloud storage cp -r)")
   problem = cli.out_dir_problem(out)
@@ -157,7 +158,7 @@ def _check_out(out: Path, given: str, settings: dict) -> bool:
     if diff:
       raise ValueError(f"--out={out} holds a run cut short with other settings ({'; '.join(diff)}); "
                        "choose another --out")
-  return cli.already_done(out, settings, "summary.json")
+  return (out / "summary.json").exists() and cli.already_done(out, settings, "summary.json")
 
 
 def _read_partial(path: Path, ids: list[str]) -> dict[int, str]:
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
     kind, weights = _checkpoint_kind(ckpt)
     tok_path = _tokenizer_path(args, ckpt)
     tokenizer = load_tokenizer(tok_path)
-    if _check_out(out, args.out, _settings(args, weights, tok_path, ks)):
+    settings = _settings(args, weights, tok_path, ks)
+    if _check_out(out, args.out, settings):
       summary = json.loads((out / "summary.json").read_text())
       print(f"{out} already holds this evaluation (same settings): nothing to do", file=sys.stderr)
       print(json.dumps({k: v for k, v in summary.items() if k.startswith("pass@")}))
@@ -216,6 +218,7 @@ def main(argv=None) -> int:
           f"{model.cfg.vocab_size}", file=sys.stderr)
     return 2
   load_s = time.perf_counter() - start
+  cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
   print(f"loaded {ckpt} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
 
   if args.benchmark == "humaneval":

@@ -21,6 +21,8 @@ import pytest
 from flax import nnx
 
 from phi1_jax import convert
+from phi1_jax.decontam import report as report_lib
+from phi1_jax.decontam.index import METHODS
 from phi1_jax.data.tokenizer import load_tokenizer, train_tokenizer
 from phi1_jax.eval import __main__ as eval_cli
 from phi1_jax.eval import harness
@@ -90,6 +92,13 @@ def test_bad_flags_fail_in_one_line(ckpt, tmp_path, capsys, flags, message):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
   assert not (tmp_path / "o").exists()
+
+
+def test_misspelled_flag_is_one_line(ckpt, tmp_path, capsys):
+  with pytest.raises(SystemExit) as exited:
+    eval_cli.main([f"--checkpoint={ckpt}", "--benchmark=humaneval", f"--out={tmp_path}", "--limt=2"])
+  assert exited.value.code == 2
+  assert capsys.readouterr().err.splitlines() == ["python -m phi1_jax.eval: error: unrecognized arguments: --limt=2"]
 
 
 def test_missing_checkpoint_and_tokenizer(ckpt, tmp_path, capsys):
@@ -210,7 +219,7 @@ def test_eval_caps_to_the_context_and_reruns(short_ckpt, tmp_path):
 @pytest.mark.slow
 def test_eval_stops_on_sigint_and_resumes_without_resampling(ckpt, tmp_path):
   out = tmp_path / "eval"
-  cmd = _eval_cmd(ckpt, out, "--limit=10", "--max_new_tokens=48", "--batch_size=1", "--check_every=8")
+  cmd = _eval_cmd(ckpt, out, "--limit=6", "--max_new_tokens=32", "--batch_size=1", "--check_every=8")
   partial = out / "samples.partial.jsonl"
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
   deadline = time.time() + 300
@@ -224,18 +233,18 @@ def test_eval_stops_on_sigint_and_resumes_without_resampling(ckpt, tmp_path):
   assert err.strip().splitlines()[-1] == ("stopped by SIGINT: the samples of finished batches are kept in --out; "
                                           "rerun the same command to resume")
   kept = [json.loads(l) for l in partial.read_text().splitlines()]
-  assert 2 <= len(kept) < 10 and not (out / "samples.jsonl").exists()
+  assert 2 <= len(kept) < 6 and not (out / "samples.jsonl").exists()
   # mark a kept sample: if the rerun sampled it again, the mark would be gone
   kept[0]["completion"] = "    return 'kept'\n"
   partial.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
   rerun = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f"resuming: {len(kept)} of 10 samples kept from {partial}" in rerun.stderr
+  assert f"resuming: {len(kept)} of 6 samples kept from {partial}" in rerun.stderr
   samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
-  assert [s["task_id"] for s in samples] == [f"HumanEval/{i}" for i in range(10)]
+  assert [s["task_id"] for s in samples] == [f"HumanEval/{i}" for i in range(6)]
   assert samples[kept[0]["index"]]["completion"] == "    return 'kept'\n"
-  assert not partial.exists() and json.loads((out / "summary.json").read_text())["n_samples_total"] == 10
+  assert not partial.exists() and json.loads((out / "summary.json").read_text())["n_samples_total"] == 6
 
 
 def test_harness_canonical_loss_is_the_solution_tokens_loss(model_and_tokenizer):
@@ -254,3 +263,22 @@ def test_harness_canonical_loss_is_the_solution_tokens_loss(model_and_tokenizer)
     count += len(s)
   assert loss == pytest.approx(total / count, rel=1e-4)
   assert abs(loss - math.log(CFG.vocab_size)) < 0.5  # a random model is close to uniform
+
+
+def test_table3_says_how_many_problems_were_evaluated():
+  # an eval run with --limit=10 scores HumanEval/0-9 only; HumanEval/0 is similar at tau 0.95 and passed
+  task_ids = {"humaneval": [f"HumanEval/{i}" for i in range(164)]}
+  results = {f"HumanEval/{i}": float(i == 0) for i in range(10)}
+  rows = report_lib.table3(task_ids, set(task_ids["humaneval"]), {"HumanEval/0": [0.97, "doc"]},
+                           {"ast_at_tau": {}}, results)
+  row = next(r for r in rows if r["tau"] == 0.95)
+  assert row["evaluated"] == 10 and (row["similar"], row["non_similar"]) == (1, 163)
+  assert (row["pass@1_similar"], row["scored_similar"], row["pass@1_non_similar"], row["scored_non_similar"]) == \
+      (100.0, 1, 0.0, 9)
+  zero = {m: 0 for m in METHODS}
+  text = report_lib.markdown({
+      "counts": {"documents": 1, "kept": 1, "removed": 0, "bad": 0, "flagged_by": zero, "removed_by": zero},
+      "flags": {"ngram": 13, "ngram_min_hits": 1, "ast_tau": 0.9, "ast_min_nodes": 8},
+      "problems": {}, "results": "eval/he", "table3": rows})
+  assert "| humaneval | 0.95 | 1 | 163 | 164 | 0 | 100.0 (1 of 1 evaluated) | 0.0 (9 of 163 evaluated) |" in text
+  assert "Results file: eval/he (humaneval: 10 of 164 problems evaluated)." in text

@@ -145,7 +145,8 @@ def _jit(fn, **kwargs):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "sampling"))
-def _prefill(graphdef, params, layers, tokens_BxP, lengths_B, key, sampling_args, *, max_new, cache_len, sampling):
+def _prefill(graphdef, params, layers, tokens_BxP, lengths_B, limits_B, key, sampling_args, *, max_new, cache_len,
+             sampling):
   """Runs the prompts through the model once; returns the decode-loop state with token 0 drawn."""
   model = nnx.merge(graphdef, params)
   B, P = tokens_BxP.shape
@@ -167,7 +168,7 @@ def _prefill(graphdef, params, layers, tokens_BxP, lengths_B, key, sampling_args
   tok_B = _next_token(logits_BxV, sub, *sampling_args, **dict(sampling))
   out_BxM = jnp.full((B, max_new), PAD_OUT, jnp.int32).at[:, 0].set(tok_B)
   return {"i": jnp.int32(0), "tok": tok_B, "done": jnp.zeros((B,), bool), "out": out_BxM,
-          "cache": cache, "key": key, "lengths": lengths_B, "prompt_valid": prompt_valid_BxS,
+          "cache": cache, "key": key, "lengths": lengths_B, "limits": limits_B, "prompt_valid": prompt_valid_BxS,
           "sampling_args": sampling_args}
 
 
@@ -175,14 +176,15 @@ def _prefill(graphdef, params, layers, tokens_BxP, lengths_B, key, sampling_args
 def _decode(graphdef, params, layers, state, done_B, step_end, eos_id, *, prompt_len, sampling):
   """Decodes until every row is done or out[:, step_end] is written (one compiled while_loop).
 
-  state["tok"] is out[:, i], the newest token; done_B (host stops) is OR-ed into state["done"].
+  state["tok"] is out[:, i], the newest token; done_B (host stops) is OR-ed into state["done"]. A row
+  is finished at eos or once it holds its limit of new tokens (state["limits"]).
   """
   model = nnx.merge(graphdef, params)
   P = prompt_len
   B, S = state["prompt_valid"].shape
   slot_S = jnp.arange(S)
   def finished(st):
-    return st["done"] | (st["tok"] == eos_id)
+    return st["done"] | (st["tok"] == eos_id) | (st["i"] + 1 >= st["limits"])
 
   def cond(st):
     return (st["i"] < step_end) & ~jnp.all(finished(st))
@@ -205,14 +207,15 @@ def _decode(graphdef, params, layers, state, done_B, step_end, eos_id, *, prompt
   return jax.lax.while_loop(cond, body, state)
 
 
-def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: int,
+def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_id: int | None = None,
              seed: int = 0, vocab_limit: int | None = None,
              stop_fn: Callable[[list[int]], bool] | None = None, check_every: int = 32,
              bucket: int = 16) -> list[list[int]]:
   """New tokens for each prompt (eos and anything after it left out).
 
-  Greedy when temperature is 0. Prompts may differ in length (left-padded, masked). Ids at or
+  max_new_tokens is one limit for every row or one per row (e.g. the room each prompt leaves in
+  the model's context). Greedy when temperature is 0. Prompts may differ in length (left-padded, masked). Ids at or
   past vocab_limit (default: the model's vocab size) are never drawn. With
   stop_fn, every `check_every` tokens each unfinished row's new tokens are passed to it and
   the row stops when it returns True (the row may then hold up to check_every extra tokens;
@@ -220,11 +223,13 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
   """
   if not prompt_tokens or any(len(p) == 0 for p in prompt_tokens):
     raise ValueError("generate: every prompt needs at least one token")
-  if max_new_tokens < 1:
-    raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1")
+  limits = [max_new_tokens] * len(prompt_tokens) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+  if len(limits) != len(prompt_tokens) or min(limits) < 1:
+    raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1 (one for each prompt if a list)")
   if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
     raise ValueError(f"generate: bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
-  B, M = len(prompt_tokens), max_new_tokens
+  B, M = len(prompt_tokens), max(limits)
+  limits_B = np.array(limits, np.int32)
   P = _round_up(max(len(p) for p in prompt_tokens), bucket)
   S = _round_up(P + M, bucket)
   tokens_BxP = np.zeros((B, P), np.int32)
@@ -237,8 +242,8 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
   graphdef, params = nnx.split(model)
   layers = model.unstacked_layers()  # a copy of the layer weights, so the decode step slices nothing
 
-  state = _prefill(graphdef, params, layers, jnp.asarray(tokens_BxP), jnp.asarray(lengths_B), jax.random.key(seed),
-                   sampling_args, max_new=M, cache_len=S, sampling=sampling)
+  state = _prefill(graphdef, params, layers, jnp.asarray(tokens_BxP), jnp.asarray(lengths_B), jnp.asarray(limits_B),
+                   jax.random.key(seed), sampling_args, max_new=M, cache_len=S, sampling=sampling)
   host_done_B = np.zeros((B,), bool)
   chunk = M if stop_fn is None else max(1, check_every)
   step_end = 0
@@ -248,7 +253,7 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
                     jnp.int32(-2 if eos_id is None else eos_id),  # -2 matches no token
                     prompt_len=P, sampling=sampling)
     out_BxM, i, done_B, tok_B = jax.device_get((state["out"], state["i"], state["done"], state["tok"]))
-    done_B = done_B | (tok_B == PAD_OUT) | (eos_id is not None and tok_B == eos_id)
+    done_B = done_B | (tok_B == PAD_OUT) | (eos_id is not None and tok_B == eos_id) | (int(i) + 1 >= limits_B)
     rows = [_cut(out_BxM[b, :int(i) + 1], eos_id) for b in range(B)]
     if stop_fn is not None:
       for b in range(B):
@@ -274,31 +279,43 @@ def truncate_at(text: str, stop_sequences: Sequence[str]) -> str:
 
 
 def sample_texts(model, tokenizer, prompts: Sequence[str], *, stop_sequences: Sequence[str] = (),
-                 batch_size: int = 16, max_new_tokens: int = 384, temperature: float = 0.0,
+                 batch_size: int = 16, max_new_tokens: int | Sequence[int] = 384, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int = 0, check_every: int = 32,
-                 progress: Callable[[int], None] | None = None) -> list[str]:
+                 progress: Callable[[int], None] | None = None, done: dict[int, str] | None = None,
+                 on_batch: Callable[[dict[int, str]], None] | None = None) -> list[str]:
   """Completions of `prompts` (in their order), each cut at its first stop sequence.
 
-  Prompts are sorted by token length so batches pad little; the last batch is filled up to
-  batch_size with copies so every batch has the same shape (no recompiles). Batch j draws with
-  seed + j. progress(n) is called after each batch with the number of real prompts done.
+  max_new_tokens is one limit or one per prompt. Prompts are sorted by token length so batches
+  pad little; the last batch is filled up to batch_size with copies so every batch has the same
+  shape (no recompiles). Batch j draws with seed + j. progress(n) is called after each batch with
+  the number of real prompts done. To resume, `done` maps prompt index -> completion from an
+  earlier call with the same arguments: a batch whose prompts are all there is not sampled again
+  (the batches and their seeds are the same). on_batch({prompt index: completion}) is called
+  after each batch sampled here.
   """
   encoded = [list(t) for t in tokenizer.encode_batch(list(prompts))]
+  limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
   order = sorted(range(len(prompts)), key=lambda j: -len(encoded[j]))
   eos_id = getattr(tokenizer, "eos_id", None)
   stop_fn = None
   if stop_sequences:
     stop_fn = lambda toks: any(s in tokenizer.decode(toks) for s in stop_sequences)
+  done = done or {}
   results: list[str] = [""] * len(prompts)
   for batch_no, start in enumerate(range(0, len(order), batch_size)):
     idx = order[start:start + batch_size]
-    batch = [encoded[j] for j in idx]
-    batch += [batch[-1]] * (batch_size - len(batch))
-    new = generate(model, batch, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                   top_k=top_k, eos_id=eos_id, seed=seed + batch_no, vocab_limit=tokenizer.vocab_size,
-                   stop_fn=stop_fn, check_every=check_every)
-    for j, toks in zip(idx, new):
-      results[j] = truncate_at(tokenizer.decode(toks), stop_sequences)
+    if all(j in done for j in idx):
+      for j in idx:
+        results[j] = done[j]
+    else:
+      idx_padded = idx + [idx[-1]] * (batch_size - len(idx))
+      new = generate(model, [encoded[j] for j in idx_padded], max_new_tokens=[limits[j] for j in idx_padded],
+                     temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id, seed=seed + batch_no,
+                     vocab_limit=tokenizer.vocab_size, stop_fn=stop_fn, check_every=check_every)
+      for j, toks in zip(idx, new):
+        results[j] = truncate_at(tokenizer.decode(toks), stop_sequences)
+      if on_batch is not None:
+        on_batch({j: results[j] for j in idx})
     if progress is not None:
       progress(len(idx))
   return results

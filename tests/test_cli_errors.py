@@ -29,6 +29,7 @@ CASES = [
     (EVAL, ["--benchmark=humaneval", "--checkpoint={missing}", "--out={tmp}/e"], "--checkpoint={missing}: not found"),
     (EVAL, EVAL_OK[1:] + ["--benchmark=humanevl"], "invalid choice: 'humanevl'"),
     (EVAL, EVAL_OK + ["--n_samples=0"], "--n_samples=0: must be >= 1"),
+    (EVAL, EVAL_OK + ["--limt=2"], "unrecognized arguments: --limt=2"),
     (EVAL, EVAL_OK[:2] + ["--out={file}/sub"], "--out={file}/sub: {file} is a file, not a folder"),
     (EVAL, EVAL_OK + ["--tokenizer={garbage}"], "{garbage}: not a SentencePiece model"),
     (EVAL, ["--benchmark=humaneval", "--checkpoint={emptyckpt}", "--out={tmp}/e"], "empty folder, not an Orbax"),

@@ -84,7 +84,8 @@ def table3(task_ids_by_benchmark: dict[str, list[str]], ast_tasks: set[str], nea
       row = {"benchmark": benchmark, "tau": tau, "similar": len(similar), "non_similar": len(non_similar),
              "total": len(task_ids), "comparable": sum(t in ast_tasks for t in task_ids),
              "documents_at_tau": counts["ast_at_tau"].get(f"{benchmark}@{tau}", 0)}
-      if results is not None:
+      if results is not None:  # a run with --limit scores only some problems: say how many
+        row["evaluated"] = sum(t in results for t in task_ids)
         for name, group in (("similar", similar), ("non_similar", non_similar)):
           scored = [results[t] for t in group if t in results]
           row[f"pass@1_{name}"] = round(100 * sum(scored) / len(scored), 1) if scored else None
@@ -150,13 +151,16 @@ def markdown(report: dict) -> str:
   for r in report["table3"]:
     line = f"| {r['benchmark']} | {r['tau']} | {r['similar']} | {r['non_similar']} | {r['total']} | {r['documents_at_tau']} |"
     if with_results:
-      fmt = lambda v: "-" if v is None else f"{v}"
-      line += f" {fmt(r['pass@1_similar'])} | {fmt(r['pass@1_non_similar'])} |"
+      fmt = lambda name: (f"{'-' if r['pass@1_' + name] is None else r['pass@1_' + name]} "
+                          f"({r['scored_' + name]} of {r[name]} evaluated)")
+      line += f" {fmt('similar')} | {fmt('non_similar')} |"
     lines.append(line)
   per_benchmark = {r["benchmark"]: r for r in report["table3"]}
   lines += ["", "Problems whose solution has no function of the minimum size are never similar by AST: "
             + ", ".join(f"{b}: {r['total'] - r['comparable']} of {r['total']}" for b, r in per_benchmark.items()) + ".",
-            "", f"Results file: {report['results'] or 'none (give --results=FILE_results.jsonl for pass@1 per group)'}.",
+            "", f"Results file: {report['results'] or 'none (give --results=FILE_results.jsonl for pass@1 per group)'}"
+            + (" (" + "; ".join(f"{b}: {r['evaluated']} of {r['total']} problems evaluated"
+                                for b, r in per_benchmark.items()) + ")" if with_results else "") + ".",
             "", "## Nearest training document per problem (problems with any match)", "",
             "| problem | exact | ngram (shared n-grams) | ast (rate) | embed (L2) |", "| --- | --- | --- | --- | --- |"]
   for task, p in report["problems"].items():

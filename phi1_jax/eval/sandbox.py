@@ -4,7 +4,9 @@ Every program a model wrote (HumanEval / MBPP samples, synthesized exercises) ru
 `phi1_jax.eval.execute`, which starts it under the command `bwrap_command` builds:
 
 - new PID, network, IPC, UTS (and cgroup) namespaces: no host process is visible or signalable,
-  the only network interface is the sandbox's own loopback;
+  the only network interface is the sandbox's own loopback; the program is the namespace's
+  pid 1 (`--as-pid-1`: bwrap's own init would outlive it as a zombie on hosts whose init does
+  not reap), so when it ends, or bwrap is killed, every process it started dies with it;
 - a fresh root: /usr (and /bin, /lib* links), the Python installation and its site-packages,
   bound read-only; a minimal /dev; its own /proc; /tmp a private tmpfs of TMPFS_BYTES, the only
   writable place (and the working folder); nothing else of the host (no /home, /root, /etc, /work);
@@ -58,7 +60,7 @@ def bwrap_command(env: dict[str, str]) -> list[str]:
   """The argv that runs a command (appended after it) in the sandbox, with environment `env`."""
   root = os.geteuid() == 0
   command = [shutil.which("bwrap") or "bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-             "--unshare-cgroup-try", "--die-with-parent", "--hostname", "sandbox", "--clearenv"]
+             "--unshare-cgroup-try", "--as-pid-1", "--die-with-parent", "--hostname", "sandbox", "--clearenv"]
   if root:  # setpriv (below) needs these two to drop to nobody, which clears them
     command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
   else:
@@ -73,7 +75,9 @@ def bwrap_command(env: dict[str, str]) -> list[str]:
       command += ["--ro-bind", top, top]
   if os.path.isfile("/etc/ld.so.cache"):
     command += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-  made = set()
+  # /tmp before the interpreter's binds: a Python installed under /tmp stays visible.
+  command += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+  made = {"/tmp"}
   for path in _python_paths():
     # bwrap would copy the modes of the host's parents (/root is 0700): make them traversable.
     parts = path.split("/")[1:-1]
@@ -83,8 +87,7 @@ def bwrap_command(env: dict[str, str]) -> list[str]:
         made.add(parent)
         command += ["--perms", "0755", "--dir", parent]
     command += ["--ro-bind", path, path]
-  command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
-              "--remount-ro", "/", "--chdir", "/tmp", "--"]
+  command += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
   if root:
     command += [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={PROGRAM_UID}", f"--regid={PROGRAM_UID}",
                 "--clear-groups", "--"]

@@ -326,3 +326,12 @@ def test_synth_exercises_contain_hostile_exercises_and_record_the_sandbox(host, 
   assert manifest["exercises"]["sandbox"]["sandbox"] == "bwrap" and manifest["config"]["sandbox"] == "bwrap"
   assert SECRET not in "".join(path.read_text() for path in out.glob("exercises-*.jsonl"))
   host.assert_untouched()
+
+
+def test_synth_exercises_refuse_without_bubblewrap_before_asking_the_endpoint(tmp_path):
+  from conftest import run_module
+  done = run_module("phi1_jax.synth", "exercises", f"--out={tmp_path}/out", "--base_url=http://127.0.0.1:9/v1",
+                    "--model=test", "--n=2", env={"PATH": str(tmp_path)})
+  assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+  assert "needs bwrap" in done.stderr and "--sandbox=guard" in done.stderr
+  assert not (tmp_path / "out").exists()

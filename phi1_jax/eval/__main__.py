@@ -148,12 +148,12 @@ def main(argv=None) -> int:
   out = Path(args.out)
   try:  # every user mistake ends here, before the model is loaded
     ks = _check_args(args)
-    sandbox_lib.check(args.sandbox)
     problems = _load_problems(args)
     kind = _checkpoint_kind(ckpt)
     tok_path = _tokenizer_path(args, ckpt)
     tokenizer = load_tokenizer(tok_path)
     _check_out(out, args.out)
+    sandbox_lib.check(args.sandbox)  # after the flags: where bubblewrap is missing, other mistakes show first
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

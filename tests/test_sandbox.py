@@ -157,6 +157,7 @@ class Host:
   def close(self):
     self.listener.stopping.set()
     self.ro_victim.unlink(missing_ok=True)
+    Path(f"{self.ro_victim}.moved").unlink(missing_ok=True)  # only if the sandbox failed
 
 
 @pytest.fixture

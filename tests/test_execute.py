@@ -88,9 +88,12 @@ HOSTILE = {
 
 
 @pytest.mark.slow
-def test_hostile_programs_fail_with_a_reason_and_leave_no_processes():
+@pytest.mark.parametrize("sandbox", ["bwrap", "guard"])
+def test_hostile_programs_fail_with_a_reason_and_leave_no_processes(sandbox):
     names = list(HOSTILE)
-    results = execute_programs([HOSTILE[name][0] for name in names], timeout_s=1.0, memory_mb=512, workers=2)
+    results = execute_programs(
+        [HOSTILE[name][0] for name in names], timeout_s=1.0, memory_mb=512, workers=2, sandbox=sandbox
+    )
     for name, result in zip(names, results):
         assert not result.passed, name
         assert result.result.startswith(HOSTILE[name][1]), (name, result.result)
@@ -108,17 +111,6 @@ def test_clean_programs_pass_and_keep_their_output():
 def test_program_cannot_forge_a_pass_by_printing_or_writing_the_result_file():
     forged = "import posix\nprint('passed')\nposix.write(posix.open('../result', posix.O_WRONLY | posix.O_CREAT), b'x\\npassed')\nposix._exit(0)\n"
     assert not execute_programs([forged])[0].passed
-
-
-def test_result_survives_the_program_deleting_the_harness_files():
-    program = (
-        "import ctypes, posix\nlibc = ctypes.CDLL(None)\nnames = posix.listdir('..')\n"
-        "for name in names:\n    libc.unlink(b'../' + name.encode())\n"
-        "assert 'result' in names and 'output' in names and 'result' not in posix.listdir('..')\n"
-        "print('still here')\n"
-    )
-    result = execute_programs([program])[0]
-    assert result.result == "passed" and result.output == "still here\n"
 
 
 def test_pass_at_k_matches_the_combinatorial_definition_and_official_estimator():

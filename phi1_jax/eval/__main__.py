@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from phi1_jax import cli, paths
+from phi1_jax.eval import sandbox as sandbox_lib
 
 PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, batch by batch, while sampling
 
@@ -49,6 +50,7 @@ def _parse_args(argv):
   parser.add_argument("--timeout", type=float, default=3.0, help="seconds per executed program")
   parser.add_argument("--workers", type=int, default=os.cpu_count(), help="programs run at once")
   parser.add_argument("--k", default="1,10,100", help="pass@k values (those <= n_samples are reported)")
+  sandbox_lib.add_argument(parser)
   return parser.parse_args(argv)
 
 
@@ -193,6 +195,7 @@ def main(argv=None) -> int:
     kind, weights = _checkpoint_kind(ckpt)
     tok_path = _tokenizer_path(args, ckpt)
     tokenizer = load_tokenizer(tok_path)
+    sandbox_lib.check(args.sandbox)  # after the flags: where bubblewrap is missing, other mistakes show first
     settings = _settings(args, weights, tok_path, ks)
     if _check_out(out, args.out, settings):
       summary = json.loads((out / "summary.json").read_text())
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
   sample_s = time.perf_counter() - start
 
   rows, summary = harness.score(args.benchmark, samples, problems, unfit, context_len, ks=ks, timeout_s=args.timeout,
-                                workers=args.workers, progress=True)
+                                workers=args.workers, progress=True, sandbox=args.sandbox)
   _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
   summary.update({
       "checkpoint": str(ckpt), "tokenizer": str(tok_path), "n_samples_per_problem": args.n_samples,

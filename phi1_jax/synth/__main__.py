@@ -28,6 +28,7 @@ from pathlib import Path
 
 from phi1_jax import cli
 from phi1_jax.cli import OneLineParser
+from phi1_jax.eval import sandbox as sandbox_lib
 
 FORMAT = "phi1_jax.synth/v1"
 # Settings that change what is written: a folder holds the output of one of them.
@@ -62,6 +63,7 @@ def _parse_args(argv):
       sub.add_argument("--min_chars", type=int, default=1000, help="shortest textbook kept")
     else:
       sub.add_argument("--exec_timeout", type=float, default=3.0, help="seconds for an exercise's own tests")
+      sandbox_lib.add_argument(sub)
     llm_lib.add_args(sub)
   return parser.parse_args(argv)
 
@@ -83,6 +85,7 @@ def _config(args) -> dict:
       "template_path": str(Path(args.template).resolve()) if template else None,
       "template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
       "min_chars": getattr(args, "min_chars", None), "exec_timeout": getattr(args, "exec_timeout", None),
+      "sandbox": getattr(args, "sandbox", None),
       "tasks": args.tasks, "workers": args.workers,
       "max_prompts": args.max_prompts if args.max_prompts is not None else 4 * args.n + 16,
       "base_url": args.base_url, "concurrency": args.concurrency, "max_requests": args.max_requests,
@@ -108,6 +111,11 @@ def _check(args) -> None:
   out = Path(args.out)
   if out.exists() and not out.is_dir():
     raise SynthError(f"--out {out}: exists and is not a folder")
+  if args.kind == "exercises":
+    try:
+      sandbox_lib.check(args.sandbox)
+    except sandbox_lib.Unavailable as error:
+      raise SynthError(str(error)) from None
 
 
 def _claim_out(out: Path, config: dict) -> tuple[str, dict | None]:
@@ -147,6 +155,7 @@ def build_executor(args, config: dict, out: Path):
                     sampling={"temperature": args.temperature, "max_tokens": args.max_tokens},
                     llm_options=llm_options, min_chars=config["min_chars"] or 0,
                     max_prompts=config["max_prompts"], exec_timeout_s=config["exec_timeout"] or 3.0,
+                    exec_sandbox=config["sandbox"] or "bwrap",
                     output_pattern=str(out / f"{args.kind}-{{rank:05d}}.jsonl"))
   writer = JsonlWriter(str(out), output_filename=f"{args.kind}-${{rank}}.jsonl", compression=None,
                        adapter=jsonl_adapter)
@@ -238,7 +247,8 @@ def write_manifest(args, config: dict, fingerprint: str, out: Path, seconds: flo
     executed = sum(s.get("executed", 0) for s in task_stats)
     passed = sum(s.get("passed_tests", 0) for s in task_stats)
     manifest["exercises"] = {"executed": executed, "passed_own_tests": passed,
-                             "pass_rate": round(passed / executed, 4) if executed else None}
+                             "pass_rate": round(passed / executed, 4) if executed else None,
+                             "sandbox": sandbox_lib.check(args.sandbox, quiet=True)}
   from phi1_jax.synth.generate import write_json_atomic
   write_json_atomic(out / "manifest.json", manifest)
   return manifest

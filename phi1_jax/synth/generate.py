@@ -70,14 +70,14 @@ class Synthesize(PipelineStep):
   def __init__(self, kind: str, n: int, out_dir: str, *, seed: int, topics_path: str, template_path: str | None,
                model: str,
                endpoint: str, sampling: dict, llm_options: dict, min_chars: int, max_prompts: int,
-               exec_timeout_s: float, output_pattern: str):
+               exec_timeout_s: float, output_pattern: str, exec_sandbox: str = "bwrap"):
     super().__init__()
     self.output_pattern = output_pattern  # the writer's file for a rank: "OUT/textbooks-{rank:05d}.jsonl"
     self.kind, self.n, self.out_dir, self.seed = kind, n, out_dir, seed
     self.topics_path, self.template_path, self.model, self.endpoint, self.sampling = (
         topics_path, template_path, model, endpoint, sampling)
     self.llm_options, self.min_chars, self.max_prompts = llm_options, min_chars, max_prompts
-    self.exec_timeout_s = exec_timeout_s
+    self.exec_timeout_s, self.exec_sandbox = exec_timeout_s, exec_sandbox
 
   # ------------------------------------------------------------ datatrove entry
 
@@ -151,7 +151,8 @@ class Synthesize(PipelineStep):
     if exercise is not None:
       outcome.exercise = exercise
       outcome.text = exercise["prompt"] + exercise["solution"]
-      (outcome.reason,) = await asyncio.to_thread(validate.check_exercises, [exercise], self.exec_timeout_s)
+      (outcome.reason,) = await asyncio.to_thread(validate.check_exercises, [exercise], self.exec_timeout_s,
+                                                    sandbox=self.exec_sandbox)
       outcome.executed = True
     return outcome
 

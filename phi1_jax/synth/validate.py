@@ -133,8 +133,8 @@ def execution_rejection(result: execute.ExecResult) -> str | None:
 
 
 def check_exercises(exercises: list[dict], timeout_s: float = 3.0, memory_mb: int = 512,
-                    workers: int = 1) -> list[str | None]:
+                    workers: int = 1, sandbox: str = "bwrap") -> list[str | None]:
   """Runs each exercise's solution against its own tests in the sandbox: reason or None each."""
   results = execute.execute_programs([exercise_program(e) for e in exercises], timeout_s=timeout_s,
-                                     memory_mb=memory_mb, workers=workers)
+                                     memory_mb=memory_mb, workers=workers, sandbox=sandbox)
   return [execution_rejection(r) for r in results]

@@ -15,7 +15,6 @@ created, and a non-empty output folder is never written into.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -34,7 +33,7 @@ import safetensors.numpy
 from flax import nnx
 
 from phi1_jax import paths
-from phi1_jax.cli import out_dir_problem
+from phi1_jax.cli import OneLineParser, out_dir_problem
 from phi1_jax.data.tokenizer import EOS_TOKEN
 from phi1_jax.model import ModelConfig, Phi, abstract_model
 
@@ -523,8 +522,8 @@ def hf_tokenizer_files(ckpt, cfg: ModelConfig, log) -> dict | None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m phi1_jax.convert", description=__doc__.split("\n")[0])
-  commands = parser.add_subparsers(dest="command", required=True)
+  parser = OneLineParser(prog="python -m phi1_jax.convert", description=__doc__.split("\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
   to_orbax = commands.add_parser("hf-to-orbax", help="transformers save_pretrained folder -> phi1_jax checkpoint")
   to_orbax.add_argument("--hf_dir", required=True, help="folder with config.json and *.safetensors")
   to_orbax.add_argument("--out", required=True, help="new (or empty) folder for params/ and model_config.json")

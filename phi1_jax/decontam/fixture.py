@@ -19,7 +19,6 @@ ordinary training data to run the fixture with.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import builtins
 import json
@@ -28,6 +27,7 @@ import re
 import sys
 from pathlib import Path
 
+from phi1_jax.cli import OneLineParser
 from phi1_jax.decontam import benchmarks as bench_lib
 from phi1_jax.decontam.tree import _names, parse_quietly
 
@@ -192,7 +192,7 @@ def build(refs: list[bench_lib.Reference], per_benchmark: int | None, n_negative
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m phi1_jax.decontam.fixture", description=__doc__.split("\n")[0])
+  p = OneLineParser(prog="python -m phi1_jax.decontam.fixture", description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True)
   p.add_argument("--benchmarks", default="humaneval,mbpp")
   p.add_argument("--mbpp_path", default=None)

@@ -30,7 +30,6 @@ and prints pass@k for each k that every problem's sample count allows.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -50,6 +49,7 @@ import time
 
 import numpy as np
 
+from phi1_jax.cli import OneLineParser
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval import sandbox as sandbox_lib
 
@@ -627,7 +627,7 @@ def _read_samples(path: str) -> list[dict]:
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m phi1_jax.eval.execute", description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
     parser.add_argument("--samples", required=True, help="JSONL rows of task_id, completion")
     parser.add_argument("--mbpp_path", help="MBPP JSONL file (required for --benchmark=mbpp)")

@@ -297,3 +297,4 @@ def test_startup_errors_are_one_line(tiny_checkpoint, tmp_path):
       assert len(err.strip().splitlines()) == 1 and named in err and "Traceback" not in err, err
   finally:
     taken.close()
+      "unrecognized arguments: --checkpont=": [f"--checkpont={tiny_checkpoint}"],  # misspelt: named, not "required"

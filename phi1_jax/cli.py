@@ -14,8 +14,33 @@ from pathlib import Path
 class OneLineParser(argparse.ArgumentParser):
   """argparse that reports a bad flag in one line (no usage block), exit code 2."""
 
+  def parse_known_args(self, args=None, namespace=None):
+    self._arg_strings = sys.argv[1:] if args is None else list(args)  # for error() to look at again
+    return super().parse_known_args(args, namespace)
+
   def error(self, message):
+    if message.startswith("the following arguments are required") and not getattr(self, "_probing", False):
+      # argparse checks required flags before it reports unknown ones: `--checkpont=x` alone would
+      # say "required: --checkpoint" and hide the misspelt flag; name both
+      extras = self._unrecognized()
+      if extras:
+        message = f"unrecognized arguments: {' '.join(extras)}; {message}"
     self.exit(2, f"{self.prog}: error: {message}\n")
+
+  def _unrecognized(self) -> list[str]:
+    """The arguments the last parse did not recognize, found by parsing them again with no flag required."""
+    required = [a for a in self._actions if a.required]
+    for a in required:
+      a.required = False
+    self._probing = True
+    try:
+      return super().parse_known_args(self._arg_strings)[1]
+    except SystemExit:  # another problem: the required message stands alone
+      return []
+    finally:
+      self._probing = False
+      for a in required:
+        a.required = True
 
 
 def out_dir_problem(path: str | os.PathLike) -> str | None:

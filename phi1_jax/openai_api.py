@@ -13,6 +13,7 @@ each message becomes a line `System: ...`, `User: ...` or `Assistant: ...`, the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from phi1_jax.engine import MAX_TOP_LOGPROBS, Params, Token
@@ -73,6 +74,8 @@ def _number(body, name, default, lo, hi, *, integer=False, lo_open=False):
   kind = "an integer" if integer else "a number"
   if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
     raise ApiError(400, f"'{name}' must be {kind}, got {value!r}", name)
+  if not math.isfinite(value):  # json.loads reads NaN and Infinity, which pass every comparison below
+    raise ApiError(400, f"'{name}' must be a finite number, got {value!r}", name)
   if value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
     bounds = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
     raise ApiError(400, f"'{name}' must be {bounds}, got {value!r}", name)
@@ -130,14 +133,15 @@ def _prompts(value, tokenizer) -> tuple[list[list[int]], list[str]]:
   return ids, texts
 
 
-def parse(body, tokenizer, *, chat: bool, max_seq_len: int, max_n: int) -> Request:
-  """A checked Request from a JSON body; ApiError naming the first bad field."""
+def parse(body, tokenizer, *, chat: bool, max_seq_len: int, max_sequences: int) -> Request:
+  """A checked Request from a JSON body; ApiError naming the first bad field. `max_sequences` is
+  the most the server ever holds (running + waiting): a request for more could never be served."""
   if not isinstance(body, dict):
     raise ApiError(400, "the request body must be a JSON object")
   for name, off in (("presence_penalty", 0), ("frequency_penalty", 0), ("logit_bias", None), ("suffix", None)):
     if body.get(name) not in (None, off, {}):
       raise ApiError(400, f"'{name}' is not supported by this server", name)
-  n = _number(body, "n", 1, 1, max_n, integer=True)
+  n = _number(body, "n", 1, 1, max_sequences, integer=True)
   if body.get("best_of") not in (None, n):
     raise ApiError(400, "'best_of' other than n is not supported by this server", "best_of")
   if chat:
@@ -159,6 +163,10 @@ def parse(body, tokenizer, *, chat: bool, max_seq_len: int, max_n: int) -> Reque
     default_max = 16  # OpenAI's default for completions
     logprobs = _number(body, "logprobs", None, 0, MAX_TOP_LOGPROBS, integer=True)
     echo = _bool(body, "echo")
+  if len(prompts) * n > max_sequences:  # a 429 would be retried forever: it would never fit
+    raise ApiError(400, f"{len(prompts)} prompts x n={n} is {len(prompts) * n} sequences, more than the "
+                   f"{max_sequences} this server ever holds (its --max_batch + --max_queue); send fewer prompts or "
+                   "choices per request", "n" if n > 1 else "prompt")
   longest = max(len(p) for p in prompts)
   room = max_seq_len - longest
   max_tokens = _number(body, "max_tokens", default_max, 0, None, integer=True)

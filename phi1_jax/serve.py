@@ -80,7 +80,8 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
     if isinstance(body, dict) and body.get("model") not in (None, model_name):
       raise api.ApiError(404, f"the model {body['model']!r} does not exist; this server serves {model_name!r}",
                          "model", "model_not_found", "not_found_error")
-    return api.parse(body, tokenizer, chat=chat, max_seq_len=max_seq_len, max_n=engine.max_queue + engine.max_batch)
+    return api.parse(body, tokenizer, chat=chat, max_seq_len=max_seq_len,
+                     max_sequences=engine.max_queue + engine.max_batch)
 
   async def handle(request: Request, chat: bool):
     try:

@@ -209,6 +209,15 @@ def test_chat(server, client, reference):
     ({"prompt": "x", "temperature": "hot"}, 400, "temperature"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p"),
     ({"prompt": "x", "n": 0}, 400, "n"),
+    ({"prompt": "x", "temperature": float("nan")}, 400, "temperature"),  # json.loads reads NaN: not 200, empty
+    ({"prompt": "x", "temperature": float("inf")}, 400, "temperature"),
+    ({"prompt": "x", "temperature": -0.5}, 400, "temperature"),
+    ({"prompt": "x", "top_p": float("nan")}, 400, "top_p"),
+    ({"prompt": "x", "max_tokens": float("inf")}, 400, "max_tokens"),
+    ({"prompt": "x", "n": float("nan")}, 400, "n"),
+    ({"prompt": "x", "logprobs": float("-inf")}, 400, "logprobs"),
+    ({"prompt": "x", "n": MAX_BATCH + MAX_QUEUE + 1}, 400, "n"),
+    ({"prompt": ["x"] * (MAX_BATCH + MAX_QUEUE + 1)}, 400, "prompt"),
     ({"prompt": [5, 99999]}, 400, "prompt"),  # a token id past the vocabulary
     ({"prompt": "x " * 600}, 400, "prompt"),  # longer than the context
     ({"prompt": "x", "max_tokens": 600}, 400, "max_tokens"),  # prompt + completion past the context
@@ -222,6 +231,20 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
   error = answer["error"]
   assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param
   assert request("POST", f"{server.url}/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200  # still serving
+
+
+def test_requests_that_never_fit_are_400_not_retried_429(server):
+  """More sequences than --max_batch + --max_queue can never be served: a 429 would have the client
+  retry forever, so the real openai client (which retries 429s) gets a 400 naming the limit at once."""
+  retrying = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=5, timeout=60)
+  start = time.time()
+  with pytest.raises(openai.BadRequestError) as refused:
+    retrying.completions.create(model=server.name, prompt=["x", "y", "z"], n=11, max_tokens=2)  # 33 > 8 + 24
+  assert "33 sequences" in str(refused.value) and f"the {MAX_BATCH + MAX_QUEUE} this server ever holds" in str(
+      refused.value)
+  assert time.time() - start < 5  # no retry (the first would wait about a second)
+  fits = retrying.completions.create(model=server.name, prompt=["x", "y"], n=16, max_tokens=2)  # 32: the most
+  assert len(fits.choices) == MAX_BATCH + MAX_QUEUE
 
 
 def test_bad_chat_request_and_unknown_route(server):
@@ -286,6 +309,7 @@ def test_startup_errors_are_one_line(tiny_checkpoint, tmp_path):
       "in use": [f"--checkpoint={tiny_checkpoint}", f"--port={port}"],
       "no tokenizer.model or tokenizer.json": [f"--checkpoint={no_tok}"],
       "--max_batch=0": [f"--checkpoint={tiny_checkpoint}", "--max_batch=0"],
+      "unrecognized arguments: --checkpont=": [f"--checkpont={tiny_checkpoint}"],  # misspelt: named, not "required"
   }
   env = {**os.environ, "PYTHONPATH": str(REPO)}
   procs = {named: subprocess.Popen([sys.executable, "-m", "phi1_jax.serve", *args], cwd=REPO, env=env, text=True,

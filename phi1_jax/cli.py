@@ -17,6 +17,17 @@ class OneLineParser(argparse.ArgumentParser):
   def error(self, message):
     self.exit(2, f"{self.prog}: error: {message}\n")
 
+  def parse_known_args(self, args=None, namespace=None):
+    # A misspelt flag is named first: argparse would otherwise report the required flag it hides.
+    if self._subparsers is None:  # a parser with subcommands leaves their flags to them
+      for arg in sys.argv[1:] if args is None else args:
+        if arg == "--":
+          break
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and not any(o.startswith(name) for o in self._option_string_actions):
+          self.error(f"unrecognized arguments: {arg}")
+    return super().parse_known_args(args, namespace)
+
 
 def out_dir_problem(path: str | os.PathLike) -> str | None:
   """Why `path` cannot be (or become) an output folder, or None if it can; callers prefix the flag.

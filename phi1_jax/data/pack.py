@@ -36,7 +36,6 @@ never overwritten.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import gzip
@@ -55,6 +54,7 @@ import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from phi1_jax import cli
 from phi1_jax.cli import out_dir_problem
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
@@ -496,7 +496,7 @@ def pack(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m phi1_jax.data.pack", description=__doc__.split("\n")[0])
+  parser = cli.OneLineParser(prog="python -m phi1_jax.data.pack", description=__doc__.split("\n")[0])
   parser.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files, .py files, folders of .py")
   parser.add_argument("--tokenizer", required=True, help="folder with tokenizer.model or tokenizer.json")
   parser.add_argument("--seq_len", type=int, required=True)

@@ -227,6 +227,7 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
   from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
   from phi1_jax.curate.classifier import load_classifier, train_classifier
+  from phi1_jax.curate.common import UserError
   rng = np.random.default_rng(0)
   n = 400
   scores = rng.integers(0, 6, n)
@@ -257,8 +258,23 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
   x = vecs[[row[p["id"]] for p in preds]].astype(np.float16).astype(np.float32)
   np.testing.assert_allclose(model.predict_proba(x)[:, 1], [p["prob_random_forest"] for p in preds])
 
-  with pytest.raises(Exception, match="not empty"):  # a finished classifier is never overwritten
-    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls")
+  # The same inputs and settings again: done, nothing rewritten; other settings: refused, nothing touched.
+  stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cls").iterdir()}
+  said = []
+  assert train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50,
+                          log=said.append) == info
+  assert said == [f"{tmp_path / 'cls'}: already holds the random_forest trained on these annotations and "
+                  "embeddings; nothing to do"]
+  with pytest.raises(UserError, match=r"other settings \(threshold 3 -> 4\)"):
+    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50, threshold=4)
+  os.utime(tmp_path / "annotations.jsonl")  # the annotations were written again
+  with pytest.raises(UserError, match=r"other settings \(annotations "):
+    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50)
+  assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cls").iterdir()} == stamps
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match="not empty"):  # a folder of someone else's is never written into
+    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "mine")
   (tmp_path / "more.jsonl").write_text(json.dumps({"id": "stranger", "score": 4}) + "\n")
   with pytest.raises(Exception, match="no embedding for 1 annotated document"):
     train_classifier(tmp_path / "more.jsonl", tmp_path / "emb", tmp_path / "cls2")

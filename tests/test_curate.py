@@ -413,6 +413,49 @@ def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filt
   assert a["by_source"] == b["by_source"]
 
 
+def _alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(") ")[1][0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.slow
+def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, tmp_path):
+  """Ctrl-C reaches the whole foreground group (datatrove's forkserver and pool workers too)."""
+  from phi1_jax.cli import descendants
+  base, inputs, _, _ = filter_setup
+  out = tmp_path / "stopped"
+  env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out, "--workers=2")],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  workers: set[int] = set()
+  try:
+    deadline = time.monotonic() + 240
+    while not list((out / "scored").glob("*.jsonl.gz")) and proc.poll() is None and time.monotonic() < deadline:
+      workers.update(descendants(proc.pid))
+      time.sleep(0.05)
+    workers.update(descendants(proc.pid))
+    assert proc.poll() is None, "finished before it could be stopped"
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+    stdout, stderr = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+  assert proc.returncode == 130, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == ("stopped by SIGINT: the completed tasks are kept; rerun the same command "
+                                             "to resume"), stderr[-3000:]
+  assert "Traceback" not in stderr + stdout and all(l.startswith(("curate ", "stopped by")) for l in stderr.splitlines()), stderr[-3000:]
+  assert len(workers) >= 2  # the forkserver and its pool workers were seen, and none outlives the command
+  deadline = time.monotonic() + 10
+  while any(map(_alive, workers)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert not [p for p in workers if _alive(p)]
+
+
 @pytest.mark.slow
 def test_curation_notebook_runs_on_the_outputs(filter_setup, filtered, tmp_path):
   import nbclient

@@ -121,5 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+# What a stopped run leaves for the rerun, per command (cli.run_command's stop line).
+KEPT = {"annotate": "the annotations written so far are kept",
+        "embed": "the finished embedding shards are kept",
+        "train-classifier": "no classifier is saved until training ends",
+        "filter": "the completed tasks are kept"}
+
 if __name__ == "__main__":
-  sys.exit(main())
+  from phi1_jax import cli
+  sys.exit(cli.run_command(main, kept=KEPT.get(sys.argv[1] if len(sys.argv) > 1 else "", "nothing is lost")))

@@ -244,4 +244,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # datatrove's worker pool re-imports this module: work only here
-  sys.exit(main())
+  from phi1_jax import cli
+  sys.exit(cli.run_command(main, kept="the completed tasks are kept"))

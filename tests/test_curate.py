@@ -190,6 +190,25 @@ def test_annotate_exits_1_when_every_request_failed_and_0_when_some_did_not(endp
   _check_rows(_rows(out), server)
 
 
+def test_annotate_passes_over_a_non_utf8_file_as_pack_does(endpoint, tmp_path):
+  server, base_url, _ = endpoint
+  src = tmp_path / "src"
+  shutil.copytree(STDLIB / "json", src)
+  (src / "latin1.py").write_bytes(b"# line one\ns = '\xe9'\n")
+  args = ["annotate", "--input", str(src), f"--base_url={base_url}", f"--model={MODEL}"]
+  proc = _cli(*args, f"--out={tmp_path / 'strict'}")  # 1 bad of 6 items is past the default 0.1%
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"curate annotate: error: 1 of 6 items are bad (16.667% > --max_bad_fraction 0.100%); first: "
+      f"{src / 'latin1.py'}:2: not UTF-8")
+  assert not server.paid_keys()
+  proc = _cli(*args, f"--out={tmp_path / 'ann'}", "--max_bad_fraction=0.2")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"warning: bad item {src / 'latin1.py'}:2: not UTF-8" in proc.stderr
+  m = json.loads((tmp_path / "ann" / "manifest.json").read_text())
+  assert m["annotated"] == m["documents"] == 5 and m["bad_input_items"]["count"] == 1
+
+
 @pytest.mark.parametrize("fault_or_flag, message", [
     ("401", "HTTP 401"), ("--prompt", "placeholder"), ("--base_url=ftp://x", "http:// or https://"),
     ("--sample=0", "--sample=0"), ("--input=/nonexistent", "/nonexistent")])

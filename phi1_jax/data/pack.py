@@ -44,6 +44,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import zlib
@@ -149,6 +150,39 @@ def _jsonl_units(f: Path) -> Iterator[tuple]:
     raise PackError(f"--input {f}: unreadable after line {lineno} ({e})") from None
 
 
+def read_source(path: str | os.PathLike) -> tuple[str | None, int, str | None]:
+  """How every stage reads a .py file: (text, bytes, None), or (None, bytes, "FILE:LINE: not UTF-8")
+  for a bad item that the stage counts and passes over."""
+  raw = Path(path).read_bytes()
+  try:
+    return raw.decode("utf-8"), len(raw), None
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    return None, len(raw), f"{path}:{line}: not UTF-8"
+
+
+def parse_line(line: bytes, file: str | os.PathLike, lineno: int) -> tuple[dict | None, str | None]:
+  """How every stage reads a JSONL line: (document, None), its "text" a string (maybe blank), or
+  (None, "FILE:LINE: why") for a bad item."""
+  try:
+    doc = json.loads(line.decode("utf-8"))
+  except UnicodeDecodeError:
+    return None, f"{file}:{lineno}: not UTF-8"
+  except ValueError:
+    return None, f"{file}:{lineno}: not valid JSON"
+  if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+    return None, f"{file}:{lineno}: no text"
+  return doc, None
+
+
+def check_bad(bad: list[str], documents: int, max_bad_fraction: float) -> None:
+  """PackError when more than max_bad_fraction of the items (documents + bad ones) are bad."""
+  items = documents + len(bad)
+  if len(bad) > max_bad_fraction * items:
+    raise PackError(f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
+                    f"{max_bad_fraction:.3%}); first: {bad[0]}")
+
+
 # ---------------------------------------------------------------- workers
 
 _worker_tokenizer = None
@@ -157,6 +191,11 @@ _worker_tokenizer = None
 def _init_worker(tokenizer_path: str) -> None:
   global _worker_tokenizer
   _worker_tokenizer = load_tokenizer(tokenizer_path)
+
+
+def _init_pool_worker(tokenizer_path: str) -> None:
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops and kills us
+  _init_worker(tokenizer_path)
 
 
 def _split_hash(doc_id: str) -> float:
@@ -170,13 +209,10 @@ def _process_unit(unit: tuple) -> dict:
   docs_meta, texts, bad, skipped, blank, nbytes = [], [], [], 0, 0, 0
   if unit[0] == "py":
     for file, doc_id in unit[1]:
-      raw = Path(file).read_bytes()
-      nbytes += len(raw)
-      try:
-        text = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        bad.append(f"{file}:{line}: not UTF-8")
+      text, size, problem = read_source(file)
+      nbytes += size
+      if problem:
+        bad.append(problem)
         continue
       if not text.strip():
         skipped += 1  # empty __init__.py files are normal, not errors
@@ -190,18 +226,11 @@ def _process_unit(unit: tuple) -> dict:
       if not line.strip():
         blank += 1
         continue
-      try:
-        doc = json.loads(line.decode("utf-8"))
-      except UnicodeDecodeError:
-        bad.append(f"{file}:{lineno}: not UTF-8")
+      doc, problem = parse_line(line, file, lineno)
+      if problem:
+        bad.append(problem)
         continue
-      except ValueError:
-        bad.append(f"{file}:{lineno}: not valid JSON")
-        continue
-      text = doc.get("text") if isinstance(doc, dict) else None
-      if not isinstance(text, str):
-        bad.append(f"{file}:{lineno}: no text")
-        continue
+      text = doc["text"]
       if not text.strip():
         skipped += 1  # an empty document (e.g. an empty __init__.py), skipped as in a folder
         continue
@@ -222,7 +251,7 @@ def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) 
   # spawn, not fork: the caller may be a JAX process, and forking one is unsafe. An executor,
   # not a Pool: a worker that dies or cannot start raises BrokenProcessPool instead of hanging.
   ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
                                               initargs=(tokenizer_path,)) as pool:
     pending = collections.deque()
     try:
@@ -441,9 +470,7 @@ def pack(
     if items == 0:
       raise PackError(f"--input: no documents found in {[str(i) for i in inputs]} "
                       f"({skipped['empty_documents']} empty ones skipped)")
-    if len(bad) > max_bad_fraction * items:
-      raise PackError(f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
-                      f"{max_bad_fraction:.3%}); first: {bad[0]}")
+    check_bad(bad, len(hashes), max_bad_fraction)
     if eval_fraction > 0 and splits["eval"]["records"] == 0:
       threshold = _threshold_for_one_record(hashes, lengths, seq_len)
       eval_tokens = 0 if threshold is None else int(lengths[hashes < threshold].sum())
@@ -521,4 +548,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_command(main, kept="nothing is kept (a stopped pack starts again)"))

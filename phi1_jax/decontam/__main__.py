@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     return 1
   if manifest:
     print(f"{manifest['documents']} documents: {manifest['kept']} kept, {manifest['removed']} removed "
-          f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), {manifest['bad']} bad lines")
+          f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), {manifest['bad']} bad items (not UTF-8, not JSON, no text) passed over")
   return 0
 
 

@@ -23,6 +23,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
+from phi1_jax.data.pack import parse_line, read_source
 from phi1_jax.decontam.benchmarks import benchmark_of
 from phi1_jax.decontam.index import METHODS, TABLE_TAUS, BenchmarkIndex
 
@@ -48,8 +49,11 @@ class InputReader(PipelineStep):
         mine = py_index % world_size == rank
         py_index += 1
         if mine:
-          text = Path(unit[1]).read_text(encoding="utf-8", errors="replace")
-          if text.strip():
+          text, _, problem = read_source(unit[1])
+          if problem:
+            self.stat_update("bad")
+            yield Document(text="", id=problem, metadata={"bad": True})
+          elif text.strip():
             self.stat_update("documents")
             yield Document(text=text, id=unit[2], metadata={"source": "py", "meta": {"path": unit[2]}})
         continue
@@ -61,25 +65,17 @@ class InputReader(PipelineStep):
             block_index += 1
           if (block_index - 1) % world_size != rank or not line.strip():
             continue
-          doc = _parse_line(line)
-          if doc is None:
+          doc, problem = parse_line(line, Path(path).name, lineno)
+          if problem:
             self.stat_update("bad")
-            yield Document(text="", id=f"{Path(path).name}:{lineno}", metadata={"bad": True})
+            yield Document(text="", id=problem, metadata={"bad": True})
             continue
+          if not doc["text"].strip():
+            continue  # an empty document: skipped, as pack skips it
           self.stat_update("documents")
           doc_id = doc.get("id") if isinstance(doc.get("id"), str) and doc.get("id") else f"{Path(path).name}:{lineno}"
           yield Document(text=doc["text"], id=doc_id,
                          metadata={"source": doc.get("source", ""), "meta": doc.get("meta") or {}})
-
-
-def _parse_line(line: bytes) -> dict | None:
-  try:
-    doc = json.loads(line.decode("utf-8"))
-  except (UnicodeDecodeError, ValueError):
-    return None
-  if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not doc["text"].strip():
-    return None
-  return doc
 
 
 def clean_adapter(self, document: Document) -> dict:

@@ -92,6 +92,18 @@ def test_rerun_is_a_no_op_and_other_flags_refuse(tmp_path, small_tokenizer):
   assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+def test_progress_on_jsonl_gz_counts_compressed_bytes(tmp_path, small_tokenizer):
+  import gzip
+  import re
+  path = tmp_path / "d.jsonl.gz"  # code compresses about 4x: uncompressed bytes would read 400%
+  path.write_bytes(gzip.compress("".join(json.dumps(d) + "\n" for d in code_docs(3000)).encode()))
+  r = _cli("--input", path, "--tokenizer", small_tokenizer, "--seq_len", 64, "--out", tmp_path / "out", "--workers", 1)
+  assert r.returncode == 0, r.stderr
+  shown = re.findall(r"^pack: ([\d.]+)/([\d.]+) MB \((\d+)%\), [\d.]+ MB/s, ETA (-?\d+)s$", r.stderr, re.M)
+  assert shown and shown[-1][0] == shown[-1][1] == f"{path.stat().st_size / 1e6:.1f}", r.stderr
+  assert [int(pct) for _, _, pct, _ in shown][-1] == 100 and all(int(eta) >= 0 for *_, eta in shown), r.stderr
+
+
 def test_killed_run_leaves_nothing_complete_and_rerun_recovers(tmp_path, small_tokenizer):
   # Enough text that packing takes a few seconds with one worker.
   big = [{"id": f"big-{i}", "text": t["text"] * 20} for i, t in enumerate(code_docs(600))]

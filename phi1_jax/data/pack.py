@@ -112,7 +112,7 @@ def _describe_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
 
 
 def _work_units(described: list[dict]) -> Iterator[tuple]:
-  """Chunks of input for the workers: ("jsonl", file, first_line, [lines]) or ("py", [(file, id)])."""
+  """Chunks of input for the workers: ("jsonl", file, first_line, [lines], bytes on disk) or ("py", [(file, id)])."""
   for inp in described:
     root = inp["_root"]
     py_batch, py_bytes = [], 0
@@ -131,21 +131,23 @@ def _work_units(described: list[dict]) -> Iterator[tuple]:
 
 
 def _jsonl_units(f: Path) -> Iterator[tuple]:
-  opener = gzip.open if f.name.endswith(".gz") else open
+  """The file's lines in units, each with the bytes of the file on disk it took (compressed bytes for
+  .gz), so progress counts in the units of the total it is measured against."""
   lineno = 0
   try:
-    with opener(f, "rb") as fh:
-      lines, nbytes, first = [], 0, 1
+    with open(f, "rb") as raw:
+      fh = gzip.GzipFile(fileobj=raw) if f.name.endswith(".gz") else raw
+      lines, nbytes, first, read = [], 0, 1, 0
       for lineno, line in enumerate(fh, 1):
         if not lines:
           first = lineno
         lines.append(line)
         nbytes += len(line)
         if nbytes >= _UNIT_BYTES or len(lines) >= _UNIT_LINES:
-          yield ("jsonl", str(f), first, lines)
-          lines, nbytes = [], 0
-      if lines:
-        yield ("jsonl", str(f), first, lines)
+          yield ("jsonl", str(f), first, lines, raw.tell() - read)
+          lines, nbytes, read = [], 0, raw.tell()
+      if lines or read < raw.tell():
+        yield ("jsonl", str(f), first, lines, raw.tell() - read)
   except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz: the whole file is unusable
     raise PackError(f"--input {f}: unreadable after line {lineno} ({e})") from None
 
@@ -220,9 +222,8 @@ def _process_unit(unit: tuple) -> dict:
       docs_meta.append(_split_hash(doc_id))
       texts.append(text)
   else:
-    _, file, first, lines = unit
+    _, file, first, lines, nbytes = unit
     for lineno, line in enumerate(lines, first):
-      nbytes += len(line)
       if not line.strip():
         blank += 1
         continue

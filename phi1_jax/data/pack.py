@@ -3,8 +3,9 @@
     python -m phi1_jax.data.pack --input PATH [PATH ...] --tokenizer DIR --seq_len 2048 --out DIR \
         [--eval_fraction 0.01] [--max_bad_fraction 0.001] [--workers 2]
 
-Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.py` files
-and folders of `.py` files. Each split is ONE token stream, documents joined by `<|endoftext|>`
+Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.py` files,
+folders of `.py` files and folders of JSONL shards (a stage's output, e.g. decontam's OUT/clean/code).
+Each split is ONE token stream, documents joined by `<|endoftext|>`
 (between documents, as in the paper), cut into records of `seq_len + 1` int32 tokens:
 record i = stream[i*seq_len : i*seq_len + seq_len + 1], so every token is a target exactly once
 (the trainer feeds tokens[:-1] and predicts tokens[1:]); the tail shorter than a record is dropped.
@@ -65,6 +66,7 @@ RECORDS_PER_SHARD = 32768  # 256 MiB shards at seq_len 2048
 _UNIT_BYTES = 1 << 18  # work handed to a worker at a time
 _UNIT_LINES = 1024
 _MAX_REPORTED_BAD = 1000
+JSONL = (".jsonl", ".jsonl.gz")
 
 
 class PackError(Exception):
@@ -75,14 +77,14 @@ class PackError(Exception):
 
 
 def _input_files(path: Path) -> list[Path]:
-  if path.is_dir():
-    files = sorted(path.rglob("*.py"))
+  if path.is_dir():  # a folder of .py files, or else of JSONL shards (a stage's output folder)
+    files = sorted(path.rglob("*.py")) or sorted(f for f in path.rglob("*.jsonl*") if f.name.endswith(JSONL))
     if not files:
-      raise PackError(f"--input {path}: folder holds no .py files")
+      raise PackError(f"--input {path}: folder holds no .py, .jsonl or .jsonl.gz files")
     return files
   if not path.is_file():
     raise PackError(f"--input {path}: not found")
-  if not path.name.endswith((".py", ".jsonl", ".jsonl.gz")):
+  if not path.name.endswith((".py", *JSONL)):
     raise PackError(f"--input {path}: unsupported file type (want .py, .jsonl, .jsonl.gz or a folder)")
   return [path]
 

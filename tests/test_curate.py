@@ -391,6 +391,7 @@ def test_filter_end_to_end_rerun_and_pack(filter_setup, filtered, tmp_path):
   assert m["totals"]["tokens_out"] == sum(r["meta"]["n_tokens"] for r in kept) > 0
   assert m["classifier"]["embedder"]["fingerprint"] and "f1" in m["classifier"]["metrics"]
   assert "doc/s" in log and "ETA" in log  # progress lines
+  assert "| INFO" not in log and "Launching pipeline" in (out / "logs" / "datatrove.log").read_text()  # its log: a file
 
   before = {p: p.read_bytes() for p in (out / "data").iterdir()}
   proc = _cli(*_filter_args(inputs, base / "cls", out))  # rerun: every task is already done
@@ -492,3 +493,34 @@ def test_curation_notebook_runs_on_the_outputs(filter_setup, filtered, tmp_path)
   assert not [o for o in outputs if o.output_type == "error"]
   assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # histogram, PR curve, kept fractions
   assert any("kept" in o.get("data", {}).get("text/html", "") for o in outputs)
+
+
+# ---------------------------------------------------------------- executors (every datatrove stage)
+
+FAILING_STAGE = """
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from datatrove.utils.logging import logger
+from phi1_jax import executors
+
+def fail(data, rank=0, world_size=1):
+  logger.info("about to fail")
+  raise ValueError("a step went wrong")
+
+logs = Path(sys.argv[1])
+try:
+  executors.run(SimpleNamespace(executor="local"), [executors.Stage("boom", [fail], 1, logs / "boom")], None, "test", logs)
+except executors.StagesIncomplete as e:
+  print(e)
+"""
+
+
+def test_datatrove_logs_to_a_file_and_a_failed_task_is_one_line_naming_it(tmp_path):
+  proc = subprocess.run([sys.executable, "-c", FAILING_STAGE, str(tmp_path / "logs")], capture_output=True, text=True,
+                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+  log = tmp_path / "logs" / "datatrove.log"
+  assert proc.stdout.strip() == (f"stage boom: a task failed (ValueError: a step went wrong); traceback in {log}; "
+                                 "the same command again redoes only the unfinished tasks"), proc.stderr
+  assert proc.stderr.splitlines() == [f"test boom: 0/1 tasks done, 0 s (datatrove's log: {log})"]
+  assert "about to fail" in log.read_text() and "Traceback" in log.read_text()

@@ -448,7 +448,8 @@ def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, 
   base, inputs, _, _ = filter_setup
   out = tmp_path / "stopped"
   env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out, "--workers=2")],
+  argv = [sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out, "--workers=2")]
+  proc = subprocess.Popen(argv,
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
   workers: set[int] = set()
@@ -468,7 +469,8 @@ def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, 
   assert proc.returncode == 130, stderr[-3000:]
   assert stderr.strip().splitlines()[-1] == ("stopped by SIGINT: the completed tasks are kept; rerun the same command "
                                              "to resume"), stderr[-3000:]
-  assert "Traceback" not in stderr + stdout and all(l.startswith(("curate ", "stopped by")) for l in stderr.splitlines()), stderr[-3000:]
+  assert "Traceback" not in stderr + stdout, stderr[-3000:]
+  assert all(line.startswith(("curate ", "stopped by")) for line in stderr.splitlines()), stderr[-3000:]
   assert len(workers) >= 2  # the forkserver and its pool workers were seen, and none outlives the command
   deadline = time.monotonic() + 10
   while any(map(_alive, workers)) and time.monotonic() < deadline:
@@ -510,7 +512,8 @@ def fail(data, rank=0, world_size=1):
 
 logs = Path(sys.argv[1])
 try:
-  executors.run(SimpleNamespace(executor="local"), [executors.Stage("boom", [fail], 1, logs / "boom")], None, "test", logs)
+  stage = executors.Stage("boom", [fail], 1, logs / "boom")
+  executors.run(SimpleNamespace(executor="local"), [stage], None, "test", logs)
 except executors.StagesIncomplete as e:
   print(e)
 """

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import heapq
-import json
 import os
 from pathlib import Path
 from typing import Iterator, Sequence

@@ -96,7 +96,8 @@ def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, poo
   # A stale shard from a bigger earlier run cannot exist: config.json pins the inputs and sample.
   manifest = {
       "format": FORMAT, "inputs": documents.public(described), "sample": sample, "seed": seed,
-      "documents": n_docs, "bad_input_items": {"count": len(bad), "items": bad[:20]}, "shards": n_shards, "shard_size": shard_size, "dtype": "float16",
+      "documents": n_docs, "bad_input_items": {"count": len(bad), "items": bad[:20]}, "shards": n_shards,
+      "shard_size": shard_size, "dtype": "float16",
       "embedder": {**embedder.identity, "fingerprint": embedder.fingerprint},
       "this_run": {"documents_embedded": done_docs, "tokens_embedded": total_tokens,
                    "seconds": round(time.perf_counter() - t_start, 3)},

@@ -101,7 +101,8 @@ def input_names(described: list[dict]) -> list[str]:
 
 
 def _units(described: list[dict]) -> list[tuple]:
-  """Work units in a fixed order: ("py", file, id, input name) as pack names .py documents, ("jsonl", file, input name)."""
+  """Work units in a fixed order: ("py", file, id, input name) as pack names .py documents,
+  ("jsonl", file, input name)."""
   units = []
   for inp, name in zip(described, input_names(described)):
     root = inp["_root"]
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
     for o in manifest["outputs"]:
       print(f"{o['input']}: {o['kept']} documents kept -> {o['folder']}/")
     print(f"{manifest['documents']} documents: {manifest['kept']} kept, {manifest['removed']} removed "
-          f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), {manifest['bad']} bad items (not UTF-8, not JSON, no text) passed over")
+          f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), "
+          f"{manifest['bad']} bad items passed over (not UTF-8, not JSON, no text)")
   return 0
 
 

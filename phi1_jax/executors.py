@@ -17,6 +17,7 @@ or on a local Ray started here with `--ray_cpus` CPUs and no dashboard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,31 +131,96 @@ def _check_slurm(args) -> None:
 def run(args, stages: list[Stage], workers: int | None, job_prefix: str, state_dir: Path, log=print) -> bool:
   """Runs the stages in order, each skipping its completed tasks. True when every task of every stage
   is complete; False when SLURM jobs were submitted (or are still queued) and not waited for.
-  `workers`: tasks at once (None: 1 locally, no limit on SLURM and Ray)."""
+  `workers`: tasks at once (None: 1 locally, no limit on SLURM and Ray).
+
+  Locally and on Ray, datatrove's log lines (and any worker's traceback) go to
+  `state_dir/datatrove.log`; the terminal gets a progress line per stage (tasks done), and a
+  failed task ends the run in one line naming that file."""
   if args.executor == "slurm":
     return _slurm(args, stages, workers, job_prefix, Path(state_dir), log)
-  if args.executor == "ray":
-    _ray_init(args)
-  for stage in stages:
-    if args.executor == "local":
-      from datatrove.executor.local import LocalPipelineExecutor
-      executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=max(1, min(workers or 1, stage.tasks)),
+  log_file = Path(state_dir) / "datatrove.log"
+  with _stderr_to(log_file) as terminal:
+    if args.executor == "ray":
+      _ray_init(args)
+    for stage in stages:
+      if args.executor == "local":
+        from datatrove.executor.local import LocalPipelineExecutor
+        executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks,
+                                         workers=max(1, min(workers or 1, stage.tasks)),
+                                         logging_dir=str(stage.logging_dir))
+      else:
+        from datatrove.executor.ray import RayPipelineExecutor
+        executor = RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers or -1,
                                        logging_dir=str(stage.logging_dir))
-    else:
-      from datatrove.executor.ray import RayPipelineExecutor
-      executor = RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers or -1,
-                                     logging_dir=str(stage.logging_dir))
-    executor.run()
-    _raise_if_incomplete([stage])
+      with _ProgressLine(f"{job_prefix} {stage.name}", stage, log_file, terminal):
+        try:
+          executor.run()
+        except Exception as e:  # a task raised: its traceback is in the log, the user gets one line
+          raise StagesIncomplete(f"stage {stage.name}: a task failed ({type(e).__name__}: {e}); traceback in "
+                                 f"{log_file}; the same command again redoes only the unfinished tasks".replace(
+                                     "\n", " ")) from None
+      _raise_if_incomplete([stage], log_file)  # the next stage reads this one's output
   return True
 
 
-def _raise_if_incomplete(stages: list[Stage]) -> None:
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+  """File descriptor 2 into `path` (appended) while the stages run: datatrove's loguru lines, and
+  the worker processes started meanwhile keep it. Yields a stream to the terminal's stderr."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(path, "a") as f:
+    os.dup2(f.fileno(), 2)
+  terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+  try:
+    yield terminal
+  finally:  # also on Ctrl-C: the stop line must reach the user
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    terminal.close()
+
+
+class _ProgressLine:
+  """A line on the terminal when a stage starts, whenever a task of it completes (at most every
+  _PROGRESS_EVERY_S seconds) and when it ends."""
+
+  def __init__(self, name: str, stage: Stage, log_file: Path, terminal):
+    self.name, self.stage, self.log_file, self.terminal = name, stage, log_file, terminal
+    self.stop = threading.Event()
+
+  def _line(self, t0: float) -> str:
+    return f"{self.name}: {self.stage.done()}/{self.stage.tasks} tasks done, {time.time() - t0:.0f} s"
+
+  def _watch(self, t0: float) -> None:
+    shown, last = self.stage.done(), time.time()
+    while not self.stop.wait(1.0):
+      if self.stage.done() != shown and time.time() - last >= _PROGRESS_EVERY_S:
+        shown, last = self.stage.done(), time.time()
+        print(self._line(t0), file=self.terminal)
+
+  def __enter__(self):
+    self.t0 = time.time()
+    print(f"{self._line(self.t0)} (datatrove's log: {self.log_file})", file=self.terminal)
+    self.thread = threading.Thread(target=self._watch, args=(self.t0,), daemon=True)
+    self.thread.start()
+    return self
+
+  def __exit__(self, kind, *_):
+    self.stop.set()
+    self.thread.join()
+    if kind is None:
+      print(self._line(self.t0), file=self.terminal)
+    return False
+
+
+def _raise_if_incomplete(stages: list[Stage], log_file: Path | None = None) -> None:
   for stage in stages:
     if stage.done() < stage.tasks:
-      raise StagesIncomplete(f"stage {stage.name}: {stage.done()}/{stage.tasks} tasks completed; see "
-                             f"{stage.logging_dir}/logs/ (and slurm_logs/ on SLURM); the same command again "
-                             "redoes only the unfinished tasks")
+      where = log_file or f"{stage.logging_dir}/logs/ (and slurm_logs/)"
+      raise StagesIncomplete(f"stage {stage.name}: {stage.done()}/{stage.tasks} tasks completed; see {where}; "
+                             "the same command again redoes only the unfinished tasks")
 
 
 # ----------------------------------------------------------------------------- Ray

@@ -52,6 +52,11 @@ CASES = [
     (PACK, ["--input", "{py}", "--tokenizer", "{garbage}", "--seq_len", "8", "--out", "{tmp}/p"],
      "--tokenizer: {garbage}: not a SentencePiece model"),
     (PACK, ["--input", "{badgz}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{tmp}/p"], "{badgz}: unreadable"),
+    (PACK, ["--input", "{py}", "--tokeniser={tok}", "--seq_len", "8", "--out", "{tmp}/p"],
+     "unrecognized arguments: --tokeniser={tok}"),  # the misspelt flag, not the required one it hides
+    (PACK, ["--input", "{py}", "--tokenizer", "{tok}", "--seq_len", "8"], "required: --out"),
+    (TOKENIZER, ["train", "--input", "{py}", "--vocab_sise", "400", "--out", "{tmp}/t"],
+     "unrecognized arguments: --vocab_sise"),
     (TOKENIZER, ["train", "--input", "{py}", "--vocab_size", "400", "--out", "{file}"], "exists and is not a folder"),
     (TOKENIZER, ["train", "--input", "{py}", "--vocab_size", "400", "--out", "{tok}"], "already holds tokenizer.model"),
     (TOKENIZER, ["train", "--input", "{missing}", "--vocab_size", "400", "--out", "{tmp}/t"], "not found: {missing}"),

@@ -190,6 +190,25 @@ def test_annotate_exits_1_when_every_request_failed_and_0_when_some_did_not(endp
   _check_rows(_rows(out), server)
 
 
+def test_annotate_passes_over_a_non_utf8_file_as_pack_does(endpoint, tmp_path):
+  server, base_url, _ = endpoint
+  src = tmp_path / "src"
+  shutil.copytree(STDLIB / "json", src)
+  (src / "latin1.py").write_bytes(b"# line one\ns = '\xe9'\n")
+  args = ["annotate", "--input", str(src), f"--base_url={base_url}", f"--model={MODEL}"]
+  proc = _cli(*args, f"--out={tmp_path / 'strict'}")  # 1 bad of 6 items is past the default 0.1%
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"curate annotate: error: 1 of 6 items are bad (16.667% > --max_bad_fraction 0.100%); first: "
+      f"{src / 'latin1.py'}:2: not UTF-8")
+  assert not server.paid_keys()
+  proc = _cli(*args, f"--out={tmp_path / 'ann'}", "--max_bad_fraction=0.2")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"warning: bad item {src / 'latin1.py'}:2: not UTF-8" in proc.stderr
+  m = json.loads((tmp_path / "ann" / "manifest.json").read_text())
+  assert m["annotated"] == m["documents"] == 5 and m["bad_input_items"]["count"] == 1
+
+
 @pytest.mark.parametrize("fault_or_flag, message", [
     ("401", "HTTP 401"), ("--prompt", "placeholder"), ("--base_url=ftp://x", "http:// or https://"),
     ("--sample=0", "--sample=0"), ("--input=/nonexistent", "/nonexistent")])
@@ -227,6 +246,7 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
   from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
   from phi1_jax.curate.classifier import load_classifier, train_classifier
+  from phi1_jax.curate.common import UserError
   rng = np.random.default_rng(0)
   n = 400
   scores = rng.integers(0, 6, n)
@@ -257,8 +277,23 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
   x = vecs[[row[p["id"]] for p in preds]].astype(np.float16).astype(np.float32)
   np.testing.assert_allclose(model.predict_proba(x)[:, 1], [p["prob_random_forest"] for p in preds])
 
-  with pytest.raises(Exception, match="not empty"):  # a finished classifier is never overwritten
-    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls")
+  # The same inputs and settings again: done, nothing rewritten; other settings: refused, nothing touched.
+  stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cls").iterdir()}
+  said = []
+  assert train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50,
+                          log=said.append) == info
+  assert said == [f"{tmp_path / 'cls'}: already holds the random_forest trained on these annotations and "
+                  "embeddings; nothing to do"]
+  with pytest.raises(UserError, match=r"other settings \(threshold 3 -> 4\)"):
+    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50, threshold=4)
+  os.utime(tmp_path / "annotations.jsonl")  # the annotations were written again
+  with pytest.raises(UserError, match=r"other settings \(annotations "):
+    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50)
+  assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cls").iterdir()} == stamps
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match="not empty"):  # a folder of someone else's is never written into
+    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "mine")
   (tmp_path / "more.jsonl").write_text(json.dumps({"id": "stranger", "score": 4}) + "\n")
   with pytest.raises(Exception, match="no embedding for 1 annotated document"):
     train_classifier(tmp_path / "more.jsonl", tmp_path / "emb", tmp_path / "cls2")
@@ -356,6 +391,7 @@ def test_filter_end_to_end_rerun_and_pack(filter_setup, filtered, tmp_path):
   assert m["totals"]["tokens_out"] == sum(r["meta"]["n_tokens"] for r in kept) > 0
   assert m["classifier"]["embedder"]["fingerprint"] and "f1" in m["classifier"]["metrics"]
   assert "doc/s" in log and "ETA" in log  # progress lines
+  assert "| INFO" not in log and "Launching pipeline" in (out / "logs" / "datatrove.log").read_text()  # its log: a file
 
   before = {p: p.read_bytes() for p in (out / "data").iterdir()}
   proc = _cli(*_filter_args(inputs, base / "cls", out))  # rerun: every task is already done
@@ -397,6 +433,51 @@ def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filt
   assert a["by_source"] == b["by_source"]
 
 
+def _alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(") ")[1][0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.slow
+def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, tmp_path):
+  """Ctrl-C reaches the whole foreground group (datatrove's forkserver and pool workers too)."""
+  from phi1_jax.cli import descendants
+  base, inputs, _, _ = filter_setup
+  out = tmp_path / "stopped"
+  env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
+  argv = [sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out, "--workers=2")]
+  proc = subprocess.Popen(argv,
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  workers: set[int] = set()
+  try:
+    deadline = time.monotonic() + 240
+    while not list((out / "scored").glob("*.jsonl.gz")) and proc.poll() is None and time.monotonic() < deadline:
+      workers.update(descendants(proc.pid))
+      time.sleep(0.05)
+    workers.update(descendants(proc.pid))
+    assert proc.poll() is None, "finished before it could be stopped"
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+    stdout, stderr = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+  assert proc.returncode == 130, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == ("stopped by SIGINT: the completed tasks are kept; rerun the same command "
+                                             "to resume"), stderr[-3000:]
+  assert "Traceback" not in stderr + stdout, stderr[-3000:]
+  assert all(line.startswith(("curate ", "stopped by")) for line in stderr.splitlines()), stderr[-3000:]
+  assert len(workers) >= 2  # the forkserver and its pool workers were seen, and none outlives the command
+  deadline = time.monotonic() + 10
+  while any(map(_alive, workers)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert not [p for p in workers if _alive(p)]
+
+
 @pytest.mark.slow
 def test_curation_notebook_runs_on_the_outputs(filter_setup, filtered, tmp_path):
   import nbclient
@@ -414,3 +495,35 @@ def test_curation_notebook_runs_on_the_outputs(filter_setup, filtered, tmp_path)
   assert not [o for o in outputs if o.output_type == "error"]
   assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # histogram, PR curve, kept fractions
   assert any("kept" in o.get("data", {}).get("text/html", "") for o in outputs)
+
+
+# ---------------------------------------------------------------- executors (every datatrove stage)
+
+FAILING_STAGE = """
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from datatrove.utils.logging import logger
+from phi1_jax import executors
+
+def fail(data, rank=0, world_size=1):
+  logger.info("about to fail")
+  raise ValueError("a step went wrong")
+
+logs = Path(sys.argv[1])
+try:
+  stage = executors.Stage("boom", [fail], 1, logs / "boom")
+  executors.run(SimpleNamespace(executor="local"), [stage], None, "test", logs)
+except executors.StagesIncomplete as e:
+  print(e)
+"""
+
+
+def test_datatrove_logs_to_a_file_and_a_failed_task_is_one_line_naming_it(tmp_path):
+  proc = subprocess.run([sys.executable, "-c", FAILING_STAGE, str(tmp_path / "logs")], capture_output=True, text=True,
+                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+  log = tmp_path / "logs" / "datatrove.log"
+  assert proc.stdout.strip() == (f"stage boom: a task failed (ValueError: a step went wrong); traceback in {log}; "
+                                 "the same command again redoes only the unfinished tasks"), proc.stderr
+  assert proc.stderr.splitlines() == [f"test boom: 0/1 tasks done, 0 s (datatrove's log: {log})"]
+  assert "about to fail" in log.read_text() and "Traceback" in log.read_text()

@@ -123,7 +123,7 @@ def test_decontam_on_slurm_matches_the_local_pool(partition, tmp_path):
   assert "--qos" not in (slurm / "work" / "logs" / "launch_script.slurm").read_text()  # the account's own QOS
 
   def kept(out):
-    return sorted((d["id"], d["text"]) for shard in (out / "clean").glob("*.jsonl.gz") for d in _read_jsonl(shard))
+    return sorted((d["id"], d["text"]) for shard in (out / "clean").rglob("*.jsonl.gz") for d in _read_jsonl(shard))
   assert kept(slurm) == kept(local) and len(kept(local)) > 0
   assert sorted(map(json.dumps, _read_jsonl(slurm / "removed.jsonl"))) == \
       sorted(map(json.dumps, _read_jsonl(local / "removed.jsonl")))

@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import run_module
+from data_fixtures import small_tokenizer  # noqa: F401
 from phi1_jax.decontam import __main__ as cli, benchmarks as bench_lib, fixture as fixture_lib, index as index_lib
 from phi1_jax.decontam import tree as tree_lib
 
@@ -57,7 +59,7 @@ def decontaminated(tmp_path_factory):
 def test_defaults_remove_lookalikes_naming_the_task_and_keep_ordinary_code(decontaminated):
   out, docs, index = decontaminated["out"], decontaminated["docs"], decontaminated["index"]
   removed = {row["id"]: row for row in _read_jsonl(out / "removed.jsonl")}
-  kept = {d["id"]: d for shard in sorted((out / "clean").glob("*.jsonl.gz")) for d in _read_jsonl(shard)}
+  kept = {d["id"]: d for shard in sorted((out / "clean").rglob("*.jsonl.gz")) for d in _read_jsonl(shard)}
   checked = {}
   for doc in docs:
     expect, kind = doc["meta"]["expect"], doc["meta"]["kind"]
@@ -151,7 +153,7 @@ def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_double
   # the same documents kept and removed as the uninterrupted run, each once
   def ids(folder):
     removed = [r["id"] for r in _read_jsonl(folder / "removed.jsonl")]
-    kept = [d["id"] for p in sorted((folder / "clean").glob("*.jsonl.gz")) for d in _read_jsonl(p)]
+    kept = [d["id"] for p in sorted((folder / "clean").rglob("*.jsonl.gz")) for d in _read_jsonl(p)]
     return sorted(removed), sorted(kept)
   assert ids(killed) == ids(out)
   assert len(set(ids(killed)[1])) == len(ids(killed)[1])
@@ -180,6 +182,36 @@ def test_bad_inputs_end_in_one_line_and_exit_2(decontaminated, tmp_path, capsys)
     assert err.count("\n") == 0 and err.startswith("error:") and needle in err, (needle, err)
   assert (foreign / "notes.txt").read_text() == "mine" and sorted(os.listdir(foreign)) == ["notes.txt"]
   assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
+
+
+def test_each_input_kept_apart_and_packed_as_a_folder(tmp_path, small_tokenizer, capsys):
+  """Code (.jsonl.gz) and exercises (a folder of .py) land in clean/code/ and clean/exercises/, the
+  summary says so, progress counts compressed bytes (<= 100%), and pack reads clean/code as it is."""
+  from data_fixtures import code_docs
+  from phi1_jax.data.pack import pack
+  code = code_docs(400, "code")
+  (tmp_path / "code.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(d) + "\n" for d in code).encode()))
+  exercises = tmp_path / "exercises"
+  exercises.mkdir()
+  for i in range(3):
+    (exercises / f"ex{i}.py").write_text(f"def square_{i}(x):\n  # x times x\n  return x * x + {i}\n")
+  out = tmp_path / "out"
+  assert cli.main(["--input", str(tmp_path / "code.jsonl.gz"), str(exercises), f"--out={out}",
+                   "--benchmarks=humaneval"]) == 0
+  printed = capsys.readouterr().out
+  kept = {name: [d["id"] for p in sorted((out / "clean" / name).glob("*.jsonl.gz")) for d in _read_jsonl(p)]
+          for name in ("code", "exercises")}
+  assert sorted(kept["code"]) == sorted(d["id"] for d in code)
+  assert sorted(kept["exercises"]) == [f"exercises/ex{i}.py" for i in range(3)]
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert [(o["folder"], o["kept"]) for o in manifest["outputs"]] == [(str(out / "clean/code"), 400),
+                                                                      (str(out / "clean/exercises"), 3)]
+  assert f"{tmp_path / 'code.jsonl.gz'}: 400 documents kept -> {out / 'clean/code'}/" in printed
+  assert f"{exercises}: 3 documents kept -> {out / 'clean/exercises'}/" in printed
+  shown = [int(p) for p in re.findall(r"^decontam task 0/1: .* \((\d+)%\)", printed, re.M)]
+  assert shown and shown[-1] == 100 and max(shown) <= 100, printed
+  packed = pack([out / "clean" / "code"], small_tokenizer, 32, tmp_path / "packed", eval_fraction=0.0, workers=1)
+  assert packed["documents"] == 400
 
 
 class _CharGramEmbedder:

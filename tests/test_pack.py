@@ -92,6 +92,18 @@ def test_rerun_is_a_no_op_and_other_flags_refuse(tmp_path, small_tokenizer):
   assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+def test_progress_on_jsonl_gz_counts_compressed_bytes(tmp_path, small_tokenizer):
+  import gzip
+  import re
+  path = tmp_path / "d.jsonl.gz"  # code compresses about 4x: uncompressed bytes would read 400%
+  path.write_bytes(gzip.compress("".join(json.dumps(d) + "\n" for d in code_docs(3000)).encode()))
+  r = _cli("--input", path, "--tokenizer", small_tokenizer, "--seq_len", 64, "--out", tmp_path / "out", "--workers", 1)
+  assert r.returncode == 0, r.stderr
+  shown = re.findall(r"^pack: ([\d.]+)/([\d.]+) MB \((\d+)%\), [\d.]+ MB/s, ETA (-?\d+)s$", r.stderr, re.M)
+  assert shown and shown[-1][0] == shown[-1][1] == f"{path.stat().st_size / 1e6:.1f}", r.stderr
+  assert [int(pct) for _, _, pct, _ in shown][-1] == 100 and all(int(eta) >= 0 for *_, eta in shown), r.stderr
+
+
 def test_killed_run_leaves_nothing_complete_and_rerun_recovers(tmp_path, small_tokenizer):
   # Enough text that packing takes a few seconds with one worker.
   big = [{"id": f"big-{i}", "text": t["text"] * 20} for i, t in enumerate(code_docs(600))]
@@ -191,3 +203,34 @@ def test_missing_input_and_occupied_out_fail_clearly(tmp_path, small_tokenizer):
   r = _cli("--input", jsonl, "--tokenizer", small_tokenizer, "--seq_len", 8, "--out", users)
   assert r.returncode != 0 and "refusing to overwrite" in _one_error_line(r.stderr)
   assert (users / "notes.txt").read_text() == "mine"
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, small_tokenizer):
+  """SIGINT to the process group (a terminal's Ctrl-C reaches the spawned tokenizer workers too)."""
+  from phi1_jax.cli import descendants
+  big = [{"id": f"big-{i}", "text": t["text"] * 20} for i, t in enumerate(code_docs(600))]
+  jsonl = write_jsonl(tmp_path / "big.jsonl", big)
+  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.data.pack", "--input", str(jsonl), "--tokenizer",
+                           small_tokenizer, "--seq_len", "64", "--out", str(tmp_path / "out"), "--workers", "2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  partial, workers = tmp_path / ".out.partial", set()
+  deadline = time.time() + 60
+  while not (partial / "train-00000.array_record.part").exists() and proc.poll() is None and time.time() < deadline:
+    workers.update(descendants(proc.pid))
+    time.sleep(0.02)
+  assert proc.poll() is None, "packing finished before it could be stopped; make the input bigger"
+  os.killpg(proc.pid, signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130 and err.strip().splitlines() == [
+      "stopped by SIGINT: nothing is kept (a stopped pack starts again); rerun the same command to resume"], err
+  assert not partial.exists() and not (tmp_path / "out").exists()
+  def alive(pid):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+      return False
+  deadline = time.time() + 10
+  while any(map(alive, workers)) and time.time() < deadline:
+    time.sleep(0.05)
+  assert workers and not [p for p in workers if alive(p)]  # the spawned workers died with it

@@ -27,6 +27,11 @@ def _add_input(p, required=True):
   p.add_argument("--input", nargs="+", required=required, help="JSONL(.gz) files, .py files, folders of .py")
 
 
+def _add_max_bad(p):
+  p.add_argument("--max_bad_fraction", type=float, default=0.001,
+                 help="go on past bad items (not UTF-8, not JSON, no text) up to this share of items, as pack does")
+
+
 def _add_sample(p):
   p.add_argument("--sample", type=int, default=None, help="draw N documents, fixed by --seed and the ids (default: all)")
   p.add_argument("--seed", type=int, default=0)
@@ -43,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
   _add_input(p)
   p.add_argument("--out", required=True)
   _add_sample(p)
+  _add_max_bad(p)
   p.add_argument("--prompt", default=None, help="prompt template file with a {document} placeholder")
   p.add_argument("--scoring", default="additive", help="additive (0-5 from the answer) or logprob (P(yes))")
   p.add_argument("--max_chars", type=int, default=4000, help="characters of each document shown to the LLM")
@@ -60,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--shard_size", type=int, default=4096, help="documents per .npy shard")
   _add_sample(p)
+  _add_max_bad(p)
 
   p = cmds.add_parser("train-classifier", help="random forest (and logistic ablation) on embeddings + labels")
   p.add_argument("--annotations", required=True, help="annotate's OUT folder or its annotations.jsonl")
@@ -102,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       from phi1_jax.curate.embeddings import embed_documents
       embed_documents(args.input, args.checkpoint, args.out, tokenizer=args.tokenizer, max_len=args.max_len,
                       pooling=args.pooling, batch_size=args.batch_size, shard_size=args.shard_size,
-                      sample=args.sample, seed=args.seed)
+                      sample=args.sample, seed=args.seed, max_bad_fraction=args.max_bad_fraction)
     elif args.command == "train-classifier":
       from phi1_jax.curate.classifier import train_classifier
       train_classifier(args.annotations, args.embeddings, args.out, threshold=args.threshold, model=args.model,
@@ -121,5 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+# What a stopped run leaves for the rerun, per command (cli.run_command's stop line).
+KEPT = {"annotate": "the annotations written so far are kept",
+        "embed": "the finished embedding shards are kept",
+        "train-classifier": "no classifier is saved until training ends",
+        "filter": "the completed tasks are kept"}
+
 if __name__ == "__main__":
-  sys.exit(main())
+  from phi1_jax import cli
+  sys.exit(cli.run_command(main, kept=KEPT.get(sys.argv[1] if len(sys.argv) > 1 else "", "nothing is lost")))

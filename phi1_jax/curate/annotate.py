@@ -171,8 +171,12 @@ def annotate(args) -> dict:
   except llm_lib.LLMError as e:
     raise UserError(str(e)) from None
   prompt = load_prompt(args.prompt) if args.prompt else (DEFAULT_PROMPT if args.scoring == "additive" else LOGPROB_PROMPT)
+  if not 0 <= args.max_bad_fraction <= 1:
+    raise UserError(f"--max_bad_fraction={args.max_bad_fraction} must be in [0, 1]")
   described = documents.describe_inputs(args.input)
-  docs = list(documents.sampled_documents(described, args.sample, args.seed))
+  bad, counted = [], []
+  docs = list(documents.sampled_documents(described, args.sample, args.seed, bad, counted))
+  documents.check_bad(bad, counted[0], args.max_bad_fraction, log=lambda line: print(line, file=sys.stderr))
   out = Path(args.out)
   config = {"format": FORMAT, "inputs": [d["sha256"] for d in described], "sample": args.sample, "seed": args.seed,
             "model": args.model, "scoring": args.scoring, "prompt": prompt, "max_chars": args.max_chars,
@@ -199,6 +203,7 @@ def annotate(args) -> dict:
       "format": FORMAT, "config": {k: v for k, v in config.items() if k != "prompt"}, "prompt": prompt,
       "inputs": documents.public(described), "documents": len(docs), "annotated": len(rows),
       "remaining": len(docs) - len(rows), "unparseable": sum(s is None for s in scores),
+      "bad_input_items": {"count": len(bad), "items": bad[:20]},
       "score_histogram": dict(sorted(histogram.items())),
       "tokens": {"prompt": sum(r["usage"].get("prompt_tokens", 0) for r in rows),
                  "completion": sum(r["usage"].get("completion_tokens", 0) for r in rows)},

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phi1_jax import cli
 from phi1_jax.curate.common import UserError, write_json_atomic
 from phi1_jax.curate.embeddings import load_embeddings
 
@@ -44,6 +45,13 @@ def read_annotations(path) -> dict[str, int | None]:
     except (ValueError, KeyError, TypeError):
       raise UserError(f"{path}:{lineno}: not an annotation row (want a JSON object with id and score)") from None
   return scores
+
+
+def _identity(path, *patterns: str) -> list:
+  """What a rerun must find unchanged: path, size and mtime of each file of `path` the stage reads."""
+  path = Path(path)
+  files = sorted(f for p in patterns for f in path.glob(p)) if path.is_dir() else [path]
+  return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def _held_out(doc_id: str, seed: int, fraction: float) -> bool:
@@ -83,7 +91,7 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
   if not 0 < cut < 1:
     raise UserError(f"--cut={cut} must be in (0, 1)")
   out = Path(out)
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "settings.json").is_file():
     raise UserError(f"--out {out}: already exists and is not empty; choose a new --out")
   scores = read_annotations(annotations)
   ids, vecs, emb_manifest = load_embeddings(embeddings)
@@ -103,6 +111,16 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
     if len(set(y[part].tolist())) < 2:
       raise UserError(f"the {name} split ({int(part.sum())} documents) does not hold both labels at "
                       f"--threshold={threshold}; annotate more documents or change the threshold")
+
+  settings = {"format": FORMAT, "annotations": _identity(annotations, "annotations.jsonl"),
+              "embeddings": _identity(embeddings, "emb-*.npy", "ids-*.txt", "manifest.json"), "threshold": threshold,
+              "model": model, "test_fraction": test_fraction, "cut": cut, "seed": seed, "trees": trees}
+  try:
+    if cli.already_done(out, settings, "model_info.json"):  # written last: a stopped run trains again
+      log(f"{out}: already holds the {model} trained on these annotations and embeddings; nothing to do")
+      return json.loads((out / "model_info.json").read_text())
+  except ValueError as e:
+    raise UserError(str(e)) from None
 
   results, probs, fitted = {}, {}, {}
   for kind in MODELS:

@@ -2,7 +2,8 @@
 
 Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.py` files and
 folders of `.py` files. A `.py` file's id is `<folder name>/<path inside it>` (as pack names it); a
-JSONL line without an id gets `<file name>:<line>`. Blank documents are skipped, as pack skips them.
+JSONL line without an id gets `<file name>:<line>`. Blank documents are skipped, and bad items (not
+UTF-8, not JSON, no text) counted and passed over up to --max_bad_fraction, as pack does.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import heapq
-import json
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from phi1_jax.curate.common import UserError
-from phi1_jax.data.pack import PackError, _describe_inputs
+from phi1_jax.data.pack import PackError, _describe_inputs, parse_line, read_source
+from phi1_jax.data.pack import check_bad as pack_check_bad
 
 
 class InputError(UserError):
-  """An unusable input: missing path, bad JSON, a document without text, a repeated id."""
+  """An unusable input: missing path, too many bad items, a repeated id."""
 
 
 def describe_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
@@ -42,37 +43,37 @@ def input_files(described: list[dict]) -> list[tuple[str, str]]:
   return [(str(f), str(d["_root"])) for d in described for f in d["_files"]]
 
 
-def read_file(file: str, root: str) -> Iterator[dict]:
+def read_file(file: str, root: str, bad: list[str] | None = None) -> Iterator[dict]:
   """The documents of one input file, each `{"id", "text", "source", "meta"}`."""
-  for doc, _ in read_file_offsets(file, root):
+  for doc, _ in read_file_offsets(file, root, bad):
     yield doc
 
 
-def read_file_offsets(file: str, root: str) -> Iterator[tuple[dict, int]]:
-  """(document, bytes of the file read so far, compressed bytes for .gz) for progress and ETA."""
+def read_file_offsets(file: str, root: str, bad: list[str] | None = None) -> Iterator[tuple[dict, int]]:
+  """(document, bytes of the file read so far, compressed bytes for .gz) for progress and ETA.
+
+  A bad item (a .py file or line not UTF-8, a line not JSON or without text) is read as pack reads
+  it: appended to `bad` (if given) and passed over."""
   path = Path(file)
+  bad = [] if bad is None else bad
   if path.name.endswith(".py"):
-    try:
-      text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-      raise InputError(f"{path}: not UTF-8") from None
-    if text.strip():
+    text, size, problem = read_source(path)
+    if problem:
+      bad.append(problem)
+    elif text.strip():
       rel = path.relative_to(root).as_posix()
-      yield {"id": f"{Path(root).name}/{rel}", "text": text, "source": Path(root).name, "meta": {"path": rel}}, \
-          path.stat().st_size
+      yield {"id": f"{Path(root).name}/{rel}", "text": text, "source": Path(root).name, "meta": {"path": rel}}, size
     return
   with open(path, "rb") as raw:
     fh = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
     for lineno, line in enumerate(fh, 1):
       if not line.strip():
         continue
-      try:
-        doc = json.loads(line)
-      except ValueError:  # also UnicodeDecodeError
-        raise InputError(f"{path}:{lineno}: not valid JSON (UTF-8)") from None
-      text = doc.get("text") if isinstance(doc, dict) else None
-      if not isinstance(text, str):
-        raise InputError(f"{path}:{lineno}: no text")
+      doc, problem = parse_line(line, path, lineno)
+      if problem:
+        bad.append(problem)
+        continue
+      text = doc["text"]
       if not text.strip():
         continue
       doc_id = doc.get("id")
@@ -81,28 +82,40 @@ def read_file_offsets(file: str, root: str) -> Iterator[tuple[dict, int]]:
              "source": str(doc.get("source") or path.name), "meta": meta if isinstance(meta, dict) else {}}, raw.tell()
 
 
-def iter_documents(described: list[dict]) -> Iterator[dict]:
-  """Every document of every input, in a fixed order; a repeated id is an error."""
+def iter_documents(described: list[dict], bad: list[str] | None = None) -> Iterator[dict]:
+  """Every document of every input, in a fixed order; a repeated id is an error. Bad items go to `bad`."""
   seen = set()
   for file, root in input_files(described):
-    for doc in read_file(file, root):
+    for doc in read_file(file, root, bad):
       if doc["id"] in seen:
         raise InputError(f"{file}: document id {doc['id']!r} appears twice in the input")
       seen.add(doc["id"])
       yield doc
 
 
+def check_bad(bad: list[str], documents: int, max_bad_fraction: float, log=print) -> None:
+  """Reports the bad items (the first few, and their count); InputError past --max_bad_fraction."""
+  for item in bad[:3]:
+    log(f"warning: bad item {item}")
+  if len(bad) > 3:
+    log(f"warning: {len(bad) - 3} more bad items")
+  try:
+    pack_check_bad(bad, documents, max_bad_fraction)
+  except PackError as e:
+    raise InputError(str(e)) from None
+
+
 def _rank(seed: int, doc_id: str) -> bytes:
   return hashlib.sha256(f"{seed}\0{doc_id}".encode()).digest()
 
 
-def sample_ids(described: list[dict], n: int | None, seed: int) -> set[str] | None:
+def sample_ids(described: list[dict], n: int | None, seed: int, bad: list[str] | None = None) -> set[str] | None:
   """The ids of n documents drawn without replacement, fixed by (seed, ids) alone (not by order
   or input layout): the n smallest sha256(seed, id). None (all documents) when n is None."""
   if n is None:
     return None
   heap: list[tuple[bytes, str]] = []  # max-heap by negated rank via inverted bytes
-  for doc in iter_documents(described):
+  for doc in iter_documents(described, bad):
     key = bytes(255 - b for b in _rank(seed, doc["id"]))
     if len(heap) < n:
       heapq.heappush(heap, (key, doc["id"]))
@@ -111,9 +124,15 @@ def sample_ids(described: list[dict], n: int | None, seed: int) -> set[str] | No
   return {doc_id for _, doc_id in heap}
 
 
-def sampled_documents(described: list[dict], n: int | None, seed: int) -> Iterator[dict]:
-  """iter_documents restricted to sample_ids (in input order)."""
-  keep = sample_ids(described, n, seed)
-  for doc in iter_documents(described):
+def sampled_documents(described: list[dict], n: int | None, seed: int, bad: list[str] | None = None,
+                      counted: list[int] | None = None) -> Iterator[dict]:
+  """iter_documents restricted to sample_ids (in input order). Every input's bad items go to `bad`
+  once, and its number of documents (sampled or not) to `counted`, for check_bad."""
+  keep = sample_ids(described, n, seed, bad)
+  n_all = 0
+  for doc in iter_documents(described, bad if keep is None else None):
+    n_all += 1
     if keep is None or doc["id"] in keep:
       yield doc
+  if counted is not None:
+    counted.append(n_all)

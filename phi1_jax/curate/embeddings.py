@@ -43,12 +43,14 @@ def _batched(it, n):
 
 
 def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, pooling="mean", batch_size=16,
-                    shard_size=4096, sample=None, seed=0, log=print) -> dict:
+                    shard_size=4096, sample=None, seed=0, max_bad_fraction=0.001, log=print) -> dict:
   """Runs the stage (resuming a killed run) and returns the manifest."""
   if shard_size < 1:
     raise UserError(f"--shard_size={shard_size} must be positive")
   if sample is not None and sample < 1:
     raise UserError(f"--sample={sample} must be positive")
+  if not 0 <= max_bad_fraction <= 1:
+    raise UserError(f"--max_bad_fraction={max_bad_fraction} must be in [0, 1]")
   described = documents.describe_inputs(inputs)
   from phi1_jax.embed import Embedder  # jax is imported only once the flags are known good
   try:
@@ -60,7 +62,8 @@ def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, poo
             "embedder": embedder.fingerprint, "shard_size": shard_size}
   check_config(out, config)
 
-  docs = documents.sampled_documents(described, sample, seed)  # streamed: inputs may be large
+  bad, counted = [], []
+  docs = documents.sampled_documents(described, sample, seed, bad, counted)  # streamed: inputs may be large
   total_tokens, done_docs, n_docs, n_shards, t_start = 0, 0, 0, 0, time.perf_counter()
   metrics = open(out / "metrics.jsonl", "a")
   bar = tqdm.tqdm(total=sample, desc="embedding", unit="doc", mininterval=5)
@@ -89,10 +92,12 @@ def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, poo
     bar.update(len(shard))
   bar.close()
   metrics.close()
+  documents.check_bad(bad, counted[0], max_bad_fraction, log=log)  # as pack: counted on the way, judged at the end
   # A stale shard from a bigger earlier run cannot exist: config.json pins the inputs and sample.
   manifest = {
       "format": FORMAT, "inputs": documents.public(described), "sample": sample, "seed": seed,
-      "documents": n_docs, "shards": n_shards, "shard_size": shard_size, "dtype": "float16",
+      "documents": n_docs, "bad_input_items": {"count": len(bad), "items": bad[:20]}, "shards": n_shards,
+      "shard_size": shard_size, "dtype": "float16",
       "embedder": {**embedder.identity, "fingerprint": embedder.fingerprint},
       "this_run": {"documents_embedded": done_docs, "tokens_embedded": total_tokens,
                    "seconds": round(time.perf_counter() - t_start, 3)},

@@ -18,6 +18,7 @@ import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.utils.logging import logger
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from phi1_jax.curate import documents
@@ -57,11 +58,15 @@ class InputReader(PipelineStep):
     total = sum(os.path.getsize(f) for f, _ in shard)
     done = 0
     for file, root in shard:
-      for doc, offset in documents.read_file_offsets(file, root):
+      bad: list[str] = []
+      for doc, offset in documents.read_file_offsets(file, root, bad):
         self.stat_update("documents")
         d = _document(doc)
         d.metadata["_read"] = (done + offset, total)
         yield d
+      for item in bad:  # counted in the stage's stats, named in its log, passed over as pack does
+        self.stat_update("bad")
+        logger.warning(f"bad item {item}")
       done += os.path.getsize(file)
 
 

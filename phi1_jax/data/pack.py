@@ -3,8 +3,9 @@
     python -m phi1_jax.data.pack --input PATH [PATH ...] --tokenizer DIR --seq_len 2048 --out DIR \
         [--eval_fraction 0.01] [--max_bad_fraction 0.001] [--workers 2]
 
-Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.py` files
-and folders of `.py` files. Each split is ONE token stream, documents joined by `<|endoftext|>`
+Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.py` files,
+folders of `.py` files and folders of JSONL shards (a stage's output, e.g. decontam's OUT/clean/code).
+Each split is ONE token stream, documents joined by `<|endoftext|>`
 (between documents, as in the paper), cut into records of `seq_len + 1` int32 tokens:
 record i = stream[i*seq_len : i*seq_len + seq_len + 1], so every token is a target exactly once
 (the trainer feeds tokens[:-1] and predicts tokens[1:]); the tail shorter than a record is dropped.
@@ -36,7 +37,6 @@ never overwritten.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import gzip
@@ -45,6 +45,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import zlib
@@ -55,6 +56,7 @@ import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from phi1_jax import cli
 from phi1_jax.cli import out_dir_problem
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
@@ -64,6 +66,7 @@ RECORDS_PER_SHARD = 32768  # 256 MiB shards at seq_len 2048
 _UNIT_BYTES = 1 << 18  # work handed to a worker at a time
 _UNIT_LINES = 1024
 _MAX_REPORTED_BAD = 1000
+JSONL = (".jsonl", ".jsonl.gz")
 
 
 class PackError(Exception):
@@ -74,14 +77,14 @@ class PackError(Exception):
 
 
 def _input_files(path: Path) -> list[Path]:
-  if path.is_dir():
-    files = sorted(path.rglob("*.py"))
+  if path.is_dir():  # a folder of .py files, or else of JSONL shards (a stage's output folder)
+    files = sorted(path.rglob("*.py")) or sorted(f for f in path.rglob("*.jsonl*") if f.name.endswith(JSONL))
     if not files:
-      raise PackError(f"--input {path}: folder holds no .py files")
+      raise PackError(f"--input {path}: folder holds no .py, .jsonl or .jsonl.gz files")
     return files
   if not path.is_file():
     raise PackError(f"--input {path}: not found")
-  if not path.name.endswith((".py", ".jsonl", ".jsonl.gz")):
+  if not path.name.endswith((".py", *JSONL)):
     raise PackError(f"--input {path}: unsupported file type (want .py, .jsonl, .jsonl.gz or a folder)")
   return [path]
 
@@ -111,7 +114,7 @@ def _describe_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
 
 
 def _work_units(described: list[dict]) -> Iterator[tuple]:
-  """Chunks of input for the workers: ("jsonl", file, first_line, [lines]) or ("py", [(file, id)])."""
+  """Chunks of input for the workers: ("jsonl", file, first_line, [lines], bytes on disk) or ("py", [(file, id)])."""
   for inp in described:
     root = inp["_root"]
     py_batch, py_bytes = [], 0
@@ -130,23 +133,58 @@ def _work_units(described: list[dict]) -> Iterator[tuple]:
 
 
 def _jsonl_units(f: Path) -> Iterator[tuple]:
-  opener = gzip.open if f.name.endswith(".gz") else open
+  """The file's lines in units, each with the bytes of the file on disk it took (compressed bytes for
+  .gz), so progress counts in the units of the total it is measured against."""
   lineno = 0
   try:
-    with opener(f, "rb") as fh:
-      lines, nbytes, first = [], 0, 1
+    with open(f, "rb") as raw:
+      fh = gzip.GzipFile(fileobj=raw) if f.name.endswith(".gz") else raw
+      lines, nbytes, first, read = [], 0, 1, 0
       for lineno, line in enumerate(fh, 1):
         if not lines:
           first = lineno
         lines.append(line)
         nbytes += len(line)
         if nbytes >= _UNIT_BYTES or len(lines) >= _UNIT_LINES:
-          yield ("jsonl", str(f), first, lines)
-          lines, nbytes = [], 0
-      if lines:
-        yield ("jsonl", str(f), first, lines)
+          yield ("jsonl", str(f), first, lines, raw.tell() - read)
+          lines, nbytes, read = [], 0, raw.tell()
+      if lines or read < raw.tell():
+        yield ("jsonl", str(f), first, lines, raw.tell() - read)
   except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz: the whole file is unusable
     raise PackError(f"--input {f}: unreadable after line {lineno} ({e})") from None
+
+
+def read_source(path: str | os.PathLike) -> tuple[str | None, int, str | None]:
+  """How every stage reads a .py file: (text, bytes, None), or (None, bytes, "FILE:LINE: not UTF-8")
+  for a bad item that the stage counts and passes over."""
+  raw = Path(path).read_bytes()
+  try:
+    return raw.decode("utf-8"), len(raw), None
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    return None, len(raw), f"{path}:{line}: not UTF-8"
+
+
+def parse_line(line: bytes, file: str | os.PathLike, lineno: int) -> tuple[dict | None, str | None]:
+  """How every stage reads a JSONL line: (document, None), its "text" a string (maybe blank), or
+  (None, "FILE:LINE: why") for a bad item."""
+  try:
+    doc = json.loads(line.decode("utf-8"))
+  except UnicodeDecodeError:
+    return None, f"{file}:{lineno}: not UTF-8"
+  except ValueError:
+    return None, f"{file}:{lineno}: not valid JSON"
+  if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+    return None, f"{file}:{lineno}: no text"
+  return doc, None
+
+
+def check_bad(bad: list[str], documents: int, max_bad_fraction: float) -> None:
+  """PackError when more than max_bad_fraction of the items (documents + bad ones) are bad."""
+  items = documents + len(bad)
+  if len(bad) > max_bad_fraction * items:
+    raise PackError(f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
+                    f"{max_bad_fraction:.3%}); first: {bad[0]}")
 
 
 # ---------------------------------------------------------------- workers
@@ -157,6 +195,11 @@ _worker_tokenizer = None
 def _init_worker(tokenizer_path: str) -> None:
   global _worker_tokenizer
   _worker_tokenizer = load_tokenizer(tokenizer_path)
+
+
+def _init_pool_worker(tokenizer_path: str) -> None:
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops and kills us
+  _init_worker(tokenizer_path)
 
 
 def _split_hash(doc_id: str) -> float:
@@ -170,13 +213,10 @@ def _process_unit(unit: tuple) -> dict:
   docs_meta, texts, bad, skipped, blank, nbytes = [], [], [], 0, 0, 0
   if unit[0] == "py":
     for file, doc_id in unit[1]:
-      raw = Path(file).read_bytes()
-      nbytes += len(raw)
-      try:
-        text = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        bad.append(f"{file}:{line}: not UTF-8")
+      text, size, problem = read_source(file)
+      nbytes += size
+      if problem:
+        bad.append(problem)
         continue
       if not text.strip():
         skipped += 1  # empty __init__.py files are normal, not errors
@@ -184,24 +224,16 @@ def _process_unit(unit: tuple) -> dict:
       docs_meta.append(_split_hash(doc_id))
       texts.append(text)
   else:
-    _, file, first, lines = unit
+    _, file, first, lines, nbytes = unit
     for lineno, line in enumerate(lines, first):
-      nbytes += len(line)
       if not line.strip():
         blank += 1
         continue
-      try:
-        doc = json.loads(line.decode("utf-8"))
-      except UnicodeDecodeError:
-        bad.append(f"{file}:{lineno}: not UTF-8")
+      doc, problem = parse_line(line, file, lineno)
+      if problem:
+        bad.append(problem)
         continue
-      except ValueError:
-        bad.append(f"{file}:{lineno}: not valid JSON")
-        continue
-      text = doc.get("text") if isinstance(doc, dict) else None
-      if not isinstance(text, str):
-        bad.append(f"{file}:{lineno}: no text")
-        continue
+      text = doc["text"]
       if not text.strip():
         skipped += 1  # an empty document (e.g. an empty __init__.py), skipped as in a folder
         continue
@@ -222,7 +254,7 @@ def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) 
   # spawn, not fork: the caller may be a JAX process, and forking one is unsafe. An executor,
   # not a Pool: a worker that dies or cannot start raises BrokenProcessPool instead of hanging.
   ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
                                               initargs=(tokenizer_path,)) as pool:
     pending = collections.deque()
     try:
@@ -441,9 +473,7 @@ def pack(
     if items == 0:
       raise PackError(f"--input: no documents found in {[str(i) for i in inputs]} "
                       f"({skipped['empty_documents']} empty ones skipped)")
-    if len(bad) > max_bad_fraction * items:
-      raise PackError(f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
-                      f"{max_bad_fraction:.3%}); first: {bad[0]}")
+    check_bad(bad, len(hashes), max_bad_fraction)
     if eval_fraction > 0 and splits["eval"]["records"] == 0:
       threshold = _threshold_for_one_record(hashes, lengths, seq_len)
       eval_tokens = 0 if threshold is None else int(lengths[hashes < threshold].sum())
@@ -496,7 +526,7 @@ def pack(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m phi1_jax.data.pack", description=__doc__.split("\n")[0])
+  parser = cli.OneLineParser(prog="python -m phi1_jax.data.pack", description=__doc__.split("\n")[0])
   parser.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files, .py files, folders of .py")
   parser.add_argument("--tokenizer", required=True, help="folder with tokenizer.model or tokenizer.json")
   parser.add_argument("--seq_len", type=int, required=True)
@@ -521,4 +551,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_command(main, kept="nothing is kept (a stopped pack starts again)"))

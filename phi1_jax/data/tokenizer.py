@@ -20,7 +20,6 @@ Command:  python -m phi1_jax.data.tokenizer train --input PATH [PATH ...] --voca
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -34,7 +33,7 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
-from phi1_jax import paths
+from phi1_jax import cli, paths
 
 EOS_TOKEN = "<|endoftext|>"
 SPM_FILE = "tokenizer.model"
@@ -329,8 +328,8 @@ def train_tokenizer(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m phi1_jax.data.tokenizer", description=__doc__.split("\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
+  parser = cli.OneLineParser(prog="python -m phi1_jax.data.tokenizer", description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
   train = sub.add_parser("train", help="train a SentencePiece model on code")
   train.add_argument("--input", nargs="+", required=True, help=".py files, folders of .py, JSONL(.gz)")
   train.add_argument("--vocab_size", type=int, required=True)
@@ -351,4 +350,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_command(main, kept="no tokenizer is written until training ends"))

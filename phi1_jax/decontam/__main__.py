@@ -6,8 +6,8 @@ r"""Remove HumanEval and MBPP look-alikes from training documents; report each m
       [--tasks=T] [--workers=W] [--executor=local|slurm [--slurm_partition=P] [--slurm_wait]]
 
 IN as `phi1_jax.data.pack` reads it: JSONL documents (.jsonl, .jsonl.gz), .py files, folders of .py.
-Writes OUT/clean/<rank>.jsonl.gz (kept documents, `{"id","text","source","meta"}`, ready for
-`python -m phi1_jax.data.pack --input OUT/clean/*.jsonl.gz ...`), OUT/removed.jsonl (id, task_id,
+Writes OUT/clean/<input name>/<rank>.jsonl.gz (each input's kept documents apart, `{"id","text","source",
+"meta"}`, ready for `python -m phi1_jax.data.pack --input OUT/clean/<input name> ...`), OUT/removed.jsonl (id, task_id,
 method, score, every method's match), OUT/report.json + OUT/report.md (nearest document per problem
 per method, Table 3), OUT/manifest.json (inputs with checksums, counts, flags). OUT/work/ holds the
 tasks' parts and datatrove's logs: a rerun skips completed tasks; a finished OUT is left alone
@@ -85,16 +85,32 @@ def _check_flags(args) -> list[str]:
   return names
 
 
-def _units(described: list[dict]) -> list[tuple]:
-  """Work units in a fixed order: ("py", file, id) as pack names .py documents, ("jsonl", file)."""
-  units = []
+def input_names(described: list[dict]) -> list[str]:
+  """Each input's folder under OUT/clean: its file or folder name without .jsonl/.gz/.py, made unique."""
+  names: list[str] = []
   for inp in described:
+    name = Path(inp["path"]).name
+    for suffix in (".gz", ".jsonl", ".py"):
+      name = name.removesuffix(suffix)
+    base = name = name or "input"
+    k = 2
+    while name in names:  # two inputs named alike (a/code.jsonl, b/code.jsonl): code, code-2
+      name, k = f"{base}-{k}", k + 1
+    names.append(name)
+  return names
+
+
+def _units(described: list[dict]) -> list[tuple]:
+  """Work units in a fixed order: ("py", file, id, input name) as pack names .py documents,
+  ("jsonl", file, input name)."""
+  units = []
+  for inp, name in zip(described, input_names(described)):
     root = inp["_root"]
     for f in inp["_files"]:
       if f.name.endswith(".py"):
-        units.append(("py", str(f), f"{root.name}/{f.relative_to(root).as_posix()}"))
+        units.append(("py", str(f), f"{root.name}/{f.relative_to(root).as_posix()}", name))
       else:
-        units.append(("jsonl", str(f)))
+        units.append(("jsonl", str(f), name))
   return units
 
 
@@ -200,7 +216,10 @@ def run(argv=None, embedder=None) -> dict:
     raise DecontamError(str(e)) from None
   report = report_lib.build(out, args.tasks, index, bench_info, flags, args.results)
   counts = report["counts"]
-  clean = sorted(p.name for p in (out / "clean").glob("*.jsonl.gz")) if (out / "clean").is_dir() else []
+  kept_by_input = counts.get("kept_by_input", {})
+  outputs = [{"input": inp["path"], "folder": str(out / "clean" / name), "kept": kept_by_input.get(name, 0),
+              "shards": sorted(p.name for p in (out / "clean" / name).glob("*.jsonl.gz"))}
+             for inp, name in zip(described, input_names(described))]
   manifest = {
       "format": FORMAT, "fingerprint": fingerprint,
       "inputs": [{k: v for k, v in i.items() if not k.startswith("_")} for i in described],
@@ -208,7 +227,7 @@ def run(argv=None, embedder=None) -> dict:
       "documents": counts["documents"], "kept": counts["kept"], "removed": counts["removed"], "bad": counts["bad"],
       "bad_items": counts["bad_items"], "bytes": counts["bytes"],
       "removed_by": counts["removed_by"], "flagged_by": counts["flagged_by"],
-      "clean_shards": clean, "seconds": round(time.time() - start, 2),
+      "outputs": outputs, "seconds": round(time.time() - start, 2),
   }
   tmp = out / ".manifest.json.tmp"
   tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -238,10 +257,14 @@ def main(argv=None) -> int:
     print(f"decontam: {e}", file=sys.stderr)
     return 1
   if manifest:
+    for o in manifest["outputs"]:
+      print(f"{o['input']}: {o['kept']} documents kept -> {o['folder']}/")
     print(f"{manifest['documents']} documents: {manifest['kept']} kept, {manifest['removed']} removed "
-          f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), {manifest['bad']} bad lines")
+          f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), "
+          f"{manifest['bad']} bad items passed over (not UTF-8, not JSON, no text)")
   return 0
 
 
 if __name__ == "__main__":  # datatrove's worker pool re-imports this module: work only here
-  sys.exit(main())
+  from phi1_jax import cli
+  sys.exit(cli.run_command(main, kept="the completed tasks are kept"))

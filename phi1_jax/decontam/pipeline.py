@@ -1,6 +1,8 @@
 """The datatrove steps: read documents as `pack` does, scan and split them, write the kept ones.
 
-  InputReader -> DecontamStep -> JsonlWriter(OUT/clean/${rank}.jsonl.gz)
+  InputReader -> DecontamStep -> JsonlWriter(OUT/clean/<input name>/${rank}.jsonl.gz)
+
+Each input's kept documents stay apart (code, textbooks and exercises feed different stages).
 
 Task r of T reads every .py file with index % T == r and every block of 256 JSONL lines with block
 index % T == r, so one big JSONL file is shared by all tasks too. DecontamStep writes the removed
@@ -15,7 +17,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
+from phi1_jax.data.pack import parse_line, read_source
 from phi1_jax.decontam.benchmarks import benchmark_of
 from phi1_jax.decontam.index import METHODS, TABLE_TAUS, BenchmarkIndex
 
@@ -32,7 +34,11 @@ PROGRESS_EVERY_S = 30.0
 
 
 class InputReader(PipelineStep):
-  """Documents from pack-style inputs: ("jsonl", path) and ("py", path, id) units."""
+  """Documents from pack-style inputs: ("jsonl", path, input name) and ("py", path, id, input name) units.
+
+  Each document carries metadata["input"] (its input's name: the folder of clean/ it goes to) and
+  metadata["_read"]: the input bytes this task has walked past (compressed bytes for .gz), for progress
+  against the inputs' size on disk."""
 
   name = "decontam input"
   type = "📖 - READER"
@@ -43,43 +49,45 @@ class InputReader(PipelineStep):
 
   def run(self, data=None, rank: int = 0, world_size: int = 1):
     py_index = block_index = 0
+    walked = 0  # bytes of the units before this one
     for unit in self.units:
       if unit[0] == "py":
+        _, path, doc_id, source = unit
         mine = py_index % world_size == rank
         py_index += 1
+        size = os.path.getsize(path)
         if mine:
-          text = Path(unit[1]).read_text(encoding="utf-8", errors="replace")
-          if text.strip():
+          text, _, problem = read_source(path)
+          if problem:
+            self.stat_update("bad")
+            yield Document(text="", id=problem, metadata={"bad": True, "_read": walked + size})
+          elif text.strip():
             self.stat_update("documents")
-            yield Document(text=text, id=unit[2], metadata={"source": "py", "meta": {"path": unit[2]}})
+            yield Document(text=text, id=doc_id, metadata={"source": "py", "meta": {"path": doc_id}, "input": source,
+                                                           "_read": walked + size})
+        walked += size
         continue
-      path = unit[1]
-      opener = gzip.open if path.endswith(".gz") else open
-      with opener(path, "rb") as lines:
+      _, path, source = unit
+      with open(path, "rb") as raw:
+        lines = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
         for lineno, line in enumerate(lines, 1):
           if (lineno - 1) % LINES_PER_BLOCK == 0:
             block_index += 1
           if (block_index - 1) % world_size != rank or not line.strip():
             continue
-          doc = _parse_line(line)
-          if doc is None:
+          doc, problem = parse_line(line, Path(path).name, lineno)
+          if problem:
             self.stat_update("bad")
-            yield Document(text="", id=f"{Path(path).name}:{lineno}", metadata={"bad": True})
+            yield Document(text="", id=problem, metadata={"bad": True, "_read": walked + raw.tell()})
             continue
+          if not doc["text"].strip():
+            continue  # an empty document: skipped, as pack skips it
           self.stat_update("documents")
           doc_id = doc.get("id") if isinstance(doc.get("id"), str) and doc.get("id") else f"{Path(path).name}:{lineno}"
           yield Document(text=doc["text"], id=doc_id,
-                         metadata={"source": doc.get("source", ""), "meta": doc.get("meta") or {}})
-
-
-def _parse_line(line: bytes) -> dict | None:
-  try:
-    doc = json.loads(line.decode("utf-8"))
-  except (UnicodeDecodeError, ValueError):
-    return None
-  if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not doc["text"].strip():
-    return None
-  return doc
+                         metadata={"source": doc.get("source", ""), "meta": doc.get("meta") or {}, "input": source,
+                                   "_read": walked + raw.tell()})
+      walked += os.path.getsize(path)
 
 
 def clean_adapter(self, document: Document) -> dict:
@@ -125,12 +133,12 @@ class DecontamStep(PipelineStep):
     work = Path(self.work_dir)
     for sub in ("removed", "stats", "progress"):
       (work / sub).mkdir(parents=True, exist_ok=True)
-    stale = Path(self.clean_dir) / f"{rank:05d}.jsonl.gz"
-    if stale.exists():
+    for stale in Path(self.clean_dir).glob(f"*/{rank:05d}.jsonl.gz"):
       stale.unlink()  # left by an earlier try of this task that did not complete
     embedder = self._embedder()
     nearest = _Nearest()
-    counts = {"documents": 0, "kept": 0, "removed": 0, "bad": 0, "functions": 0, "bytes": 0,
+    read = 0  # input bytes walked past (InputReader's _read), against total_bytes
+    counts = {"documents": 0, "kept": 0, "kept_by_input": {}, "removed": 0, "bad": 0, "functions": 0, "bytes": 0,
               "removed_by": {m: 0 for m in METHODS}, "flagged_by": {m: 0 for m in METHODS},
               "ast_at_tau": {}, "bad_items": []}
     start = last_report = time.time()
@@ -139,6 +147,9 @@ class DecontamStep(PipelineStep):
     with open(removed_path, "w", encoding="utf-8") as removed:
       for batch in _batches(data, BATCH):
         docs = [d for d in batch if not d.metadata.get("bad")]
+        read = batch[-1].metadata.pop("_read", read)
+        for d in batch:
+          d.metadata.pop("_read", None)
         for d in batch:
           if d.metadata.get("bad"):
             counts["bad"] += 1
@@ -172,12 +183,13 @@ class DecontamStep(PipelineStep):
             removed.write(json.dumps(row) + "\n")
           else:
             counts["kept"] += 1
+            counts["kept_by_input"][doc.metadata["input"]] = counts["kept_by_input"].get(doc.metadata["input"], 0) + 1
             self.stat_update("kept")
             yield doc
         if time.time() - last_report >= PROGRESS_EVERY_S:
           last_report = time.time()
-          self._progress(rank, world_size, counts, time.time() - start, progress)
-    self._progress(rank, world_size, counts, time.time() - start, progress)
+          self._progress(rank, world_size, counts, read, time.time() - start, progress)
+    self._progress(rank, world_size, counts, self.total_bytes, time.time() - start, progress)
     progress.close()
     trees = self.index.trees
     counts["ast_pairs"] = {"all": trees.pairs, "in_size_band": trees.in_band, "tree_edit_distances": trees.computed}
@@ -187,17 +199,18 @@ class DecontamStep(PipelineStep):
     tmp.write_text(json.dumps(stats))
     os.replace(tmp, work / "stats" / f"{rank:05d}.json")
 
-  def _progress(self, rank, world_size, counts, seconds, file) -> None:
-    """A line with rate and ETA (this task's share of the input bytes) and a JSONL row to plot."""
-    share = max(self.total_bytes / world_size, 1)
-    rate = counts["bytes"] / max(seconds, 1e-9)
-    eta = max(share - counts["bytes"], 0) / rate if rate else float("inf")
-    print(f"decontam task {rank}/{world_size}: {counts['documents']} documents ({counts['bytes'] / share:.0%} of "
-          f"~{share / 1e6:.1f} MB), {counts['documents'] / max(seconds, 1e-9):.1f} docs/s, {rate / 1e6:.2f} MB/s, "
-          f"{counts['removed']} removed, ETA {eta:.0f}s", file=sys.stderr, flush=True)
+  def _progress(self, rank, world_size, counts, read, seconds, file) -> None:
+    """A line with rate and ETA (input bytes walked past, of the inputs' size on disk) and a JSONL row to plot.
+    Printed to stdout: datatrove's stderr goes to its log file."""
+    total = max(self.total_bytes, 1)
+    rate = read / max(seconds, 1e-9)
+    eta = max(total - read, 0) / rate if rate else float("inf")
+    print(f"decontam task {rank}/{world_size}: {counts['documents']} documents, {read / 1e6:.1f}/{total / 1e6:.1f} MB "
+          f"({read / total:.0%}), {counts['documents'] / max(seconds, 1e-9):.1f} docs/s, "
+          f"{counts['removed']} removed, ETA {eta:.0f}s", flush=True)
     file.write(json.dumps({"seconds": round(seconds, 2), "documents": counts["documents"], "bytes": counts["bytes"],
-                           "removed": counts["removed"], "docs_per_s": round(counts["documents"] / max(seconds, 1e-9), 2)})
-               + "\n")
+                           "read": read, "removed": counts["removed"],
+                           "docs_per_s": round(counts["documents"] / max(seconds, 1e-9), 2)}) + "\n")
     file.flush()
 
 
@@ -218,5 +231,5 @@ def build_pipeline(units: list[tuple], index: BenchmarkIndex, out: Path, embedde
   return [
       InputReader(units),
       DecontamStep(index, str(out / "work"), str(clean), embedder_spec, embedder, total_bytes),
-      JsonlWriter(str(clean), output_filename="${rank}.jsonl.gz", adapter=clean_adapter),
+      JsonlWriter(str(clean), output_filename="${input}/${rank}.jsonl.gz", adapter=clean_adapter),
   ]

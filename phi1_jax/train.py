@@ -221,7 +221,8 @@ _DATA_IN_BUCKET = ("data path {}: ArrayRecord shards and tokenizers are read fro
 
 
 def resolve_data(config, log):
-  """(train sources [(dir, weight)], eval dir, tokenizer path); fails fast on missing paths."""
+  """(train sources [(dir, weight)], eval sources [(dir, weight)], tokenizer path); fails fast on
+  missing paths. The eval sources are data.eval_path alone, or else the train sources."""
   from phi1_jax.data import pipeline
   mixture = config.data.mixture.strip()
   if mixture == "stdlib":
@@ -256,14 +257,41 @@ def resolve_data(config, log):
   for (path, _), m in zip(sources, manifests):
     if m["seq_len"] != config.seq_len:
       raise UserError(f"data {path} is packed with seq_len={m['seq_len']}, config.seq_len={config.seq_len}")
-  eval_path = config.data.eval_path or sources[0][0]
-  if not Path(eval_path).is_dir():
-    raise UserError(f"data.eval_path {eval_path} does not exist")
+  eval_sources = [(config.data.eval_path, 1.0)] if config.data.eval_path else sources
+  if not Path(eval_sources[0][0]).is_dir():
+    raise UserError(f"data.eval_path {config.data.eval_path} does not exist")
   tokenizer = config.data.tokenizer or manifests[0]["tokenizer"]["path"]
   if not Path(tokenizer).exists():
     raise UserError(f"tokenizer {tokenizer} does not exist")
   check_tokenizer_fits(config, manifests[0]["tokenizer"], tokenizer)
-  return sources, eval_path, tokenizer
+  return sources, eval_sources, tokenizer
+
+
+def make_eval_sets(config, eval_sources, local_batch: int, log) -> list[tuple[str, float, list]]:
+  """(name, weight, batches) of each held-out split that fills one eval batch, the others left out
+  with a warning line; a UserError when none does (an eval loss over no batches would read 0)."""
+  from phi1_jax.data import pipeline
+  names = [Path(p).name for p, _ in eval_sources]
+  if len(set(names)) < len(names):  # two folders of one name: the paths as given tell them apart
+    names = [p for p, _ in eval_sources]
+  sets, small = [], []
+  for (path, weight), name in zip(eval_sources, names):
+    try:
+      batches = pipeline.make_eval_batches(path, batch_size=local_batch, max_batches=config.eval_batches,
+                                           shard_index=jax.process_index(), shard_count=jax.process_count())
+    except ValueError as e:
+      raise UserError(str(e)) from None
+    if batches:
+      sets.append((name, weight, batches))
+    else:
+      small.append(f"{path} has {pipeline.split_records(path, 'eval')}")
+  need = f"one eval batch of batch_size={config.batch_size} records"
+  if not sets:
+    raise UserError(f"no held-out split holds {need} ({', '.join(small)}); pack the data with a larger "
+                    f"--eval_fraction or set --config.data.eval_path to a folder with more")
+  for line in small:
+    log(f"warning: eval split of {line} records, fewer than {need}: left out of eval_loss")
+  return sets
 
 
 def check_tokenizer_fits(config, packed_tok: dict, tokenizer: str):
@@ -417,7 +445,9 @@ def train(config, workdir: str | os.PathLike) -> dict:
   if config.optimizer.warmup_steps >= config.total_steps:
     log(f"warning: optimizer.warmup_steps={config.optimizer.warmup_steps} >= total_steps={config.total_steps}: "
         f"the learning rate never reaches optimizer.lr={config.optimizer.lr}")
-  sources, eval_path, tokenizer = resolve_data(config, log)
+  sources, eval_sources, tokenizer = resolve_data(config, log)
+  local_batch = config.batch_size // jax.process_count()
+  eval_sets = make_eval_sets(config, eval_sources, local_batch, log)
   init_params = init_from_pretrained(config.init_from, model_cfg) if config.init_from else None
   prepare_workdir(workdir, config, model_cfg, tokenizer, log)
 
@@ -427,7 +457,6 @@ def train(config, workdir: str | os.PathLike) -> dict:
   state = create_state(config, tx, state_shard, init_params)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
 
-  local_batch = config.batch_size // jax.process_count()
   train_ds = pipeline.make_train_dataset(sources, batch_size=local_batch, seed=config.seed,
                                          shard_index=jax.process_index(), shard_count=jax.process_count())
   train_iter = iter(train_ds)
@@ -470,8 +499,6 @@ def train(config, workdir: str | os.PathLike) -> dict:
   multiprocess = jax.process_count() > 1
   train_step = jit_train_step(graphdef, tx, config, mesh, state_shard, stop_flags=multiprocess)
   eval_step = jax.jit(sharding.on_mesh(make_eval_step(graphdef, config), mesh))
-  eval_batches = pipeline.make_eval_batches(eval_path, batch_size=local_batch, max_batches=config.eval_batches,
-                                            shard_index=jax.process_index(), shard_count=jax.process_count())
 
   def next_batch():
     tokens = np.asarray(next(train_iter)["tokens"], np.int32)
@@ -479,11 +506,19 @@ def train(config, workdir: str | os.PathLike) -> dict:
     return sharding.global_batch(tokens_GxBxL1, mesh, leading_dims=1)
 
   def run_eval():
-    total, count = 0.0, 0
-    for batch in eval_batches:
-      t, c = eval_step(state["params"], sharding.global_batch(np.asarray(batch["tokens"], np.int32), mesh))
-      total, count = total + float(t), count + int(c)
-    return {"eval_loss": total / max(count, 1)}
+    """eval_loss; over several sources, their losses weighted as the mixture, each also logged."""
+    losses = {}
+    for name, _, batches in eval_sets:
+      total, count = 0.0, 0
+      for batch in batches:
+        t, c = eval_step(state["params"], sharding.global_batch(np.asarray(batch["tokens"], np.int32), mesh))
+        total, count = total + float(t), count + int(c)
+      losses[name] = total / count
+    if len(eval_sets) == 1:
+      return {"eval_loss": losses[eval_sets[0][0]]}
+    weight = sum(w for _, w, _ in eval_sets)
+    return {"eval_loss": sum(w * losses[name] for name, w, _ in eval_sets) / weight,
+            **{f"eval_loss/{name}": loss for name, loss in losses.items()}}
 
   def save(step, force=False):
     ckpt_mngr.save(step, args=ocp.args.Composite(
@@ -527,7 +562,9 @@ def train(config, workdir: str | os.PathLike) -> dict:
       if pending is not None:
         last = read(pending)
       pending = (step, metrics)
-      if step % config.log_every == 0 or step == end_step:
+      # eval_every and the HumanEval cadences count steps on their own; a step they fall on is logged too
+      evaluating = step % config.eval_every == 0 or step == end_step
+      if step % config.log_every == 0 or evaluating or any(humaneval_due(config, step)):
         last = read(pending)
         pending = None
         elapsed = time.perf_counter() - window_start
@@ -535,7 +572,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
         last["tokens_per_sec"] = tps
         last["mfu"] = flops_step * window_steps / elapsed / (peak * jax.device_count()) if peak else None
         window_start, window_steps = time.perf_counter(), 0
-        if step % config.eval_every == 0 or step == end_step:
+        if evaluating:
           last.update(run_eval())
           last_eval = (step, last["eval_loss"])
         last.update(_humaneval_metrics(config, step, graphdef, state, tokenizer))
@@ -590,9 +627,14 @@ def _read(pending, schedule) -> dict:
   return values
 
 
+def humaneval_due(config, step) -> tuple[bool, bool]:
+  """(pass@1 due, canonical loss due) at `step`."""
+  return (bool(config.humaneval_every) and step % config.humaneval_every == 0,
+          bool(config.humaneval_loss_every) and step % config.humaneval_loss_every == 0)
+
+
 def _humaneval_metrics(config, step, graphdef, state, tokenizer_path) -> dict:
-  due_pass = config.humaneval_every and step % config.humaneval_every == 0
-  due_loss = config.humaneval_loss_every and step % config.humaneval_loss_every == 0
+  due_pass, due_loss = humaneval_due(config, step)
   if not (due_pass or due_loss):
     return {}
   from phi1_jax.data.tokenizer import load_tokenizer

@@ -1,0 +1,60 @@
+"""The trainer along the README's chain, in real subprocesses: a mixture's eval loss, finetuning a
+tiny run, a full disk, two trainers on one workdir."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_SEQ_LEN, TINY_VOCAB, run_module
+from test_train import metric_rows, train_args
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def textbooks(stdlib_cache, tmp_path_factory) -> Path:
+  """A second packed source with the tiny tokenizer whose held-out split is 4 records: one batch of 4."""
+  from phi1_jax.data import pack, stdlib_corpus
+  tok_dir, data_dir = stdlib_corpus.ensure_stdlib_data(stdlib_cache, TINY_VOCAB, TINY_SEQ_LEN)
+  base = tmp_path_factory.mktemp("textbooks")
+  corpus = Path(data_dir).parent.parent / "corpus.jsonl"
+  (base / "docs.jsonl").write_text("".join(corpus.read_text().splitlines(keepends=True)[:40]))
+  manifest = pack.pack([base / "docs.jsonl"], tok_dir, TINY_SEQ_LEN, base / "textbooks", eval_fraction=0.05, workers=1)
+  assert manifest["splits"]["eval"]["records"] == 4
+  return base / "textbooks"
+
+
+def stdlib_data(cache) -> str:
+  from phi1_jax.data import stdlib_corpus
+  return stdlib_corpus.ensure_stdlib_data(cache, TINY_VOCAB, TINY_SEQ_LEN)[1]
+
+
+def test_mixture_eval_weighs_every_source_on_its_own_cadence(tmp_path, stdlib_cache, textbooks):
+  code = stdlib_data(stdlib_cache)
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, f"--config.data.mixture={code}:0.87,{textbooks}:0.13",
+                                                  "--config.total_steps=6", "--config.log_every=2", "--config.eval_every=3"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [r for r in metric_rows(tmp_path) if "eval_loss" in r]
+  assert [r["step"] for r in rows] == [3, 6]  # every eval_every steps, whatever log_every is
+  name = Path(code).name
+  for r in rows:
+    assert r[f"eval_loss/{name}"] > 1 and r["eval_loss/textbooks"] > 1
+    assert r["eval_loss"] == pytest.approx(0.87 * r[f"eval_loss/{name}"] + 0.13 * r["eval_loss/textbooks"])
+
+  # batch 8: textbooks' 4 held-out records are left out, in one line, and never read as a loss of 0
+  small = tmp_path / "small"
+  out = run_module("phi1_jax.train", *train_args(small, stdlib_cache, f"--config.data.mixture={code}:0.87,{textbooks}:0.13",
+                                                  "--config.total_steps=1", "--config.batch_size=8"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"warning: eval split of {textbooks} has 4 records, fewer than one eval batch of batch_size=8" in out.stdout
+  assert metric_rows(small)[-1]["eval_loss"] > 1
+
+  # an eval_path too small for one batch: one line, exit 2, before any compilation
+  out = run_module("phi1_jax.train", *train_args(tmp_path / "none", stdlib_cache, f"--config.data.mixture={code}",
+                                                  f"--config.data.eval_path={textbooks}", "--config.batch_size=8"))
+  assert out.returncode == 2
+  assert out.stderr.strip() == (f"error: no held-out split holds one eval batch of batch_size=8 records ({textbooks} has 4); "
+                                "pack the data with a larger --eval_fraction or set --config.data.eval_path to a folder with more")

@@ -11,11 +11,13 @@ checkpoints/<step>/{state,data}.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -147,7 +149,50 @@ def make_eval_step(graphdef, config):
 # ----------------------------------------------------------------------------- setup
 
 
+def checkpoint_model_config(path: str) -> ModelConfig:
+  """The ModelConfig of an init_from checkpoint (phi1_jax or Hugging Face), read without its weights."""
+  from phi1_jax import convert
+  problem = paths.bucket_problem(path)
+  if problem:
+    raise UserError(f"init_from {path}: {problem}")
+  folder = paths.as_path(path)
+  if not folder.exists():
+    raise UserError(f"init_from {path} does not exist")
+  try:
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):  # as convert.load_params
+      return convert.hf_config_to_model_config(convert.read_json(folder / "config.json"))
+    return ModelConfig.from_dict(convert.read_json(convert.find_params_checkpoint(folder)[1]))
+  except (ValueError, TypeError, FileNotFoundError) as e:
+    raise UserError(f"init_from {path}: {e}") from None
+
+
+def take_architecture(config):
+  """Fills what config leaves unset (None) from the init_from checkpoint: config.model's
+  architecture fields and seq_len (the checkpoint's context length). A value given that
+  contradicts the checkpoint is refused, all of them in one line."""
+  if not config.init_from:
+    return
+  from phi1_jax.config import ARCHITECTURE_FIELDS
+  trained = checkpoint_model_config(config.init_from)
+  diff = []
+  for name in ARCHITECTURE_FIELDS:
+    if config.model[name] is None:
+      config.model[name] = getattr(trained, name)
+    elif config.model[name] != getattr(trained, name):
+      diff.append(f"model.{name}={config.model[name]} (checkpoint: {getattr(trained, name)})")
+  if diff:
+    raise UserError(f"init_from {config.init_from} was trained with another architecture: {', '.join(diff)}; "
+                    f"leave these unset to take the checkpoint's")
+  if config.seq_len is None:
+    config.seq_len = trained.max_seq_len
+
+
 def model_config_of(config) -> ModelConfig:
+  unset = [f"model.{k}" for k, v in config.model.items() if v is None] + (["seq_len"] if config.seq_len is None else [])
+  if unset and config.init_from:
+    take_architecture(config)
+  elif unset:
+    raise UserError(f"{', '.join(unset)} unset: give them, or --config.init_from a checkpoint to take them from")
   try:
     cfg = ModelConfig.from_dict(config.model.to_dict())
   except (ValueError, TypeError) as e:
@@ -185,6 +230,33 @@ def check_workdir(workdir):
       if not os.access(str(p), os.W_OK):
         raise UserError(f"--workdir {workdir}: {p} is not writable")
       return
+
+
+def lock_workdir(workdir, log):
+  """Holds an fcntl lock on workdir/trainer.lock while this trainer runs (process 0 only: the
+  processes of one run share the workdir), so a second trainer there stops in one line instead of
+  both writing checkpoints and metrics. The kernel drops the lock when the process dies, so a
+  killed run never leaves it stuck. Returns the open file (the lock lasts while it is open)."""
+  if jax.process_index() != 0:
+    return None
+  if paths.is_remote(workdir):
+    log(f"warning: {workdir} is in a bucket, which has no lock: start one trainer on it at a time")
+    return None
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock = open(workdir / "trainer.lock", "a+")
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.seek(0)
+    holder = lock.read().strip() or "another process"
+    lock.close()
+    raise UserError(f"workdir {workdir} is in use by another trainer ({holder}); wait for it to end, "
+                    f"or stop it, or choose another --workdir") from None
+  lock.seek(0)
+  lock.truncate()
+  lock.write(f"host {socket.gethostname()}, pid {os.getpid()}\n")
+  lock.flush()
+  return lock
 
 
 def end_step_of(config) -> int:
@@ -225,6 +297,9 @@ def resolve_data(config, log):
   missing paths. The eval sources are data.eval_path alone, or else the train sources."""
   from phi1_jax.data import pipeline
   mixture = config.data.mixture.strip()
+  if not mixture:
+    raise UserError("data.mixture is empty: set --config.data.mixture=DIR[:WEIGHT],... (folders made by "
+                    "python -m phi1_jax.data.pack)")
   if mixture == "stdlib":
     log(f"data: the embedded default (this Python's standard library), cached in {config.data.cache_dir}")
     tok_dir, data_dir = ensure_stdlib(config)
@@ -311,16 +386,21 @@ def check_tokenizer_fits(config, packed_tok: dict, tokenizer: str):
                     f"{config.model.eos_id}; set --config.model.eos_id={eos}")
 
 
-def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log):
-  """Writes config snapshots on first use; refuses a workdir of a different model shape."""
-  workdir.mkdir(parents=True, exist_ok=True)
+def check_workdir_model(workdir, model_cfg: ModelConfig):
+  """Refuses a workdir of a different model shape, touching nothing."""
   saved_model = workdir / "model_config.json"
   if saved_model.exists():
     old = json.loads(saved_model.read_text())
     diff = [f"{k} {old.get(k)} -> {getattr(model_cfg, k)}" for k in SHAPE_FIELDS if old.get(k) != getattr(model_cfg, k)]
     if diff:
       raise UserError(f"workdir {workdir} holds a model of a different shape: {', '.join(diff)}")
-  elif jax.process_index() == 0:
+
+
+def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log):
+  """Writes config snapshots on first use (check_workdir_model first)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  saved_model = workdir / "model_config.json"
+  if not saved_model.exists() and jax.process_index() == 0:
     saved_model.write_text(json.dumps(dataclasses.asdict(model_cfg), indent=1))
   if jax.process_index() == 0:
     config_json = workdir / "config.json"
@@ -338,22 +418,13 @@ def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log
       paths.copy(tok_src, tok_dst)
 
 
-def init_from_pretrained(path: str, model_cfg: ModelConfig):
-  """Parameters of a phi1_jax checkpoint or a Hugging Face folder, checked against the config."""
+def init_from_pretrained(path: str):
+  """Parameters of a phi1_jax checkpoint or a Hugging Face folder (take_architecture checked its config)."""
   from phi1_jax import convert
-  problem = paths.bucket_problem(path)
-  if problem:
-    raise UserError(f"init_from {path}: {problem}")
-  if not paths.as_path(path).exists():
-    raise UserError(f"init_from {path} does not exist")
   try:
-    loaded_cfg, params = convert.load_params(path)
+    _, params = convert.load_params(path)
   except (ValueError, FileNotFoundError) as e:
     raise UserError(f"init_from {path}: {e}") from None
-  diff = [f"{k} {getattr(loaded_cfg, k)} != {getattr(model_cfg, k)}"
-          for k in SHAPE_FIELDS if getattr(loaded_cfg, k) != getattr(model_cfg, k)]
-  if diff:
-    raise UserError(f"init_from {path} has a different shape from config.model: {', '.join(diff)}")
   return params
 
 
@@ -435,6 +506,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
   is_main = jax.process_index() == 0
   log = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
   check_workdir(workdir)
+  take_architecture(config)
   check_config(config)
   model_cfg = model_config_of(config)
   end_step = end_step_of(config)
@@ -448,7 +520,9 @@ def train(config, workdir: str | os.PathLike) -> dict:
   sources, eval_sources, tokenizer = resolve_data(config, log)
   local_batch = config.batch_size // jax.process_count()
   eval_sets = make_eval_sets(config, eval_sources, local_batch, log)
-  init_params = init_from_pretrained(config.init_from, model_cfg) if config.init_from else None
+  check_workdir_model(workdir, model_cfg)
+  workdir_lock = lock_workdir(workdir, log)  # noqa: F841 (held until train returns)
+  init_params = init_from_pretrained(config.init_from) if config.init_from else None
   prepare_workdir(workdir, config, model_cfg, tokenizer, log)
 
   from phi1_jax.data import pipeline

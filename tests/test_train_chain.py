@@ -58,3 +58,58 @@ def test_mixture_eval_weighs_every_source_on_its_own_cadence(tmp_path, stdlib_ca
   assert out.returncode == 2
   assert out.stderr.strip() == (f"error: no held-out split holds one eval batch of batch_size=8 records ({textbooks} has 4); "
                                 "pack the data with a larger --eval_fraction or set --config.data.eval_path to a folder with more")
+
+
+def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, stdlib_cache):
+  import os
+  import signal
+  import socket
+  args = train_args(tmp_path, stdlib_cache, "--config.total_steps=100000", "--config.checkpoint_every=2")
+  first = subprocess.Popen([sys.executable, "-m", "phi1_jax.train", *args], cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+  try:
+    for line in first.stdout:  # training, with a checkpoint written
+      if line.startswith("step 3/"):
+        break
+    second = run_module("phi1_jax.train", *args, timeout=120)
+    assert second.returncode == 2
+    assert second.stderr.strip() == (f"error: workdir {tmp_path} is in use by another trainer (host {socket.gethostname()}, "
+                                     f"pid {first.pid}); wait for it to end, or stop it, or choose another --workdir")
+    assert first.poll() is None
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  saved = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  steps = [r["step"] for r in metric_rows(tmp_path)]
+  assert steps == sorted(set(steps))  # the second wrote no metrics
+
+  out = run_module("phi1_jax.train", *args, f"--config.run_until_step={saved + 2}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"resumed from {tmp_path}/checkpoints/{saved}" in out.stdout
+
+
+def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, textbooks):
+  from phi1_jax.config import ARCHITECTURE_FIELDS
+  tiny, ft = tmp_path / "tiny", tmp_path / "ft"
+  out = run_module("phi1_jax.train", *train_args(tiny, stdlib_cache, "--config.total_steps=2"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  finetune = ["--config=configs/phi1_finetune.py", f"--config.init_from={tiny}", f"--workdir={ft}",
+              f"--config.data.mixture={textbooks}", "--config.total_steps=2", "--config.batch_size=4"]
+
+  out = run_module("phi1_jax.train", *finetune, "--config.model.rotary_dim=32", "--config.model.max_seq_len=2048",
+                   "--config.model.d_model=64")  # d_model agrees with the checkpoint
+  assert out.returncode == 2 and out.stderr.strip() == (
+      f"error: init_from {tiny} was trained with another architecture: model.rotary_dim=32 (checkpoint: 16), "
+      "model.max_seq_len=2048 (checkpoint: 128); leave these unset to take the checkpoint's")
+  out = run_module("phi1_jax.train", *finetune, "--config.seq_len=256")
+  assert out.returncode == 2 and out.stderr.strip() == "error: seq_len=256 exceeds model.max_seq_len=128"
+  assert not ft.exists()
+
+  out = run_module("phi1_jax.train", *finetune)  # no model override
+  assert out.returncode == 0, out.stderr[-3000:]
+  trained, tuned = (json.loads((d / "model_config.json").read_text()) for d in (tiny, ft))
+  assert {k: tuned[k] for k in ARCHITECTURE_FIELDS} == {k: trained[k] for k in ARCHITECTURE_FIELDS}
+  assert tuned["rotary_dim"] == 16 and tuned["max_seq_len"] == 128 and tuned["d_model"] == 64
+  assert tuned["attn_dropout"] == tuned["resid_dropout"] == 0.1 and trained["attn_dropout"] == 0.0  # the finetune's
+  assert json.loads((ft / "config.json").read_text())["seq_len"] == 128

@@ -377,13 +377,17 @@ def check_tokenizer_fits(config, packed_tok: dict, tokenizer: str):
   padded vocabulary (phi-1: 51200 entries for 50257 tokens) is a deliberate choice.
   """
   vocab, eos = packed_tok["vocab_size"], packed_tok.get("eos_id")
-  fix = f"--config.model.vocab_size={vocab}" + (f" --config.model.eos_id={eos}" if eos is not None else "")
+  if config.init_from:  # the checkpoint fixes both: the data must be in its tokens
+    fix_vocab = fix_eos = f"pack the data with the tokenizer {config.init_from} was trained with"
+  else:
+    fix_vocab = f"for this tokenizer set --config.model.vocab_size={vocab}" + (
+        f" --config.model.eos_id={eos}" if eos is not None else "")
+    fix_eos = f"set --config.model.eos_id={eos}"
   if vocab > config.model.vocab_size:
-    raise UserError(f"tokenizer {tokenizer} has {vocab} tokens, model.vocab_size={config.model.vocab_size}; "
-                    f"for this tokenizer set {fix}")
+    raise UserError(f"tokenizer {tokenizer} has {vocab} tokens, model.vocab_size={config.model.vocab_size}; {fix_vocab}")
   if eos is not None and eos != config.model.eos_id:
     raise UserError(f"tokenizer {tokenizer} separates documents with token {eos}, model.eos_id="
-                    f"{config.model.eos_id}; set --config.model.eos_id={eos}")
+                    f"{config.model.eos_id}; {fix_eos}")
 
 
 def check_workdir_model(workdir, model_cfg: ModelConfig):

@@ -11,11 +11,14 @@ checkpoints/<step>/{state,data}.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
+import logging as py_logging
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -43,6 +46,10 @@ SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp
 
 class UserError(Exception):
   """A mistake in the user's config, flags or files: reported as one line, exit code 2."""
+
+
+class DiskFull(Exception):
+  """A checkpoint did not fit on its filesystem: reported as one line, exit code 1."""
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -257,6 +264,51 @@ def lock_workdir(workdir, log):
   lock.write(f"host {socket.gethostname()}, pid {os.getpid()}\n")
   lock.flush()
   return lock
+
+
+def out_of_space(e: BaseException) -> bool:
+  """Whether `e` is a write that found the disk full (Orbax's writers wrap ENOSPC in a ValueError)."""
+  return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+
+
+class _DropNoSpaceErrors(py_logging.Filter):
+  """Orbax's writer threads log each failed write with its traceback; the trainer reports a full
+  disk itself, in one line."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ("No space left on device" in record.getMessage() or (error is not None and out_of_space(error)))
+
+
+def _quiet_closed_loops(hook):
+  """sys.unraisablehook without "Event loop is closed": tensorstore completing the writes of an
+  Orbax save that failed (its loop already gone); the failure itself reaches the main thread."""
+  def quiet(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+  return quiet
+
+
+def folder_bytes(folder) -> int:
+  return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def _mb(n: int) -> str:
+  return f"{n / 1e6:,.1f} MB"
+
+
+def space_warning(folder, step: int, next_step: int, need: int, free: int, deletes_one: bool) -> str | None:
+  """A warning line before saving the checkpoint of `step` (about `need` bytes, as the last one)
+  to `folder` with `free` bytes left: this save will not fit, or it leaves no room for the one at
+  `next_step` (`deletes_one`: a saved checkpoint then deletes the oldest, keeping free space level).
+  None while there is room."""
+  if free < need:
+    return (f"warning: {folder} has {_mb(free)} free, the checkpoint of step {step} needs about {_mb(need)}: "
+            f"this save will fail; free space now")
+  if free - need < need and not deletes_one:
+    return (f"warning: {folder} has {_mb(free)} free, room for the checkpoint of step {step} (about {_mb(need)}) "
+            f"but not the next at step {next_step}: free space or lower keep_checkpoints before then")
+  return None
 
 
 def end_step_of(config) -> int:
@@ -598,9 +650,48 @@ def train(config, workdir: str | os.PathLike) -> dict:
     return {"eval_loss": sum(w * losses[name] for name, w, _ in eval_sets) / weight,
             **{f"eval_loss/{name}": loss for name, loss in losses.items()}}
 
+  ckpt_dir = workdir / "checkpoints"
+  py_logging.getLogger("absl").addFilter(_DropNoSpaceErrors())
+  sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
+  saving = {}  # the save in flight (async): its step, and the space it needed and found
+
+  def disk_full() -> DiskFull:
+    good = latest_checkpoint_step(workdir)
+    space = f": it needs about {_mb(saving['need'])}, {_mb(saving['free'])} was free" if "need" in saving else ""
+    return DiskFull(f"no space left on device for the checkpoint of step {saving['step']} in {ckpt_dir}{space}; "
+                    f"the last good checkpoint is {ckpt_dir / str(good) if good is not None else 'none'}; "
+                    f"free space and rerun the same command to resume")
+
+  def finish_saves():
+    """Waits for the save in flight; a full disk becomes DiskFull naming its step."""
+    try:
+      ckpt_mngr.wait_until_finished()
+    except Exception as e:
+      if saving and out_of_space(e):
+        raise disk_full() from None
+      raise
+    saving.clear()
+
   def save(step, force=False):
-    ckpt_mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=pipeline.checkpoint_args(train_iter)), force=force)
+    finish_saves()  # Orbax waits for the last save anyway; a failure of it is named here
+    saving.update(step=step)
+    if is_main and not paths.is_remote(workdir):
+      good = latest_checkpoint_step(workdir)
+      need = (folder_bytes(ckpt_dir / str(good)) if good is not None
+              else sum(x.nbytes for x in jax.tree.leaves(state)))
+      free = shutil.disk_usage(ckpt_dir).free
+      warning = space_warning(ckpt_dir, step, step + config.checkpoint_every, need, free,
+                              deletes_one=len(ocp.utils.checkpoint_steps(ckpt_dir)) >= config.keep_checkpoints > 0)
+      if warning:
+        log(warning)
+      saving.update(need=need, free=free)
+    try:
+      ckpt_mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=pipeline.checkpoint_args(train_iter)), force=force)
+    except Exception as e:
+      if out_of_space(e):
+        raise disk_full() from None
+      raise
 
   stop_signal = []
   for sig in (signal.SIGTERM, signal.SIGINT):
@@ -627,6 +718,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
     return stop_agreed if multiprocess else bool(stop_signal)
 
   saved_step = latest  # the newest checkpoint on disk: never saved twice
+  out_of_disk = False
   pending = None  # (step, metrics on device): read one step late so the next step is already dispatched
   window_start, window_steps = time.perf_counter(), 0
   step = start_step
@@ -673,10 +765,16 @@ def train(config, workdir: str | os.PathLike) -> dict:
   except FloatingPointError as e:
     log(f"error: {e}; the last good checkpoint is {ckpt_mngr.latest_step()}")
     raise
+  except DiskFull:
+    out_of_disk = True
+    raise
   finally:
-    ckpt_mngr.wait_until_finished()
-    ckpt_mngr.close()
-    writer.close()
+    try:
+      if not out_of_disk:  # a failed save, reported, would raise again here
+        finish_saves()
+        ckpt_mngr.close()
+    finally:
+      writer.close()
   last["step"] = step
   log(summary_line(config, workdir, step, end_step, last, last_eval, time.perf_counter() - t_start))
   return last
@@ -758,6 +856,10 @@ def main(argv):
     sys.exit(2)
   except FloatingPointError:
     sys.exit(1)
+  except DiskFull as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # Orbax's writer threads and event loops, cut short, print pages at interpreter exit
 
 
 def parse_flags(argv):

@@ -2,6 +2,7 @@
 tiny run, a full disk, two trainers on one workdir."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,51 @@ def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, 
   assert tuned["rotary_dim"] == 16 and tuned["max_seq_len"] == 128 and tuned["d_model"] == 64
   assert tuned["attn_dropout"] == tuned["resid_dropout"] == 0.1 and trained["attn_dropout"] == 0.0  # the finetune's
   assert json.loads((ft / "config.json").read_text())["seq_len"] == 128
+
+
+def test_space_warning_before_a_save():
+  from phi1_jax.train import space_warning
+  mb = 1_000_000
+  assert space_warning("ck", 4, 6, need=7 * mb, free=20 * mb, deletes_one=False) is None  # room for two more
+  assert space_warning("ck", 4, 6, need=7 * mb, free=10 * mb, deletes_one=True) is None  # the oldest goes after it
+  assert space_warning("ck", 4, 6, need=7 * mb, free=10 * mb, deletes_one=False) == (
+      "warning: ck has 10.0 MB free, room for the checkpoint of step 4 (about 7.0 MB) but not the next at step 6: "
+      "free space or lower keep_checkpoints before then")
+  assert space_warning("ck", 6, 8, need=7 * mb, free=1 * mb, deletes_one=True) == (
+      "warning: ck has 1.0 MB free, the checkpoint of step 6 needs about 7.0 MB: this save will fail; free space now")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 12 MB filesystem (tmpfs, mounted as root), room for two checkpoints of the SMALL model."""
+  import os
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if os.geteuid() != 0:
+    pytest.skip("mounting a small tmpfs needs root")
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+  yield disk
+  subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_full_disk_is_one_line_naming_the_step_and_the_last_good_checkpoint(small_disk, stdlib_cache):
+  import shutil
+  workdir = small_disk / "run"
+  args = train_args(workdir, stdlib_cache, "--config.total_steps=8", "--config.checkpoint_every=2",
+                    "--config.log_every=2")
+  out = run_module("phi1_jax.train", *args)
+  assert out.returncode == 1
+  ckpts = workdir / "checkpoints"
+  assert "Traceback" not in out.stdout + out.stderr and len((out.stdout + out.stderr).splitlines()) < 12, out.stderr[-3000:]
+  assert re.search(rf"^warning: {ckpts} has [\d.]+ MB free, room for the checkpoint of step 4 \(about [\d.]+ MB\) "
+                   r"but not the next at step 6", out.stdout, re.M), out.stdout
+  assert re.fullmatch(rf"error: no space left on device for the checkpoint of step 6 in {ckpts}: it needs about [\d.]+ MB, "
+                      rf"[\d.]+ MB was free; the last good checkpoint is {ckpts}/4; free space and rerun the same "
+                      r"command to resume", out.stderr.strip()), out.stderr
+
+  shutil.rmtree(ckpts / "2")  # space freed: the rerun resumes from the last good checkpoint
+  out = run_module("phi1_jax.train", *args, "--config.keep_checkpoints=1")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"resumed from {ckpts}/4" in out.stdout

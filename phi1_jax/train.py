@@ -210,8 +210,11 @@ def model_config_of(config) -> ModelConfig:
 
 
 def check_config(config):
+  take_architecture(config)  # what a finetuning config leaves to its init_from checkpoint
   for name in ("total_steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every",
                "grad_accum_steps"):
+    if config[name] is None:
+      raise UserError(f"config.{name} is unset: give it, or --config.init_from a checkpoint to take it from")
     if config[name] <= 0:
       raise UserError(f"config.{name}={config[name]} must be positive")
   if config.batch_size % config.grad_accum_steps:
@@ -562,7 +565,6 @@ def train(config, workdir: str | os.PathLike) -> dict:
   is_main = jax.process_index() == 0
   log = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
   check_workdir(workdir)
-  take_architecture(config)
   check_config(config)
   model_cfg = model_config_of(config)
   end_step = end_step_of(config)

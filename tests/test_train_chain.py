@@ -103,6 +103,9 @@ def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, 
   assert out.returncode == 2 and out.stderr.strip() == (
       f"error: init_from {tiny} was trained with another architecture: model.rotary_dim=32 (checkpoint: 16), "
       "model.max_seq_len=2048 (checkpoint: 128); leave these unset to take the checkpoint's")
+  out = run_module("phi1_jax.train", *[a for a in finetune if not a.startswith("--config.init_from")])
+  assert out.returncode == 2 and out.stderr.strip() == (
+      "error: config.seq_len is unset: give it, or --config.init_from a checkpoint to take it from")
   out = run_module("phi1_jax.train", *finetune, "--config.seq_len=256")
   assert out.returncode == 2 and out.stderr.strip() == "error: seq_len=256 exceeds model.max_seq_len=128"
   assert not ft.exists()

@@ -12,8 +12,6 @@ import pytest
 from conftest import REPO, TINY_SEQ_LEN, TINY_VOCAB, run_module
 from test_train import metric_rows, train_args
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="session")
 def textbooks(stdlib_cache, tmp_path_factory) -> Path:
@@ -33,6 +31,7 @@ def stdlib_data(cache) -> str:
   return stdlib_corpus.ensure_stdlib_data(cache, TINY_VOCAB, TINY_SEQ_LEN)[1]
 
 
+@pytest.mark.slow
 def test_mixture_eval_weighs_every_source_on_its_own_cadence(tmp_path, stdlib_cache, textbooks):
   code = stdlib_data(stdlib_cache)
   out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, f"--config.data.mixture={code}:0.87,{textbooks}:0.13",
@@ -61,6 +60,7 @@ def test_mixture_eval_weighs_every_source_on_its_own_cadence(tmp_path, stdlib_ca
                                 "pack the data with a larger --eval_fraction or set --config.data.eval_path to a folder with more")
 
 
+@pytest.mark.slow
 def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, stdlib_cache):
   import os
   import signal
@@ -90,6 +90,7 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(
   assert f"resumed from {tmp_path}/checkpoints/{saved}" in out.stdout
 
 
+@pytest.mark.slow
 def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, textbooks):
   from phi1_jax.config import ARCHITECTURE_FIELDS
   tiny, ft = tmp_path / "tiny", tmp_path / "ft"
@@ -146,6 +147,7 @@ def small_disk(tmp_path):
   subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_naming_the_step_and_the_last_good_checkpoint(small_disk, stdlib_cache):
   import shutil
   workdir = small_disk / "run"

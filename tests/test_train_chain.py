@@ -91,6 +91,16 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(
 
 
 @pytest.mark.slow
+def save_tiny_checkpoint(path, **fields):
+  from flax import nnx
+
+  from phi1_jax import convert
+  from phi1_jax.model import ModelConfig, Phi
+  cfg = ModelConfig(**{**dict(vocab_size=TINY_VOCAB, d_model=32, n_layers=1, n_heads=2, head_dim=16, mlp_dim=64,
+                              rotary_dim=8, max_seq_len=128, eos_id=0), **fields})
+  convert.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+
+
 def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, textbooks):
   from phi1_jax.config import ARCHITECTURE_FIELDS
   tiny, ft = tmp_path / "tiny", tmp_path / "ft"
@@ -110,6 +120,12 @@ def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, 
   out = run_module("phi1_jax.train", *finetune, "--config.seq_len=256")
   assert out.returncode == 2 and out.stderr.strip() == "error: seq_len=256 exceeds model.max_seq_len=128"
   assert not ft.exists()
+
+  other = tmp_path / "other-vocab"  # a checkpoint whose vocabulary the data's tokenizer does not fit
+  save_tiny_checkpoint(other, vocab_size=1024)
+  out = run_module("phi1_jax.train", *finetune, f"--config.init_from={other}")
+  assert out.returncode == 2 and out.stderr.strip().endswith(
+      f"has {TINY_VOCAB} tokens, model.vocab_size=1024; pack the data with the tokenizer {other} was trained with")
 
   out = run_module("phi1_jax.train", *finetune)  # no model override
   assert out.returncode == 0, out.stderr[-3000:]

@@ -167,7 +167,11 @@ def checkpoint_model_config(path: str) -> ModelConfig:
     raise UserError(f"init_from {path} does not exist")
   try:
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):  # as convert.load_params
-      return convert.hf_config_to_model_config(convert.read_json(folder / "config.json"))
+      hf = convert.read_json(folder / "config.json")
+      cfg = convert.hf_config_to_model_config(hf)
+      # hf_config_to_model_config keeps phi-1's eos id (50256); a small vocabulary's is in the file
+      eos = hf.get("eos_token_id")
+      return dataclasses.replace(cfg, eos_id=eos) if isinstance(eos, int) else cfg
     return ModelConfig.from_dict(convert.read_json(convert.find_params_checkpoint(folder)[1]))
   except (ValueError, TypeError, FileNotFoundError) as e:
     raise UserError(f"init_from {path}: {e}") from None

@@ -183,3 +183,19 @@ def test_full_disk_is_one_line_naming_the_step_and_the_last_good_checkpoint(smal
   out = run_module("phi1_jax.train", *args, "--config.keep_checkpoints=1")
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"resumed from {ckpts}/4" in out.stdout
+
+
+def test_architecture_of_a_hugging_face_init_from(tmp_path):
+  """A save_pretrained folder's architecture, read without its weights, small vocabulary's eos id included."""
+  import dataclasses
+
+  from flax import nnx
+
+  from phi1_jax import convert, train
+  from phi1_jax.config import ARCHITECTURE_FIELDS
+  from phi1_jax.model import ModelConfig, Phi
+  cfg = ModelConfig(vocab_size=TINY_VOCAB, d_model=32, n_layers=1, n_heads=2, head_dim=16, mlp_dim=64,
+                    rotary_dim=8, max_seq_len=128, eos_id=0, ln_eps=1e-6, rope_theta=500.0)
+  convert.write_hf_dir(tmp_path, *convert.params_to_hf(cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param))))
+  read = dataclasses.asdict(train.checkpoint_model_config(str(tmp_path)))
+  assert {k: read[k] for k in ARCHITECTURE_FIELDS} == {k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS}

@@ -6,6 +6,7 @@ init_from.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 PHI1_MODEL = dict(vocab_size=51200, d_model=2048, n_layers=24, n_heads=32, head_dim=64,
                   mlp_dim=8192, rotary_dim=32, rope_theta=10000.0, max_seq_len=2048)
@@ -24,6 +25,20 @@ def model_config(**fields) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown model field(s): {sorted(unknown)}")
   base.update(fields)
   return ml_collections.ConfigDict(base)
+
+
+# What fixes the function a checkpoint computes. A finetuning config leaves them unset and the
+# trainer takes them from config.init_from; dropout, dtype, attention_impl, remat, scan_layers,
+# doc_mask and init_std are training settings, taken from the config.
+ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim", "rotary_dim",
+                       "rope_theta", "max_seq_len", "ln_eps", "eos_id")
+
+
+def unset_architecture(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`model` with the architecture fields unset (typed placeholders: still overridable)."""
+  for name in ARCHITECTURE_FIELDS:
+    model[name] = config_dict.placeholder(type(model[name]))
+  return model
 
 
 def base_config() -> ml_collections.ConfigDict:

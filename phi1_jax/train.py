@@ -11,11 +11,16 @@ checkpoints/<step>/{state,data}.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
+import logging as py_logging
 import math
 import os
 import re
+import shutil
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -41,6 +46,10 @@ SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp
 
 class UserError(Exception):
   """A mistake in the user's config, flags or files: reported as one line, exit code 2."""
+
+
+class DiskFull(Exception):
+  """A checkpoint did not fit on its filesystem: reported as one line, exit code 1."""
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -147,7 +156,54 @@ def make_eval_step(graphdef, config):
 # ----------------------------------------------------------------------------- setup
 
 
+def checkpoint_model_config(path: str) -> ModelConfig:
+  """The ModelConfig of an init_from checkpoint (phi1_jax or Hugging Face), read without its weights."""
+  from phi1_jax import convert
+  problem = paths.bucket_problem(path)
+  if problem:
+    raise UserError(f"init_from {path}: {problem}")
+  folder = paths.as_path(path)
+  if not folder.exists():
+    raise UserError(f"init_from {path} does not exist")
+  try:
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):  # as convert.load_params
+      hf = convert.read_json(folder / "config.json")
+      cfg = convert.hf_config_to_model_config(hf)
+      # hf_config_to_model_config keeps phi-1's eos id (50256); a small vocabulary's is in the file
+      eos = hf.get("eos_token_id")
+      return dataclasses.replace(cfg, eos_id=eos) if isinstance(eos, int) else cfg
+    return ModelConfig.from_dict(convert.read_json(convert.find_params_checkpoint(folder)[1]))
+  except (ValueError, TypeError, FileNotFoundError) as e:
+    raise UserError(f"init_from {path}: {e}") from None
+
+
+def take_architecture(config):
+  """Fills what config leaves unset (None) from the init_from checkpoint: config.model's
+  architecture fields and seq_len (the checkpoint's context length). A value given that
+  contradicts the checkpoint is refused, all of them in one line."""
+  if not config.init_from:
+    return
+  from phi1_jax.config import ARCHITECTURE_FIELDS
+  trained = checkpoint_model_config(config.init_from)
+  diff = []
+  for name in ARCHITECTURE_FIELDS:
+    if config.model[name] is None:
+      config.model[name] = getattr(trained, name)
+    elif config.model[name] != getattr(trained, name):
+      diff.append(f"model.{name}={config.model[name]} (checkpoint: {getattr(trained, name)})")
+  if diff:
+    raise UserError(f"init_from {config.init_from} was trained with another architecture: {', '.join(diff)}; "
+                    f"leave these unset to take the checkpoint's")
+  if config.seq_len is None:
+    config.seq_len = trained.max_seq_len
+
+
 def model_config_of(config) -> ModelConfig:
+  unset = [f"model.{k}" for k, v in config.model.items() if v is None] + (["seq_len"] if config.seq_len is None else [])
+  if unset and config.init_from:
+    take_architecture(config)
+  elif unset:
+    raise UserError(f"{', '.join(unset)} unset: give them, or --config.init_from a checkpoint to take them from")
   try:
     cfg = ModelConfig.from_dict(config.model.to_dict())
   except (ValueError, TypeError) as e:
@@ -158,8 +214,11 @@ def model_config_of(config) -> ModelConfig:
 
 
 def check_config(config):
+  take_architecture(config)  # what a finetuning config leaves to its init_from checkpoint
   for name in ("total_steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every",
                "grad_accum_steps"):
+    if config[name] is None:
+      raise UserError(f"config.{name} is unset: give it, or --config.init_from a checkpoint to take it from")
     if config[name] <= 0:
       raise UserError(f"config.{name}={config[name]} must be positive")
   if config.batch_size % config.grad_accum_steps:
@@ -185,6 +244,78 @@ def check_workdir(workdir):
       if not os.access(str(p), os.W_OK):
         raise UserError(f"--workdir {workdir}: {p} is not writable")
       return
+
+
+def lock_workdir(workdir, log):
+  """Holds an fcntl lock on workdir/trainer.lock while this trainer runs (process 0 only: the
+  processes of one run share the workdir), so a second trainer there stops in one line instead of
+  both writing checkpoints and metrics. The kernel drops the lock when the process dies, so a
+  killed run never leaves it stuck. Returns the open file (the lock lasts while it is open)."""
+  if jax.process_index() != 0:
+    return None
+  if paths.is_remote(workdir):
+    log(f"warning: {workdir} is in a bucket, which has no lock: start one trainer on it at a time")
+    return None
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock = open(workdir / "trainer.lock", "a+")
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.seek(0)
+    holder = lock.read().strip() or "another process"
+    lock.close()
+    raise UserError(f"workdir {workdir} is in use by another trainer ({holder}); wait for it to end, "
+                    f"or stop it, or choose another --workdir") from None
+  lock.seek(0)
+  lock.truncate()
+  lock.write(f"host {socket.gethostname()}, pid {os.getpid()}\n")
+  lock.flush()
+  return lock
+
+
+def out_of_space(e: BaseException) -> bool:
+  """Whether `e` is a write that found the disk full (Orbax's writers wrap ENOSPC in a ValueError)."""
+  return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+
+
+class _DropNoSpaceErrors(py_logging.Filter):
+  """Orbax's writer threads log each failed write with its traceback; the trainer reports a full
+  disk itself, in one line."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ("No space left on device" in record.getMessage() or (error is not None and out_of_space(error)))
+
+
+def _quiet_closed_loops(hook):
+  """sys.unraisablehook without "Event loop is closed": tensorstore completing the writes of an
+  Orbax save that failed (its loop already gone); the failure itself reaches the main thread."""
+  def quiet(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+  return quiet
+
+
+def folder_bytes(folder) -> int:
+  return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def _mb(n: int) -> str:
+  return f"{n / 1e6:,.1f} MB"
+
+
+def space_warning(folder, step: int, next_step: int, need: int, free: int, deletes_one: bool) -> str | None:
+  """A warning line before saving the checkpoint of `step` (about `need` bytes, as the last one)
+  to `folder` with `free` bytes left: this save will not fit, or it leaves no room for the one at
+  `next_step` (`deletes_one`: a saved checkpoint then deletes the oldest, keeping free space level).
+  None while there is room."""
+  if free < need:
+    return (f"warning: {folder} has {_mb(free)} free, the checkpoint of step {step} needs about {_mb(need)}: "
+            f"this save will fail; free space now")
+  if free - need < need and not deletes_one:
+    return (f"warning: {folder} has {_mb(free)} free, room for the checkpoint of step {step} (about {_mb(need)}) "
+            f"but not the next at step {next_step}: free space or lower keep_checkpoints before then")
+  return None
 
 
 def end_step_of(config) -> int:
@@ -221,9 +352,13 @@ _DATA_IN_BUCKET = ("data path {}: ArrayRecord shards and tokenizers are read fro
 
 
 def resolve_data(config, log):
-  """(train sources [(dir, weight)], eval dir, tokenizer path); fails fast on missing paths."""
+  """(train sources [(dir, weight)], eval sources [(dir, weight)], tokenizer path); fails fast on
+  missing paths. The eval sources are data.eval_path alone, or else the train sources."""
   from phi1_jax.data import pipeline
   mixture = config.data.mixture.strip()
+  if not mixture:
+    raise UserError("data.mixture is empty: set --config.data.mixture=DIR[:WEIGHT],... (folders made by "
+                    "python -m phi1_jax.data.pack)")
   if mixture == "stdlib":
     log(f"data: the embedded default (this Python's standard library), cached in {config.data.cache_dir}")
     tok_dir, data_dir = ensure_stdlib(config)
@@ -256,14 +391,41 @@ def resolve_data(config, log):
   for (path, _), m in zip(sources, manifests):
     if m["seq_len"] != config.seq_len:
       raise UserError(f"data {path} is packed with seq_len={m['seq_len']}, config.seq_len={config.seq_len}")
-  eval_path = config.data.eval_path or sources[0][0]
-  if not Path(eval_path).is_dir():
-    raise UserError(f"data.eval_path {eval_path} does not exist")
+  eval_sources = [(config.data.eval_path, 1.0)] if config.data.eval_path else sources
+  if not Path(eval_sources[0][0]).is_dir():
+    raise UserError(f"data.eval_path {config.data.eval_path} does not exist")
   tokenizer = config.data.tokenizer or manifests[0]["tokenizer"]["path"]
   if not Path(tokenizer).exists():
     raise UserError(f"tokenizer {tokenizer} does not exist")
   check_tokenizer_fits(config, manifests[0]["tokenizer"], tokenizer)
-  return sources, eval_path, tokenizer
+  return sources, eval_sources, tokenizer
+
+
+def make_eval_sets(config, eval_sources, local_batch: int, log) -> list[tuple[str, float, list]]:
+  """(name, weight, batches) of each held-out split that fills one eval batch, the others left out
+  with a warning line; a UserError when none does (an eval loss over no batches would read 0)."""
+  from phi1_jax.data import pipeline
+  names = [Path(p).name for p, _ in eval_sources]
+  if len(set(names)) < len(names):  # two folders of one name: the paths as given tell them apart
+    names = [p for p, _ in eval_sources]
+  sets, small = [], []
+  for (path, weight), name in zip(eval_sources, names):
+    try:
+      batches = pipeline.make_eval_batches(path, batch_size=local_batch, max_batches=config.eval_batches,
+                                           shard_index=jax.process_index(), shard_count=jax.process_count())
+    except ValueError as e:
+      raise UserError(str(e)) from None
+    if batches:
+      sets.append((name, weight, batches))
+    else:
+      small.append(f"{path} has {pipeline.split_records(path, 'eval')}")
+  need = f"one eval batch of batch_size={config.batch_size} records"
+  if not sets:
+    raise UserError(f"no held-out split holds {need} ({', '.join(small)}); pack the data with a larger "
+                    f"--eval_fraction or set --config.data.eval_path to a folder with more")
+  for line in small:
+    log(f"warning: eval split of {line} records, fewer than {need}: left out of eval_loss")
+  return sets
 
 
 def check_tokenizer_fits(config, packed_tok: dict, tokenizer: str):
@@ -274,25 +436,34 @@ def check_tokenizer_fits(config, packed_tok: dict, tokenizer: str):
   padded vocabulary (phi-1: 51200 entries for 50257 tokens) is a deliberate choice.
   """
   vocab, eos = packed_tok["vocab_size"], packed_tok.get("eos_id")
-  fix = f"--config.model.vocab_size={vocab}" + (f" --config.model.eos_id={eos}" if eos is not None else "")
+  if config.init_from:  # the checkpoint fixes both: the data must be in its tokens
+    fix_vocab = fix_eos = f"pack the data with the tokenizer {config.init_from} was trained with"
+  else:
+    fix_vocab = f"for this tokenizer set --config.model.vocab_size={vocab}" + (
+        f" --config.model.eos_id={eos}" if eos is not None else "")
+    fix_eos = f"set --config.model.eos_id={eos}"
   if vocab > config.model.vocab_size:
-    raise UserError(f"tokenizer {tokenizer} has {vocab} tokens, model.vocab_size={config.model.vocab_size}; "
-                    f"for this tokenizer set {fix}")
+    raise UserError(f"tokenizer {tokenizer} has {vocab} tokens, model.vocab_size={config.model.vocab_size}; {fix_vocab}")
   if eos is not None and eos != config.model.eos_id:
     raise UserError(f"tokenizer {tokenizer} separates documents with token {eos}, model.eos_id="
-                    f"{config.model.eos_id}; set --config.model.eos_id={eos}")
+                    f"{config.model.eos_id}; {fix_eos}")
 
 
-def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log):
-  """Writes config snapshots on first use; refuses a workdir of a different model shape."""
-  workdir.mkdir(parents=True, exist_ok=True)
+def check_workdir_model(workdir, model_cfg: ModelConfig):
+  """Refuses a workdir of a different model shape, touching nothing."""
   saved_model = workdir / "model_config.json"
   if saved_model.exists():
     old = json.loads(saved_model.read_text())
     diff = [f"{k} {old.get(k)} -> {getattr(model_cfg, k)}" for k in SHAPE_FIELDS if old.get(k) != getattr(model_cfg, k)]
     if diff:
       raise UserError(f"workdir {workdir} holds a model of a different shape: {', '.join(diff)}")
-  elif jax.process_index() == 0:
+
+
+def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log):
+  """Writes config snapshots on first use (check_workdir_model first)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  saved_model = workdir / "model_config.json"
+  if not saved_model.exists() and jax.process_index() == 0:
     saved_model.write_text(json.dumps(dataclasses.asdict(model_cfg), indent=1))
   if jax.process_index() == 0:
     config_json = workdir / "config.json"
@@ -310,22 +481,13 @@ def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log
       paths.copy(tok_src, tok_dst)
 
 
-def init_from_pretrained(path: str, model_cfg: ModelConfig):
-  """Parameters of a phi1_jax checkpoint or a Hugging Face folder, checked against the config."""
+def init_from_pretrained(path: str):
+  """Parameters of a phi1_jax checkpoint or a Hugging Face folder (take_architecture checked its config)."""
   from phi1_jax import convert
-  problem = paths.bucket_problem(path)
-  if problem:
-    raise UserError(f"init_from {path}: {problem}")
-  if not paths.as_path(path).exists():
-    raise UserError(f"init_from {path} does not exist")
   try:
-    loaded_cfg, params = convert.load_params(path)
+    _, params = convert.load_params(path)
   except (ValueError, FileNotFoundError) as e:
     raise UserError(f"init_from {path}: {e}") from None
-  diff = [f"{k} {getattr(loaded_cfg, k)} != {getattr(model_cfg, k)}"
-          for k in SHAPE_FIELDS if getattr(loaded_cfg, k) != getattr(model_cfg, k)]
-  if diff:
-    raise UserError(f"init_from {path} has a different shape from config.model: {', '.join(diff)}")
   return params
 
 
@@ -417,8 +579,12 @@ def train(config, workdir: str | os.PathLike) -> dict:
   if config.optimizer.warmup_steps >= config.total_steps:
     log(f"warning: optimizer.warmup_steps={config.optimizer.warmup_steps} >= total_steps={config.total_steps}: "
         f"the learning rate never reaches optimizer.lr={config.optimizer.lr}")
-  sources, eval_path, tokenizer = resolve_data(config, log)
-  init_params = init_from_pretrained(config.init_from, model_cfg) if config.init_from else None
+  sources, eval_sources, tokenizer = resolve_data(config, log)
+  local_batch = config.batch_size // jax.process_count()
+  eval_sets = make_eval_sets(config, eval_sources, local_batch, log)
+  check_workdir_model(workdir, model_cfg)
+  workdir_lock = lock_workdir(workdir, log)  # noqa: F841 (held until train returns)
+  init_params = init_from_pretrained(config.init_from) if config.init_from else None
   prepare_workdir(workdir, config, model_cfg, tokenizer, log)
 
   from phi1_jax.data import pipeline
@@ -427,7 +593,6 @@ def train(config, workdir: str | os.PathLike) -> dict:
   state = create_state(config, tx, state_shard, init_params)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
 
-  local_batch = config.batch_size // jax.process_count()
   train_ds = pipeline.make_train_dataset(sources, batch_size=local_batch, seed=config.seed,
                                          shard_index=jax.process_index(), shard_count=jax.process_count())
   train_iter = iter(train_ds)
@@ -470,8 +635,6 @@ def train(config, workdir: str | os.PathLike) -> dict:
   multiprocess = jax.process_count() > 1
   train_step = jit_train_step(graphdef, tx, config, mesh, state_shard, stop_flags=multiprocess)
   eval_step = jax.jit(sharding.on_mesh(make_eval_step(graphdef, config), mesh))
-  eval_batches = pipeline.make_eval_batches(eval_path, batch_size=local_batch, max_batches=config.eval_batches,
-                                            shard_index=jax.process_index(), shard_count=jax.process_count())
 
   def next_batch():
     tokens = np.asarray(next(train_iter)["tokens"], np.int32)
@@ -479,15 +642,62 @@ def train(config, workdir: str | os.PathLike) -> dict:
     return sharding.global_batch(tokens_GxBxL1, mesh, leading_dims=1)
 
   def run_eval():
-    total, count = 0.0, 0
-    for batch in eval_batches:
-      t, c = eval_step(state["params"], sharding.global_batch(np.asarray(batch["tokens"], np.int32), mesh))
-      total, count = total + float(t), count + int(c)
-    return {"eval_loss": total / max(count, 1)}
+    """eval_loss; over several sources, their losses weighted as the mixture, each also logged."""
+    losses = {}
+    for name, _, batches in eval_sets:
+      total, count = 0.0, 0
+      for batch in batches:
+        t, c = eval_step(state["params"], sharding.global_batch(np.asarray(batch["tokens"], np.int32), mesh))
+        total, count = total + float(t), count + int(c)
+      losses[name] = total / count
+    if len(eval_sets) == 1:
+      return {"eval_loss": losses[eval_sets[0][0]]}
+    weight = sum(w for _, w, _ in eval_sets)
+    return {"eval_loss": sum(w * losses[name] for name, w, _ in eval_sets) / weight,
+            **{f"eval_loss/{name}": loss for name, loss in losses.items()}}
+
+  ckpt_dir = workdir / "checkpoints"
+  py_logging.getLogger("absl").addFilter(_DropNoSpaceErrors())
+  sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
+  saving = {}  # the save in flight (async): its step, and the space it needed and found
+
+  def disk_full() -> DiskFull:
+    good = latest_checkpoint_step(workdir)
+    space = f": it needs about {_mb(saving['need'])}, {_mb(saving['free'])} was free" if "need" in saving else ""
+    return DiskFull(f"no space left on device for the checkpoint of step {saving['step']} in {ckpt_dir}{space}; "
+                    f"the last good checkpoint is {ckpt_dir / str(good) if good is not None else 'none'}; "
+                    f"free space and rerun the same command to resume")
+
+  def finish_saves():
+    """Waits for the save in flight; a full disk becomes DiskFull naming its step."""
+    try:
+      ckpt_mngr.wait_until_finished()
+    except Exception as e:
+      if saving and out_of_space(e):
+        raise disk_full() from None
+      raise
+    saving.clear()
 
   def save(step, force=False):
-    ckpt_mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=pipeline.checkpoint_args(train_iter)), force=force)
+    finish_saves()  # Orbax waits for the last save anyway; a failure of it is named here
+    saving.update(step=step)
+    if is_main and not paths.is_remote(workdir):
+      good = latest_checkpoint_step(workdir)
+      need = (folder_bytes(ckpt_dir / str(good)) if good is not None
+              else sum(x.nbytes for x in jax.tree.leaves(state)))
+      free = shutil.disk_usage(ckpt_dir).free
+      warning = space_warning(ckpt_dir, step, step + config.checkpoint_every, need, free,
+                              deletes_one=len(ocp.utils.checkpoint_steps(ckpt_dir)) >= config.keep_checkpoints > 0)
+      if warning:
+        log(warning)
+      saving.update(need=need, free=free)
+    try:
+      ckpt_mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=pipeline.checkpoint_args(train_iter)), force=force)
+    except Exception as e:
+      if out_of_space(e):
+        raise disk_full() from None
+      raise
 
   stop_signal = []
   for sig in (signal.SIGTERM, signal.SIGINT):
@@ -514,6 +724,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
     return stop_agreed if multiprocess else bool(stop_signal)
 
   saved_step = latest  # the newest checkpoint on disk: never saved twice
+  out_of_disk = False
   pending = None  # (step, metrics on device): read one step late so the next step is already dispatched
   window_start, window_steps = time.perf_counter(), 0
   step = start_step
@@ -527,7 +738,9 @@ def train(config, workdir: str | os.PathLike) -> dict:
       if pending is not None:
         last = read(pending)
       pending = (step, metrics)
-      if step % config.log_every == 0 or step == end_step:
+      # eval_every and the HumanEval cadences count steps on their own; a step they fall on is logged too
+      evaluating = step % config.eval_every == 0 or step == end_step
+      if step % config.log_every == 0 or evaluating or any(humaneval_due(config, step)):
         last = read(pending)
         pending = None
         elapsed = time.perf_counter() - window_start
@@ -535,7 +748,7 @@ def train(config, workdir: str | os.PathLike) -> dict:
         last["tokens_per_sec"] = tps
         last["mfu"] = flops_step * window_steps / elapsed / (peak * jax.device_count()) if peak else None
         window_start, window_steps = time.perf_counter(), 0
-        if step % config.eval_every == 0 or step == end_step:
+        if evaluating:
           last.update(run_eval())
           last_eval = (step, last["eval_loss"])
         last.update(_humaneval_metrics(config, step, graphdef, state, tokenizer))
@@ -558,10 +771,16 @@ def train(config, workdir: str | os.PathLike) -> dict:
   except FloatingPointError as e:
     log(f"error: {e}; the last good checkpoint is {ckpt_mngr.latest_step()}")
     raise
+  except DiskFull:
+    out_of_disk = True
+    raise
   finally:
-    ckpt_mngr.wait_until_finished()
-    ckpt_mngr.close()
-    writer.close()
+    try:
+      if not out_of_disk:  # a failed save, reported, would raise again here
+        finish_saves()
+        ckpt_mngr.close()
+    finally:
+      writer.close()
   last["step"] = step
   log(summary_line(config, workdir, step, end_step, last, last_eval, time.perf_counter() - t_start))
   return last
@@ -590,9 +809,14 @@ def _read(pending, schedule) -> dict:
   return values
 
 
+def humaneval_due(config, step) -> tuple[bool, bool]:
+  """(pass@1 due, canonical loss due) at `step`."""
+  return (bool(config.humaneval_every) and step % config.humaneval_every == 0,
+          bool(config.humaneval_loss_every) and step % config.humaneval_loss_every == 0)
+
+
 def _humaneval_metrics(config, step, graphdef, state, tokenizer_path) -> dict:
-  due_pass = config.humaneval_every and step % config.humaneval_every == 0
-  due_loss = config.humaneval_loss_every and step % config.humaneval_loss_every == 0
+  due_pass, due_loss = humaneval_due(config, step)
   if not (due_pass or due_loss):
     return {}
   from phi1_jax.data.tokenizer import load_tokenizer
@@ -638,6 +862,10 @@ def main(argv):
     sys.exit(2)
   except FloatingPointError:
     sys.exit(1)
+  except DiskFull as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # Orbax's writer threads and event loops, cut short, print pages at interpreter exit
 
 
 def parse_flags(argv):

@@ -67,6 +67,11 @@ def _records(data_dir: str | Path, split: str) -> grain.MapDataset:
   return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards)).map(_decode)
 
 
+def split_records(data_dir: str | Path, split: str) -> int:
+  """How many records a packed folder's split holds."""
+  return len(_records(data_dir, split))
+
+
 def _decode(record: bytes) -> dict[str, np.ndarray]:
   return {"tokens": np.frombuffer(record, dtype="<i4").astype(np.int32)}
 

@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.humaneval_every = 0  # greedy HumanEval pass@1 every N steps (0: off)
   c.humaneval_limit = 0  # problems per HumanEval run (0: all 164)
   c.humaneval_loss_every = 0  # mean loss of canonical HumanEval solutions every N steps
+  c.humaneval_sandbox = "bwrap"  # how humaneval_every runs the samples: bwrap (OS sandbox) or guard
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 fills the rest
   # logical axis -> mesh axes (a string, a tuple of strings, or None: replicated)

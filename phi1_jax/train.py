@@ -226,6 +226,12 @@ def check_config(config):
   micro = config.batch_size // config.grad_accum_steps
   if micro % jax.process_count():
     raise UserError(f"microbatch of {micro} sequences does not split over {jax.process_count()} processes")
+  if config.humaneval_every:  # the samples run under the OS sandbox: a machine without it fails now, not mid-run
+    from phi1_jax.eval import sandbox
+    try:
+      sandbox.check(config.humaneval_sandbox)
+    except ValueError as e:
+      raise UserError(f"config.humaneval_every: {e}".replace("--sandbox=guard", "--config.humaneval_sandbox=guard")) from None
 
 
 def check_workdir(workdir):
@@ -826,7 +832,8 @@ def _humaneval_metrics(config, step, graphdef, state, tokenizer_path) -> dict:
   limit = config.humaneval_limit or None
   out = {}
   if due_pass:
-    out.update({f"humaneval_{k}": v for k, v in harness.humaneval_pass_at_1(model, tokenizer, limit=limit).items()})
+    scores = harness.humaneval_pass_at_1(model, tokenizer, limit=limit, sandbox=config.humaneval_sandbox)
+    out.update({f"humaneval_{k}": v for k, v in scores.items()})
   if due_loss:
     out["humaneval_canonical_loss"] = harness.humaneval_canonical_loss(model, tokenizer, limit=limit, seq_len=config.seq_len)
   return out

@@ -336,3 +336,12 @@ def test_synth_exercises_refuse_without_bubblewrap_before_asking_the_endpoint(tm
   assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
   assert "needs bwrap" in done.stderr and "--sandbox=guard" in done.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_trainer_with_humaneval_every_refuses_without_bubblewrap_before_compiling(tmp_path):
+  from conftest import run_module
+  done = run_module("phi1_jax.train", "--config=configs/tiny.py", f"--workdir={tmp_path}/run",
+                    "--config.humaneval_every=10", env={"PATH": str(tmp_path)})
+  assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+  assert "config.humaneval_every" in done.stderr and "--config.humaneval_sandbox=guard" in done.stderr
+  assert not (tmp_path / "run").exists()

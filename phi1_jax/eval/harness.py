@@ -81,7 +81,7 @@ def score(benchmark: str, samples: list[dict], problems: dict, unfit: set[str], 
 
 
 def humaneval_pass_at_1(model, tokenizer, *, limit: int | None = None, max_new_tokens: int = 384,
-                        batch_size: int = 16, timeout_s: float = 3.0) -> dict:
+                        batch_size: int = 16, timeout_s: float = 3.0, sandbox: str = "bwrap") -> dict:
   """Greedy pass@1 on HumanEval (or its first `limit` problems): {pass@1, n_problems, n_passed,
   n_capped, n_unfit}. Each problem's max_new_tokens is capped to the room its prompt leaves in
   the model's context; a prompt that alone fills it is scored as failed (n_capped, n_unfit)."""
@@ -95,7 +95,8 @@ def humaneval_pass_at_1(model, tokenizer, *, limit: int | None = None, max_new_t
   by_task = {t: problems_lib.truncate_completion(c) for t, c in zip(ids, completions)}
   samples = [{"task_id": t, "completion": by_task.get(t, "")} for t in problems]
   unfit = {t for t in problems if room[t] == 0}
-  _, summary = score("humaneval", samples, problems, unfit, context_len, ks=(1,), timeout_s=timeout_s)
+  _, summary = score("humaneval", samples, problems, unfit, context_len, ks=(1,), timeout_s=timeout_s,
+                     sandbox=sandbox)
   return {"pass@1": summary["pass@1"], "n_problems": len(problems), "n_passed": summary["n_passed"],
           "n_capped": sum(0 < r < max_new_tokens for r in room.values()), "n_unfit": len(unfit)}
 

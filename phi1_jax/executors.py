@@ -139,7 +139,7 @@ def run(args, stages: list[Stage], workers: int | None, job_prefix: str, state_d
   if args.executor == "slurm":
     return _slurm(args, stages, workers, job_prefix, Path(state_dir), log)
   log_file = Path(state_dir) / "datatrove.log"
-  with _stderr_to(log_file) as terminal:
+  with stderr_to(log_file) as terminal:
     if args.executor == "ray":
       _ray_init(args)
     for stage in stages:
@@ -164,7 +164,7 @@ def run(args, stages: list[Stage], workers: int | None, job_prefix: str, state_d
 
 
 @contextlib.contextmanager
-def _stderr_to(path: Path):
+def stderr_to(path: Path):
   """File descriptor 2 into `path` (appended) while the stages run: datatrove's loguru lines, and
   the worker processes started meanwhile keep it. Yields a stream to the terminal's stderr."""
   path.parent.mkdir(parents=True, exist_ok=True)

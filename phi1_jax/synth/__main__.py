@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from phi1_jax import cli
+from phi1_jax import cli, executors
 from phi1_jax.cli import OneLineParser
 from phi1_jax.eval import sandbox as sandbox_lib
 
@@ -291,9 +291,10 @@ def main(argv=None) -> int:
   executor = build_executor(args, config, out)
   endpoint_error = endpoint_error_path(out)
   endpoint_error.unlink(missing_ok=True)
-  if args.workers > 1:
-    start_deaf_forkserver()
-  executor.run()
+  with executors.stderr_to(out / ".synth" / "logs" / "datatrove.log"):  # datatrove's log lines, not the terminal's
+    if args.workers > 1:  # its workers fork from it: started here, their stderr is the log too
+      start_deaf_forkserver()
+    executor.run()
   # A task stopped by a cap, --max_prompts or the endpoint is not done: forget its completion so a rerun redoes it.
   for rank in range(args.tasks):
     stats_path = out / ".synth" / "tasks" / f"{rank:05d}.json"

@@ -177,7 +177,9 @@ class Synthesize(PipelineStep):
     for cap in ("max_requests", "max_tokens_total"):  # a task's share of a cap
       if options.get(cap) is not None:
         options[cap] = task_share(options[cap], rank, world)
-    client = llm_lib.LLM(**options)  # no total: rejected answers make the number of requests open
+    # no total: rejected answers make the number of requests open. Its lines go to stdout, with
+    # synth's own: stderr is datatrove's log file while the pipeline runs.
+    client = llm_lib.LLM(**options, log=lambda line: print(line, flush=True))
     index = dedup.NearDuplicateIndex(dedup.MinHasher(work_dir=str(Path(self.out_dir) / ".synth" / "minhash")))
     max_prompts = task_share(self.max_prompts, rank, world)
     pending: collections.deque[asyncio.Task] = collections.deque()

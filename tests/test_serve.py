@@ -3,11 +3,13 @@ the official `openai` client and raw HTTP, its answers checked against `phi1_jax
 model's own forward pass. One server is shared by the module (its warm-up compiles every shape)."""
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -341,3 +343,43 @@ def test_startup_errors_are_one_line(tiny_checkpoint, tmp_path):
       assert len(err.strip().splitlines()) == 1 and named in err and "Traceback" not in err, err
   finally:
     taken.close()
+
+
+@pytest.mark.slow
+def test_signals_end_the_server_cleanly(tiny_checkpoint, tmp_path):
+  """SIGINT while the shapes compile, SIGTERM with a stream in flight: uvicorn's own exit (0 for
+  SIGINT, killed by SIGTERM), within seconds, no traceback or abort, no process left behind."""
+  from phi1_jax.cli import descendants
+  for sig, when, code in ((signal.SIGINT, "compiling", 0), (signal.SIGTERM, "streaming", -signal.SIGTERM)):
+    env, argv = {**os.environ, "PYTHONPATH": str(REPO)}, [f"--checkpoint={tiny_checkpoint}", "--port=0", "--max_batch=2"]
+    if when == "compiling":  # no compilation cache: seconds of compiling to be stopped in
+      env.pop("JAX_COMPILATION_CACHE_DIR", None)
+      argv.append("--compile_cache=")
+    log_path = tmp_path / f"{when}.log"
+    with open(log_path, "w") as log_file:
+      proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.serve", *argv], cwd=REPO, env=env, stdout=log_file,
+                              stderr=subprocess.STDOUT)
+    try:
+      deadline, health = time.time() + 120, None
+      while health != (503 if when == "compiling" else 200):  # uvicorn answers (and handles signals)
+        assert proc.poll() is None and time.time() < deadline, log_path.read_text()
+        time.sleep(0.1)
+        found = re.search(r"http://127\.0\.0\.1:\d+", log_path.read_text())
+        with contextlib.suppress(OSError):
+          health = found and request("GET", f"{found.group(0)}/health", timeout=5)[0]
+      stream = None
+      if when == "streaming":
+        stream = http.client.HTTPConnection(found.group(0).removeprefix("http://"), timeout=60)
+        stream.request("POST", "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 500, "stream": True}),
+                       {"Content-Type": "application/json"})
+        assert stream.getresponse().status == 200
+      children = descendants(proc.pid)
+      proc.send_signal(sig)
+      assert proc.wait(timeout=30) == code, log_path.read_text()
+    finally:
+      proc.kill()
+    log = log_path.read_text()
+    assert not re.search(r"Traceback|terminate called|FATAL", log), log
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    if stream is not None:
+      stream.close()

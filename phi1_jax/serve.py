@@ -375,10 +375,23 @@ def main(argv=None) -> int:
   shown = f"[{host}]" if ":" in host else host
   log.info("serving %s on http://%s:%d (GET /health answers 200 once compiled)", model_name, shown, port)
   server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
-  server.run(sockets=[sock])
+  try:  # uvicorn's signal handling: a graceful shutdown, then SIGINT ends it with 0 and SIGTERM with 143
+    server.run(sockets=[sock])
+  except KeyboardInterrupt:  # asyncio re-raises the SIGINT uvicorn handled; uvicorn.run passes it too
+    pass
   engine.stop()
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    code = main()
+  except KeyboardInterrupt:  # SIGINT before uvicorn took the signals over (loading the model)
+    print("stopped by SIGINT before the server started", file=sys.stderr)
+    code = 130
+  # No interpreter teardown: the engine thread may still be compiling (a signal during warm-up),
+  # and tearing the interpreter down under it aborts ("terminate called ...", exit 134) or hangs.
+  logging.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)

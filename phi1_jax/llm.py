@@ -250,6 +250,8 @@ class LLM:
     self.max_requests, self.max_tokens_total = max_requests, max_tokens_total
     self.total, self.progress_every_s = total, progress_every_s
     self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if metrics_path:
+      Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     self.metrics = open(metrics_path, "a") if metrics_path else None
     self._semaphore: asyncio.Semaphore | None = None
     self._down_event: asyncio.Event | None = None  # set when `down` is: backoffs end at once

@@ -274,10 +274,11 @@ def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_pa
   assert {"syntax_error", "tests_failed"} <= set(manifest["counts"]["rejected"])
   assert manifest["exercises"]["passed_own_tests"] == 10 + manifest["counts"]["rejected"].get("near_duplicate", 0)
   assert 0 < manifest["exercises"]["pass_rate"] < 1
-  # The output is finetuning data as it is: phi1_jax.data.pack reads it.
+  # The output folder is finetuning data as it is: phi1_jax.data.pack reads its documents and nothing else.
   from phi1_jax.data.pack import pack
-  packed = pack(sorted(out.glob("exercises-*.jsonl")), small_tokenizer, 32, tmp_path / "packed", workers=1)
+  packed = pack([out], small_tokenizer, 32, tmp_path / "packed", workers=1)
   assert packed["splits"]["train"]["documents"] + packed["splits"]["eval"]["documents"] == 10
+  assert packed["bad"]["count"] == 0, packed["bad"]
 
 
 def test_two_tasks_on_two_workers_split_the_documents(endpoint, tmp_path):

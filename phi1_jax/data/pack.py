@@ -78,7 +78,9 @@ class PackError(Exception):
 
 def _input_files(path: Path) -> list[Path]:
   if path.is_dir():  # a folder of .py files, or else of JSONL shards (a stage's output folder)
-    files = sorted(path.rglob("*.py")) or sorted(f for f in path.rglob("*.jsonl*") if f.name.endswith(JSONL))
+    # JSONL shards: not those in hidden folders, where stages keep their bookkeeping (synth's .synth/)
+    files = sorted(path.rglob("*.py")) or sorted(f for f in path.rglob("*.jsonl*") if f.name.endswith(JSONL)
+                                                 and not any(p.startswith(".") for p in f.relative_to(path).parts))
     if not files:
       raise PackError(f"--input {path}: folder holds no .py, .jsonl or .jsonl.gz files")
     return files

@@ -148,7 +148,7 @@ def build_executor(args, config: dict, out: Path):
   llm_options = {"base_url": args.base_url, "cache_path": str(Path(args.cache or out / "llm_cache.sqlite")),
                  "api_key_env": args.api_key_env, "concurrency": args.concurrency, "timeout_s": args.timeout,
                  "max_attempts": args.max_attempts, "backoff_base_s": args.backoff_s, "max_requests": args.max_requests,
-                 "max_tokens_total": args.max_tokens_total, "metrics_path": str(out / "llm_metrics.jsonl"),
+                 "max_tokens_total": args.max_tokens_total, "metrics_path": str(out / ".synth" / "llm_metrics.jsonl"),
                  "give_up_after_s": args.give_up_after}
   step = Synthesize(args.kind, args.n, str(out), seed=args.seed, topics_path=config["topics_path"],
                     template_path=config["template_path"], model=args.model, endpoint=args.endpoint,

@@ -286,9 +286,15 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
                   "embeddings; nothing to do"]
   with pytest.raises(UserError, match=r"other settings \(threshold 3 -> 4\)"):
     train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50, threshold=4)
-  os.utime(tmp_path / "annotations.jsonl")  # the annotations were written again
-  with pytest.raises(UserError, match=r"other settings \(annotations "):
-    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50)
+  os.utime(tmp_path / "annotations.jsonl")  # written again with the same rows (as a rerun of embed rewrites its manifest)
+  os.utime(tmp_path / "emb" / "manifest.json")
+  assert train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50) == info
+  rows = [json.loads(line) for line in (tmp_path / "annotations.jsonl").read_text().splitlines()]
+  scored = next(r for r in rows if r.get("score") is not None)
+  scored["score"] = 5 if scored["score"] != 5 else 0  # one label changed
+  (tmp_path / "changed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  with pytest.raises(UserError, match=r"other settings \(annotations .*; data_sha256 "):
+    train_classifier(tmp_path / "changed.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50)
   assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cls").iterdir()} == stamps
   (tmp_path / "mine").mkdir()
   (tmp_path / "mine" / "notes.txt").write_text("mine")

@@ -47,11 +47,12 @@ def read_annotations(path) -> dict[str, int | None]:
   return scores
 
 
-def _identity(path, *patterns: str) -> list:
-  """What a rerun must find unchanged: path, size and mtime of each file of `path` the stage reads."""
-  path = Path(path)
-  files = sorted(f for p in patterns for f in path.glob(p)) if path.is_dir() else [path]
-  return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+def _digest(labelled: list, X: np.ndarray) -> str:
+  """What a rerun must find unchanged: the labelled ids and scores and their vectors (not file
+  times: rerunning `embed` rewrites its manifest and changes nothing the classifier reads)."""
+  h = hashlib.sha256(json.dumps(labelled).encode())
+  h.update(np.ascontiguousarray(X, np.float32).tobytes())
+  return h.hexdigest()
 
 
 def _held_out(doc_id: str, seed: int, fraction: float) -> bool:
@@ -112,8 +113,8 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
       raise UserError(f"the {name} split ({int(part.sum())} documents) does not hold both labels at "
                       f"--threshold={threshold}; annotate more documents or change the threshold")
 
-  settings = {"format": FORMAT, "annotations": _identity(annotations, "annotations.jsonl"),
-              "embeddings": _identity(embeddings, "emb-*.npy", "ids-*.txt", "manifest.json"), "threshold": threshold,
+  settings = {"format": FORMAT, "annotations": str(Path(annotations).resolve()),
+              "embeddings": str(Path(embeddings).resolve()), "data_sha256": _digest(labelled, X), "threshold": threshold,
               "model": model, "test_fraction": test_fraction, "cut": cut, "seed": seed, "trees": trees}
   try:
     if cli.already_done(out, settings, "model_info.json"):  # written last: a stopped run trains again

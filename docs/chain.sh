@@ -8,9 +8,9 @@ set -euo pipefail
 R=${R:-runs/chain}
 mkdir -p "$R"
 STD=$(python -c "import os; print(os.path.dirname(os.__file__))")
-IN="$STD/json $STD/http $STD/email $STD/urllib $STD/logging $STD/collections $STD/asyncio"  # 81 files: "The Stack"
+IN=("$STD"/{json,http,email,urllib,logging,collections,asyncio})  # 81 files stand in for The Stack
 BENCH=(--benchmarks=humaneval)
-[[ -n ${MBPP:-} ]] && BENCH=(--benchmarks=humaneval,mbpp "--mbpp_path=$MBPP")
+[[ -n ${MBPP:-} ]] && BENCH=("--benchmarks=humaneval,mbpp" "--mbpp_path=$MBPP")
 step() { echo; echo "### $*"; local t=$SECONDS; "$@"; echo "### $((SECONDS - t)) s"; }
 
 # Stand-ins for the LLM endpoints (see docs/chain.md for the real ones): a rule-based annotator and
@@ -21,12 +21,12 @@ python tests/llm_servers.py --port 8124 --responder exercise --fault_rate 0.2 > 
 trap 'kill $(jobs -p) 2>/dev/null' EXIT
 
 step python -m phi1_jax.train --config=configs/tiny.py --workdir="$R/tiny"  # the embedder and tokenizer
-step python -m phi1_jax.curate annotate --input $IN --sample=60 --out="$R/annotations" \
+step python -m phi1_jax.curate annotate --input "${IN[@]}" --sample=60 --out="$R/annotations" \
     --base_url=http://127.0.0.1:8125/v1 --model=rules
-step python -m phi1_jax.curate embed --input $IN --sample=60 --checkpoint="$R/tiny" --max_len=128 --out="$R/embeddings"
+step python -m phi1_jax.curate embed --input "${IN[@]}" --sample=60 --checkpoint="$R/tiny" --max_len=128 --out="$R/embeddings"
 step python -m phi1_jax.curate train-classifier --annotations="$R/annotations" --embeddings="$R/embeddings" \
     --out="$R/classifier"
-step python -m phi1_jax.curate filter --input $IN --classifier="$R/classifier" --out="$R/filtered" --tasks=2 --workers=2
+step python -m phi1_jax.curate filter --input "${IN[@]}" --classifier="$R/classifier" --out="$R/filtered" --tasks=2 --workers=2
 step python -m phi1_jax.synth textbooks --n=200 --out="$R/textbooks" --base_url=http://127.0.0.1:8123/v1 --model=demo
 step python -m phi1_jax.synth exercises --n=100 --out="$R/exercises" --base_url=http://127.0.0.1:8124/v1 --model=demo
 step python -m phi1_jax.decontam --input "$R/filtered/data" "$R/textbooks" "$R/exercises" --out="$R/decontam" \

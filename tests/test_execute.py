@@ -6,6 +6,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,17 @@ def test_cli_rejects_bad_input_in_one_line_before_running(tmp_path, rows, extra,
     assert done.returncode != 0
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not Path(f"{sample_file}_results.jsonl").exists()
+
+
+def test_guard_program_deleting_around_its_folder_touches_nothing_of_the_host():
+    # Under the guard the program's folder is on the host: what it does to `..` must stay in a
+    # folder of the harness's own, never reach the temporary folder other programs use.
+    sentinel = Path(tempfile.gettempdir()) / f"phi1_sentinel_{os.getpid()}"
+    sentinel.write_text("mine")
+    try:
+        program = HOSTILE["deletes the harness's files around it"][0]
+        result = execute_programs([program], timeout_s=5.0, sandbox="guard")[0]
+        assert not result.passed
+        assert sentinel.read_text() == "mine"
+    finally:
+        sentinel.unlink(missing_ok=True)

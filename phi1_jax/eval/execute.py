@@ -327,13 +327,17 @@ class _Sandbox:
     def run(self, program: str) -> ExecResult:
         if self.stopping.is_set():
             return ExecResult(passed=False, result="failed: cancelled")
-        # Under bwrap the program works in its private /tmp; under the guard, in a host folder.
-        work_dir = tempfile.mkdtemp(prefix="phi1_exec_") if self.mode == "guard" else "/"
+        # Under bwrap the program works in its private /tmp; under the guard, in a host folder nested
+        # one level down, so that what a program does to `..` stays in a folder of its own, not /tmp.
+        own_dir = tempfile.mkdtemp(prefix="phi1_exec_") if self.mode == "guard" else None
+        work_dir = os.path.join(own_dir, "work") if own_dir else "/"
         try:
+            if own_dir:
+                os.mkdir(work_dir)
             return self._run_in(work_dir, program)
         finally:
-            if self.mode == "guard":
-                _remove_tree(work_dir)
+            if own_dir:
+                _remove_tree(own_dir)
             if self.progress_bar is not None:
                 self.progress_bar.update(1)
 

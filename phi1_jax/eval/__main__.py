@@ -48,7 +48,7 @@ def _parse_args(argv):
   parser.add_argument("--mbpp_prompt", default="docstring")
   parser.add_argument("--check_every", type=int, default=32, help="tokens between host stop-sequence checks")
   parser.add_argument("--timeout", type=float, default=3.0, help="seconds per executed program")
-  parser.add_argument("--workers", type=int, default=os.cpu_count(), help="programs run at once")
+  parser.add_argument("--workers", type=int, default=None, help="programs run at once (default: 2 x CPUs under bwrap)")
   parser.add_argument("--k", default="1,10,100", help="pass@k values (those <= n_samples are reported)")
   sandbox_lib.add_argument(parser)
   return parser.parse_args(argv)
@@ -58,7 +58,7 @@ def _check_args(args) -> list[int]:
   """ValueError naming the first bad flag; returns the ks."""
   positive = ("n_samples", "max_new_tokens", "batch_size", "check_every", "workers")
   for name in positive:
-    if getattr(args, name) < 1:
+    if getattr(args, name) is not None and getattr(args, name) < 1:
       raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1")
   if args.limit is not None and args.limit < 1:
     raise ValueError(f"--limit={args.limit}: must be >= 1")

@@ -472,7 +472,7 @@ def execute_programs(
     *,
     timeout_s: float = 3.0,
     memory_mb: int = 1024,
-    workers: int | None = os.cpu_count(),
+    workers: int | None = None,
     progress: bool = False,
     sandbox: str = "bwrap",
 ) -> list[ExecResult]:
@@ -484,7 +484,7 @@ def execute_programs(
     if timeout_s <= 0 or memory_mb <= 0:
         raise ValueError(f"timeout_s and memory_mb must be positive, got {timeout_s}, {memory_mb}")
     sandbox_lib.check(sandbox, quiet=True)
-    workers = max(1, int(workers or 1))
+    workers = sandbox_lib.default_workers(sandbox) if workers is None else max(1, int(workers))
     progress_bar = None
     if progress:
         import tqdm
@@ -548,7 +548,7 @@ def evaluate_samples(
     ks=(1, 10, 100),
     timeout_s: float = 3.0,
     memory_mb: int = 1024,
-    workers: int | None = os.cpu_count(),
+    workers: int | None = None,
     progress: bool = False,
     sandbox: str = "bwrap",
 ) -> tuple[list[dict], dict]:
@@ -596,7 +596,7 @@ def evaluate_samples(
         "samples_per_second": round(len(samples) / seconds, 2) if seconds > 0 else None,
         "timeout_s": timeout_s,
         "memory_mb": memory_mb,
-        "workers": workers,
+        "workers": sandbox_lib.default_workers(sandbox) if workers is None else workers,
         "sandbox": sandbox_lib.check(sandbox, quiet=True),  # {"sandbox": "bwrap", "version": ...}
     }
     return rows, summary
@@ -639,7 +639,7 @@ def _parse_args(argv):
     parser.add_argument("--mbpp_prompt", default="docstring", choices=problems_lib.MBPP_PROMPT_FORMATS)
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
     parser.add_argument("--memory_mb", type=int, default=1024)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=None, help="programs run at once (default: 2 x CPUs under bwrap)")
     parser.add_argument("--k", default="1,10,100")
     parser.add_argument(
         "--allow_incomplete", action="store_true",
@@ -673,7 +673,7 @@ def main(argv=None) -> int:
                 f"{args.samples}: {missing} of {len(problems)} problems have no samples "
                 "(pass --allow_incomplete to score the others)"
             )
-        if args.timeout <= 0 or args.memory_mb <= 0 or args.workers < 1:
+        if args.timeout <= 0 or args.memory_mb <= 0 or (args.workers is not None and args.workers < 1):
             raise ValueError("--timeout, --memory_mb and --workers must be positive")
         sandbox_lib.check(args.sandbox)
     except ValueError as error:

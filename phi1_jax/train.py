@@ -427,8 +427,9 @@ def make_eval_sets(config, eval_sources, local_batch: int, log) -> list[tuple[st
       small.append(f"{path} has {pipeline.split_records(path, 'eval')}")
   need = f"one eval batch of batch_size={config.batch_size} records"
   if not sets:
-    raise UserError(f"no held-out split holds {need} ({', '.join(small)}); pack the data with a larger "
-                    f"--eval_fraction or set --config.data.eval_path to a folder with more")
+    fix = ("raise --config.data.stdlib_max_bytes or lower --config.batch_size" if config.data.mixture.strip() == "stdlib"
+           else "pack the data with a larger --eval_fraction or set --config.data.eval_path to a folder with more")
+    raise UserError(f"no held-out split holds {need} ({', '.join(small)}); {fix}")
   for line in small:
     log(f"warning: eval split of {line} records, fewer than {need}: left out of eval_loss")
   return sets

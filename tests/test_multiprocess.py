@@ -264,12 +264,13 @@ def test_launch_scripts_pass_shellcheck(script):
 
 def test_two_processes_from_an_empty_cache(tmp_path):
   """The README's launch/local.py command on a fresh machine: both processes want the stdlib data,
-  one builds it while the other waits (a small corpus cap keeps the build short)."""
+  one builds it while the other waits (a small corpus cap keeps the build short, yet its held-out
+  split fills one eval batch on each process)."""
   home = tmp_path / "home"
   env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
   proc = subprocess.run([sys.executable, "launch/local.py", "--processes=2", "--devices=2", "--", sys.executable,
                          "-m", "phi1_jax.train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'mp'}",
-                         "--config.data.stdlib_max_bytes=1000000", "--config.data.stdlib_vocab_size=1024",
+                         "--config.data.stdlib_max_bytes=2000000", "--config.data.stdlib_vocab_size=1024",
                          "--config.model.vocab_size=1024", "--config.total_steps=2", "--config.batch_size=8",
                          "--config.model.n_layers=1", "--config.eval_batches=1"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -29,8 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from phi1_jax import attention as flash  # noqa: E402
 from phi1_jax.model import attention  # noqa: E402
 
-DEFAULT_TILES = ("128,64,64,64,4,4,2", "128,128,64,64,8,4,2", "64,64,64,64,4,4,3", "128,64,128,64,4,8,2",
-                 "128,64,64,32,4,4,2", "128,32,64,64,4,4,3")
+DEFAULT_TILES = (
+  "128,64,64,64,4,4,2",
+  "128,128,64,64,8,4,2",
+  "64,64,64,64,4,4,3",
+  "128,64,128,64,4,8,2",
+  "128,64,64,32,4,4,2",
+  "128,32,64,64,4,4,3",
+)
 
 
 def timed(fn, args, reps: int) -> tuple[float, tuple]:
@@ -48,6 +54,7 @@ def value_and_grads(attn):
   def run(q, k, v, do):
     out, vjp = jax.vjp(attn, q, k, v)
     return (out, *vjp(do))
+
   return run
 
 
@@ -79,8 +86,11 @@ def main() -> int:
   key = jax.random.key(0)
   flops = 3.5 * 4 * B * N * L * L * H / 2
   dev = jax.devices()[0]
-  print(f"{dev.device_kind} ({dev.platform}), jax {jax.__version__}: batch {B}, seq {L}, {N} heads x {H}, "
-        f"{args.dtype}; forward + backward, median of {args.reps}", flush=True)
+  print(
+    f"{dev.device_kind} ({dev.platform}), jax {jax.__version__}: batch {B}, seq {L}, {N} heads x {H}, "
+    f"{args.dtype}; forward + backward, median of {args.reps}",
+    flush=True,
+  )
   print(f"{'implementation':<38} {'dropout':>7} {'ms':>8} {'TFLOP/s':>8}  check", flush=True)
 
   def row(name, rate, fn, reference=None, ref_name=""):
@@ -96,8 +106,9 @@ def main() -> int:
     print(f"{name:<38} {rate:>7g} {sec * 1e3:>8.2f} {flops / sec / 1e12:>8.1f}  {check}", flush=True)
     return sec, out
 
-  model_attn = lambda impl, rate: (lambda q, k, v: attention(q, k, v, None, is_causal=True, impl=impl,
-                                                             dropout_rate=rate, key=key if rate else None))
+  model_attn = lambda impl, rate: (
+    lambda q, k, v: attention(q, k, v, None, is_causal=True, impl=impl, dropout_rate=rate, key=key if rate else None)
+  )
   base_impl = "cudnn" if on_gpu and args.dtype in ("bfloat16", "float16") else "xla"
   _, base = row(f"{base_impl} fused (jax.nn)", 0.0, model_attn(base_impl, 0.0))
   _, xla_drop = row("xla unfused, mask written out", args.rate, model_attn("xla", args.rate))

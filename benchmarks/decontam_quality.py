@@ -48,19 +48,27 @@ def main():
   scans = [index.scan(d["text"]).scores for d in docs]
   seconds = time.perf_counter() - start
   kinds = collections.Counter(d["meta"]["kind"] for d in docs)
-  print(f"{len(docs)} documents {dict(kinds)} scanned in {seconds:.1f}s ({len(docs) / seconds:.1f} docs/s), "
-        f"ast_min_nodes {defaults.ast_min_nodes}")
+  print(
+    f"{len(docs)} documents {dict(kinds)} scanned in {seconds:.1f}s ({len(docs) / seconds:.1f} docs/s), "
+    f"ast_min_nodes {defaults.ast_min_nodes}"
+  )
 
   rules = {
-      "exact alone": {"exact": 1},
-      f"ngram alone ({defaults.ngram}-grams >= {defaults.ngram_min_hits})": {"ngram": defaults.ngram_min_hits},
-      **{f"ast alone (tau {tau})": {"ast": tau} for tau in index_lib.TABLE_TAUS},
-      f"defaults (exact, ngram, ast {defaults.ast_tau})": {"exact": 1, "ngram": defaults.ngram_min_hits,
-                                                          "ast": defaults.ast_tau},
+    "exact alone": {"exact": 1},
+    f"ngram alone ({defaults.ngram}-grams >= {defaults.ngram_min_hits})": {"ngram": defaults.ngram_min_hits},
+    **{f"ast alone (tau {tau})": {"ast": tau} for tau in index_lib.TABLE_TAUS},
+    f"defaults (exact, ngram, ast {defaults.ast_tau})": {
+      "exact": 1,
+      "ngram": defaults.ngram_min_hits,
+      "ast": defaults.ast_tau,
+    },
   }
   positive_kinds = [k for k in kinds if k != "stdlib"]
-  head = "| rule | removed | precision | " + " | ".join(f"recall {k}" for k in positive_kinds) + \
-      " | right task | negatives removed |"
+  head = (
+    "| rule | removed | precision | "
+    + " | ".join(f"recall {k}" for k in positive_kinds)
+    + " | right task | negatives removed |"
+  )
   print(head)
   print("|" + " --- |" * (head.count("|") - 1))
   for name, rule in rules.items():
@@ -77,13 +85,19 @@ def main():
         continue
       tp += 1
       hits[d["meta"]["kind"]] += 1
-      right += verdict[1] == expect or expect in scores.get(verdict[0], {}) and \
-          scores[verdict[0]][expect] == scores[verdict[0]][verdict[1]]
+      right += (
+        verdict[1] == expect
+        or expect in scores.get(verdict[0], {})
+        and scores[verdict[0]][expect] == scores[verdict[0]][verdict[1]]
+      )
     precision = tp / removed if removed else float("nan")
     recalls = " | ".join(f"{hits[k] / kinds[k]:.3f} ({hits[k]}/{kinds[k]})" for k in positive_kinds)
     print(f"| {name} | {removed} | {precision:.3f} | {recalls} | {right}/{tp} | {fp}/{kinds['stdlib']} |")
-  false = [(d["id"], decide(s, rules[list(rules)[-1]])) for d, s in zip(docs, scans)
-           if d["meta"]["expect"] is None and decide(s, rules[list(rules)[-1]])]
+  false = [
+    (d["id"], decide(s, rules[list(rules)[-1]]))
+    for d, s in zip(docs, scans)
+    if d["meta"]["expect"] is None and decide(s, rules[list(rules)[-1]])
+  ]
   missed = [d["id"] for d, s in zip(docs, scans) if d["meta"]["expect"] and not decide(s, rules[list(rules)[-1]])]
   print(f"false positives under the defaults: {false[:20]}")
   print(f"missed under the defaults ({len(missed)}): {missed[:40]}")

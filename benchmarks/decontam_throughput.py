@@ -60,13 +60,15 @@ def main():
   start = time.perf_counter()
   t = scan_all(index, base)
   total = time.perf_counter() - start
-  print(f"1. {len(base)} documents ({half} stdlib files, {half} look-alikes, {mb:.1f} MB) x {len(refs)} problems: "
-        f"{total:.2f}s, {len(base) / total:.1f} docs/s, {mb / total:.2f} MB/s")
+  print(
+    f"1. {len(base)} documents ({half} stdlib files, {half} look-alikes, {mb:.1f} MB) x {len(refs)} problems: "
+    f"{total:.2f}s, {len(base) / total:.1f} docs/s, {mb / total:.2f} MB/s"
+  )
   print("   seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
 
   print("2. documents      MB  seconds  docs/s  MB/s")
   for mult in (1, 2, 4):
-    texts = (files[:half * mult] + lookalikes[:half * mult])
+    texts = files[: half * mult] + lookalikes[: half * mult]
     index = index_lib.BenchmarkIndex(refs, index_lib.Thresholds())
     start = time.perf_counter()
     scan_all(index, texts)
@@ -93,8 +95,10 @@ def main():
   start = time.perf_counter()
   index.trees.best_matches(sample)
   filtered = time.perf_counter() - start
-  print(f"4. {len(sample)} functions x {len(index.trees.trees)} benchmark trees: every pair's tree edit distance "
-        f"{naive:.2f}s, with the bounds {filtered:.3f}s: {naive / filtered:.0f}x")
+  print(
+    f"4. {len(sample)} functions x {len(index.trees.trees)} benchmark trees: every pair's tree edit distance "
+    f"{naive:.2f}s, with the bounds {filtered:.3f}s: {naive / filtered:.0f}x"
+  )
 
 
 if __name__ == "__main__":

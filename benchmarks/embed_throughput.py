@@ -43,9 +43,17 @@ def compare(args, tmp: Path):
   if jax.default_backend() != "cpu":  # torch computes float32 matmuls in full float32 by default
     jax.config.update("jax_default_matmul_precision", "highest")
   torch.manual_seed(0)
-  hf_cfg = PhiConfig(vocab_size=args.vocab_size, hidden_size=args.d_model, intermediate_size=4 * args.d_model,
-                     num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
-                     max_position_embeddings=2048, pad_token_id=0, bos_token_id=None, eos_token_id=None)
+  hf_cfg = PhiConfig(
+    vocab_size=args.vocab_size,
+    hidden_size=args.d_model,
+    intermediate_size=4 * args.d_model,
+    num_hidden_layers=args.n_layers,
+    num_attention_heads=args.n_heads,
+    max_position_embeddings=2048,
+    pad_token_id=0,
+    bos_token_id=None,
+    eos_token_id=None,
+  )
   hf = PhiForCausalLM(hf_cfg).eval()
   tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
   cfg, params = convert.hf_to_params(hf_cfg.to_dict(), tensors)
@@ -65,13 +73,13 @@ def compare(args, tmp: Path):
     order = sorted(range(len(docs)), key=lambda i: len(docs[i]))  # the same batches as ours
     with torch.inference_mode():
       for b in range(0, len(order), args.batch):
-        idx = order[b:b + args.batch]
+        idx = order[b : b + args.batch]
         T = max(len(docs[i]) for i in idx)
         ids = torch.zeros((len(idx), T), dtype=torch.long)
         mask = torch.zeros((len(idx), T), dtype=torch.long)
         for r, i in enumerate(idx):
-          ids[r, :len(docs[i])] = torch.tensor(docs[i])
-          mask[r, :len(docs[i])] = 1
+          ids[r, : len(docs[i])] = torch.tensor(docs[i])
+          mask[r, : len(docs[i])] = 1
         ids, mask = ids.to(device), mask.to(device)
         h = body(input_ids=ids, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(h.dtype)
@@ -83,6 +91,7 @@ def compare(args, tmp: Path):
 
   # Ours sorts within chunks of 8 batches; give it all documents as one chunk so batches match torch's.
   import phi1_jax.embed as embed_mod
+
   embed_mod._SORT_CHUNK_BATCHES = -(-len(docs) // args.batch)
   a, b = ours(), torch_embed()  # warm-up: compilation of every bucket, first-call allocations
   best = {"phi1_jax": float("inf"), "transformers": float("inf")}
@@ -92,21 +101,27 @@ def compare(args, tmp: Path):
       fn()
       best[name] = min(best[name], time.perf_counter() - t0)
   rate = {k: n_tokens / v for k, v in best.items()}
-  print(f"embedding {args.docs} documents ({n_tokens} tokens, lengths {args.min_len}-{args.max_len}), batch {args.batch}, "
-        f"d_model {args.d_model}, {args.n_layers} layers, jax on {jax.devices()[0].device_kind}, torch on {device}")
-  print(f"phi1_jax: {rate['phi1_jax']:,.0f} tokens/s   transformers PhiModel: {rate['transformers']:,.0f} tokens/s   "
-        f"ratio {rate['phi1_jax'] / rate['transformers']:.2f}x   max |diff| {np.abs(a - b).max():.2e}")
+  print(
+    f"embedding {args.docs} documents ({n_tokens} tokens, lengths {args.min_len}-{args.max_len}), batch {args.batch}, "
+    f"d_model {args.d_model}, {args.n_layers} layers, jax on {jax.devices()[0].device_kind}, torch on {device}"
+  )
+  print(
+    f"phi1_jax: {rate['phi1_jax']:,.0f} tokens/s   transformers PhiModel: {rate['transformers']:,.0f} tokens/s   "
+    f"ratio {rate['phi1_jax'] / rate['transformers']:.2f}x   max |diff| {np.abs(a - b).max():.2e}"
+  )
 
 
 def filter_rates(args, tmp: Path):
   from phi1_jax.data.stdlib_corpus import stdlib_dir
+
   std = stdlib_dir()
   inputs = [str(std / name) for name in args.filter_inputs.split(",")]
   env = {**os.environ, "PYTHONPATH": str(REPO)}
 
   def curate(*a):
-    proc = subprocess.run([sys.executable, "-m", "phi1_jax.curate", *a], cwd=REPO, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+      [sys.executable, "-m", "phi1_jax.curate", *a], cwd=REPO, env=env, capture_output=True, text=True
+    )
     if proc.returncode:
       sys.exit(proc.stderr[-3000:])
     return proc
@@ -116,12 +131,24 @@ def filter_rates(args, tmp: Path):
   ids = [l for f in sorted((tmp / "emb").glob("ids-*.txt")) for l in f.read_text().splitlines()]
   # Labels only so that a classifier exists: every other document counts as educational.
   (tmp / "ann.jsonl").write_text("".join(json.dumps({"id": i, "score": 4 * (k % 2)}) + "\n" for k, i in enumerate(ids)))
-  curate("train-classifier", f"--annotations={tmp / 'ann.jsonl'}", f"--embeddings={tmp / 'emb'}",
-         f"--out={tmp / 'cls'}", "--trees=50")
+  curate(
+    "train-classifier",
+    f"--annotations={tmp / 'ann.jsonl'}",
+    f"--embeddings={tmp / 'emb'}",
+    f"--out={tmp / 'cls'}",
+    "--trees=50",
+  )
   for workers in (1, 2):
     t0 = time.perf_counter()
-    curate("filter", "--input", *inputs, f"--classifier={tmp / 'cls'}", f"--out={tmp / f'f{workers}'}",
-           "--tasks=2", f"--workers={workers}")
+    curate(
+      "filter",
+      "--input",
+      *inputs,
+      f"--classifier={tmp / 'cls'}",
+      f"--out={tmp / f'f{workers}'}",
+      "--tasks=2",
+      f"--workers={workers}",
+    )
     dt = time.perf_counter() - t0
     n = json.loads((tmp / f"f{workers}" / "manifest.json").read_text())["totals"]["documents_in"]
     print(f"filter, {workers} worker(s), 2 tasks: {n} documents in {dt:.1f}s = {n / dt:.2f} documents/s")

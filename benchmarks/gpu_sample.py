@@ -36,9 +36,11 @@ def main():
     sample.generate(model, prompts, max_new_tokens=args.new_tokens)
     times.append(time.perf_counter() - t0)
   best = min(times)
-  print(f"phi-1 shape (1.42B params, {args.dtype} compute), {jax.devices()[0].device_kind}: batch {args.batch}, "
-        f"{args.new_tokens} new tokens, greedy: {args.batch * args.new_tokens / best:,.0f} tokens/s "
-        f"({best:.2f} s, best of 3; first call with compilation {compile_s:.1f} s)")
+  print(
+    f"phi-1 shape (1.42B params, {args.dtype} compute), {jax.devices()[0].device_kind}: batch {args.batch}, "
+    f"{args.new_tokens} new tokens, greedy: {args.batch * args.new_tokens / best:,.0f} tokens/s "
+    f"({best:.2f} s, best of 3; first call with compilation {compile_s:.1f} s)"
+  )
 
 
 if __name__ == "__main__":

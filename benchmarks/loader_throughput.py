@@ -49,9 +49,15 @@ def write_synthetic(out: Path, records: int, seq_len: int, vocab: int, seed: int
     for _ in range(n + 1):  # each document and its separator add seq_len + 1 tokens: about one record
       writer.add(rng.integers(1, vocab, seq_len, dtype=np.int32))
     splits[split] = writer.finish()
-  manifest = {"format": FORMAT, "seq_len": seq_len, "record_len": seq_len + 1, "dtype": "int32",
-              "tokenizer": {"path": "synthetic", "sha256": "synthetic", "vocab_size": vocab, "eos_id": 0},
-              "splits": splits, "records": {s: splits[s]["records"] for s in splits}}
+  manifest = {
+    "format": FORMAT,
+    "seq_len": seq_len,
+    "record_len": seq_len + 1,
+    "dtype": "int32",
+    "tokenizer": {"path": "synthetic", "sha256": "synthetic", "vocab_size": vocab, "eos_id": 0},
+    "splits": splits,
+    "records": {s: splits[s]["records"] for s in splits},
+  }
   (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
   return out
 
@@ -67,6 +73,7 @@ def parse_sources(spec: str) -> list[tuple[str, float]]:
 def trainer_rate(name: str, micro: int, small: bool, seq_len: int) -> float:
   """tokens/s of one trainer step of config `name` on all local devices (benchmarks/mfu.py)."""
   import mfu
+
   config = mfu.load_config(name, seq_len, small)
   r = mfu.measure(config, micro, warmup=1, steps=3)
   return r["tok_s_dev"] * jax.device_count()
@@ -85,8 +92,11 @@ def main() -> int:
   ap.add_argument("--trainer_tok_s", type=float, default=0.0, help="the trainer's tokens/s on this host")
   ap.add_argument("--trainer_config", default="", help="or measure it: a config name (phi1, phi1_small)")
   ap.add_argument("--micro", type=int, default=8, help="sequences per device for --trainer_config")
-  ap.add_argument("--small", action="store_true", help="CPU smoke sizes: seq 256, 512 records, 50 steps, "
-                  "--trainer_config at mfu.py --small shapes")
+  ap.add_argument(
+    "--small",
+    action="store_true",
+    help="CPU smoke sizes: seq 256, 512 records, 50 steps, --trainer_config at mfu.py --small shapes",
+  )
   args = ap.parse_args()
   if args.small:
     args.seq_len, args.records, args.steps = 256, 512, 50
@@ -99,8 +109,10 @@ def main() -> int:
       sources = parse_sources(args.data)
     else:
       t0 = time.perf_counter()
-      sources = [(str(write_synthetic(Path(tmp) / name, n, args.seq_len, args.vocab, i)), w)
-                 for i, (name, n, w) in enumerate((("code", args.records, 0.87), ("textbooks", args.records // 4, 0.13)))]
+      sources = [
+        (str(write_synthetic(Path(tmp) / name, n, args.seq_len, args.vocab, i)), w)
+        for i, (name, n, w) in enumerate((("code", args.records, 0.87), ("textbooks", args.records // 4, 0.13)))
+      ]
     try:
       manifests = [pipeline.read_manifest(d) for d, _ in sources]
     except ValueError as e:
@@ -109,8 +121,10 @@ def main() -> int:
     seq_len = manifests[0]["seq_len"]
     records = sum(m["splits"]["train"]["records"] for m in manifests)
     if not args.data:
-      print(f"wrote synthetic shards: {records} records of {seq_len + 1} tokens in {time.perf_counter() - t0:.1f} s",
-            flush=True)
+      print(
+        f"wrote synthetic shards: {records} records of {seq_len + 1} tokens in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+      )
     mesh = sharding.make_mesh(config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
     ds = pipeline.make_train_dataset(sources, batch_size=args.batch, seed=0, read_threads=args.read_threads)
     it = iter(ds)
@@ -133,17 +147,22 @@ def main() -> int:
     total = time.perf_counter() - t0
     tokens_per_batch = args.batch * seq_len
     loader = args.steps * tokens_per_batch / total
-    print(f"loader: {len(sources)} sources, batch {args.batch} x {seq_len} tokens, {args.read_threads} read "
-          f"threads, {jax.device_count()} {jax.devices()[0].platform} device(s): first batch {first_s:.2f} s, "
-          f"then {loader:,.0f} tokens/s over {args.steps} batches "
-          f"(median {statistics.median(per_batch) * 1e3:.2f} ms, max {max(per_batch) * 1e3:.1f} ms per batch)",
-          flush=True)
+    print(
+      f"loader: {len(sources)} sources, batch {args.batch} x {seq_len} tokens, {args.read_threads} read "
+      f"threads, {jax.device_count()} {jax.devices()[0].platform} device(s): first batch {first_s:.2f} s, "
+      f"then {loader:,.0f} tokens/s over {args.steps} batches "
+      f"(median {statistics.median(per_batch) * 1e3:.2f} ms, max {max(per_batch) * 1e3:.1f} ms per batch)",
+      flush=True,
+    )
 
   trainer = args.trainer_tok_s
   if not trainer and args.trainer_config:
     trainer = trainer_rate(args.trainer_config, args.micro, args.small, seq_len)
-    print(f"trainer: {args.trainer_config}{' (small shapes)' if args.small else ''}, {args.micro} sequences "
-          f"per device: {trainer:,.0f} tokens/s", flush=True)
+    print(
+      f"trainer: {args.trainer_config}{' (small shapes)' if args.small else ''}, {args.micro} sequences "
+      f"per device: {trainer:,.0f} tokens/s",
+      flush=True,
+    )
   if trainer:
     print(f"loader / trainer tokens/s: {loader / trainer:.1f}x (target >= 10x)", flush=True)
   return 0

@@ -39,8 +39,14 @@ from phi1_jax.metrics import flops_per_token, peak_flops  # noqa: E402
 SMALL_SHAPES = dict(n_layers=2, d_model=256, n_heads=4, head_dim=64, mlp_dim=1024, vocab_size=4096)
 
 
-def load_config(name: str, seq_len: int, small: bool, attn_dropout: float | None = None, remat: str | None = None,
-                attn_impl: str | None = None):
+def load_config(
+  name: str,
+  seq_len: int,
+  small: bool,
+  attn_dropout: float | None = None,
+  remat: str | None = None,
+  attn_impl: str | None = None,
+):
   config = __import__(name).get_config()
   if remat is not None:
     config.model.remat = remat
@@ -82,8 +88,13 @@ def measure(config, micro_per_device: int, warmup: int, steps: int) -> dict:
   model_cfg = train.model_config_of(config)
   peak = peak_flops(jax.devices()[0])
   flops_s = flops_per_token(model_cfg, config.seq_len) * tokens_per_step / step_s
-  return {"micro": micro_per_device, "step_s": step_s, "tok_s_dev": tokens_per_step / step_s / n,
-          "mfu": flops_s / (peak * n) if peak else None, "loss": float(metrics["loss"])}
+  return {
+    "micro": micro_per_device,
+    "step_s": step_s,
+    "tok_s_dev": tokens_per_step / step_s / n,
+    "mfu": flops_s / (peak * n) if peak else None,
+    "loss": float(metrics["loss"]),
+  }
 
 
 def attention_used(model, seq_len: int) -> str:
@@ -109,27 +120,40 @@ def main() -> int:
   parser.add_argument("--configs", default="phi1_small,phi1")
   parser.add_argument("--seq_len", type=int, default=0, help="default 2048 (256 with --small)")
   parser.add_argument("--small", action="store_true", help="2-layer, 256-wide models: a CPU smoke run")
-  parser.add_argument("--microbatches", default="", help="sequences per device to try, largest first "
-                      "(default 16,8,4,2,1; 2 with --small)")
-  parser.add_argument("--attn_dropout", default="config",
-                      help="comma list of attention-dropout rates to measure; 'config' keeps the config's")
+  parser.add_argument(
+    "--microbatches", default="", help="sequences per device to try, largest first (default 16,8,4,2,1; 2 with --small)"
+  )
+  parser.add_argument(
+    "--attn_dropout",
+    default="config",
+    help="comma list of attention-dropout rates to measure; 'config' keeps the config's",
+  )
   parser.add_argument("--remat", default="config", help="comma list of remat policies; 'config' keeps the config's")
-  parser.add_argument("--attn_impl", default="config",
-                      help="comma list of model.attention_impl values (xla, cudnn, pallas, auto); 'config' keeps the config's")
+  parser.add_argument(
+    "--attn_impl",
+    default="config",
+    help="comma list of model.attention_impl values (xla, cudnn, pallas, auto); 'config' keeps the config's",
+  )
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--steps", type=int, default=5)
   args = parser.parse_args()
   seq_len = args.seq_len or (256 if args.small else 2048)
   candidates = [int(m) for m in (args.microbatches or ("2" if args.small else "16,8,4,2,1")).split(",")]
   dev = jax.devices()[0]
-  print(f"{jax.device_count()} x {dev.device_kind} ({dev.platform}); seq_len {seq_len}"
-        + ("; small shapes " + str(SMALL_SHAPES) if args.small else ""), flush=True)
+  print(
+    f"{jax.device_count()} x {dev.device_kind} ({dev.platform}); seq_len {seq_len}"
+    + ("; small shapes " + str(SMALL_SHAPES) if args.small else ""),
+    flush=True,
+  )
   dropouts = [None if d == "config" else float(d) for d in args.attn_dropout.split(",")]
   remats = [None if r == "config" else r for r in args.remat.split(",")]
   impls = [None if a == "config" else a for a in args.attn_impl.split(",")]
   print(f"flash-attention tiles: {flash.DEFAULT_BLOCKS.spec()} (PHI1_FLASH_BLOCKS)", flush=True)
-  print(f"{'config':<12} {'remat':<10} {'attn drop':>9} {'attention':>9} {'micro/dev':>9} {'step s':>9} "
-        f"{'tok/s/dev':>11} {'MFU':>7}", flush=True)
+  print(
+    f"{'config':<12} {'remat':<10} {'attn drop':>9} {'attention':>9} {'micro/dev':>9} {'step s':>9} "
+    f"{'tok/s/dev':>11} {'MFU':>7}",
+    flush=True,
+  )
   failures = 0
   for name, dropout, remat, impl in itertools.product(args.configs.split(","), dropouts, remats, impls):
     for micro in candidates:

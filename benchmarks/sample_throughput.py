@@ -42,9 +42,17 @@ def main():
     jax.config.update("jax_default_matmul_precision", "highest")
 
   torch.manual_seed(0)
-  hf_cfg = PhiConfig(vocab_size=args.vocab_size, hidden_size=args.d_model, intermediate_size=4 * args.d_model,
-                     num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
-                     max_position_embeddings=2048, pad_token_id=0, bos_token_id=None, eos_token_id=None)
+  hf_cfg = PhiConfig(
+    vocab_size=args.vocab_size,
+    hidden_size=args.d_model,
+    intermediate_size=4 * args.d_model,
+    num_hidden_layers=args.n_layers,
+    num_attention_heads=args.n_heads,
+    max_position_embeddings=2048,
+    pad_token_id=0,
+    bos_token_id=None,
+    eos_token_id=None,
+  )
   hf = PhiForCausalLM(hf_cfg).eval()
   tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
   cfg, params = convert.hf_to_params(hf_cfg.to_dict(), tensors)
@@ -57,8 +65,8 @@ def main():
   ids = torch.zeros((args.batch, T), dtype=torch.long)  # left padding, as ours
   attn = torch.zeros((args.batch, T), dtype=torch.long)
   for b, p in enumerate(prompts):
-    ids[b, T - len(p):] = torch.tensor(p)
-    attn[b, T - len(p):] = 1
+    ids[b, T - len(p) :] = torch.tensor(p)
+    attn[b, T - len(p) :] = 1
   n_new = args.batch * args.new_tokens
   hf, ids, attn = hf.to(args.torch_device), ids.to(args.torch_device), attn.to(args.torch_device)
 
@@ -67,8 +75,15 @@ def main():
 
   def run_hf():
     with torch.inference_mode():
-      out = hf.generate(input_ids=ids, attention_mask=attn, do_sample=False, use_cache=True,
-                        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0)
+      out = hf.generate(
+        input_ids=ids,
+        attention_mask=attn,
+        do_sample=False,
+        use_cache=True,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        pad_token_id=0,
+      )
     return out[:, T:].tolist()
 
   jax_rows, hf_rows = run_jax(), run_hf()  # warm-up: compile / allocate
@@ -82,8 +97,10 @@ def main():
   same = sum(a == b for a, b in zip(jax_rows, hf_rows))
   torch_on = torch.cuda.get_device_name() if args.torch_device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
   print(f"device: jax {jax.devices()[0].device_kind}, torch {torch_on}")
-  print(f"model: d_model={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads} vocab={cfg.vocab_size}; "
-        f"batch={args.batch}, prompt lengths {min(lengths)}..{max(lengths)}, {args.new_tokens} new tokens each")
+  print(
+    f"model: d_model={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads} vocab={cfg.vocab_size}; "
+    f"batch={args.batch}, prompt lengths {min(lengths)}..{max(lengths)}, {args.new_tokens} new tokens each"
+  )
   print(f"phi1_jax.sample.generate: {n_new / jax_s:9.1f} tokens/s ({jax_s:.3f}s)")
   print(f"transformers generate:    {n_new / hf_s:9.1f} tokens/s ({hf_s:.3f}s)")
   print(f"ratio phi1_jax / transformers: {hf_s / jax_s:.2f}x; identical greedy rows: {same}/{args.batch}")

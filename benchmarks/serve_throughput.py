@@ -46,20 +46,43 @@ def _make_checkpoint(out: Path, args) -> None:
   from phi1_jax import convert
   from phi1_jax.data.tokenizer import train_tokenizer
   from phi1_jax.model import ModelConfig, Phi
+
   train_tokenizer([REPO / "phi1_jax"], args.tokenizer_vocab, out / "tok")
-  cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-                    head_dim=args.d_model // args.n_heads, mlp_dim=4 * args.d_model, rotary_dim=16,
-                    max_seq_len=args.max_seq_len, eos_id=0, dtype=args.dtype, scan_layers=args.n_layers > 8)
+  cfg = ModelConfig(
+    vocab_size=args.vocab_size,
+    d_model=args.d_model,
+    n_layers=args.n_layers,
+    n_heads=args.n_heads,
+    head_dim=args.d_model // args.n_heads,
+    mlp_dim=4 * args.d_model,
+    rotary_dim=16,
+    max_seq_len=args.max_seq_len,
+    eos_id=0,
+    dtype=args.dtype,
+    scan_layers=args.n_layers > 8,
+  )
   convert.save_params(out / "ckpt", cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
   (out / "ckpt" / "tokenizer.model").write_bytes((out / "tok" / "tokenizer.model").read_bytes())
 
 
 def _start_server(ckpt: Path, log_path: Path, args) -> tuple[subprocess.Popen, str]:
   log_file = open(log_path, "w")
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.serve", f"--checkpoint={ckpt}", "--port=0",
-                           f"--max_batch={args.clients}", f"--max_queue={args.clients}", "--log_every_s=60"],
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log_file,
-                          stderr=subprocess.STDOUT)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "phi1_jax.serve",
+      f"--checkpoint={ckpt}",
+      "--port=0",
+      f"--max_batch={args.clients}",
+      f"--max_queue={args.clients}",
+      "--log_every_s=60",
+    ],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    stdout=log_file,
+    stderr=subprocess.STDOUT,
+  )
   deadline, url = time.time() + 900, None
   while time.time() < deadline:
     if proc.poll() is not None:
@@ -100,12 +123,14 @@ def main():
   import openai
 
   from phi1_jax import sample
+
   work = Path(tempfile.mkdtemp(prefix="serve_bench_"))
   _make_checkpoint(work, args)
   model, tok = sample.load_model_and_tokenizer(work / "ckpt")
   rng = np.random.RandomState(0)
-  prompts = [rng.randint(1, tok.vocab_size, n).tolist()
-             for n in rng.randint(args.min_prompt, args.max_prompt + 1, args.clients)]
+  prompts = [
+    rng.randint(1, tok.vocab_size, n).tolist() for n in rng.randint(args.min_prompt, args.max_prompt + 1, args.clients)
+  ]
   max_tokens = rng.randint(args.min_tokens, args.max_tokens + 1, args.clients).tolist()
 
   start = time.perf_counter()
@@ -132,11 +157,13 @@ def main():
     return [ask(i) for i in range(args.clients)]
 
   def direct_run():
-    rows = sample.generate(model, prompts, max_new_tokens=max(max_tokens), eos_id=tok.eos_id,
-                           vocab_limit=tok.vocab_size)
+    rows = sample.generate(
+      model, prompts, max_new_tokens=max(max_tokens), eos_id=tok.eos_id, vocab_limit=tok.vocab_size
+    )
     return [(tok.decode(r[:m]), min(len(r) + 1, m)) for r, m in zip(rows, max_tokens)]
 
   from phi1_jax import engine as engine_lib
+
   eng = engine_lib.Engine(model, tok, max_batch=args.clients, max_queue=args.clients, max_seq_len=args.max_seq_len)
   eng.start()
 
@@ -149,8 +176,10 @@ def main():
       if delta.finish_reason:
         done.release()
 
-    seqs = [engine_lib.Sequence(p, engine_lib.Params(max_tokens=m), functools.partial(emit, i))
-            for i, (p, m) in enumerate(zip(prompts, max_tokens))]
+    seqs = [
+      engine_lib.Sequence(p, engine_lib.Params(max_tokens=m), functools.partial(emit, i))
+      for i, (p, m) in enumerate(zip(prompts, max_tokens))
+    ]
     eng.submit(seqs)
     for _ in seqs:
       done.acquire()
@@ -173,8 +202,15 @@ def main():
   tokens = sum(n for _, n in answers["concurrent"])
   same = all([t for t, _ in answers[name]] == [t for t, _ in answers["direct"]] for name in runs)
   best = {name: min(t) for name, t in times.items()}
-  print(json.dumps({"clients": args.clients, "completion_tokens": tokens,
-                    "model": {k: getattr(args, k) for k in ("d_model", "n_layers", "vocab_size", "dtype")}}))
+  print(
+    json.dumps(
+      {
+        "clients": args.clients,
+        "completion_tokens": tokens,
+        "model": {k: getattr(args, k) for k in ("d_model", "n_layers", "vocab_size", "dtype")},
+      }
+    )
+  )
   for name, t in best.items():
     print(f"{name:>10}: {t:7.3f}s  {tokens / t:9.1f} tokens/s")
   print(f"concurrent / sequential speed-up: {best['sequential'] / best['concurrent']:.2f}x")

@@ -46,10 +46,20 @@ from phi1_jax.train import decay_mask, make_optimizer, make_train_step
 
 def make_config(args):
   c = base_config()
-  c.model = model_config(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers,
-                         n_heads=args.heads, head_dim=args.d_model // args.heads, mlp_dim=args.mlp,
-                         rotary_dim=args.d_model // args.heads // 2, max_seq_len=args.seq_len, eos_id=0,
-                         scan_layers=args.scan_layers, dtype=args.dtype, attention_impl=args.attention_impl)
+  c.model = model_config(
+    vocab_size=args.vocab,
+    d_model=args.d_model,
+    n_layers=args.layers,
+    n_heads=args.heads,
+    head_dim=args.d_model // args.heads,
+    mlp_dim=args.mlp,
+    rotary_dim=args.d_model // args.heads // 2,
+    max_seq_len=args.seq_len,
+    eos_id=0,
+    scan_layers=args.scan_layers,
+    dtype=args.dtype,
+    attention_impl=args.attention_impl,
+  )
   c.seq_len = args.seq_len
   c.batch_size = args.batch
   c.total_steps = 1_000_000
@@ -85,17 +95,27 @@ class TorchSide:
     cfg = ModelConfig.from_dict(config.model.to_dict())
     hf_config, tensors = convert.params_to_hf(cfg, params)
     convert.write_hf_dir(tmp, hf_config, tensors)
-    self.model = transformers.PhiForCausalLM.from_pretrained(
-        tmp, dtype=torch.float32, attn_implementation="sdpa").to(device).train()
+    self.model = (
+      transformers.PhiForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
+      .to(device)
+      .train()
+    )
     opt = config.optimizer
     decay, no_decay = [], []
     for name, p in self.model.named_parameters():  # decay_mask's rule: no decay on biases, LayerNorms
       (no_decay if name.endswith(".bias") or "layernorm" in name else decay).append(p)
-    self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}],
-                                 lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps, fused=device == "cuda")
-    self.autocast = ((lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)) if dtype == "bfloat16"
-                     else contextlib.nullcontext)
+    self.opt = torch.optim.AdamW(
+      [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+      lr=opt.lr,
+      betas=(opt.b1, opt.b2),
+      eps=opt.eps,
+      fused=device == "cuda",
+    )
+    self.autocast = (
+      (lambda: torch.autocast(device_type=device, dtype=torch.bfloat16))
+      if dtype == "bfloat16"
+      else contextlib.nullcontext
+    )
     self.n_decayed = sum(p.numel() for p in decay)
     self.grad_clip = opt.grad_clip
     self.vocab = cfg.vocab_size
@@ -126,15 +146,23 @@ def main():
   parser.add_argument("--vocab", type=int, default=8192)
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=False,
-                      help="model.scan_layers (default off: a small model's step runs faster unrolled)")
+  parser.add_argument(
+    "--scan_layers",
+    action=argparse.BooleanOptionalAction,
+    default=False,
+    help="model.scan_layers (default off: a small model's step runs faster unrolled)",
+  )
   parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat and side")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side (compile, allocator)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--torch_device", default="cpu", help="cpu, or cuda to compare on a GPU (jax uses its default)")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="compute dtype of both sides (parameters and optimizer stay float32)")
+  parser.add_argument(
+    "--dtype",
+    default="float32",
+    choices=("float32", "bfloat16"),
+    help="compute dtype of both sides (parameters and optimizer stay float32)",
+  )
   parser.add_argument("--attention_impl", default="auto", help="phi1_jax model.attention_impl")
   args = parser.parse_args()
   if jax.default_backend() != "cpu" and args.dtype == "float32":  # torch: full float32 matmuls by default
@@ -159,14 +187,18 @@ def main():
   n_decayed = sum(x.size for x, keep in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if keep)
   assert ref.n_decayed == n_decayed, "torch weight-decay groups differ from phi1_jax.train.decay_mask"
 
-  print(f"Phi {n_params / 1e6:.2f}M params: d_model {args.d_model}, {args.layers} layers, {args.heads} heads x "
-        f"{args.d_model // args.heads}, mlp {args.mlp}, vocab {args.vocab}, rotary {cfg.rotary_dim}, "
-        f"scan_layers {cfg.scan_layers}; "
-        f"batch {B} x seq_len {L} = {B * L} tokens/step; {args.dtype} compute, attention {args.attention_impl}, "
-        f"AdamW + clip 1.0")
+  print(
+    f"Phi {n_params / 1e6:.2f}M params: d_model {args.d_model}, {args.layers} layers, {args.heads} heads x "
+    f"{args.d_model // args.heads}, mlp {args.mlp}, vocab {args.vocab}, rotary {cfg.rotary_dim}, "
+    f"scan_layers {cfg.scan_layers}; "
+    f"batch {B} x seq_len {L} = {B * L} tokens/step; {args.dtype} compute, attention {args.attention_impl}, "
+    f"AdamW + clip 1.0"
+  )
   torch_on = torch.cuda.get_device_name() if args.torch_device == "cuda" else f"{torch.get_num_threads()} threads"
-  print(f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
-        f"({torch_on}), transformers {transformers.__version__}, {os.cpu_count()} CPUs")
+  print(
+    f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
+    f"({torch_on}), transformers {transformers.__version__}, {os.cpu_count()} CPUs"
+  )
 
   # First step from the same weights on the same batch: the losses must agree; the second step's
   # loss (after one AdamW update on each side) checks the optimizers agree too.
@@ -180,11 +212,11 @@ def main():
   assert abs(losses[0][0] - losses[0][1]) < tolerance, "first-step losses differ: not the same computation"
 
   t0 = time.perf_counter()
-  ours.run(jax_batches[2:args.warmup])
-  ref.run(torch_batches[2:args.warmup])
+  ours.run(jax_batches[2 : args.warmup])
+  ref.run(torch_batches[2 : args.warmup])
   print(f"warm-up: {args.warmup} steps each (compile included), {time.perf_counter() - t0:.1f} s")
 
-  timed_jax, timed_torch = jax_batches[args.warmup:], torch_batches[args.warmup:]
+  timed_jax, timed_torch = jax_batches[args.warmup :], torch_batches[args.warmup :]
   rates = {"phi1_jax": [], "transformers": []}
   print(f"\n{'repeat':>6}  {'phi1_jax tok/s':>15}  {'transformers tok/s':>18}  {'ratio':>6}")
   for r in range(args.repeats):
@@ -192,12 +224,16 @@ def main():
       start = time.perf_counter()
       side.run(batches)
       rates[name].append(args.steps * B * L / (time.perf_counter() - start))
-    print(f"{r + 1:>6}  {rates['phi1_jax'][-1]:>15.0f}  {rates['transformers'][-1]:>18.0f}  "
-          f"{rates['phi1_jax'][-1] / rates['transformers'][-1]:>6.2f}")
+    print(
+      f"{r + 1:>6}  {rates['phi1_jax'][-1]:>15.0f}  {rates['transformers'][-1]:>18.0f}  "
+      f"{rates['phi1_jax'][-1] / rates['transformers'][-1]:>6.2f}"
+    )
   med_j, med_t = statistics.median(rates["phi1_jax"]), statistics.median(rates["transformers"])
   print(f"{'median':>6}  {med_j:>15.0f}  {med_t:>18.0f}  {med_j / med_t:>6.2f}")
-  print(f"\nphi1_jax / transformers train-step throughput: {med_j / med_t:.2f}x "
-        f"(median of {args.repeats} interleaved repeats of {args.steps} steps)")
+  print(
+    f"\nphi1_jax / transformers train-step throughput: {med_j / med_t:.2f}x "
+    f"(median of {args.repeats} interleaved repeats of {args.steps} steps)"
+  )
 
 
 if __name__ == "__main__":

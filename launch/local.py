@@ -47,10 +47,12 @@ def launch(command: list[str], processes: int, devices: int, port: int, grace: f
   lock = threading.Lock()
   procs, threads = [], []
   for i in range(processes):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    argv = command + [f"--config.distributed.coordinator_address=localhost:{port}",
-                      f"--config.distributed.num_processes={processes}", f"--config.distributed.process_id={i}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    argv = command + [
+      f"--config.distributed.coordinator_address=localhost:{port}",
+      f"--config.distributed.num_processes={processes}",
+      f"--config.distributed.process_id={i}",
+    ]
     p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     t = threading.Thread(target=forward, args=(p.stdout, f"[p{i}]", lock), daemon=True)
     t.start()
@@ -92,8 +94,9 @@ def main() -> int:
   parser.add_argument("--processes", type=int, default=2)
   parser.add_argument("--devices", type=int, default=1, help="CPU devices per process")
   parser.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
-  parser.add_argument("--grace", type=float, default=3.0,
-                      help="seconds between SIGTERM and SIGKILL for the others when one process fails")
+  parser.add_argument(
+    "--grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL for the others when one process fails"
+  )
   parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command each process runs")
   args = parser.parse_args()
   command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -64,8 +64,10 @@ class Blocks:
     try:
       return cls(*[int(x) for x in spec.split(",")])
     except (TypeError, ValueError):
-      raise ValueError(f"tile spec {spec!r}: give up to {len(dataclasses.fields(cls))} comma-separated ints "
-                       f"({', '.join(f.name for f in dataclasses.fields(cls))})") from None
+      raise ValueError(
+        f"tile spec {spec!r}: give up to {len(dataclasses.fields(cls))} comma-separated ints "
+        f"({', '.join(f.name for f in dataclasses.fields(cls))})"
+      ) from None
 
   def spec(self) -> str:
     return ",".join(str(getattr(self, f.name)) for f in dataclasses.fields(self))
@@ -75,6 +77,7 @@ DEFAULT_BLOCKS = Blocks.parse(os.environ["PHI1_FLASH_BLOCKS"]) if os.environ.get
 
 
 # --- the counter-based mask -------------------------------------------------------------------
+
 
 def _fmix32(h):
   """murmur3's finalizer: a bijection of uint32 with full avalanche."""
@@ -130,11 +133,13 @@ def attention_reference(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, seed, rate: float):
   probs = jax.nn.softmax(jnp.where(causal, logits, MASK_VALUE), axis=-1)
   if rate > 0:
     probs = jnp.where(dropout_keep(seed, B, N, L, S, rate), probs / (1.0 - rate), 0.0)
-  return jnp.einsum("bnls,bsnh->blnh", probs.astype(v_BxSxNxH.dtype), v_BxSxNxH,
-                    preferred_element_type=jnp.float32).astype(q_BxLxNxH.dtype)
+  return jnp.einsum(
+    "bnls,bsnh->blnh", probs.astype(v_BxSxNxH.dtype), v_BxSxNxH, preferred_element_type=jnp.float32
+  ).astype(q_BxLxNxH.dtype)
 
 
 # --- the kernels --------------------------------------------------------------------------------
+
 
 def _kernel_plane_key(seed_ref, b, n, n_heads):
   """The plane key of batch row b, head n of this shard: seed words in seed_ref[0:2], the shard's
@@ -182,8 +187,24 @@ def _fwd_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, rate, b
   lse_ref[...] = m + jnp.log2(l)
 
 
-def _bwd_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, *,
-                scale, rate, outer, inner, n_heads):
+def _bwd_kernel(
+  seed_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dq_ref,
+  dk_ref,
+  dv_ref,
+  *,
+  scale,
+  rate,
+  outer,
+  inner,
+  n_heads,
+):
   """dK, dV for key block t, then dQ for query block t (one program does both)."""
   b, n, t = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   L, S = q_ref.shape[0], k_ref.shape[0]
@@ -264,25 +285,26 @@ def _forward(q, k, v, seed4, rate, blocks, interpret, heads_total):
   B, L, N, H = q.shape
   S = k.shape[1]
   bq, bk = min(blocks.block_q, L), min(blocks.block_k, S)
-  kernel = functools.partial(_fwd_kernel, scale=1.0 / math.sqrt(H), rate=rate, block_q=bq, block_k=bk,
-                             n_heads=heads_total or N)
+  kernel = functools.partial(
+    _fwd_kernel, scale=1.0 / math.sqrt(H), rate=rate, block_q=bq, block_k=bk, n_heads=heads_total or N
+  )
   o, lse = pl.pallas_call(
-      kernel,
-      grid=(L // bq, B, N),
-      in_specs=[
-          pl.BlockSpec((4,), lambda i, b, n: (0,)),
-          pl.BlockSpec((None, bq, None, H), lambda i, b, n: (b, i, n, 0)),
-          pl.BlockSpec((None, S, None, H), lambda i, b, n: (b, 0, n, 0)),
-          pl.BlockSpec((None, S, None, H), lambda i, b, n: (b, 0, n, 0)),
-      ],
-      out_specs=[
-          pl.BlockSpec((None, bq, None, H), lambda i, b, n: (b, i, n, 0)),
-          pl.BlockSpec((None, None, bq), lambda i, b, n: (b, n, i)),
-      ],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((B, N, L), jnp.float32)],
-      compiler_params=_params(blocks.num_warps_fwd, blocks.num_stages),
-      interpret=_interpret(interpret),
-      name="flash_dropout_fwd",
+    kernel,
+    grid=(L // bq, B, N),
+    in_specs=[
+      pl.BlockSpec((4,), lambda i, b, n: (0,)),
+      pl.BlockSpec((None, bq, None, H), lambda i, b, n: (b, i, n, 0)),
+      pl.BlockSpec((None, S, None, H), lambda i, b, n: (b, 0, n, 0)),
+      pl.BlockSpec((None, S, None, H), lambda i, b, n: (b, 0, n, 0)),
+    ],
+    out_specs=[
+      pl.BlockSpec((None, bq, None, H), lambda i, b, n: (b, i, n, 0)),
+      pl.BlockSpec((None, None, bq), lambda i, b, n: (b, n, i)),
+    ],
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((B, N, L), jnp.float32)],
+    compiler_params=_params(blocks.num_warps_fwd, blocks.num_stages),
+    interpret=_interpret(interpret),
+    name="flash_dropout_fwd",
   )(seed4, q, k, v)
   return o, lse
 
@@ -293,21 +315,25 @@ def _backward(q, k, v, o, lse, do, seed4, rate, blocks, interpret, heads_total):
   outer, inner = min(blocks.bwd_outer, L), min(blocks.bwd_inner, L)
   # delta_i = sum_j P_ij dP_ij = rowsum(dO * O): dropout does not change it (O holds the mask).
   delta = jnp.einsum("blnh,blnh->bnl", do.astype(jnp.float32), o.astype(jnp.float32))
-  kernel = functools.partial(_bwd_kernel, scale=1.0 / math.sqrt(H), rate=rate, outer=outer, inner=inner,
-                             n_heads=heads_total or N)
+  kernel = functools.partial(
+    _bwd_kernel, scale=1.0 / math.sqrt(H), rate=rate, outer=outer, inner=inner, n_heads=heads_total or N
+  )
   whole = lambda n_rows: pl.BlockSpec((None, n_rows, None, H), lambda b, n, t: (b, 0, n, 0))
   rows = pl.BlockSpec((None, None, L), lambda b, n, t: (b, n, 0))
   tile = pl.BlockSpec((None, outer, None, H), lambda b, n, t: (b, t, n, 0))
   dq, dk, dv = pl.pallas_call(
-      kernel,
-      grid=(B, N, L // outer),
-      in_specs=[pl.BlockSpec((4,), lambda b, n, t: (0,)), whole(L), whole(S), whole(S), whole(L), rows, rows],
-      out_specs=[tile, tile, tile],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
-                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      compiler_params=_params(blocks.num_warps_bwd, blocks.num_stages),
-      interpret=_interpret(interpret),
-      name="flash_dropout_bwd",
+    kernel,
+    grid=(B, N, L // outer),
+    in_specs=[pl.BlockSpec((4,), lambda b, n, t: (0,)), whole(L), whole(S), whole(S), whole(L), rows, rows],
+    out_specs=[tile, tile, tile],
+    out_shape=[
+      jax.ShapeDtypeStruct(q.shape, q.dtype),
+      jax.ShapeDtypeStruct(k.shape, k.dtype),
+      jax.ShapeDtypeStruct(v.shape, v.dtype),
+    ],
+    compiler_params=_params(blocks.num_warps_bwd, blocks.num_stages),
+    interpret=_interpret(interpret),
+    name="flash_dropout_bwd",
   )(seed4, q, k, v, do, lse, delta)
   return dq, dk, dv
 
@@ -339,12 +365,21 @@ def fits(q_BxLxNxH, k_BxSxNxH, blocks: Blocks = DEFAULT_BLOCKS) -> bool:
   L, H = q_BxLxNxH.shape[1], q_BxLxNxH.shape[-1]
   if k_BxSxNxH.shape[1] != L or H & (H - 1) or not 16 <= H <= 128:
     return False
-  return all(L % min(b, L) == 0 and min(b, L) >= 16
-             for b in (blocks.block_q, blocks.block_k, blocks.bwd_outer, blocks.bwd_inner))
+  return all(
+    L % min(b, L) == 0 and min(b, L) >= 16 for b in (blocks.block_q, blocks.block_k, blocks.bwd_outer, blocks.bwd_inner)
+  )
 
 
-def flash_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, seed, rate: float = 0.0, *,
-                    blocks: Blocks = DEFAULT_BLOCKS, interpret: bool | None = None):
+def flash_attention(
+  q_BxLxNxH,
+  k_BxSxNxH,
+  v_BxSxNxH,
+  seed,
+  rate: float = 0.0,
+  *,
+  blocks: Blocks = DEFAULT_BLOCKS,
+  interpret: bool | None = None,
+):
   """Causal attention of [B, L, N, H] q, k, v with dropout `rate` on the probabilities, the mask
   drawn from `seed` (uint32[2], e.g. `seed_from_key(key)`). Differentiable in q, k, v. Under a
   mesh with more than one device the kernel runs per shard (batch and heads split as the
@@ -380,5 +415,6 @@ def _sharded(q, k, v, seed, rate, blocks, interpret, mesh):
     offsets = jnp.stack([index(batch_axes) * q.shape[0], index(head_axes) * q.shape[2]]).astype(jnp.uint32)
     return _flash(q, k, v, jnp.concatenate([seed, offsets]), rate, blocks, interpret, heads_total)
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()), out_specs=spec,
-                       check_vma=False)(q, k, v, seed)
+  return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()), out_specs=spec, check_vma=False)(
+    q, k, v, seed
+  )

@@ -69,8 +69,10 @@ def out_dir_problem(path: str | os.PathLike) -> str | None:
 
 def stop_on_signals() -> None:
   """SIGTERM (a process manager, `kill`, SLURM) stops a command as Ctrl-C does: KeyboardInterrupt."""
+
   def interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
   signal.signal(signal.SIGTERM, interrupt)
   signal.signal(signal.SIGINT, interrupt)
 
@@ -87,7 +89,7 @@ def descendants(pid: int | None = None) -> list[int]:
         stat = f.read()
     except OSError:  # gone meanwhile
       continue
-    ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # after "(comm)": state, ppid
+    ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])  # after "(comm)": state, ppid
     children.setdefault(ppid, []).append(int(entry))
   found, todo = [], [pid]
   while todo:
@@ -147,12 +149,12 @@ def already_done(out_dir: str | os.PathLike, settings: dict, product: str, flag:
   record = out / "settings.json"
   if (out / product).exists():
     if not record.exists():
-      raise ValueError(f"{flag}={out} already holds {product} with no settings.json beside it; "
-                       f"choose another {flag}")
+      raise ValueError(f"{flag}={out} already holds {product} with no settings.json beside it; choose another {flag}")
     diff = settings_diff(json.loads(record.read_text()), settings)
     if diff:
-      raise ValueError(f"{flag}={out} holds {product} made with other settings ({'; '.join(diff)}); "
-                       f"choose another {flag}")
+      raise ValueError(
+        f"{flag}={out} holds {product} made with other settings ({'; '.join(diff)}); choose another {flag}"
+      )
     return True
   out.mkdir(parents=True, exist_ok=True)
   tmp = record.with_suffix(".tmp")

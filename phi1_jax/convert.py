@@ -48,6 +48,7 @@ _NP_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": m
 
 def hf_config_to_model_config(hf: dict) -> ModelConfig:
   """ModelConfig from a transformers PhiConfig dict (transformers 4 or 5 layout)."""
+
   def need(key):
     if hf.get(key) is None:
       raise ValueError(f"config.json: missing {key!r}")
@@ -67,50 +68,79 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
     raise ValueError(f"config.json: hidden_size={d_model} is not a multiple of num_attention_heads={n_heads}")
   kv_heads = hf.get("num_key_value_heads")
   if kv_heads not in (None, n_heads):
-    raise ValueError(f"config.json: num_key_value_heads={kv_heads} != num_attention_heads={n_heads} "
-                     "(grouped-query attention) is not supported")
+    raise ValueError(
+      f"config.json: num_key_value_heads={kv_heads} != num_attention_heads={n_heads} "
+      "(grouped-query attention) is not supported"
+    )
   # transformers 5 nests these in rope_parameters; older files (the released phi-1) keep them top level.
   rope = hf.get("rope_parameters") or {}
   rope_scaling = hf.get("rope_scaling") or {}
-  for name, value in (("rope_parameters.rope_type", rope.get("rope_type")),
-                      ("rope_scaling.rope_type", rope_scaling.get("rope_type", rope_scaling.get("type")))):
+  for name, value in (
+    ("rope_parameters.rope_type", rope.get("rope_type")),
+    ("rope_scaling.rope_type", rope_scaling.get("rope_type", rope_scaling.get("type"))),
+  ):
     if value not in (None, "default"):
       raise ValueError(f"config.json: {name}={value!r} is not supported, only plain rotary ('default')")
   theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
   factor = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))
   head_dim = d_model // n_heads
   return ModelConfig(
-      vocab_size=need("vocab_size"), d_model=d_model, n_layers=need("num_hidden_layers"),
-      n_heads=n_heads, head_dim=head_dim, mlp_dim=need("intermediate_size"),
-      rotary_dim=int(factor * head_dim),  # as transformers' PhiAttention computes it
-      rope_theta=float(theta), max_seq_len=hf.get("max_position_embeddings", 2048),
-      ln_eps=hf.get("layer_norm_eps", 1e-5), embd_dropout=hf.get("embd_pdrop", 0.0),
-      attn_dropout=hf.get("attention_dropout", 0.0), resid_dropout=hf.get("resid_pdrop", 0.0),
-      init_std=hf.get("initializer_range", 0.02))
+    vocab_size=need("vocab_size"),
+    d_model=d_model,
+    n_layers=need("num_hidden_layers"),
+    n_heads=n_heads,
+    head_dim=head_dim,
+    mlp_dim=need("intermediate_size"),
+    rotary_dim=int(factor * head_dim),  # as transformers' PhiAttention computes it
+    rope_theta=float(theta),
+    max_seq_len=hf.get("max_position_embeddings", 2048),
+    ln_eps=hf.get("layer_norm_eps", 1e-5),
+    embd_dropout=hf.get("embd_pdrop", 0.0),
+    attn_dropout=hf.get("attention_dropout", 0.0),
+    resid_dropout=hf.get("resid_pdrop", 0.0),
+    init_std=hf.get("initializer_range", 0.02),
+  )
 
 
 def model_config_to_hf_config(cfg: ModelConfig) -> dict:
   """A transformers PhiConfig dict; rope settings both nested (transformers 5) and top level (4)."""
   if cfg.d_model != cfg.n_heads * cfg.head_dim:
-    raise ValueError(f"model_config: d_model={cfg.d_model} != n_heads*head_dim={cfg.n_heads * cfg.head_dim}, "
-                     "which transformers' Phi cannot represent")
+    raise ValueError(
+      f"model_config: d_model={cfg.d_model} != n_heads*head_dim={cfg.n_heads * cfg.head_dim}, "
+      "which transformers' Phi cannot represent"
+    )
   factor = cfg.rotary_dim / cfg.head_dim
   if int(factor * cfg.head_dim) != cfg.rotary_dim:
     factor = float(np.nextafter(factor, 1.0))  # so that int(factor * head_dim) gives rotary_dim back
   eos_id = cfg.eos_id if 0 <= cfg.eos_id < cfg.vocab_size else None
   rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": factor}
   return {
-      "architectures": ["PhiForCausalLM"], "model_type": "phi",
-      "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.mlp_dim,
-      "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-      "num_key_value_heads": cfg.n_heads, "hidden_act": "gelu_new",
-      "max_position_embeddings": cfg.max_seq_len, "layer_norm_eps": cfg.ln_eps,
-      "embd_pdrop": cfg.embd_dropout, "attention_dropout": cfg.attn_dropout, "resid_pdrop": cfg.resid_dropout,
-      "rope_parameters": rope, "rope_theta": cfg.rope_theta, "partial_rotary_factor": factor,
-      "qk_layernorm": False, "tie_word_embeddings": False, "initializer_range": cfg.init_std,
-      # <|endoftext|> is both in the CodeGen tokenizer phi-1 uses; tiny test vocabularies lack it.
-      "bos_token_id": eos_id, "eos_token_id": eos_id,
-      "use_cache": True, "torch_dtype": "float32", "dtype": "float32",
+    "architectures": ["PhiForCausalLM"],
+    "model_type": "phi",
+    "vocab_size": cfg.vocab_size,
+    "hidden_size": cfg.d_model,
+    "intermediate_size": cfg.mlp_dim,
+    "num_hidden_layers": cfg.n_layers,
+    "num_attention_heads": cfg.n_heads,
+    "num_key_value_heads": cfg.n_heads,
+    "hidden_act": "gelu_new",
+    "max_position_embeddings": cfg.max_seq_len,
+    "layer_norm_eps": cfg.ln_eps,
+    "embd_pdrop": cfg.embd_dropout,
+    "attention_dropout": cfg.attn_dropout,
+    "resid_pdrop": cfg.resid_dropout,
+    "rope_parameters": rope,
+    "rope_theta": cfg.rope_theta,
+    "partial_rotary_factor": factor,
+    "qk_layernorm": False,
+    "tie_word_embeddings": False,
+    "initializer_range": cfg.init_std,
+    # <|endoftext|> is both in the CodeGen tokenizer phi-1 uses; tiny test vocabularies lack it.
+    "bos_token_id": eos_id,
+    "eos_token_id": eos_id,
+    "use_cache": True,
+    "torch_dtype": "float32",
+    "dtype": "float32",
   }
 
 
@@ -120,6 +150,7 @@ def model_config_to_hf_config(cfg: ModelConfig) -> dict:
 @dataclasses.dataclass(frozen=True)
 class _Tensor:
   """One HF tensor: its name, HF shape, and the exact (reshape/transpose only) maps both ways."""
+
   hf_name: str
   hf_shape: tuple
   to_jax: Callable = lambda x: x
@@ -130,32 +161,35 @@ def _layer_layout(cfg: ModelConfig) -> dict[str, _Tensor]:
   """Per-layer tensors keyed by the phi1_jax `blocks` name; HF names are under model.layers.{i}."""
   D, N, H, F = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.mlp_dim
   layout = {
-      "ln_scale": _Tensor("input_layernorm.weight", (D,)),
-      "ln_bias": _Tensor("input_layernorm.bias", (D,)),
-      "o_kernel": _Tensor("self_attn.dense.weight", (D, N * H),
-                          lambda w: w.T.reshape(N, H, D), lambda k: k.reshape(N * H, D).T),
-      "o_bias": _Tensor("self_attn.dense.bias", (D,)),
-      "fc1_kernel": _Tensor("mlp.fc1.weight", (F, D), lambda w: w.T, lambda k: k.T),
-      "fc1_bias": _Tensor("mlp.fc1.bias", (F,)),
-      "fc2_kernel": _Tensor("mlp.fc2.weight", (D, F), lambda w: w.T, lambda k: k.T),
-      "fc2_bias": _Tensor("mlp.fc2.bias", (D,)),
+    "ln_scale": _Tensor("input_layernorm.weight", (D,)),
+    "ln_bias": _Tensor("input_layernorm.bias", (D,)),
+    "o_kernel": _Tensor(
+      "self_attn.dense.weight", (D, N * H), lambda w: w.T.reshape(N, H, D), lambda k: k.reshape(N * H, D).T
+    ),
+    "o_bias": _Tensor("self_attn.dense.bias", (D,)),
+    "fc1_kernel": _Tensor("mlp.fc1.weight", (F, D), lambda w: w.T, lambda k: k.T),
+    "fc1_bias": _Tensor("mlp.fc1.bias", (F,)),
+    "fc2_kernel": _Tensor("mlp.fc2.weight", (D, F), lambda w: w.T, lambda k: k.T),
+    "fc2_bias": _Tensor("mlp.fc2.bias", (D,)),
   }
   for n in "qkv":  # torch Linear weight is [out, in]; ours is [in, heads, head_dim]
-    layout[f"{n}_kernel"] = _Tensor(f"self_attn.{n}_proj.weight", (N * H, D),
-                                    lambda w: w.T.reshape(D, N, H), lambda k: k.reshape(D, N * H).T)
-    layout[f"{n}_bias"] = _Tensor(f"self_attn.{n}_proj.bias", (N * H,),
-                                  lambda b: b.reshape(N, H), lambda b: b.reshape(N * H))
+    layout[f"{n}_kernel"] = _Tensor(
+      f"self_attn.{n}_proj.weight", (N * H, D), lambda w: w.T.reshape(D, N, H), lambda k: k.reshape(D, N * H).T
+    )
+    layout[f"{n}_bias"] = _Tensor(
+      f"self_attn.{n}_proj.bias", (N * H,), lambda b: b.reshape(N, H), lambda b: b.reshape(N * H)
+    )
   return layout
 
 
 def _top_layout(cfg: ModelConfig) -> dict[str, _Tensor]:
   V, D = cfg.vocab_size, cfg.d_model
   return {
-      "embed": _Tensor("model.embed_tokens.weight", (V, D)),
-      "final_ln_scale": _Tensor("model.final_layernorm.weight", (D,)),
-      "final_ln_bias": _Tensor("model.final_layernorm.bias", (D,)),
-      "lm_head_kernel": _Tensor("lm_head.weight", (V, D), lambda w: w.T, lambda k: k.T),
-      "lm_head_bias": _Tensor("lm_head.bias", (V,)),
+    "embed": _Tensor("model.embed_tokens.weight", (V, D)),
+    "final_ln_scale": _Tensor("model.final_layernorm.weight", (D,)),
+    "final_ln_bias": _Tensor("model.final_layernorm.bias", (D,)),
+    "lm_head_kernel": _Tensor("lm_head.weight", (V, D), lambda w: w.T, lambda k: k.T),
+    "lm_head_bias": _Tensor("lm_head.bias", (V,)),
   }
 
 
@@ -213,8 +247,9 @@ def hf_to_params(config_json: dict, tensors: dict[str, np.ndarray]) -> tuple[Mod
 
   params = {key: f32(t.to_jax(tensors[t.hf_name])) for key, t in _top_layout(cfg).items()}
   params["blocks"] = {
-      key: np.stack([f32(t.to_jax(tensors[f"model.layers.{i}.{t.hf_name}"])) for i in range(cfg.n_layers)])
-      for key, t in _layer_layout(cfg).items()}
+    key: np.stack([f32(t.to_jax(tensors[f"model.layers.{i}.{t.hf_name}"])) for i in range(cfg.n_layers)])
+    for key, t in _layer_layout(cfg).items()
+  }
   return cfg, params
 
 
@@ -242,7 +277,9 @@ def read_hf_dir(hf_dir) -> tuple[dict, dict[str, np.ndarray]]:
   """config.json and every tensor (float32) of a save_pretrained folder, single or sharded."""
   hf_dir = paths.as_path(hf_dir)
   if not hf_dir.is_dir():
-    raise ValueError(f"{hf_dir}: {'is a file, not' if hf_dir.exists() else 'not found; expected'} a save_pretrained folder")
+    raise ValueError(
+      f"{hf_dir}: {'is a file, not' if hf_dir.exists() else 'not found; expected'} a save_pretrained folder"
+    )
   config_path = hf_dir / "config.json"
   if not config_path.is_file():
     raise ValueError(f"{config_path}: not found (expected a save_pretrained folder)")
@@ -258,8 +295,10 @@ def read_hf_dir(hf_dir) -> tuple[dict, dict[str, np.ndarray]]:
   else:
     files = sorted(p.name for p in hf_dir.glob("*.safetensors"))
   if not files:
-    raise ValueError(f"{hf_dir}: no *.safetensors files (pytorch_model.bin is not read; "
-                     "re-save with save_pretrained(safe_serialization=True))")
+    raise ValueError(
+      f"{hf_dir}: no *.safetensors files (pytorch_model.bin is not read; "
+      "re-save with save_pretrained(safe_serialization=True))"
+    )
   tensors = {}
   for name in files:
     path = hf_dir / name
@@ -298,8 +337,10 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   if "BF16" not in dtypes.values():
     tensors = safetensors.numpy.load_file(str(path))
   else:
-    tensors = {key: np.frombuffer(spec["data"], _NP_DTYPES[spec["dtype"]]).reshape(spec["shape"])
-               for key, spec in safetensors.deserialize(path.read_bytes())}
+    tensors = {
+      key: np.frombuffer(spec["data"], _NP_DTYPES[spec["dtype"]]).reshape(spec["shape"])
+      for key, spec in safetensors.deserialize(path.read_bytes())
+    }
   # float16/bfloat16 -> float32 is exact; float32 arrays are kept as they are.
   return {key: t.astype(np.float32, copy=False) for key, t in tensors.items()}
 
@@ -345,13 +386,17 @@ def find_params_checkpoint(path):
   elif (path / "params").is_dir():
     params_dir, config_path = path / "params", path / "model_config.json"  # converter output
   elif (path / "checkpoints").is_dir():  # trainer workdir: latest finalized step
-    steps = [s for s in ocp.utils.checkpoint_steps(path / "checkpoints") if _trainer_item(path / "checkpoints" / str(s))]
+    steps = [
+      s for s in ocp.utils.checkpoint_steps(path / "checkpoints") if _trainer_item(path / "checkpoints" / str(s))
+    ]
     if not steps:
       raise ValueError(f"{path / 'checkpoints'}: no finished step folder with a params or state item")
     params_dir, config_path = _trainer_item(path / "checkpoints" / str(max(steps))), path / "model_config.json"
   else:
-    raise ValueError(f"{path}: not a checkpoint (expected params/ + model_config.json, "
-                     "a trainer step folder checkpoints/<step>, or a trainer workdir)")
+    raise ValueError(
+      f"{path}: not a checkpoint (expected params/ + model_config.json, "
+      "a trainer step folder checkpoints/<step>, or a trainer workdir)"
+    )
   if not config_path.is_file():
     raise ValueError(f"{config_path}: not found (needed beside the checkpoint for {path})")
   return params_dir, config_path
@@ -402,16 +447,20 @@ def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
   stored = dict(tree)
   nested = "params" in stored and "embed" not in stored  # a trainer `state` item
   found = dict(stored["params"]) if nested else stored
-  check_shapes({k: tuple(v.shape) for k, v in _flatten(expected).items()},
-               {k: tuple(v.shape) for k, v in _flatten(found).items()}, str(params_dir))
+  check_shapes(
+    {k: tuple(v.shape) for k, v in _flatten(expected).items()},
+    {k: tuple(v.shape) for k, v in _flatten(found).items()},
+    str(params_dir),
+  )
   # Restore onto one host device whatever sharding the trainer saved with.
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=cpu), expected)
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=cpu, dtype=jnp.float32), expected)
   if nested:
     target, restore_args = {"params": target}, {"params": restore_args}
-  restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=restore_args, partial_restore=nested))  # skips opt_state and step
+  restored = ocp.PyTreeCheckpointer().restore(
+    params_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=nested)
+  )  # skips opt_state and step
   return cfg, jax.tree.map(np.asarray, restored["params"] if nested else restored)
 
 
@@ -470,6 +519,7 @@ def hf_to_orbax(hf_dir, out_dir) -> ModelConfig:
   tokenizer = paths.as_path(hf_dir) / "tokenizer.json"  # kept beside the params, where eval and sample look
   if tokenizer.is_file():
     from phi1_jax.data.tokenizer import load_tokenizer
+
     try:
       load_tokenizer(tokenizer)
     except ValueError as e:
@@ -488,8 +538,10 @@ def orbax_to_hf(ckpt, out_dir, log: Callable[[str], None] = lambda line: print(l
   hf_config, tensors = params_to_hf(cfg, params)
   tokenizer = hf_tokenizer_files(ckpt, cfg, log)
   if tokenizer and tokenizer["eos_id"] != hf_config["eos_token_id"]:
-    log(f"note: the tokenizer's {EOS_TOKEN} is id {tokenizer['eos_id']}, model_config.json's eos_id "
-        f"{cfg.eos_id}; config.json takes the tokenizer's")
+    log(
+      f"note: the tokenizer's {EOS_TOKEN} is id {tokenizer['eos_id']}, model_config.json's eos_id "
+      f"{cfg.eos_id}; config.json takes the tokenizer's"
+    )
     hf_config.update(bos_token_id=tokenizer["eos_id"], eos_token_id=tokenizer["eos_id"])
   write_hf_dir(out_dir, hf_config, tensors)
   for name, text in (tokenizer or {}).get("files", {}).items():
@@ -502,6 +554,7 @@ def hf_tokenizer_files(ckpt, cfg: ModelConfig, log) -> dict | None:
   checkpoint (a tokenizer.json as it is; a train_tokenizer SentencePiece model converted, same ids);
   None, after one line saying why, when there is none or it cannot be converted."""
   from phi1_jax.data.tokenizer import checkpoint_tokenizer, load_tokenizer, spm_as_hf_tokenizer
+
   path = checkpoint_tokenizer(ckpt)
   if path is None:
     log(f"note: no tokenizer.model or tokenizer.json kept with {ckpt}; exported the model only")
@@ -515,10 +568,17 @@ def hf_tokenizer_files(ckpt, cfg: ModelConfig, log) -> dict | None:
   except ValueError as e:
     log(f"note: tokenizer not exported, AutoTokenizer will not load the folder: {e}")
     return None
-  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN,
-            "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False}
-  return {"eos_id": eos_id, "files": {"tokenizer.json": text,
-                                      "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}}
+  config = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "bos_token": EOS_TOKEN,
+    "eos_token": EOS_TOKEN,
+    "model_max_length": cfg.max_seq_len,
+    "clean_up_tokenization_spaces": False,
+  }
+  return {
+    "eos_id": eos_id,
+    "files": {"tokenizer.json": text, "tokenizer_config.json": json.dumps(config, indent=2) + "\n"},
+  }
 
 
 def main(argv=None) -> int:
@@ -528,8 +588,9 @@ def main(argv=None) -> int:
   to_orbax.add_argument("--hf_dir", required=True, help="folder with config.json and *.safetensors")
   to_orbax.add_argument("--out", required=True, help="new (or empty) folder for params/ and model_config.json")
   to_hf = commands.add_parser("orbax-to-hf", help="phi1_jax checkpoint -> transformers folder")
-  to_hf.add_argument("--ckpt", required=True,
-                     help="converter output, trainer step folder (checkpoints/<step>) or trainer workdir")
+  to_hf.add_argument(
+    "--ckpt", required=True, help="converter output, trainer step folder (checkpoints/<step>) or trainer workdir"
+  )
   to_hf.add_argument("--out", required=True, help="new (or empty) folder for config.json and model.safetensors")
   args = parser.parse_args(argv)
   source = args.hf_dir if args.command == "hf-to-orbax" else args.ckpt
@@ -545,8 +606,10 @@ def main(argv=None) -> int:
   except (ValueError, OSError, json.JSONDecodeError) as e:
     print(f"convert: error: {e}".replace("\n", " "), file=sys.stderr)
     return 2
-  print(f"wrote {args.out} ({cfg.n_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size})"
-        + (" with its tokenizer" if (Path(args.out) / "tokenizer.json").is_file() else ""))
+  print(
+    f"wrote {args.out} ({cfg.n_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size})"
+    + (" with its tokenizer" if (Path(args.out) / "tokenizer.json").is_file() else "")
+  )
   return 0
 
 

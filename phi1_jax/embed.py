@@ -58,8 +58,7 @@ def _pool(graphdef, state, tokens_BxL, lengths_B, *, pooling):
 class Embedder:
   """Loads a checkpoint and its tokenizer once; `embed(texts)` gives float32 [n, D]."""
 
-  def __init__(self, checkpoint, tokenizer=None, *, max_len: int = 512, pooling: str = "mean",
-               batch_size: int = 16):
+  def __init__(self, checkpoint, tokenizer=None, *, max_len: int = 512, pooling: str = "mean", batch_size: int = 16):
     if pooling not in POOLINGS:
       raise ValueError(f"--pooling={pooling!r} is not one of {POOLINGS}")
     if max_len < 1 or batch_size < 1:
@@ -74,17 +73,30 @@ class Embedder:
       raise ValueError(f"--max_len={max_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
     self.tokenizer = load_tokenizer(tok_path)
     if self.tokenizer.vocab_size > cfg.vocab_size:
-      raise ValueError(f"tokenizer {tok_path} has {self.tokenizer.vocab_size} ids, more than the model's "
-                       f"vocab_size={cfg.vocab_size}")
+      raise ValueError(
+        f"tokenizer {tok_path} has {self.tokenizer.vocab_size} ids, more than the model's vocab_size={cfg.vocab_size}"
+      )
     # Inference: no dropout, float32 compute, no packed-document mask, layers under scan.
-    cfg = dataclasses.replace(cfg, dtype="float32", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
-                              doc_mask=False, remat="none", attention_impl="xla")
+    cfg = dataclasses.replace(
+      cfg,
+      dtype="float32",
+      embd_dropout=0.0,
+      attn_dropout=0.0,
+      resid_dropout=0.0,
+      doc_mask=False,
+      remat="none",
+      attention_impl="xla",
+    )
     self.cfg, self.max_len, self.pooling, self.batch_size = cfg, max_len, pooling, batch_size
     self.identity = {
-        "checkpoint": str(paths.absolute(checkpoint)), "params_sha256": params_digest(params),
-        "tokenizer": str(paths.absolute(tok_path)), "tokenizer_sha256": file_sha256(paths.local_copy(tok_path)),
-        "max_len": max_len, "pooling": pooling, "dim": cfg.d_model,
-        "model": {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "vocab_size": cfg.vocab_size},
+      "checkpoint": str(paths.absolute(checkpoint)),
+      "params_sha256": params_digest(params),
+      "tokenizer": str(paths.absolute(tok_path)),
+      "tokenizer_sha256": file_sha256(paths.local_copy(tok_path)),
+      "max_len": max_len,
+      "pooling": pooling,
+      "dim": cfg.d_model,
+      "model": {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "vocab_size": cfg.vocab_size},
     }
     self.mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
@@ -101,7 +113,7 @@ class Embedder:
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     """The first max_len token ids of each text (at least one: an empty text embeds token 0)."""
-    return [ids[:self.max_len] or [0] for ids in self.tokenizer.encode_batch(list(texts))]
+    return [ids[: self.max_len] or [0] for ids in self.tokenizer.encode_batch(list(texts))]
 
   def embed_tokens(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
     """float32 [n, D]: documents sorted by length in chunks, batched, padded to a bucket."""
@@ -112,17 +124,22 @@ class Embedder:
     for start in range(0, len(ids), chunk):
       order = sorted(range(start, min(start + chunk, len(ids))), key=lambda i: len(ids[i]))
       for b in range(0, len(order), self.batch_size):
-        idx = order[b:b + self.batch_size]
+        idx = order[b : b + self.batch_size]
         longest = max(len(ids[i]) for i in idx)
         L = next(n for n in self._buckets if n >= longest)
         tokens_BxL = np.zeros((rows, L), np.int32)
         lengths_B = np.ones((rows,), np.int32)  # padding rows embed one token 0; dropped below
         for r, i in enumerate(idx):
-          tokens_BxL[r, :len(ids[i])] = ids[i]
+          tokens_BxL[r, : len(ids[i])] = ids[i]
           lengths_B[r] = len(ids[i])
-        vecs = _pool(self._graphdef, self._state, jax.device_put(tokens_BxL, self._batch_sharding),
-                     jax.device_put(lengths_B, self._batch_sharding), pooling=self.pooling)
-        out[idx] = np.asarray(vecs)[:len(idx)]
+        vecs = _pool(
+          self._graphdef,
+          self._state,
+          jax.device_put(tokens_BxL, self._batch_sharding),
+          jax.device_put(lengths_B, self._batch_sharding),
+          pooling=self.pooling,
+        )
+        out[idx] = np.asarray(vecs)[: len(idx)]
     return out
 
   def embed(self, texts: Sequence[str]) -> np.ndarray:

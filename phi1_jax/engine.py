@@ -51,6 +51,7 @@ class QueueFull(Exception):
 @dataclasses.dataclass
 class Params:
   """Per-request generation settings (validated by the HTTP layer)."""
+
   max_tokens: int = 16
   temperature: float = 0.0  # 0: greedy
   top_p: float = 1.0
@@ -64,6 +65,7 @@ class Params:
 @dataclasses.dataclass
 class Token:
   """One token of the answer (or of the prompt, with echo)."""
+
   id: int
   logprob: float | None
   top: list[tuple[int, float]] | None  # the K most likely ids with their log-probs
@@ -73,6 +75,7 @@ class Token:
 class Delta:
   """What a sequence sends to its client after a step: new text (stop strings held back), the
   tokens behind it, and the finish reason once it is done."""
+
   text: str
   tokens: list[Token]
   finish_reason: str | None = None
@@ -106,24 +109,35 @@ def _prefill(graphdef, params, layers, state, tokens_1xP, length, last, slot, co
   P = tokens_1xP.shape[1]
   S = state["valid"].shape[1]
   causal_1xPxP = jnp.tril(jnp.ones((P, P), bool))[None]  # padding sits after the prompt: causal is enough
-  h_1xPxD, cache_1 = model.hidden_states(tokens_1xP, positions_BxL=jnp.arange(P)[None], mask_BxLxS=causal_1xPxP,
-                                         cache=model.init_cache(1, P), cache_index=0, layers=layers)
+  h_1xPxD, cache_1 = model.hidden_states(
+    tokens_1xP,
+    positions_BxL=jnp.arange(P)[None],
+    mask_BxLxS=causal_1xPxP,
+    cache=model.init_cache(1, P),
+    cache_index=0,
+    layers=layers,
+  )
   # prompt token j goes to column col - length + j; padding to column S, which the scatter drops
   t_P = jnp.arange(P)
   cols_P = jnp.where(t_P < length, (col - length + t_P) % S, S)
-  cache = [{name: kv[name].at[slot, :, cols_P].set(new[name][0].transpose(1, 0, 2), mode="drop")
-            for name in ("k", "v")} for kv, new in zip(state["cache"], cache_1)]
+  cache = [
+    {name: kv[name].at[slot, :, cols_P].set(new[name][0].transpose(1, 0, 2), mode="drop") for name in ("k", "v")}
+    for kv, new in zip(state["cache"], cache_1)
+  ]
   valid_S = jnp.zeros((S,), bool).at[cols_P].set(True, mode="drop")
-  state = {"cache": cache,
-           "valid": state["valid"].at[slot].set(valid_S, mode="drop"),
-           "tok": state["tok"].at[slot].set(last, mode="drop"),
-           "pos": state["pos"].at[slot].set(length, mode="drop"),
-           "keys": state["keys"].at[slot].set(jax.random.key(seed), mode="drop")}
+  state = {
+    "cache": cache,
+    "valid": state["valid"].at[slot].set(valid_S, mode="drop"),
+    "tok": state["tok"].at[slot].set(last, mode="drop"),
+    "pos": state["pos"].at[slot].set(length, mode="drop"),
+    "keys": state["keys"].at[slot].set(jax.random.key(seed), mode="drop"),
+  }
   return state, h_1xPxD
 
 
-def _decode_step(graphdef, params, layers, state, col, greedy_B, temperature_B, top_k_B, top_p_B, vocab_limit,
-                 want_top):
+def _decode_step(
+  graphdef, params, layers, state, col, greedy_B, temperature_B, top_k_B, top_p_B, vocab_limit, want_top
+):
   """One token for every slot: each row's newest token goes to column `col`, sees the columns its
   mask holds, and the next token is drawn with the row's own settings and key. Returns the new
   state and (tokens, their log-probs, top K ids and log-probs: computed only when want_top)."""
@@ -131,13 +145,24 @@ def _decode_step(graphdef, params, layers, state, col, greedy_B, temperature_B, 
   S = state["valid"].shape[1]
   at_col_S = jnp.arange(S) == col
   mask_Bx1xS = (state["valid"] | at_col_S[None])[:, None]
-  h_Bx1xD, cache = model.hidden_states(state["tok"][:, None], positions_BxL=state["pos"][:, None],
-                                       mask_BxLxS=mask_Bx1xS, cache=state["cache"], cache_index=col, layers=layers)
+  h_Bx1xD, cache = model.hidden_states(
+    state["tok"][:, None],
+    positions_BxL=state["pos"][:, None],
+    mask_BxLxS=mask_Bx1xS,
+    cache=state["cache"],
+    cache_index=col,
+    layers=layers,
+  )
   logits_BxV = model.logits(h_Bx1xD)[:, 0]
   keys_Bx2 = jax.vmap(jax.random.split)(state["keys"])
   tok_B = sample.next_token_rows(logits_BxV, keys_Bx2[:, 1], greedy_B, temperature_B, top_k_B, top_p_B, vocab_limit)
-  state = {"cache": cache, "valid": state["valid"] | at_col_S[None], "tok": tok_B, "pos": state["pos"] + 1,
-           "keys": keys_Bx2[:, 0]}
+  state = {
+    "cache": cache,
+    "valid": state["valid"] | at_col_S[None],
+    "tok": tok_B,
+    "pos": state["pos"] + 1,
+    "keys": keys_Bx2[:, 0],
+  }
   return state, _logprobs(logits_BxV, tok_B, vocab_limit, want_top)
 
 
@@ -148,8 +173,10 @@ def _logprobs(logits_BxV, tok_B, vocab_limit, want_top=True):
   chosen_B = jnp.take_along_axis(logp_BxV, tok_B[:, None], axis=1)[:, 0]
   B = logits_BxV.shape[0]
   top_lp_BxK, top_id_BxK = jax.lax.cond(
-      want_top, lambda: tuple(jax.lax.top_k(sample.mask_vocab(logp_BxV, vocab_limit), MAX_TOP_LOGPROBS)),
-      lambda: (jnp.zeros((B, MAX_TOP_LOGPROBS), jnp.float32), jnp.zeros((B, MAX_TOP_LOGPROBS), jnp.int32)))
+    want_top,
+    lambda: tuple(jax.lax.top_k(sample.mask_vocab(logp_BxV, vocab_limit), MAX_TOP_LOGPROBS)),
+    lambda: (jnp.zeros((B, MAX_TOP_LOGPROBS), jnp.float32), jnp.zeros((B, MAX_TOP_LOGPROBS), jnp.int32)),
+  )
   return tok_B, chosen_B, top_id_BxK.astype(jnp.int32), top_lp_BxK
 
 
@@ -166,8 +193,7 @@ def _prompt_logprobs(graphdef, params, h_1xPxD, next_1xP, vocab_limit):
 class Engine:
   """Runs the slots in a background thread; `submit` and `cancel` may be called from any thread."""
 
-  def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int, max_seq_len: int,
-               log_every_s: float = 10.0):
+  def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int, max_seq_len: int, log_every_s: float = 10.0):
     self.tokenizer, self.max_batch, self.max_queue, self.max_seq_len = tokenizer, max_batch, max_queue, max_seq_len
     self.vocab_limit = np.int32(tokenizer.vocab_size)
     self.eos_id = tokenizer.eos_id
@@ -185,9 +211,13 @@ class Engine:
     self._prompt_logprobs_fn = jax.jit(bind(_prompt_logprobs))
     self._layers = model.unstacked_layers()  # per-layer copies, as sample.generate uses them
     B, S = max_batch, max_seq_len
-    self._state = {"cache": model.init_cache(B, S), "valid": jnp.zeros((B, S), bool),
-                   "tok": jnp.zeros((B,), jnp.int32), "pos": jnp.zeros((B,), jnp.int32),
-                   "keys": jax.random.split(jax.random.key(0), B)}
+    self._state = {
+      "cache": model.init_cache(B, S),
+      "valid": jnp.zeros((B, S), bool),
+      "tok": jnp.zeros((B,), jnp.int32),
+      "pos": jnp.zeros((B,), jnp.int32),
+      "keys": jax.random.split(jax.random.key(0), B),
+    }
     # per-slot sampling settings live on the host and go with every step (a few bytes)
     self._greedy_B = np.ones((B,), bool)
     self._temperature_B = np.ones((B,), np.float32)
@@ -228,8 +258,10 @@ class Engine:
     with self._wake:
       running = sum(s is not None for s in self._slots)
       if running + len(self._waiting) + len(seqs) > self.max_batch + self.max_queue:
-        raise QueueFull(f"{running} sequences run and {len(self._waiting)} wait "
-                        f"(--max_batch={self.max_batch}, --max_queue={self.max_queue})")
+        raise QueueFull(
+          f"{running} sequences run and {len(self._waiting)} wait "
+          f"(--max_batch={self.max_batch}, --max_queue={self.max_queue})"
+        )
       self._waiting.extend(seqs)
       self._wake.notify()
 
@@ -244,10 +276,15 @@ class Engine:
       self._wake.notify()
 
   def stats(self) -> dict:
-    return {"running": sum(s is not None for s in self._slots), "waiting": len(self._waiting),
-            "max_batch": self.max_batch, "max_queue": self.max_queue, "tokens_generated": self.tokens_total,
-            "decode_steps": self._t,
-            "traces_after_warmup": self._traces - self._traces_at_ready if self.ready else None}
+    return {
+      "running": sum(s is not None for s in self._slots),
+      "waiting": len(self._waiting),
+      "max_batch": self.max_batch,
+      "max_queue": self.max_queue,
+      "tokens_generated": self.tokens_total,
+      "decode_steps": self._t,
+      "traces_after_warmup": self._traces - self._traces_at_ready if self.ready else None,
+    }
 
   # ---- the engine thread
 
@@ -293,8 +330,13 @@ class Engine:
     self._log_t = time.perf_counter()
     self._traces_at_ready = self._traces
     self.ready = True
-    log.info("ready: %d slots x %d columns, prompt buckets %s, compiled in %.1fs", self.max_batch,
-             self.max_seq_len, self.buckets, time.perf_counter() - start)
+    log.info(
+      "ready: %d slots x %d columns, prompt buckets %s, compiled in %.1fs",
+      self.max_batch,
+      self.max_seq_len,
+      self.buckets,
+      time.perf_counter() - start,
+    )
 
   def _admit(self) -> None:
     """Prefills waiting sequences into free slots (echo-only ones need no slot)."""
@@ -319,19 +361,27 @@ class Engine:
     tokens_1xP = np.zeros((1, P), np.int32)
     tokens_1xP[0, :n] = seq.prompt[:-1]
     self._state, h_1xPxD = self._prefill_fn(
-        self._params, self._layers, self._state, tokens_1xP, np.int32(n), np.int32(seq.prompt[-1]),
-        np.int32(self.max_batch if slot is None else slot), np.int32(self._t % self.max_seq_len),
-        np.uint32(prm.seed % 2**32))
+      self._params,
+      self._layers,
+      self._state,
+      tokens_1xP,
+      np.int32(n),
+      np.int32(seq.prompt[-1]),
+      np.int32(self.max_batch if slot is None else slot),
+      np.int32(self._t % self.max_seq_len),
+      np.uint32(prm.seed % 2**32),
+    )
     echo: list[Token] = []
     if prm.prompt_logprobs:
       next_1xP = np.zeros((1, P), np.int32)
       next_1xP[0, :n] = seq.prompt[1:]
       chosen_P, top_id_PxK, top_lp_PxK = jax.device_get(
-          self._prompt_logprobs_fn(self._params, h_1xPxD, next_1xP, self.vocab_limit))
+        self._prompt_logprobs_fn(self._params, h_1xPxD, next_1xP, self.vocab_limit)
+      )
       k = prm.logprobs or 0
       echo = [Token(seq.prompt[0], None, None)] + [
-          Token(seq.prompt[j + 1], float(chosen_P[j]), self._top(top_id_PxK[j, :k], top_lp_PxK[j, :k]))
-          for j in range(n)]
+        Token(seq.prompt[j + 1], float(chosen_P[j]), self._top(top_id_PxK[j, :k], top_lp_PxK[j, :k])) for j in range(n)
+      ]
     if slot is None:  # echo only: no slot, nothing generated
       seq.finish_reason, seq.t_done = "length", time.perf_counter()
       seq.emit(Delta("", echo, "length"))
@@ -354,9 +404,18 @@ class Engine:
       return None
     col = np.int32(self._t % self.max_seq_len)
     want_top = np.bool_(any(s is not None and s.params.logprobs for s in self._slots))
-    self._state, picked = self._decode_fn(self._params, self._layers, self._state, col, self._greedy_B.copy(),
-                                          self._temperature_B.copy(), self._top_k_B.copy(), self._top_p_B.copy(),
-                                          self.vocab_limit, want_top)
+    self._state, picked = self._decode_fn(
+      self._params,
+      self._layers,
+      self._state,
+      col,
+      self._greedy_B.copy(),
+      self._temperature_B.copy(),
+      self._top_k_B.copy(),
+      self._top_p_B.copy(),
+      self.vocab_limit,
+      want_top,
+    )
     self._t += 1
     return picked, list(self._slots)
 
@@ -387,14 +446,14 @@ class Engine:
     if seq.n_generated >= seq.params.max_tokens:
       return self._end(slot, self._flush(seq, token, text), "length")
     safe = len(text) - _held_back(text, seq.params.stop)
-    delta = text[seq.emitted:safe] if safe > seq.emitted else ""
+    delta = text[seq.emitted : safe] if safe > seq.emitted else ""
     seq.emitted = max(seq.emitted, safe)
     if delta or token:
       seq.emit(Delta(delta, token))
 
   def _flush(self, seq: Sequence, token: list[Token], text: str | None = None) -> Delta:
     text = self.tokenizer.decode(seq.tokens) if text is None else text
-    delta = text[seq.emitted:]
+    delta = text[seq.emitted :]
     seq.emitted = len(text)
     return Delta(delta, token)
 
@@ -419,8 +478,13 @@ class Engine:
       return
     stats = self.stats()
     if stats["running"] or stats["waiting"] or self._log_tokens:
-      log.info("slots %d/%d running, %d waiting, %.1f tokens/s", stats["running"], self.max_batch,
-               stats["waiting"], self._log_tokens / (now - self._log_t))
+      log.info(
+        "slots %d/%d running, %d waiting, %.1f tokens/s",
+        stats["running"],
+        self.max_batch,
+        stats["waiting"],
+        self._log_tokens / (now - self._log_t),
+      )
     self._log_t, self._log_tokens = now, 0
 
 

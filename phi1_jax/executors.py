@@ -62,10 +62,15 @@ def add_args(p, kinds=("local", "slurm")) -> None:
   p.add_argument("--slurm_cpus_per_task", type=int, default=1)
   p.add_argument("--slurm_mem_per_cpu", default="2G", help="--executor=slurm: memory per CPU, as sbatch takes it")
   p.add_argument("--slurm_qos", default=None, help="--executor=slurm: the jobs' QOS (default: the account's own)")
-  p.add_argument("--slurm_wait", action="store_true",
-                 help="--executor=slurm: wait for the jobs (progress every 10 s), then finish the stage")
+  p.add_argument(
+    "--slurm_wait",
+    action="store_true",
+    help="--executor=slurm: wait for the jobs (progress every 10 s), then finish the stage",
+  )
   if "ray" in kinds:
-    p.add_argument("--ray_address", default=None, help="--executor=ray: a running Ray cluster (default: start a local one)")
+    p.add_argument(
+      "--ray_address", default=None, help="--executor=ray: a running Ray cluster (default: start a local one)"
+    )
     p.add_argument("--ray_cpus", type=int, default=None, help="--executor=ray: CPUs of the local Ray (default: all)")
 
 
@@ -95,8 +100,10 @@ def _launcher_dir() -> str:
   for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
     if (Path(folder) / "launch_pickled_pipeline").is_file():
       return folder
-  raise ExecutorError(f"--executor=slurm: datatrove's launch_pickled_pipeline is not beside {sys.executable}; "
-                      "install datatrove into the python that runs this command")
+  raise ExecutorError(
+    f"--executor=slurm: datatrove's launch_pickled_pipeline is not beside {sys.executable}; "
+    "install datatrove into the python that runs this command"
+  )
 
 
 def _check_slurm(args) -> None:
@@ -119,13 +126,17 @@ def _check_slurm(args) -> None:
     name, cpus, mem_node = line.split("|")
     nodes.setdefault(name, []).append((int(cpus.rstrip("+")), int(mem_node.rstrip("+"))))
   if args.slurm_partition not in nodes:
-    raise ExecutorError(f"--slurm_partition={args.slurm_partition}: no such partition (this cluster has: "
-                        f"{', '.join(sorted(nodes)) or 'none'})")
+    raise ExecutorError(
+      f"--slurm_partition={args.slurm_partition}: no such partition (this cluster has: "
+      f"{', '.join(sorted(nodes)) or 'none'})"
+    )
   cpus, mem_node = max(nodes[args.slurm_partition])
   if args.slurm_cpus_per_task > cpus or mem * args.slurm_cpus_per_task > mem_node:
-    raise ExecutorError(f"--slurm_cpus_per_task={args.slurm_cpus_per_task} x --slurm_mem_per_cpu="
-                        f"{args.slurm_mem_per_cpu} does not fit a node of partition {args.slurm_partition} "
-                        f"({cpus} CPUs, {mem_node} MB)")
+    raise ExecutorError(
+      f"--slurm_cpus_per_task={args.slurm_cpus_per_task} x --slurm_mem_per_cpu="
+      f"{args.slurm_mem_per_cpu} does not fit a node of partition {args.slurm_partition} "
+      f"({cpus} CPUs, {mem_node} MB)"
+    )
 
 
 def run(args, stages: list[Stage], workers: int | None, job_prefix: str, state_dir: Path, log=print) -> bool:
@@ -145,20 +156,27 @@ def run(args, stages: list[Stage], workers: int | None, job_prefix: str, state_d
     for stage in stages:
       if args.executor == "local":
         from datatrove.executor.local import LocalPipelineExecutor
-        executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks,
-                                         workers=max(1, min(workers or 1, stage.tasks)),
-                                         logging_dir=str(stage.logging_dir))
+
+        executor = LocalPipelineExecutor(
+          stage.pipeline,
+          tasks=stage.tasks,
+          workers=max(1, min(workers or 1, stage.tasks)),
+          logging_dir=str(stage.logging_dir),
+        )
       else:
         from datatrove.executor.ray import RayPipelineExecutor
-        executor = RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers or -1,
-                                       logging_dir=str(stage.logging_dir))
+
+        executor = RayPipelineExecutor(
+          stage.pipeline, tasks=stage.tasks, workers=workers or -1, logging_dir=str(stage.logging_dir)
+        )
       with _ProgressLine(f"{job_prefix} {stage.name}", stage, log_file, terminal):
         try:
           executor.run()
         except Exception as e:  # a task raised: its traceback is in the log, the user gets one line
-          raise StagesIncomplete(f"stage {stage.name}: a task failed ({type(e).__name__}: {e}); traceback in "
-                                 f"{log_file}; the same command again redoes only the unfinished tasks".replace(
-                                     "\n", " ")) from None
+          raise StagesIncomplete(
+            f"stage {stage.name}: a task failed ({type(e).__name__}: {e}); traceback in "
+            f"{log_file}; the same command again redoes only the unfinished tasks".replace("\n", " ")
+          ) from None
       _raise_if_incomplete([stage], log_file)  # the next stage reads this one's output
   return True
 
@@ -219,8 +237,10 @@ def _raise_if_incomplete(stages: list[Stage], log_file: Path | None = None) -> N
   for stage in stages:
     if stage.done() < stage.tasks:
       where = log_file or f"{stage.logging_dir}/logs/ (and slurm_logs/)"
-      raise StagesIncomplete(f"stage {stage.name}: {stage.done()}/{stage.tasks} tasks completed; see {where}; "
-                             "the same command again redoes only the unfinished tasks")
+      raise StagesIncomplete(
+        f"stage {stage.name}: {stage.done()}/{stage.tasks} tasks completed; see {where}; "
+        "the same command again redoes only the unfinished tasks"
+      )
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -228,6 +248,7 @@ def _raise_if_incomplete(stages: list[Stage], log_file: Path | None = None) -> N
 
 def _ray_init(args) -> None:
   import ray
+
   if ray.is_initialized():
     return
   # Ray's workers import the pipeline's steps: this phi1_jax first on their path too.
@@ -244,8 +265,10 @@ def _ray_init(args) -> None:
 
 def _env_command() -> str:
   """The first lines of every sbatch script: this python's scripts and this phi1_jax first."""
-  return (f"export PATH={shlex.quote(_launcher_dir())}:\"$PATH\"; "
-          f"export PYTHONPATH={shlex.quote(str(PACKAGE_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}")
+  return (
+    f"export PATH={shlex.quote(_launcher_dir())}:\"$PATH\"; "
+    f"export PYTHONPATH={shlex.quote(str(PACKAGE_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"
+  )
 
 
 def _squeue(ids: list[str]) -> dict[str, set[tuple[str, str]]] | None:
@@ -253,8 +276,9 @@ def _squeue(ids: list[str]) -> dict[str, set[tuple[str, str]]] | None:
   when squeue cannot answer now."""
   if not ids:
     return {}
-  proc = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%F|%T|%r"], capture_output=True, text=True,
-                        timeout=60)
+  proc = subprocess.run(
+    ["squeue", "-h", "-j", ",".join(ids), "-o", "%F|%T|%r"], capture_output=True, text=True, timeout=60
+  )
   if proc.returncode:
     return {} if "Invalid job id" in proc.stderr else None  # the former: every id has left the queue
   queued: dict[str, set] = {}
@@ -268,15 +292,19 @@ def _stuck(queued: dict) -> bool:
   """Nothing more will run: every queued job waits on a dependency, and one of those failed (the
   stages after it show plain `Dependency`: they wait on one that waits)."""
   rows = [r for rows in queued.values() for r in rows]
-  return (any(reason == "DependencyNeverSatisfied" for _, reason in rows)
-          and all(state == "PENDING" and reason.startswith("Dependency") for state, reason in rows))
+  return any(reason == "DependencyNeverSatisfied" for _, reason in rows) and all(
+    state == "PENDING" and reason.startswith("Dependency") for state, reason in rows
+  )
 
 
 def _cancel_stuck(ids: list[str], log) -> None:
   """Cancels our jobs (and datatrove's stats-merging jobs hanging on them) that can never start."""
   proc = subprocess.run(["squeue", "-h", "-o", "%F|%E"], capture_output=True, text=True, timeout=60)
-  hanging = {job for job, dep in (l.split("|", 1) for l in proc.stdout.splitlines())
-             if set(re.findall(r":(\d+)", dep)) & set(ids)}
+  hanging = {
+    job
+    for job, dep in (l.split("|", 1) for l in proc.stdout.splitlines())
+    if set(re.findall(r":(\d+)", dep)) & set(ids)
+  }
   cancel = sorted(set(_squeue(ids) or {}) | hanging)
   if cancel:
     subprocess.run(["scancel", *cancel], capture_output=True, timeout=60)
@@ -300,8 +328,10 @@ def _wait(ids: list[str], stages: list[Stage], log) -> None:
     if time.time() - last >= _PROGRESS_EVERY_S:
       last = time.time()
       states = [state for rows in queued.values() for state, _ in rows]
-      log(f"slurm: {states.count('RUNNING')} task(s) running, {states.count('PENDING')} job(s) pending; tasks done: "
-          f"{_progress(stages)}; {last - t0:.0f} s")
+      log(
+        f"slurm: {states.count('RUNNING')} task(s) running, {states.count('PENDING')} job(s) pending; tasks done: "
+        f"{_progress(stages)}; {last - t0:.0f} s"
+      )
     time.sleep(1)
   if any(s.done() < s.tasks for s in stages):  # a task failed: datatrove's stats jobs after it can never start
     _cancel_stuck(ids, log)
@@ -310,6 +340,7 @@ def _wait(ids: list[str], stages: list[Stage], log) -> None:
 
 def _slurm(args, stages: list[Stage], workers, job_prefix: str, state_dir: Path, log) -> bool:
   from datatrove.executor.slurm import SlurmPipelineExecutor
+
   jobs_file = state_dir / "slurm_jobs.json"
   earlier = json.loads(jobs_file.read_text())["jobs"] if jobs_file.is_file() else {}
   queued = _squeue(list(earlier.values()))
@@ -322,8 +353,10 @@ def _slurm(args, stages: list[Stage], workers, job_prefix: str, state_dir: Path,
     if args.slurm_wait:
       _wait(ids, stages, log)
     else:
-      log(f"slurm: jobs {','.join(ids)} of an earlier submission are still queued (tasks done: {_progress(stages)}); "
-          f"follow them with `squeue -j {','.join(ids)}`; run this command again when they have left the queue")
+      log(
+        f"slurm: jobs {','.join(ids)} of an earlier submission are still queued (tasks done: {_progress(stages)}); "
+        f"follow them with `squeue -j {','.join(ids)}`; run this command again when they have left the queue"
+      )
       return False
   if all(s.done() >= s.tasks for s in stages):
     return True
@@ -331,11 +364,19 @@ def _slurm(args, stages: list[Stage], workers, job_prefix: str, state_dir: Path,
   executors, previous = [], None
   for stage in stages:
     previous = SlurmPipelineExecutor(
-        stage.pipeline, tasks=stage.tasks, workers=workers or -1, time=args.slurm_time,
-        partition=args.slurm_partition, cpus_per_task=args.slurm_cpus_per_task,
-        sbatch_args={"mem-per-cpu": args.slurm_mem_per_cpu}, logging_dir=str(stage.logging_dir), depends=previous,
-        job_name=f"{job_prefix}-{stage.name}", env_command=_env_command(),
-        qos=args.slurm_qos)  # datatrove's default, "normal", is refused where no QOS has that name
+      stage.pipeline,
+      tasks=stage.tasks,
+      workers=workers or -1,
+      time=args.slurm_time,
+      partition=args.slurm_partition,
+      cpus_per_task=args.slurm_cpus_per_task,
+      sbatch_args={"mem-per-cpu": args.slurm_mem_per_cpu},
+      logging_dir=str(stage.logging_dir),
+      depends=previous,
+      job_name=f"{job_prefix}-{stage.name}",
+      env_command=_env_command(),
+      qos=args.slurm_qos,
+    )  # datatrove's default, "normal", is refused where no QOS has that name
     executors.append(previous)
   try:
     previous.launch_job()  # submits each unfinished stage after its dependency; completed tasks are skipped
@@ -348,11 +389,15 @@ def _slurm(args, stages: list[Stage], workers, job_prefix: str, state_dir: Path,
   ids = list(submitted.values())
   where = stages[0].logging_dir if len(stages) == 1 else f"{stages[0].logging_dir.parent}/<stage>"
   chained = " (each after the one before)" if len(submitted) > 1 else ""
-  log(f"slurm: submitted {', '.join(f'{name} job {job}' for name, job in submitted.items())}{chained}; "
-      f"task output in {where}/slurm_logs/")
+  log(
+    f"slurm: submitted {', '.join(f'{name} job {job}' for name, job in submitted.items())}{chained}; "
+    f"task output in {where}/slurm_logs/"
+  )
   if not args.slurm_wait:
-    log(f"slurm: follow them with `squeue -j {','.join(ids)}`; run this command again when they have left the "
-        "queue (or add --slurm_wait) to finish")
+    log(
+      f"slurm: follow them with `squeue -j {','.join(ids)}`; run this command again when they have left the "
+      "queue (or add --slurm_wait) to finish"
+    )
     return False
   _wait(ids, stages, log)
   _raise_if_incomplete(stages)

@@ -88,6 +88,7 @@ class BudgetExhausted(LLMError):
 @dataclasses.dataclass(frozen=True)
 class Request:
   """An endpoint ("chat" or "completion") and the JSON body sent to it."""
+
   endpoint: str
   body: dict
 
@@ -106,8 +107,9 @@ class Answer:
 
 
 def request_key(endpoint: str, body: dict) -> str:
-  canonical = json.dumps({"endpoint": endpoint, "body": body}, sort_keys=True, ensure_ascii=False,
-                         separators=(",", ":"))
+  canonical = json.dumps(
+    {"endpoint": endpoint, "body": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+  )
   return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -142,7 +144,7 @@ def failure_kind(reason: str) -> str:
 
 
 def describe_failures(failures: dict[str, int], shown: int = REASONS_SHOWN) -> str:
-  """"71 x <reason>; 2 x <reason>; 3 more" for a summary line: the first `shown` kinds of failure,
+  """ "71 x <reason>; 2 x <reason>; 3 more" for a summary line: the first `shown` kinds of failure,
   in order of first sight, each with the first reason seen; `failures` may merge several summaries."""
   kinds: dict[str, list] = {}
   for reason, count in failures.items():
@@ -201,8 +203,9 @@ class Cache:
     self.db.execute("PRAGMA journal_mode=WAL")
     self.db.execute("PRAGMA synchronous=NORMAL")
     self.db.execute(
-        "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, endpoint TEXT, request TEXT, "
-        "response TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)")
+      "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, endpoint TEXT, request TEXT, "
+      "response TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
+    )
 
   def get(self, key: str) -> tuple[str, str] | None:
     """(endpoint, response JSON) or None."""
@@ -210,9 +213,17 @@ class Cache:
 
   def put(self, request: Request, response: dict, usage: dict) -> None:
     self.db.execute(
-        "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (request.key, request.endpoint, json.dumps(request.body, sort_keys=True), json.dumps(response),
-         usage["prompt_tokens"], usage["completion_tokens"], time.time()))
+      "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+      (
+        request.key,
+        request.endpoint,
+        json.dumps(request.body, sort_keys=True),
+        json.dumps(response),
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        time.time(),
+      ),
+    )
 
   def __len__(self) -> int:
     return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
@@ -234,16 +245,31 @@ def _api_key(base_url: str, api_key_env: str) -> str:
 class LLM:
   """Asks an OpenAI-compatible endpoint, through the cache, within the caps. Use from one event loop."""
 
-  def __init__(self, base_url: str, *, cache_path: str | os.PathLike, api_key_env: str = "OPENAI_API_KEY",
-               concurrency: int = 8, timeout_s: float = 120.0, max_attempts: int = 8,
-               backoff_base_s: float = 1.0, backoff_max_s: float = 60.0, max_requests: int | None = None,
-               max_tokens_total: int | None = None, metrics_path: str | os.PathLike | None = None,
-               progress_every_s: float = 10.0, total: int | None = None, log=None, give_up_after_s: float = 60.0):
+  def __init__(
+    self,
+    base_url: str,
+    *,
+    cache_path: str | os.PathLike,
+    api_key_env: str = "OPENAI_API_KEY",
+    concurrency: int = 8,
+    timeout_s: float = 120.0,
+    max_attempts: int = 8,
+    backoff_base_s: float = 1.0,
+    backoff_max_s: float = 60.0,
+    max_requests: int | None = None,
+    max_tokens_total: int | None = None,
+    metrics_path: str | os.PathLike | None = None,
+    progress_every_s: float = 10.0,
+    total: int | None = None,
+    log=None,
+    give_up_after_s: float = 60.0,
+  ):
     if concurrency < 1 or max_attempts < 1 or timeout_s <= 0 or give_up_after_s <= 0:
       raise LLMError("concurrency and max_attempts must be >= 1, timeout_s and give_up_after_s > 0")
     self.base_url = base_url
-    self.client = openai.AsyncOpenAI(base_url=base_url, api_key=_api_key(base_url, api_key_env),
-                                     max_retries=0, timeout=timeout_s)
+    self.client = openai.AsyncOpenAI(
+      base_url=base_url, api_key=_api_key(base_url, api_key_env), max_retries=0, timeout=timeout_s
+    )
     self.cache = Cache(cache_path)
     self.concurrency, self.max_attempts = concurrency, max_attempts
     self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
@@ -310,20 +336,20 @@ class LLM:
     """Counts for a manifest: requests, cache hits, retries by reason, failures, tokens, caps."""
     elapsed = time.monotonic() - self.started
     return {
-        "base_url": self.base_url,
-        "requests_sent": self.counts["sent"],
-        "answers_paid": self.counts["paid"],
-        "answers_cached": self.counts["cached"],
-        "answers": self.counts["answered"],
-        "failed": self.counts["failed"],
-        "failures": {reason: count for reason, count in self.failures.values()},
-        "not_sent_over_cap": self.counts["not_sent"],
-        "retries": dict(self.retries),
-        "tokens": dict(self.tokens),
-        "caps": {"max_requests": self.max_requests, "max_tokens_total": self.max_tokens_total},
-        "stopped_by_cap": self.exhausted,
-        "endpoint_down": self.down,
-        "seconds": round(elapsed, 3),
+      "base_url": self.base_url,
+      "requests_sent": self.counts["sent"],
+      "answers_paid": self.counts["paid"],
+      "answers_cached": self.counts["cached"],
+      "answers": self.counts["answered"],
+      "failed": self.counts["failed"],
+      "failures": {reason: count for reason, count in self.failures.values()},
+      "not_sent_over_cap": self.counts["not_sent"],
+      "retries": dict(self.retries),
+      "tokens": dict(self.tokens),
+      "caps": {"max_requests": self.max_requests, "max_tokens_total": self.max_tokens_total},
+      "stopped_by_cap": self.exhausted,
+      "endpoint_down": self.down,
+      "seconds": round(elapsed, 3),
     }
 
   def tokens_used(self) -> int:
@@ -372,9 +398,11 @@ class LLM:
       failing_s = now - self._failing_since
       at_work = any(now - sent > min(5.0, self.give_up_after_s / 2) for sent in self._sending.values())
       if failing_s >= self.give_up_after_s and not at_work:
-        self.down = (f"every request to {self.base_url} failed for {failing_s:.0f}s (--give_up_after="
-                     f"{self.give_up_after_s:g}), the last with: {self._last_error}; the answers received are "
-                     "kept: rerun the same command to resume")
+        self.down = (
+          f"every request to {self.base_url} failed for {failing_s:.0f}s (--give_up_after="
+          f"{self.give_up_after_s:g}), the last with: {self._last_error}; the answers received are "
+          "kept: rerun the same command to resume"
+        )
         self._down_event.set()
     if self.down:
       raise EndpointError(self.down)
@@ -386,8 +414,10 @@ class LLM:
       elif self.max_tokens_total is not None and self.tokens_used() >= self.max_tokens_total:
         self.exhausted = f"--max_tokens_total={self.max_tokens_total} ({self.tokens_used()} tokens used)"
       if self.exhausted:
-        self.log(f"llm: cap {self.exhausted} reached: requests on their way finish and are cached, "
-                 "no new request is sent; rerun with a higher cap to go on (nothing is paid twice)")
+        self.log(
+          f"llm: cap {self.exhausted} reached: requests on their way finish and are cached, "
+          "no new request is sent; rerun with a higher cap to go on (nothing is paid twice)"
+        )
     if self.exhausted:
       self.counts["not_sent"] += 1
       raise BudgetExhausted(self.exhausted)
@@ -412,8 +442,9 @@ class LLM:
           if retry.no_connection and not self._reached:
             self._unreached += 1
             if self._unreached >= self.max_attempts:  # a typo in --base_url must not retry for minutes
-              raise EndpointError(f"cannot connect to {self.base_url} ({retry.detail}): "
-                                  "is the server up and --base_url right?") from None
+              raise EndpointError(
+                f"cannot connect to {self.base_url} ({retry.detail}): is the server up and --base_url right?"
+              ) from None
         else:
           self._failing_since, self._failing_keys = None, set()
           self.cache.put(request, response, usage)  # committed before anyone uses it
@@ -460,16 +491,20 @@ class LLM:
     except openai.APIConnectionError as error:
       # no connection made at all (refused, no such host), unlike one dropped mid-answer
       cause = _innermost(error)
-      raise _Retry("connection", detail=str(cause)[:120] or type(cause).__name__,
-                   no_connection=isinstance(cause, (ConnectionRefusedError, socket.gaierror))) from None
+      raise _Retry(
+        "connection",
+        detail=str(cause)[:120] or type(cause).__name__,
+        no_connection=isinstance(cause, (ConnectionRefusedError, socket.gaierror)),
+      ) from None
     except openai.APIStatusError as error:
       self._reached = True
       status = error.status_code
       said = re.sub(r"^Error code: \d+ - ", "", str(error.message))  # the client's prefix repeats the status
       message = f"HTTP {status} from {self.base_url}: {said[:200]}"
       if status in RETRY_STATUSES or status >= 500:
-        raise _Retry(str(status), parse_retry_after(error.response.headers.get("retry-after")),
-                     detail=message) from None
+        raise _Retry(
+          str(status), parse_retry_after(error.response.headers.get("retry-after")), detail=message
+        ) from None
       if status in FATAL_STATUSES:
         raise EndpointError(message) from None
       raise RequestFailed(message) from None
@@ -490,18 +525,28 @@ class LLM:
     elapsed = max(now - self.started, 1e-9)
     done = self.counts["answered"] + self.counts["failed"]
     rate = done / elapsed
-    row = {"time": time.time(), "elapsed_s": round(elapsed, 3), "answers": self.counts["answered"],
-           "paid": self.counts["paid"], "cached": self.counts["cached"], "failed": self.counts["failed"],
-           "sent": self.counts["sent"], "retries": sum(self.retries.values()), "tokens_used": self.tokens_used(),
-           "answers_per_s": round(rate, 3)}
+    row = {
+      "time": time.time(),
+      "elapsed_s": round(elapsed, 3),
+      "answers": self.counts["answered"],
+      "paid": self.counts["paid"],
+      "cached": self.counts["cached"],
+      "failed": self.counts["failed"],
+      "sent": self.counts["sent"],
+      "retries": sum(self.retries.values()),
+      "tokens_used": self.tokens_used(),
+      "answers_per_s": round(rate, 3),
+    }
     of_total, eta = "", ""
     if self.total:
       of_total = f"/{self.total}"
       if rate > 0:
         row["eta_s"] = round(max(self.total - done, 0) / rate, 1)
         eta = f", ETA {row['eta_s']:.0f}s"
-    self.log(f"llm: {done}{of_total} done ({row['paid']} paid, {row['cached']} cached, {row['failed']} failed), "
-             f"{rate:.2f}/s{eta}, {row['retries']} retries, {row['tokens_used']} tokens")
+    self.log(
+      f"llm: {done}{of_total} done ({row['paid']} paid, {row['cached']} cached, {row['failed']} failed), "
+      f"{rate:.2f}/s{eta}, {row['retries']} retries, {row['tokens_used']} tokens"
+    )
     if self.metrics:
       self.metrics.write(json.dumps(row) + "\n")
       self.metrics.flush()
@@ -519,13 +564,25 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   group.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
   group.add_argument("--timeout", type=float, default=120.0, help="seconds per request before a retry")
   group.add_argument("--max_attempts", type=int, default=8, help="tries per request")
-  group.add_argument("--backoff_s", type=float, default=1.0,
-                     help="wait before the first retry, doubled each time up to 60 s (at least Retry-After)")
-  group.add_argument("--give_up_after", type=float, default=60.0,
-                     help="seconds of every request failing (a dead endpoint) after which the run stops")
+  group.add_argument(
+    "--backoff_s",
+    type=float,
+    default=1.0,
+    help="wait before the first retry, doubled each time up to 60 s (at least Retry-After)",
+  )
+  group.add_argument(
+    "--give_up_after",
+    type=float,
+    default=60.0,
+    help="seconds of every request failing (a dead endpoint) after which the run stops",
+  )
   group.add_argument("--max_requests", type=int, default=None, help="cap on HTTP requests this run sends")
-  group.add_argument("--max_tokens_total", type=int, default=None,
-                     help="cap on prompt + completion tokens of the answers used (cached ones included)")
+  group.add_argument(
+    "--max_tokens_total",
+    type=int,
+    default=None,
+    help="cap on prompt + completion tokens of the answers used (cached ones included)",
+  )
   group.add_argument("--cache", default=None, help="SQLite request cache (default: OUT/llm_cache.sqlite)")
 
 
@@ -550,8 +607,17 @@ def check_args(args: argparse.Namespace) -> None:
 def from_args(args: argparse.Namespace, out_dir: str | os.PathLike, **kw) -> LLM:
   """An LLM client from `add_args` flags; cache and metrics under `out_dir` unless --cache says."""
   out_dir = Path(out_dir)
-  return LLM(args.base_url, cache_path=args.cache or out_dir / "llm_cache.sqlite",
-             api_key_env=args.api_key_env, concurrency=args.concurrency, timeout_s=args.timeout,
-             max_attempts=args.max_attempts, backoff_base_s=args.backoff_s, max_requests=args.max_requests,
-             max_tokens_total=args.max_tokens_total, metrics_path=out_dir / "llm_metrics.jsonl",
-             give_up_after_s=args.give_up_after, **kw)
+  return LLM(
+    args.base_url,
+    cache_path=args.cache or out_dir / "llm_cache.sqlite",
+    api_key_env=args.api_key_env,
+    concurrency=args.concurrency,
+    timeout_s=args.timeout,
+    max_attempts=args.max_attempts,
+    backoff_base_s=args.backoff_s,
+    max_requests=args.max_requests,
+    max_tokens_total=args.max_tokens_total,
+    metrics_path=out_dir / "llm_metrics.jsonl",
+    give_up_after_s=args.give_up_after,
+    **kw,
+  )

@@ -12,9 +12,17 @@ from phi1_jax.model import ModelConfig
 
 # Dense bf16 peak FLOP/s per device (vendor data sheets), looked up by jax's `device_kind`.
 PEAK_BF16_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
+  "H200": 989e12,
+  "H100": 989e12,
+  "A100": 312e12,
+  "L40S": 362e12,
+  "A10G": 125e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
 }
 
 
@@ -55,6 +63,7 @@ class MetricWriter:
     from tensorboardX import SummaryWriter
 
     from phi1_jax import paths
+
     self.remote = paths.as_path(workdir) if paths.is_remote(workdir) else None
     self.upload_every_s, self.uploaded_at = upload_every_s, time.monotonic()
     if self.remote is None:
@@ -118,8 +127,13 @@ class Progress:
     else:
       rate = (step - self.step0) / max(now - self.t0, 1e-9)
       eta = _duration((self.end_step - step) / max(rate, 1e-9))
-    parts = [f"step {step}/{self.end_step}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.2e}",
-             f"gnorm {m['grad_norm']:.3f}", f"{m['tokens_per_sec']:,.0f} tok/s"]
+    parts = [
+      f"step {step}/{self.end_step}",
+      f"loss {m['loss']:.4f}",
+      f"lr {m['lr']:.2e}",
+      f"gnorm {m['grad_norm']:.3f}",
+      f"{m['tokens_per_sec']:,.0f} tok/s",
+    ]
     if m.get("mfu") is not None:
       parts.append(f"MFU {100 * m['mfu']:.1f}%")
     if "eval_loss" in m:

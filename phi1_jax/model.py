@@ -26,9 +26,9 @@ from phi1_jax import attention as flash
 from phi1_jax.sharding import constrain
 
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "auto")
 
@@ -147,8 +147,12 @@ def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask_BxLxS, *, is_causal, impl, d
   fused kernel; otherwise the probabilities are written out and dropped here. Both paths drop the
   same positions: the mask is a hash of (key, batch, head, query, key position).
   """
-  kernel_fits = (mask_BxLxS is None and is_causal and flash.fits(q_BxLxNxH, k_BxSxNxH)
-                 and (impl == "pallas" or (impl == "auto" and jax.default_backend() == "gpu")))
+  kernel_fits = (
+    mask_BxLxS is None
+    and is_causal
+    and flash.fits(q_BxLxNxH, k_BxSxNxH)
+    and (impl == "pallas" or (impl == "auto" and jax.default_backend() == "gpu"))
+  )
   if dropout_rate > 0.0 and key is not None:
     seed = flash.seed_from_key(key)
     if kernel_fits:
@@ -173,23 +177,31 @@ def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask_BxLxS, *, is_causal, impl, d
   if impl in ("auto", "pallas"):  # jax's own default (None) is always XLA, so choose here
     impl = "cudnn" if _cudnn_fits(q_BxLxNxH, mask) else "xla"
   return jax.nn.dot_product_attention(
-      q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=is_causal, implementation=impl)
+    q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=is_causal, implementation=impl
+  )
 
 
 def _cudnn_fits(q_BxLxNxH, mask) -> bool:
   """cuDNN's fused attention: a GPU, 16-bit inputs, head dim a multiple of 8 up to 128, no mask
   array (causality goes as a flag)."""
   H = q_BxLxNxH.shape[-1]
-  return (jax.default_backend() == "gpu" and q_BxLxNxH.dtype in (jnp.bfloat16, jnp.float16)
-          and H % 8 == 0 and H <= 128 and mask is None)
+  return (
+    jax.default_backend() == "gpu"
+    and q_BxLxNxH.dtype in (jnp.bfloat16, jnp.float16)
+    and H % 8 == 0
+    and H <= 128
+    and mask is None
+  )
 
 
 def cached_attention(q_BxLxNxH, k_BxNxSxH, v_BxNxSxH, mask_BxLxS):
   """Attention over a KV cache kept as [B, N, S, H], so that no step transposes the cache; the
   softmax in float32."""
   scale = 1.0 / math.sqrt(q_BxLxNxH.shape[-1])
-  logits_BxNxLxS = jnp.einsum("blnh,bnsh->bnls", q_BxLxNxH, k_BxNxSxH.astype(q_BxLxNxH.dtype),
-                              preferred_element_type=jnp.float32) * scale
+  logits_BxNxLxS = (
+    jnp.einsum("blnh,bnsh->bnls", q_BxLxNxH, k_BxNxSxH.astype(q_BxLxNxH.dtype), preferred_element_type=jnp.float32)
+    * scale
+  )
   logits_BxNxLxS = jnp.where(mask_BxLxS[:, None], logits_BxNxLxS, jnp.finfo(jnp.float32).min)
   probs_BxNxLxS = jax.nn.softmax(logits_BxNxLxS, axis=-1).astype(q_BxLxNxH.dtype)
   return jnp.einsum("bnls,bnsh->blnh", probs_BxNxLxS, v_BxNxSxH.astype(q_BxLxNxH.dtype))
@@ -222,15 +234,27 @@ def _block(cfg: ModelConfig, p: dict, x_BxLxD, positions_BxL, mask_BxLxS, key, c
   v_BxLxNxH = proj("v")
   new_cache = None
   if cache_kv is None:
-    o_BxLxNxH = attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxLxS, is_causal=mask_BxLxS is None,
-                          impl=cfg.attention_impl, dropout_rate=cfg.attn_dropout, key=keys[0])
+    o_BxLxNxH = attention(
+      q_BxLxNxH,
+      k_BxLxNxH,
+      v_BxLxNxH,
+      mask_BxLxS,
+      is_causal=mask_BxLxS is None,
+      impl=cfg.attention_impl,
+      dropout_rate=cfg.attn_dropout,
+      key=keys[0],
+    )
   else:  # write this chunk into the cache at cache_index; the caller's mask covers causality
+
     def write(cache_BxNxSxH, new_BxLxNxH):
       new_BxNxLxH = new_BxLxNxH.transpose(0, 2, 1, 3).astype(cache_BxNxSxH.dtype)
       return jax.lax.dynamic_update_slice_in_dim(cache_BxNxSxH, new_BxNxLxH, cache_index, 2)
+
     new_cache = (write(cache_kv[0], k_BxLxNxH), write(cache_kv[1], v_BxLxNxH))
     o_BxLxNxH = cached_attention(q_BxLxNxH, *new_cache, mask_BxLxS)
-  attn_BxLxD = o_BxLxNxH.reshape(B, L, N * H) @ p["o_kernel"].reshape(N * H, D).astype(dtype) + p["o_bias"].astype(dtype)
+  attn_BxLxD = o_BxLxNxH.reshape(B, L, N * H) @ p["o_kernel"].reshape(N * H, D).astype(dtype) + p["o_bias"].astype(
+    dtype
+  )
 
   h_BxLxF = jnp.einsum("bld,df->blf", y_BxLxD, p["fc1_kernel"].astype(dtype)) + p["fc1_bias"].astype(dtype)
   h_BxLxF = constrain(jax.nn.gelu(h_BxLxF, approximate=True), ("batch", "length", "mlp"))
@@ -253,8 +277,17 @@ class Phi(nnx.Module):
     self.lm_head_kernel = _param(rngs.params(), (D, V), ("embed", "vocab"), s)
     self.lm_head_bias = _param(None, (V,), ("vocab",), 0)
 
-  def hidden_states(self, tokens_BxL, *, positions_BxL=None, mask_BxLxS=None, dropout_key=None,
-                    cache=None, cache_index=None, layers=None):
+  def hidden_states(
+    self,
+    tokens_BxL,
+    *,
+    positions_BxL=None,
+    mask_BxLxS=None,
+    dropout_key=None,
+    cache=None,
+    cache_index=None,
+    layers=None,
+  ):
     """Final-LayerNorm hidden states [B, L, D] in the compute dtype (and the updated cache).
 
     Without a cache the layers run under `jax.lax.scan` on the stacked parameters. With one
@@ -303,8 +336,9 @@ class Phi(nnx.Module):
   def logits(self, h_BxLxD):
     """lm_head in float32 accumulation: logits [B, L, V] float32."""
     dtype = jnp.dtype(self.cfg.dtype)
-    logits = jnp.einsum("bld,dv->blv", h_BxLxD, self.lm_head_kernel[...].astype(dtype),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "bld,dv->blv", h_BxLxD, self.lm_head_kernel[...].astype(dtype), preferred_element_type=jnp.float32
+    )
     return logits + self.lm_head_bias[...]
 
   def __call__(self, tokens_BxL, *, positions_BxL=None, dropout_key=None, return_hidden=False):

@@ -25,8 +25,14 @@ CHAT_STOPS = ("\nUser:", "\nSystem:", "\nAssistant:")
 class ApiError(Exception):
   """An error answered in the OpenAI shape."""
 
-  def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-               type_: str = "invalid_request_error"):
+  def __init__(
+    self,
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    type_: str = "invalid_request_error",
+  ):
     super().__init__(message)
     self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
 
@@ -37,6 +43,7 @@ class ApiError(Exception):
 @dataclasses.dataclass
 class Request:
   """A checked completion or chat request."""
+
   prompts: list[list[int]]  # token ids of each prompt
   prompt_texts: list[str]
   params: Params
@@ -104,6 +111,7 @@ def _stop(body) -> tuple[str, ...]:
 
 def _prompts(value, tokenizer) -> tuple[list[list[int]], list[str]]:
   """A string, a list of strings, a list of token ids or a list of such lists -> (ids, texts)."""
+
   def ids_ok(x):
     return isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
@@ -112,8 +120,9 @@ def _prompts(value, tokenizer) -> tuple[list[list[int]], list[str]]:
   elif ids_ok(value):
     value = [value]
   if not isinstance(value, list) or not value:
-    raise ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of those",
-                   "prompt")
+    raise ApiError(
+      400, "'prompt' must be a string, a list of strings, a list of token ids or a list of those", "prompt"
+    )
   ids, texts = [], []
   for p in value:
     if isinstance(p, str):
@@ -126,8 +135,9 @@ def _prompts(value, tokenizer) -> tuple[list[list[int]], list[str]]:
       ids.append(list(p))
       texts.append(tokenizer.decode(p))
     else:
-      raise ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of those",
-                     "prompt")
+      raise ApiError(
+        400, "'prompt' must be a string, a list of strings, a list of token ids or a list of those", "prompt"
+      )
     if not ids[-1]:
       raise ApiError(400, "'prompt' is empty (it encodes to no tokens)", "prompt")
   return ids, texts
@@ -164,34 +174,60 @@ def parse(body, tokenizer, *, chat: bool, max_seq_len: int, max_sequences: int) 
     logprobs = _number(body, "logprobs", None, 0, MAX_TOP_LOGPROBS, integer=True)
     echo = _bool(body, "echo")
   if len(prompts) * n > max_sequences:  # a 429 would be retried forever: it would never fit
-    raise ApiError(400, f"{len(prompts)} prompts x n={n} is {len(prompts) * n} sequences, more than the "
-                   f"{max_sequences} this server ever holds (its --max_batch + --max_queue); send fewer prompts or "
-                   "choices per request", "n" if n > 1 else "prompt")
+    raise ApiError(
+      400,
+      f"{len(prompts)} prompts x n={n} is {len(prompts) * n} sequences, more than the "
+      f"{max_sequences} this server ever holds (its --max_batch + --max_queue); send fewer prompts or "
+      "choices per request",
+      "n" if n > 1 else "prompt",
+    )
   longest = max(len(p) for p in prompts)
   room = max_seq_len - longest
   max_tokens = _number(body, "max_tokens", default_max, 0, None, integer=True)
   if max_tokens is None:  # chat: as many as fit
     max_tokens = max(room, 0)
   if longest + max_tokens > max_seq_len:
-    raise ApiError(400, f"this model's maximum context length is {max_seq_len} tokens, but {longest + max_tokens} "
-                   f"were requested ({longest} in the prompt, {max_tokens} for the completion)", "max_tokens"
-                   if longest < max_seq_len else "prompt", "context_length_exceeded")
+    raise ApiError(
+      400,
+      f"this model's maximum context length is {max_seq_len} tokens, but {longest + max_tokens} "
+      f"were requested ({longest} in the prompt, {max_tokens} for the completion)",
+      "max_tokens" if longest < max_seq_len else "prompt",
+      "context_length_exceeded",
+    )
   if max_tokens == 0 and not (echo and logprobs is not None):
-    raise ApiError(400, "'max_tokens' must be >= 1 (0 only with echo and logprobs: the prompt's log-probs)",
-                   "max_tokens")
+    raise ApiError(
+      400, "'max_tokens' must be >= 1 (0 only with echo and logprobs: the prompt's log-probs)", "max_tokens"
+    )
   temperature = _number(body, "temperature", 1.0, 0, 2)
   top_p = _number(body, "top_p", 1.0, 0, 1, lo_open=True)
   top_k = _number(body, "top_k", 0, -1, None, integer=True)  # vLLM's extension; -1 or 0: off
-  seed = _number(body, "seed", None, -2**63, 2**64 - 1, integer=True)
+  seed = _number(body, "seed", None, -(2**63), 2**64 - 1, integer=True)
   stream = _bool(body, "stream")
   options = body.get("stream_options") or {}
   if not isinstance(options, dict):
     raise ApiError(400, "'stream_options' must be an object", "stream_options")
   stop = _stop(body) + (CHAT_STOPS if chat else ())
-  params = Params(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=max(top_k, 0),
-                  seed=0, stop=stop, logprobs=logprobs, prompt_logprobs=echo and logprobs is not None)
-  return Request(prompts=prompts, prompt_texts=texts, params=params, n=n, seed=seed, stream=stream,
-                 include_usage=bool(options.get("include_usage")), echo=echo, chat=chat)
+  params = Params(
+    max_tokens=max_tokens,
+    temperature=float(temperature),
+    top_p=float(top_p),
+    top_k=max(top_k, 0),
+    seed=0,
+    stop=stop,
+    logprobs=logprobs,
+    prompt_logprobs=echo and logprobs is not None,
+  )
+  return Request(
+    prompts=prompts,
+    prompt_texts=texts,
+    params=params,
+    n=n,
+    seed=seed,
+    stream=stream,
+    include_usage=bool(options.get("include_usage")),
+    echo=echo,
+    chat=chat,
+  )
 
 
 def choice_seed(req: Request, j: int) -> int:
@@ -220,14 +256,19 @@ def completion_logprobs(tokens: list[Token], tokenizer, offset: int) -> dict:
 
 def chat_logprobs(tokens: list[Token], tokenizer) -> dict:
   """The chat `logprobs` object ({"content": [{token, logprob, bytes, top_logprobs}]})."""
+
   def entry(i, lp):
     piece = tokenizer.decode([i])
     return {"token": piece, "logprob": lp, "bytes": list(piece.encode())}
 
-  return {"content": [{**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in (t.top or [])]}
-                      for t in tokens]}
+  return {
+    "content": [{**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in (t.top or [])]} for t in tokens]
+  }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-  return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-          "total_tokens": prompt_tokens + completion_tokens}
+  return {
+    "prompt_tokens": prompt_tokens,
+    "completion_tokens": completion_tokens,
+    "total_tokens": prompt_tokens + completion_tokens,
+  }

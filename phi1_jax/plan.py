@@ -93,8 +93,10 @@ def plan(config) -> dict:
   micro = config.batch_size // G
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if micro % n_batch_shards:
-    raise train.UserError(f"microbatch of {micro} sequences (batch_size / grad_accum_steps) does not split "
-                          f"over data x fsdp = {n_batch_shards} devices")
+    raise train.UserError(
+      f"microbatch of {micro} sequences (batch_size / grad_accum_steps) does not split "
+      f"over data x fsdp = {n_batch_shards} devices"
+    )
   graphdef, abstract_state, state_shard, tx, _ = train.state_shardings(config, mesh)
   tokens = jax.ShapeDtypeStruct((G, micro, config.seq_len + 1), jnp.int32, sharding=sharding.batch_sharding(mesh, 1))
   t0 = time.perf_counter()
@@ -110,23 +112,37 @@ def plan(config) -> dict:
   param_count = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
   state_bytes = sum(_shard_bytes(x) for x in jax.tree.leaves(abstract_state))
   figures = {
-      "mesh": dict(mesh.shape), "devices": mesh.size, "platform": jax.devices()[0].platform,
-      "params": param_count, "global_batch": config.batch_size, "grad_accum_steps": G,
-      "microbatch_per_device": micro // n_batch_shards, "seq_len": config.seq_len,
-      "tokens_per_step": tokens_per_step,
-      "model_flops_per_step": flops_per_token(model_cfg, config.seq_len) * tokens_per_step,
-      "xla_flops_per_device": float(cost.get("flops", 0.0)) if cost else None,
-      "state_bytes_per_device": state_bytes,
-      "lower_s": t1 - t0, "compile_s": t2 - t1,
+    "mesh": dict(mesh.shape),
+    "devices": mesh.size,
+    "platform": jax.devices()[0].platform,
+    "params": param_count,
+    "global_batch": config.batch_size,
+    "grad_accum_steps": G,
+    "microbatch_per_device": micro // n_batch_shards,
+    "seq_len": config.seq_len,
+    "tokens_per_step": tokens_per_step,
+    "model_flops_per_step": flops_per_token(model_cfg, config.seq_len) * tokens_per_step,
+    "xla_flops_per_device": float(cost.get("flops", 0.0)) if cost else None,
+    "state_bytes_per_device": state_bytes,
+    "lower_s": t1 - t0,
+    "compile_s": t2 - t1,
   }
   if mem is not None:
     figures.update(
-        argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-        alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-        generated_code_bytes=mem.generated_code_size_in_bytes,
-        # Donated state: outputs reuse the arguments' buffers (alias), so they count once.
-        peak_bytes=(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-                    + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes))
+      argument_bytes=mem.argument_size_in_bytes,
+      output_bytes=mem.output_size_in_bytes,
+      alias_bytes=mem.alias_size_in_bytes,
+      temp_bytes=mem.temp_size_in_bytes,
+      generated_code_bytes=mem.generated_code_size_in_bytes,
+      # Donated state: outputs reuse the arguments' buffers (alias), so they count once.
+      peak_bytes=(
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+        + mem.generated_code_size_in_bytes
+      ),
+    )
   return figures
 
 
@@ -137,20 +153,24 @@ def _shard_bytes(x) -> int:
 
 def report(f: dict) -> str:
   lines = [
-      f"mesh {f['mesh']} on {f['devices']} {f['platform']} devices; {f['params']:,} parameters",
-      f"batch {f['global_batch']} sequences x {f['seq_len']} = {f['tokens_per_step']:,} tokens per step "
-      f"({f['grad_accum_steps']} microbatches, {f['microbatch_per_device']} sequences per device each)",
-      f"FLOPs per step: {f['model_flops_per_step']:.3e} (model formula, all devices)"
-      + (f"; XLA counts {f['xla_flops_per_device']:.3e} per device, each loop body (layer scan,"
-         " microbatches) once" if f["xla_flops_per_device"] else ""),
-      f"lower {f['lower_s']:.1f} s, compile {f['compile_s']:.1f} s",
-      f"per device: state {f['state_bytes_per_device'] / GiB:.2f} GiB",
+    f"mesh {f['mesh']} on {f['devices']} {f['platform']} devices; {f['params']:,} parameters",
+    f"batch {f['global_batch']} sequences x {f['seq_len']} = {f['tokens_per_step']:,} tokens per step "
+    f"({f['grad_accum_steps']} microbatches, {f['microbatch_per_device']} sequences per device each)",
+    f"FLOPs per step: {f['model_flops_per_step']:.3e} (model formula, all devices)"
+    + (
+      f"; XLA counts {f['xla_flops_per_device']:.3e} per device, each loop body (layer scan, microbatches) once"
+      if f["xla_flops_per_device"]
+      else ""
+    ),
+    f"lower {f['lower_s']:.1f} s, compile {f['compile_s']:.1f} s",
+    f"per device: state {f['state_bytes_per_device'] / GiB:.2f} GiB",
   ]
   if "peak_bytes" in f:
     lines.append(
-        f"per device (compiled): arguments {f['argument_bytes'] / GiB:.2f} GiB, outputs {f['output_bytes'] / GiB:.2f} GiB "
-        f"(aliased {f['alias_bytes'] / GiB:.2f}), temporaries {f['temp_bytes'] / GiB:.2f} GiB, "
-        f"code {f['generated_code_bytes'] / 2**20:.1f} MiB; peak about {f['peak_bytes'] / GiB:.2f} GiB")
+      f"per device (compiled): arguments {f['argument_bytes'] / GiB:.2f} GiB, outputs {f['output_bytes'] / GiB:.2f} GiB "
+      f"(aliased {f['alias_bytes'] / GiB:.2f}), temporaries {f['temp_bytes'] / GiB:.2f} GiB, "
+      f"code {f['generated_code_bytes'] / 2**20:.1f} MiB; peak about {f['peak_bytes'] / GiB:.2f} GiB"
+    )
   return "\n".join(lines)
 
 
@@ -166,8 +186,9 @@ def parse_flags(argv):
     _usage_error("--config is required, e.g. --config=configs/phi1.py")
   config_file = config_arg.split(":", 1)[0]  # "file.py:arg" passes arg to get_config
   if not os.path.isfile(config_file):
-    _usage_error(f"--config={config_arg}: {'is a folder, not a' if os.path.isdir(config_file) else 'no such'} "
-                 "config file")
+    _usage_error(
+      f"--config={config_arg}: {'is a folder, not a' if os.path.isdir(config_file) else 'no such'} config file"
+    )
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 (a bad flag, the config file's own code, an unknown override)
@@ -197,8 +218,9 @@ def _flag_problem(error: Exception, config_arg: str, config_file: str) -> str:
   if isinstance(error, (AttributeError, KeyError)):  # ml_collections: an override of a field the config lacks
     text = text.encode().decode("unicode_escape")
     key, hint = re.search(r"'(\w+)'", text), re.search(r'Did you mean "(\w+)"', text)
-    return (f"unknown config key {key.group(1) if key else text!r} in the --config.* overrides"
-            + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+    return f"unknown config key {key.group(1) if key else text!r} in the --config.* overrides" + (
+      f" (did you mean {hint.group(1)!r}?)" if hint else ""
+    )
   return f"--config={config_arg}: {type(error).__name__}: {text.splitlines()[-1] if text else ''}"
 
 

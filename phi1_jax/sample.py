@@ -141,12 +141,14 @@ def _jit(fn, **kwargs):
     if backend not in cache:
       cache[backend] = jax.jit(fn, compiler_options=_decode_options(backend), **kwargs)
     return cache[backend](*args, **kw)
+
   return call
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "cache_len", "sampling"))
-def _prefill(graphdef, params, layers, tokens_BxP, lengths_B, limits_B, key, sampling_args, *, max_new, cache_len,
-             sampling):
+def _prefill(
+  graphdef, params, layers, tokens_BxP, lengths_B, limits_B, key, sampling_args, *, max_new, cache_len, sampling
+):
   """Runs the prompts through the model once; returns the decode-loop state with token 0 drawn."""
   model = nnx.merge(graphdef, params)
   B, P = tokens_BxP.shape
@@ -161,15 +163,25 @@ def _prefill(graphdef, params, layers, tokens_BxP, lengths_B, limits_B, key, sam
   # padding queries see only themselves, so no softmax row is empty; their outputs are unused
   mask_BxPxS = (causal_PxS[None] & prompt_valid_BxS[:, None]) | (slot_S[None, None] == t_P[None, :, None])
   cache = model.init_cache(B, S)
-  h_BxPxD, cache = model.hidden_states(tokens_BxP, positions_BxL=positions_BxP, mask_BxLxS=mask_BxPxS,
-                                       cache=cache, cache_index=0, layers=layers)
+  h_BxPxD, cache = model.hidden_states(
+    tokens_BxP, positions_BxL=positions_BxP, mask_BxLxS=mask_BxPxS, cache=cache, cache_index=0, layers=layers
+  )
   logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
   key, sub = jax.random.split(key)
   tok_B = _next_token(logits_BxV, sub, *sampling_args, **dict(sampling))
   out_BxM = jnp.full((B, max_new), PAD_OUT, jnp.int32).at[:, 0].set(tok_B)
-  return {"i": jnp.int32(0), "tok": tok_B, "done": jnp.zeros((B,), bool), "out": out_BxM,
-          "cache": cache, "key": key, "lengths": lengths_B, "limits": limits_B, "prompt_valid": prompt_valid_BxS,
-          "sampling_args": sampling_args}
+  return {
+    "i": jnp.int32(0),
+    "tok": tok_B,
+    "done": jnp.zeros((B,), bool),
+    "out": out_BxM,
+    "cache": cache,
+    "key": key,
+    "lengths": lengths_B,
+    "limits": limits_B,
+    "prompt_valid": prompt_valid_BxS,
+    "sampling_args": sampling_args,
+  }
 
 
 @functools.partial(_jit, static_argnames=("graphdef", "prompt_len", "sampling"), donate_argnames=("state",))
@@ -183,6 +195,7 @@ def _decode(graphdef, params, layers, state, done_B, step_end, eos_id, *, prompt
   P = prompt_len
   B, S = state["prompt_valid"].shape
   slot_S = jnp.arange(S)
+
   def finished(st):
     return st["done"] | (st["tok"] == eos_id) | (st["i"] + 1 >= st["limits"])
 
@@ -194,9 +207,14 @@ def _decode(graphdef, params, layers, state, done_B, step_end, eos_id, *, prompt
     # the newest token goes to slot P + i at position length + i; it sees the real prompt
     # slots and the generated slots up to itself
     mask_Bx1xS = (st["prompt_valid"] | ((slot_S >= P) & (slot_S <= P + i))[None])[:, None]
-    h_Bx1xD, cache = model.hidden_states(st["tok"][:, None], positions_BxL=(st["lengths"] + i)[:, None],
-                                         mask_BxLxS=mask_Bx1xS, cache=st["cache"], cache_index=P + i,
-                                         layers=layers)
+    h_Bx1xD, cache = model.hidden_states(
+      st["tok"][:, None],
+      positions_BxL=(st["lengths"] + i)[:, None],
+      mask_BxLxS=mask_Bx1xS,
+      cache=st["cache"],
+      cache_index=P + i,
+      layers=layers,
+    )
     key, sub = (st["key"], None) if dict(sampling)["greedy"] else jax.random.split(st["key"])  # greedy draws nothing
     tok_B = _next_token(model.logits(h_Bx1xD)[:, 0], sub, *st["sampling_args"], **dict(sampling))
     tok_B = jnp.where(done_B, PAD_OUT, tok_B)
@@ -207,11 +225,21 @@ def _decode(graphdef, params, layers, state, done_B, step_end, eos_id, *, prompt
   return jax.lax.while_loop(cond, body, state)
 
 
-def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_id: int | None = None,
-             seed: int = 0, vocab_limit: int | None = None,
-             stop_fn: Callable[[list[int]], bool] | None = None, check_every: int = 32,
-             bucket: int = 16) -> list[list[int]]:
+def generate(
+  model,
+  prompt_tokens: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int | Sequence[int],
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  top_k: int = 0,
+  eos_id: int | None = None,
+  seed: int = 0,
+  vocab_limit: int | None = None,
+  stop_fn: Callable[[list[int]], bool] | None = None,
+  check_every: int = 32,
+  bucket: int = 16,
+) -> list[list[int]]:
   """New tokens for each prompt (eos and anything after it left out).
 
   max_new_tokens is one limit for every row or one per row (e.g. the room each prompt leaves in
@@ -234,27 +262,50 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], *, max_new_tokens: i
   S = _round_up(P + M, bucket)
   tokens_BxP = np.zeros((B, P), np.int32)
   for b, p in enumerate(prompt_tokens):
-    tokens_BxP[b, P - len(p):] = p
+    tokens_BxP[b, P - len(p) :] = p
   lengths_B = np.array([len(p) for p in prompt_tokens], np.int32)
   sampling = (("greedy", temperature == 0), ("filtered", top_k > 0 or top_p < 1.0))
-  sampling_args = (jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
-                   jnp.int32(model.cfg.vocab_size if vocab_limit is None else vocab_limit))
+  sampling_args = (
+    jnp.float32(max(temperature, 1e-6)),
+    jnp.int32(top_k),
+    jnp.float32(top_p),
+    jnp.int32(model.cfg.vocab_size if vocab_limit is None else vocab_limit),
+  )
   graphdef, params = nnx.split(model)
   layers = model.unstacked_layers()  # a copy of the layer weights, so the decode step slices nothing
 
-  state = _prefill(graphdef, params, layers, jnp.asarray(tokens_BxP), jnp.asarray(lengths_B), jnp.asarray(limits_B),
-                   jax.random.key(seed), sampling_args, max_new=M, cache_len=S, sampling=sampling)
+  state = _prefill(
+    graphdef,
+    params,
+    layers,
+    jnp.asarray(tokens_BxP),
+    jnp.asarray(lengths_B),
+    jnp.asarray(limits_B),
+    jax.random.key(seed),
+    sampling_args,
+    max_new=M,
+    cache_len=S,
+    sampling=sampling,
+  )
   host_done_B = np.zeros((B,), bool)
   chunk = M if stop_fn is None else max(1, check_every)
   step_end = 0
   while True:
     step_end = min(step_end + chunk, M - 1)
-    state = _decode(graphdef, params, layers, state, jnp.asarray(host_done_B), jnp.int32(step_end),
-                    jnp.int32(-2 if eos_id is None else eos_id),  # -2 matches no token
-                    prompt_len=P, sampling=sampling)
+    state = _decode(
+      graphdef,
+      params,
+      layers,
+      state,
+      jnp.asarray(host_done_B),
+      jnp.int32(step_end),
+      jnp.int32(-2 if eos_id is None else eos_id),  # -2 matches no token
+      prompt_len=P,
+      sampling=sampling,
+    )
     out_BxM, i, done_B, tok_B = jax.device_get((state["out"], state["i"], state["done"], state["tok"]))
     done_B = done_B | (tok_B == PAD_OUT) | (eos_id is not None and tok_B == eos_id) | (int(i) + 1 >= limits_B)
-    rows = [_cut(out_BxM[b, :int(i) + 1], eos_id) for b in range(B)]
+    rows = [_cut(out_BxM[b, : int(i) + 1], eos_id) for b in range(B)]
     if stop_fn is not None:
       for b in range(B):
         if not done_B[b] and not host_done_B[b] and stop_fn(rows[b]):
@@ -278,11 +329,23 @@ def truncate_at(text: str, stop_sequences: Sequence[str]) -> str:
   return text[:cut]
 
 
-def sample_texts(model, tokenizer, prompts: Sequence[str], *, stop_sequences: Sequence[str] = (),
-                 batch_size: int = 16, max_new_tokens: int | Sequence[int] = 384, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int = 0, check_every: int = 32,
-                 progress: Callable[[int], None] | None = None, done: dict[int, str] | None = None,
-                 on_batch: Callable[[dict[int, str]], None] | None = None) -> list[str]:
+def sample_texts(
+  model,
+  tokenizer,
+  prompts: Sequence[str],
+  *,
+  stop_sequences: Sequence[str] = (),
+  batch_size: int = 16,
+  max_new_tokens: int | Sequence[int] = 384,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  top_k: int = 0,
+  seed: int = 0,
+  check_every: int = 32,
+  progress: Callable[[int], None] | None = None,
+  done: dict[int, str] | None = None,
+  on_batch: Callable[[dict[int, str]], None] | None = None,
+) -> list[str]:
   """Completions of `prompts` (in their order), each cut at its first stop sequence.
 
   max_new_tokens is one limit or one per prompt. Prompts are sorted by token length so batches
@@ -303,15 +366,25 @@ def sample_texts(model, tokenizer, prompts: Sequence[str], *, stop_sequences: Se
   done = done or {}
   results: list[str] = [""] * len(prompts)
   for batch_no, start in enumerate(range(0, len(order), batch_size)):
-    idx = order[start:start + batch_size]
+    idx = order[start : start + batch_size]
     if all(j in done for j in idx):
       for j in idx:
         results[j] = done[j]
     else:
       idx_padded = idx + [idx[-1]] * (batch_size - len(idx))
-      new = generate(model, [encoded[j] for j in idx_padded], max_new_tokens=[limits[j] for j in idx_padded],
-                     temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id, seed=seed + batch_no,
-                     vocab_limit=tokenizer.vocab_size, stop_fn=stop_fn, check_every=check_every)
+      new = generate(
+        model,
+        [encoded[j] for j in idx_padded],
+        max_new_tokens=[limits[j] for j in idx_padded],
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        eos_id=eos_id,
+        seed=seed + batch_no,
+        vocab_limit=tokenizer.vocab_size,
+        stop_fn=stop_fn,
+        check_every=check_every,
+      )
       for j, toks in zip(idx, new):
         results[j] = truncate_at(tokenizer.decode(toks), stop_sequences)
       if on_batch is not None:
@@ -329,6 +402,7 @@ def find_tokenizer(ckpt, tokenizer=None) -> Path:
   tokenizer.json in the checkpoint folder or its tokenizer/ subfolder (for a trainer step folder,
   also in the workdir). ValueError naming what is missing."""
   from phi1_jax.data.tokenizer import tokenizer_file
+
   if tokenizer:
     try:
       return tokenizer_file(tokenizer)
@@ -344,13 +418,13 @@ def find_tokenizer(ckpt, tokenizer=None) -> Path:
         return tokenizer_file(folder)
       except FileNotFoundError:
         pass
-  raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); "
-                   "pass --tokenizer=PATH")
+  raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); pass --tokenizer=PATH")
 
 
 def check_checkpoint(ckpt) -> None:
   """ValueError naming the problem when `ckpt` is no checkpoint convert.load_params reads (nothing loaded)."""
   from phi1_jax import convert
+
   problem = paths.bucket_problem(ckpt)
   if problem:
     raise ValueError(f"checkpoint {ckpt}: {problem}")
@@ -370,6 +444,7 @@ def load_model_and_tokenizer(ckpt, tokenizer=None, dtype: str | None = None):
 
   from phi1_jax import convert
   from phi1_jax.data.tokenizer import load_tokenizer
+
   check_checkpoint(ckpt)
   tok_path = find_tokenizer(ckpt, tokenizer)
   tok = load_tokenizer(tok_path)
@@ -431,22 +506,35 @@ def main(argv=None) -> int:
     if n_prompt == 0:
       raise ValueError("--prompt encodes to no tokens")
     if n_prompt + args.max_tokens > model.cfg.max_seq_len:
-      raise ValueError(f"prompt ({n_prompt} tokens) + --max_tokens={args.max_tokens} exceeds the model's "
-                       f"context of {model.cfg.max_seq_len} tokens")
+      raise ValueError(
+        f"prompt ({n_prompt} tokens) + --max_tokens={args.max_tokens} exceeds the model's "
+        f"context of {model.cfg.max_seq_len} tokens"
+      )
   except ValueError as e:
     print(f"error: {e}".replace("\n", " "), file=sys.stderr)
     return 2
   print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
   start = time.perf_counter()
-  texts = sample_texts(model, tokenizer, [args.prompt] * args.n, stop_sequences=args.stop, batch_size=args.n,
-                       max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                       top_k=args.top_k, seed=args.seed)
+  texts = sample_texts(
+    model,
+    tokenizer,
+    [args.prompt] * args.n,
+    stop_sequences=args.stop,
+    batch_size=args.n,
+    max_new_tokens=args.max_tokens,
+    temperature=args.temperature,
+    top_p=args.top_p,
+    top_k=args.top_k,
+    seed=args.seed,
+  )
   for i, text in enumerate(texts):
     if args.n > 1:
       print(f"### completion {i + 1} of {args.n}")
     print(text)
-  print(f"sampled {args.n} x up to {args.max_tokens} tokens in {time.perf_counter() - start:.1f}s "
-        "(compilation included)", file=sys.stderr)
+  print(
+    f"sampled {args.n} x up to {args.max_tokens} tokens in {time.perf_counter() - start:.1f}s (compilation included)",
+    file=sys.stderr,
+  )
   return 0
 
 

@@ -68,8 +68,12 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
 
   @app.get("/v1/models")
   async def models():
-    return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                        "owned_by": "phi1_jax", "max_model_len": max_seq_len}]}
+    return {
+      "object": "list",
+      "data": [
+        {"id": model_name, "object": "model", "created": created, "owned_by": "phi1_jax", "max_model_len": max_seq_len}
+      ],
+    }
 
   async def read_request(request: Request, chat: bool) -> api.Request:
     raw = await request.body()
@@ -78,17 +82,24 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
     except (ValueError, UnicodeDecodeError) as e:
       raise api.ApiError(400, f"the request body is not valid JSON ({e})") from None
     if isinstance(body, dict) and body.get("model") not in (None, model_name):
-      raise api.ApiError(404, f"the model {body['model']!r} does not exist; this server serves {model_name!r}",
-                         "model", "model_not_found", "not_found_error")
-    return api.parse(body, tokenizer, chat=chat, max_seq_len=max_seq_len,
-                     max_sequences=engine.max_queue + engine.max_batch)
+      raise api.ApiError(
+        404,
+        f"the model {body['model']!r} does not exist; this server serves {model_name!r}",
+        "model",
+        "model_not_found",
+        "not_found_error",
+      )
+    return api.parse(
+      body, tokenizer, chat=chat, max_seq_len=max_seq_len, max_sequences=engine.max_queue + engine.max_batch
+    )
 
   async def handle(request: Request, chat: bool):
     try:
       req = await read_request(request, chat)
       if not engine.ready:
-        raise api.ApiError(503, "the model is still loading; retry when GET /health answers 200",
-                           type_="server_error", code="not_ready")
+        raise api.ApiError(
+          503, "the model is still loading; retry when GET /health answers 200", type_="server_error", code="not_ready"
+        )
     except api.ApiError as e:
       return error_response(e)
     mailbox = _Mailbox(asyncio.get_running_loop(), len(req.prompts) * req.n, wake_each_step=req.stream)
@@ -100,8 +111,9 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
     try:
       engine.submit(seqs)
     except engine_lib.QueueFull as e:
-      return error_response(api.ApiError(429, f"the server is busy: {e}; retry later", type_="rate_limit_error",
-                                         code="rate_limit_exceeded"))
+      return error_response(
+        api.ApiError(429, f"the server is busy: {e}; retry later", type_="rate_limit_error", code="rate_limit_exceeded")
+      )
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     reply = _Reply(rid, req, seqs, tokenizer, model_name)
     if req.stream:
@@ -119,9 +131,14 @@ def build_app(engine, tokenizer, model_name: str, max_seq_len: int):
   return app
 
 
-ENGINE_FAILED = {"error": {"message": "the model failed while generating (see the server's log); the server "
-                                      "answers 503 until it is restarted", "type": "server_error", "param": None,
-                           "code": "engine_failed"}}
+ENGINE_FAILED = {
+  "error": {
+    "message": "the model failed while generating (see the server's log); the server answers 503 until it is restarted",
+    "type": "server_error",
+    "param": None,
+    "code": "engine_failed",
+  }
+}
 
 
 class _Mailbox:
@@ -168,6 +185,7 @@ class _Reply:
 
   def __init__(self, rid, req, seqs, tokenizer, model_name):
     from phi1_jax import openai_api as api
+
     self.api, self.rid, self.req, self.seqs, self.tok, self.model = api, rid, req, seqs, tokenizer, model_name
     self.created = int(time.time())
     self.texts = ["" for _ in seqs]
@@ -181,9 +199,15 @@ class _Reply:
   def _log(self, outcome: str) -> None:
     started = [s.t_start for s in self.seqs if s.t_start is not None]
     queue_s = max(started) - self.t_start if len(started) == len(self.seqs) else time.perf_counter() - self.t_start
-    log.info("%s: %d prompt tokens, %d completion tokens, queue %.3fs, total %.3fs, %s", self.rid,
-             sum(len(p) for p in self.req.prompts), sum(s.n_generated for s in self.seqs), queue_s,
-             time.perf_counter() - self.t_start, outcome)
+    log.info(
+      "%s: %d prompt tokens, %d completion tokens, queue %.3fs, total %.3fs, %s",
+      self.rid,
+      sum(len(p) for p in self.req.prompts),
+      sum(s.n_generated for s in self.seqs),
+      queue_s,
+      time.perf_counter() - self.t_start,
+      outcome,
+    )
 
   def _usage(self) -> dict:
     return self.api.usage(sum(len(p) for p in self.req.prompts), sum(s.n_generated for s in self.seqs))
@@ -224,20 +248,43 @@ class _Reply:
     choices = []
     for i in range(len(self.seqs)):
       if self.req.chat:
-        choices.append({"index": i, "message": {"role": "assistant", "content": self.texts[i]},
-                        "logprobs": self._logprobs(i, self.tokens[i], 0), "finish_reason": self.finish[i]})
+        choices.append(
+          {
+            "index": i,
+            "message": {"role": "assistant", "content": self.texts[i]},
+            "logprobs": self._logprobs(i, self.tokens[i], 0),
+            "finish_reason": self.finish[i],
+          }
+        )
       else:
         echo = self._echo_text(i)
         # with echo, text offsets count from the prompt's start; else from the completion's
-        choices.append({"index": i, "text": echo + self.texts[i], "logprobs": self._logprobs(i, self.tokens[i], 0),
-                        "finish_reason": self.finish[i]})
+        choices.append(
+          {
+            "index": i,
+            "text": echo + self.texts[i],
+            "logprobs": self._logprobs(i, self.tokens[i], 0),
+            "finish_reason": self.finish[i],
+          }
+        )
     self._log("ok")
-    return {"id": self.rid, "object": "chat.completion" if self.req.chat else "text_completion",
-            "created": self.created, "model": self.model, "choices": choices, "usage": self._usage()}
+    return {
+      "id": self.rid,
+      "object": "chat.completion" if self.req.chat else "text_completion",
+      "created": self.created,
+      "model": self.model,
+      "choices": choices,
+      "usage": self._usage(),
+    }
 
   def _chunk(self, choices, usage=None) -> str:
-    body = {"id": self.rid, "object": "chat.completion.chunk" if self.req.chat else "text_completion",
-            "created": self.created, "model": self.model, "choices": choices}
+    body = {
+      "id": self.rid,
+      "object": "chat.completion.chunk" if self.req.chat else "text_completion",
+      "created": self.created,
+      "model": self.model,
+      "choices": choices,
+    }
     if usage is not None or self.req.include_usage:
       body["usage"] = usage
     return f"data: {json.dumps(body)}\n\n"
@@ -250,8 +297,12 @@ class _Reply:
     echoed = [False] * len(self.seqs)
     try:
       if self.req.chat:
-        yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                            "finish_reason": None} for i in range(len(self.seqs))])
+        yield self._chunk(
+          [
+            {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            for i in range(len(self.seqs))
+          ]
+        )
       while None in self.finish:
         for i, delta in await mailbox.take():
           self._take(i, delta)
@@ -276,8 +327,12 @@ class _Reply:
     logprobs = self._logprobs(i, delta.tokens, offsets[i])
     offsets[i] += sum(len(self.tok.decode([t.id])) for t in delta.tokens)
     if self.req.chat:
-      choice = {"index": i, "delta": {"content": text} if text else {}, "logprobs": logprobs,
-                "finish_reason": delta.finish_reason}
+      choice = {
+        "index": i,
+        "delta": {"content": text} if text else {},
+        "logprobs": logprobs,
+        "finish_reason": delta.finish_reason,
+      }
     else:
       choice = {"index": i, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
     return self._chunk([choice])
@@ -288,6 +343,7 @@ class _Reply:
 
 def _parse_args(argv):
   from phi1_jax.cli import OneLineParser
+
   p = OneLineParser(prog="python -m phi1_jax.serve", description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   p.add_argument("--host", default="127.0.0.1")
@@ -295,14 +351,18 @@ def _parse_args(argv):
   p.add_argument("--model_name", default=None, help="the model id clients send (default: the checkpoint's folder name)")
   p.add_argument("--max_batch", type=int, default=16, help="slots: sequences decoded together")
   p.add_argument("--max_queue", type=int, default=256, help="sequences that may wait for a slot; more get 429")
-  p.add_argument("--max_seq_len", type=int, default=None, help="prompt + completion tokens per slot "
-                 "(default: the model's context)")
+  p.add_argument(
+    "--max_seq_len", type=int, default=None, help="prompt + completion tokens per slot (default: the model's context)"
+  )
   p.add_argument("--dtype", default=None, help="compute dtype: float32, bfloat16 (default: the checkpoint's)")
   p.add_argument("--tokenizer", default=None, help="tokenizer.model / tokenizer.json or its folder")
   p.add_argument("--log_every_s", type=float, default=10.0, help="seconds between load lines")
-  p.add_argument("--compile_cache", default="~/.cache/phi1_jax/jax_cache",
-                 help="JAX's persistent compilation cache: a second start skips compiling ('' turns it off; "
-                 "$JAX_COMPILATION_CACHE_DIR wins)")
+  p.add_argument(
+    "--compile_cache",
+    default="~/.cache/phi1_jax/jax_cache",
+    help="JAX's persistent compilation cache: a second start skips compiling ('' turns it off; "
+    "$JAX_COMPILATION_CACHE_DIR wins)",
+  )
   return p.parse_args(argv)
 
 
@@ -332,8 +392,10 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
   except OSError as e:
     sock.close()
-    raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}"
-                     + (" (the port is in use; pick another --port)" if e.errno == 98 else "")) from None
+    raise ValueError(
+      f"cannot listen on {host}:{port}: {e.strerror}"
+      + (" (the port is in use; pick another --port)" if e.errno == 98 else "")
+    ) from None
   return sock
 
 
@@ -343,6 +405,7 @@ def main(argv=None) -> int:
   for name in ("absl", "jax._src.xla_bridge"):  # orbax's restore chatter, "no TPU here"
     logging.getLogger(name).setLevel(logging.WARNING)
   from phi1_jax import sample
+
   start = time.perf_counter()
   try:  # every user mistake ends here, in one line, before anything compiles
     _check_args(args)
@@ -360,15 +423,29 @@ def main(argv=None) -> int:
   import uvicorn
 
   from phi1_jax.engine import Engine
+
   if args.compile_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).expanduser()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   model_name = args.model_name or paths.absolute(args.checkpoint).name
-  engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=max_seq_len,
-                  log_every_s=args.log_every_s)
-  log.info("loaded %s (%d layers, d_model %d, %s) in %.1fs; compiling %d slots x %d tokens",
-           args.checkpoint, model.cfg.n_layers, model.cfg.d_model, model.cfg.dtype, time.perf_counter() - start,
-           args.max_batch, max_seq_len)
+  engine = Engine(
+    model,
+    tokenizer,
+    max_batch=args.max_batch,
+    max_queue=args.max_queue,
+    max_seq_len=max_seq_len,
+    log_every_s=args.log_every_s,
+  )
+  log.info(
+    "loaded %s (%d layers, d_model %d, %s) in %.1fs; compiling %d slots x %d tokens",
+    args.checkpoint,
+    model.cfg.n_layers,
+    model.cfg.d_model,
+    model.cfg.dtype,
+    time.perf_counter() - start,
+    args.max_batch,
+    max_seq_len,
+  )
   engine.start()
   app = build_app(engine, tokenizer, model_name, max_seq_len)
   host, port = sock.getsockname()[:2]

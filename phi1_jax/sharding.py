@@ -17,8 +17,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 # Activations: batch over the data-parallel axes, heads and MLP hidden over `tensor`, the rest whole.
-ACTIVATION_RULES = (("batch", BATCH_AXES), ("length", None), ("embed", None), ("heads", "tensor"),
-                    ("head_dim", None), ("mlp", "tensor"), ("vocab", "tensor"))
+ACTIVATION_RULES = (
+  ("batch", BATCH_AXES),
+  ("length", None),
+  ("embed", None),
+  ("heads", "tensor"),
+  ("head_dim", None),
+  ("mlp", "tensor"),
+  ("vocab", "tensor"),
+)
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
@@ -39,8 +46,7 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
 def logical_to_spec(logical_axes, shape, rules, mesh) -> P:
@@ -73,19 +79,23 @@ def constrain(x, logical_axes):
 
 def on_mesh(fn, mesh):
   """fn traced under `mesh` (inside jit too), so `constrain` in the model sees the mesh's axes."""
+
   def traced(*args, **kwargs):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       return fn(*args, **kwargs)
+
   return traced
 
 
 def param_shardings(abstract_model, mesh, rules):
   """Pure-dict tree of NamedShardings for the model's parameters, from their logical axes."""
   state = nnx.state(abstract_model, nnx.Param)
-  specs = jax.tree.map(lambda v: logical_to_spec(v.logical_axes, v.shape, rules, mesh), state,
-                       is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), nnx.to_pure_dict(specs),
-                      is_leaf=lambda x: isinstance(x, P))
+  specs = jax.tree.map(
+    lambda v: logical_to_spec(v.logical_axes, v.shape, rules, mesh),
+    state,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), nnx.to_pure_dict(specs), is_leaf=lambda x: isinstance(x, P))
 
 
 def batch_sharding(mesh, leading_dims: int = 0) -> NamedSharding:

@@ -62,24 +62,28 @@ def lr_schedule(opt_cfg, total_steps: int):
   """
   warmup = min(opt_cfg.warmup_steps, total_steps)
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, opt_cfg.lr, max(warmup, 1)),
-       optax.linear_schedule(opt_cfg.lr, opt_cfg.end_lr, max(total_steps - warmup, 1))],
-      [warmup])
+    [
+      optax.linear_schedule(0.0, opt_cfg.lr, max(warmup, 1)),
+      optax.linear_schedule(opt_cfg.lr, opt_cfg.end_lr, max(total_steps - warmup, 1)),
+    ],
+    [warmup],
+  )
 
 
 def decay_mask(params):
   """Weight decay on matrices only: not on biases, LayerNorm scales and shifts."""
+
   def keep(path, _):
     name = str(path[-1].key)
     return not (name.endswith("_bias") or "ln_" in name)
+
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
 def make_optimizer(config):
   opt = config.optimizer
   schedule = lr_schedule(opt, config.total_steps)
-  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                      weight_decay=opt.weight_decay, mask=decay_mask)
+  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
   clip = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
   return optax.chain(*clip, adamw), schedule
 
@@ -150,6 +154,7 @@ def make_eval_step(graphdef, config):
   def step(params, tokens_BxL1):
     total, count = loss_sums(nnx.merge(graphdef, params), tokens_BxL1, None, config.loss_chunk_size)
     return total, count
+
   return step
 
 
@@ -159,6 +164,7 @@ def make_eval_step(graphdef, config):
 def checkpoint_model_config(path: str) -> ModelConfig:
   """The ModelConfig of an init_from checkpoint (phi1_jax or Hugging Face), read without its weights."""
   from phi1_jax import convert
+
   problem = paths.bucket_problem(path)
   if problem:
     raise UserError(f"init_from {path}: {problem}")
@@ -184,6 +190,7 @@ def take_architecture(config):
   if not config.init_from:
     return
   from phi1_jax.config import ARCHITECTURE_FIELDS
+
   trained = checkpoint_model_config(config.init_from)
   diff = []
   for name in ARCHITECTURE_FIELDS:
@@ -192,8 +199,10 @@ def take_architecture(config):
     elif config.model[name] != getattr(trained, name):
       diff.append(f"model.{name}={config.model[name]} (checkpoint: {getattr(trained, name)})")
   if diff:
-    raise UserError(f"init_from {config.init_from} was trained with another architecture: {', '.join(diff)}; "
-                    f"leave these unset to take the checkpoint's")
+    raise UserError(
+      f"init_from {config.init_from} was trained with another architecture: {', '.join(diff)}; "
+      f"leave these unset to take the checkpoint's"
+    )
   if config.seq_len is None:
     config.seq_len = trained.max_seq_len
 
@@ -215,8 +224,15 @@ def model_config_of(config) -> ModelConfig:
 
 def check_config(config):
   take_architecture(config)  # what a finetuning config leaves to its init_from checkpoint
-  for name in ("total_steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every",
-               "grad_accum_steps"):
+  for name in (
+    "total_steps",
+    "batch_size",
+    "seq_len",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "grad_accum_steps",
+  ):
     if config[name] is None:
       raise UserError(f"config.{name} is unset: give it, or --config.init_from a checkpoint to take it from")
     if config[name] <= 0:
@@ -228,10 +244,13 @@ def check_config(config):
     raise UserError(f"microbatch of {micro} sequences does not split over {jax.process_count()} processes")
   if config.humaneval_every:  # the samples run under the OS sandbox: a machine without it fails now, not mid-run
     from phi1_jax.eval import sandbox
+
     try:
       sandbox.check(config.humaneval_sandbox)
     except ValueError as e:
-      raise UserError(f"config.humaneval_every: {e}".replace("--sandbox=guard", "--config.humaneval_sandbox=guard")) from None
+      raise UserError(
+        f"config.humaneval_every: {e}".replace("--sandbox=guard", "--config.humaneval_sandbox=guard")
+      ) from None
 
 
 def check_workdir(workdir):
@@ -270,8 +289,10 @@ def lock_workdir(workdir, log):
     lock.seek(0)
     holder = lock.read().strip() or "another process"
     lock.close()
-    raise UserError(f"workdir {workdir} is in use by another trainer ({holder}); wait for it to end, "
-                    f"or stop it, or choose another --workdir") from None
+    raise UserError(
+      f"workdir {workdir} is in use by another trainer ({holder}); wait for it to end, "
+      f"or stop it, or choose another --workdir"
+    ) from None
   lock.seek(0)
   lock.truncate()
   lock.write(f"host {socket.gethostname()}, pid {os.getpid()}\n")
@@ -296,9 +317,11 @@ class _DropNoSpaceErrors(py_logging.Filter):
 def _quiet_closed_loops(hook):
   """sys.unraisablehook without "Event loop is closed": tensorstore completing the writes of an
   Orbax save that failed (its loop already gone); the failure itself reaches the main thread."""
+
   def quiet(unraisable):
     if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
       hook(unraisable)
+
   return quiet
 
 
@@ -316,11 +339,15 @@ def space_warning(folder, step: int, next_step: int, need: int, free: int, delet
   `next_step` (`deletes_one`: a saved checkpoint then deletes the oldest, keeping free space level).
   None while there is room."""
   if free < need:
-    return (f"warning: {folder} has {_mb(free)} free, the checkpoint of step {step} needs about {_mb(need)}: "
-            f"this save will fail; free space now")
+    return (
+      f"warning: {folder} has {_mb(free)} free, the checkpoint of step {step} needs about {_mb(need)}: "
+      f"this save will fail; free space now"
+    )
   if free - need < need and not deletes_one:
-    return (f"warning: {folder} has {_mb(free)} free, room for the checkpoint of step {step} (about {_mb(need)}) "
-            f"but not the next at step {next_step}: free space or lower keep_checkpoints before then")
+    return (
+      f"warning: {folder} has {_mb(free)} free, room for the checkpoint of step {step} (about {_mb(need)}) "
+      f"but not the next at step {next_step}: free space or lower keep_checkpoints before then"
+    )
   return None
 
 
@@ -340,31 +367,44 @@ def finished_message(config, workdir, end_step: int) -> str | None:
   if done is None or done < end_step:
     return None
   if done >= config.total_steps:
-    return (f"run already finished at step {done} (total_steps={config.total_steps}) in {workdir}; "
-            f"raise --config.total_steps to continue")
-  return (f"run already at step {done} (run_until_step={config.run_until_step}) in {workdir}; "
-          f"raise --config.run_until_step to continue")
+    return (
+      f"run already finished at step {done} (total_steps={config.total_steps}) in {workdir}; "
+      f"raise --config.total_steps to continue"
+    )
+  return (
+    f"run already at step {done} (run_until_step={config.run_until_step}) in {workdir}; "
+    f"raise --config.run_until_step to continue"
+  )
 
 
 def ensure_stdlib(config) -> tuple[str, str]:
   """The "stdlib" mixture's (tokenizer dir, data dir), built on first use; touches no JAX."""
   from phi1_jax.data import stdlib_corpus
-  return stdlib_corpus.ensure_stdlib_data(Path(config.data.cache_dir).expanduser(), config.data.stdlib_vocab_size,
-                                          config.seq_len, max_bytes=config.data.stdlib_max_bytes)
+
+  return stdlib_corpus.ensure_stdlib_data(
+    Path(config.data.cache_dir).expanduser(),
+    config.data.stdlib_vocab_size,
+    config.seq_len,
+    max_bytes=config.data.stdlib_max_bytes,
+  )
 
 
-_DATA_IN_BUCKET = ("data path {}: ArrayRecord shards and tokenizers are read from local paths; mount the "
-                   "bucket (gcsfuse) and give the mount's path (README: data in a bucket)")
+_DATA_IN_BUCKET = (
+  "data path {}: ArrayRecord shards and tokenizers are read from local paths; mount the "
+  "bucket (gcsfuse) and give the mount's path (README: data in a bucket)"
+)
 
 
 def resolve_data(config, log):
   """(train sources [(dir, weight)], eval sources [(dir, weight)], tokenizer path); fails fast on
   missing paths. The eval sources are data.eval_path alone, or else the train sources."""
   from phi1_jax.data import pipeline
+
   mixture = config.data.mixture.strip()
   if not mixture:
-    raise UserError("data.mixture is empty: set --config.data.mixture=DIR[:WEIGHT],... (folders made by "
-                    "python -m phi1_jax.data.pack)")
+    raise UserError(
+      "data.mixture is empty: set --config.data.mixture=DIR[:WEIGHT],... (folders made by python -m phi1_jax.data.pack)"
+    )
   if mixture == "stdlib":
     log(f"data: the embedded default (this Python's standard library), cached in {config.data.cache_dir}")
     tok_dir, data_dir = ensure_stdlib(config)
@@ -411,14 +451,20 @@ def make_eval_sets(config, eval_sources, local_batch: int, log) -> list[tuple[st
   """(name, weight, batches) of each held-out split that fills one eval batch, the others left out
   with a warning line; a UserError when none does (an eval loss over no batches would read 0)."""
   from phi1_jax.data import pipeline
+
   names = [Path(p).name for p, _ in eval_sources]
   if len(set(names)) < len(names):  # two folders of one name: the paths as given tell them apart
     names = [p for p, _ in eval_sources]
   sets, small = [], []
   for (path, weight), name in zip(eval_sources, names):
     try:
-      batches = pipeline.make_eval_batches(path, batch_size=local_batch, max_batches=config.eval_batches,
-                                           shard_index=jax.process_index(), shard_count=jax.process_count())
+      batches = pipeline.make_eval_batches(
+        path,
+        batch_size=local_batch,
+        max_batches=config.eval_batches,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+      )
     except ValueError as e:
       raise UserError(str(e)) from None
     if batches:
@@ -427,8 +473,11 @@ def make_eval_sets(config, eval_sources, local_batch: int, log) -> list[tuple[st
       small.append(f"{path} has {pipeline.split_records(path, 'eval')}")
   need = f"one eval batch of batch_size={config.batch_size} records"
   if not sets:
-    fix = ("raise --config.data.stdlib_max_bytes or lower --config.batch_size" if config.data.mixture.strip() == "stdlib"
-           else "pack the data with a larger --eval_fraction or set --config.data.eval_path to a folder with more")
+    fix = (
+      "raise --config.data.stdlib_max_bytes or lower --config.batch_size"
+      if config.data.mixture.strip() == "stdlib"
+      else "pack the data with a larger --eval_fraction or set --config.data.eval_path to a folder with more"
+    )
     raise UserError(f"no held-out split holds {need} ({', '.join(small)}); {fix}")
   for line in small:
     log(f"warning: eval split of {line} records, fewer than {need}: left out of eval_loss")
@@ -447,13 +496,17 @@ def check_tokenizer_fits(config, packed_tok: dict, tokenizer: str):
     fix_vocab = fix_eos = f"pack the data with the tokenizer {config.init_from} was trained with"
   else:
     fix_vocab = f"for this tokenizer set --config.model.vocab_size={vocab}" + (
-        f" --config.model.eos_id={eos}" if eos is not None else "")
+      f" --config.model.eos_id={eos}" if eos is not None else ""
+    )
     fix_eos = f"set --config.model.eos_id={eos}"
   if vocab > config.model.vocab_size:
-    raise UserError(f"tokenizer {tokenizer} has {vocab} tokens, model.vocab_size={config.model.vocab_size}; {fix_vocab}")
+    raise UserError(
+      f"tokenizer {tokenizer} has {vocab} tokens, model.vocab_size={config.model.vocab_size}; {fix_vocab}"
+    )
   if eos is not None and eos != config.model.eos_id:
-    raise UserError(f"tokenizer {tokenizer} separates documents with token {eos}, model.eos_id="
-                    f"{config.model.eos_id}; {fix_eos}")
+    raise UserError(
+      f"tokenizer {tokenizer} separates documents with token {eos}, model.eos_id={config.model.eos_id}; {fix_eos}"
+    )
 
 
 def check_workdir_model(workdir, model_cfg: ModelConfig):
@@ -491,6 +544,7 @@ def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log
 def init_from_pretrained(path: str):
   """Parameters of a phi1_jax checkpoint or a Hugging Face folder (take_architecture checked its config)."""
   from phi1_jax import convert
+
   try:
     _, params = convert.load_params(path)
   except (ValueError, FileNotFoundError) as e:
@@ -511,8 +565,9 @@ def state_shardings(config, mesh):
   p_shard = sharding.param_shardings(abstract, mesh, rules)
   abstract_params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shard,
-                                    transform_non_params=lambda _: sharding.replicated(mesh))
+  opt_shard = optax.tree_map_params(
+    tx, lambda _, s: s, abstract_opt, p_shard, transform_non_params=lambda _: sharding.replicated(mesh)
+  )
   state_shard = {"params": p_shard, "opt_state": opt_shard, "step": sharding.replicated(mesh)}
   shapes = {"params": abstract_params, "opt_state": abstract_opt, "step": jax.ShapeDtypeStruct((), jnp.int32)}
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shard)
@@ -541,8 +596,12 @@ def jit_train_step(graphdef, tx, config, mesh, state_shard, stop_flags: bool = F
   in_shardings = (state_shard, sharding.batch_sharding(mesh, 1))
   if stop_flags:
     in_shardings += (per_device_sharding(mesh),)
-  return jax.jit(sharding.on_mesh(make_train_step(graphdef, tx, config), mesh), in_shardings=in_shardings,
-                 out_shardings=(state_shard, sharding.replicated(mesh)), donate_argnums=0)
+  return jax.jit(
+    sharding.on_mesh(make_train_step(graphdef, tx, config), mesh),
+    in_shardings=in_shardings,
+    out_shardings=(state_shard, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
 
 
 def per_device_sharding(mesh):
@@ -552,8 +611,9 @@ def per_device_sharding(mesh):
 
 def stop_flags_array(stop: bool, mesh) -> jax.Array:
   """This process's stop flag on each of its devices, as one global vector [n_devices]."""
-  return jax.make_array_from_callback((mesh.devices.size,), per_device_sharding(mesh),
-                                      lambda _: np.full((1,), stop, np.int32))
+  return jax.make_array_from_callback(
+    (mesh.devices.size,), per_device_sharding(mesh), lambda _: np.full((1,), stop, np.int32)
+  )
 
 
 def init_distributed(config):
@@ -561,8 +621,7 @@ def init_distributed(config):
   if d.coordinator_address or d.auto:
     kwargs = {}
     if d.coordinator_address:
-      kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
-                    process_id=d.process_id)
+      kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes, process_id=d.process_id)
     jax.distributed.initialize(**kwargs)
 
 
@@ -584,8 +643,10 @@ def train(config, workdir: str | os.PathLike) -> dict:
     log(finished)
     return {"step": latest_checkpoint_step(workdir), "already_finished": True}
   if config.optimizer.warmup_steps >= config.total_steps:
-    log(f"warning: optimizer.warmup_steps={config.optimizer.warmup_steps} >= total_steps={config.total_steps}: "
-        f"the learning rate never reaches optimizer.lr={config.optimizer.lr}")
+    log(
+      f"warning: optimizer.warmup_steps={config.optimizer.warmup_steps} >= total_steps={config.total_steps}: "
+      f"the learning rate never reaches optimizer.lr={config.optimizer.lr}"
+    )
   sources, eval_sources, tokenizer = resolve_data(config, log)
   local_batch = config.batch_size // jax.process_count()
   eval_sets = make_eval_sets(config, eval_sources, local_batch, log)
@@ -595,39 +656,53 @@ def train(config, workdir: str | os.PathLike) -> dict:
   prepare_workdir(workdir, config, model_cfg, tokenizer, log)
 
   from phi1_jax.data import pipeline
+
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract_state, state_shard, tx, schedule = state_shardings(config, mesh)
   state = create_state(config, tx, state_shard, init_params)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
 
-  train_ds = pipeline.make_train_dataset(sources, batch_size=local_batch, seed=config.seed,
-                                         shard_index=jax.process_index(), shard_count=jax.process_count())
+  train_ds = pipeline.make_train_dataset(
+    sources, batch_size=local_batch, seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count()
+  )
   train_iter = iter(train_ds)
 
   import grain
+
   ckpt_mngr = ocp.CheckpointManager(
-      paths.absolute(workdir / "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
-                                           enable_async_checkpointing=True),
-      item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+    paths.absolute(workdir / "checkpoints"),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=config.keep_checkpoints, create=True, enable_async_checkpointing=True
+    ),
+    item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
+  )
   latest = ckpt_mngr.latest_step()
   if latest is not None:
     # grain saved one iterator state per process; with another process count there is none for
     # this one, and the position follows from the step (every step reads one global batch).
-    same_processes = (workdir / "checkpoints" / str(latest) / "data"
-                      / f"process_{jax.process_index()}-of-{jax.process_count()}.json").exists()
+    same_processes = (
+      workdir / "checkpoints" / str(latest) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    ).exists()
     items = dict(state=ocp.args.StandardRestore(abstract_state))
     if same_processes:
       items["data"] = pipeline.checkpoint_args(train_iter, restore=True)
     try:  # to this run's shardings: a checkpoint from another mesh restores resharded
       restored = ckpt_mngr.restore(latest, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
-      raise UserError(f"checkpoint {workdir}/checkpoints/{latest} does not match this config: {str(e).splitlines()[0]}") from None
+      raise UserError(
+        f"checkpoint {workdir}/checkpoints/{latest} does not match this config: {str(e).splitlines()[0]}"
+      ) from None
     state = restored["state"]
     if not same_processes:
       pipeline.seek(train_iter, int(state["step"]), local_batch)
-    log(f"resumed from {workdir}/checkpoints/{latest}" + ("" if same_processes else
-        f" (saved by another number of processes: data position from step {int(state['step'])})"))
+    log(
+      f"resumed from {workdir}/checkpoints/{latest}"
+      + (
+        ""
+        if same_processes
+        else f" (saved by another number of processes: data position from step {int(state['step'])})"
+      )
+    )
   start_step = int(state["step"])
 
   G = config.grad_accum_steps
@@ -660,8 +735,10 @@ def train(config, workdir: str | os.PathLike) -> dict:
     if len(eval_sets) == 1:
       return {"eval_loss": losses[eval_sets[0][0]]}
     weight = sum(w for _, w, _ in eval_sets)
-    return {"eval_loss": sum(w * losses[name] for name, w, _ in eval_sets) / weight,
-            **{f"eval_loss/{name}": loss for name, loss in losses.items()}}
+    return {
+      "eval_loss": sum(w * losses[name] for name, w, _ in eval_sets) / weight,
+      **{f"eval_loss/{name}": loss for name, loss in losses.items()},
+    }
 
   ckpt_dir = workdir / "checkpoints"
   py_logging.getLogger("absl").addFilter(_DropNoSpaceErrors())
@@ -671,9 +748,11 @@ def train(config, workdir: str | os.PathLike) -> dict:
   def disk_full() -> DiskFull:
     good = latest_checkpoint_step(workdir)
     space = f": it needs about {_mb(saving['need'])}, {_mb(saving['free'])} was free" if "need" in saving else ""
-    return DiskFull(f"no space left on device for the checkpoint of step {saving['step']} in {ckpt_dir}{space}; "
-                    f"the last good checkpoint is {ckpt_dir / str(good) if good is not None else 'none'}; "
-                    f"free space and rerun the same command to resume")
+    return DiskFull(
+      f"no space left on device for the checkpoint of step {saving['step']} in {ckpt_dir}{space}; "
+      f"the last good checkpoint is {ckpt_dir / str(good) if good is not None else 'none'}; "
+      f"free space and rerun the same command to resume"
+    )
 
   def finish_saves():
     """Waits for the save in flight; a full disk becomes DiskFull naming its step."""
@@ -690,17 +769,25 @@ def train(config, workdir: str | os.PathLike) -> dict:
     saving.update(step=step)
     if is_main and not paths.is_remote(workdir):
       good = latest_checkpoint_step(workdir)
-      need = (folder_bytes(ckpt_dir / str(good)) if good is not None
-              else sum(x.nbytes for x in jax.tree.leaves(state)))
+      need = folder_bytes(ckpt_dir / str(good)) if good is not None else sum(x.nbytes for x in jax.tree.leaves(state))
       free = shutil.disk_usage(ckpt_dir).free
-      warning = space_warning(ckpt_dir, step, step + config.checkpoint_every, need, free,
-                              deletes_one=len(ocp.utils.checkpoint_steps(ckpt_dir)) >= config.keep_checkpoints > 0)
+      warning = space_warning(
+        ckpt_dir,
+        step,
+        step + config.checkpoint_every,
+        need,
+        free,
+        deletes_one=len(ocp.utils.checkpoint_steps(ckpt_dir)) >= config.keep_checkpoints > 0,
+      )
       if warning:
         log(warning)
       saving.update(need=need, free=free)
     try:
-      ckpt_mngr.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=pipeline.checkpoint_args(train_iter)), force=force)
+      ckpt_mngr.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=pipeline.checkpoint_args(train_iter)),
+        force=force,
+      )
     except Exception as e:
       if out_of_space(e):
         raise disk_full() from None
@@ -715,8 +802,10 @@ def train(config, workdir: str | os.PathLike) -> dict:
   peak = config.peak_flops_per_device or peak_flops(jax.devices()[0])
   writer = MetricWriter(workdir, enabled=is_main)
   progress = Progress(start_step, end_step, log)
-  log(f"model: {n_params:,} parameters; mesh {dict(mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} devices; "
-      f"{config.batch_size} x {config.seq_len} tokens per step; steps {start_step} -> {end_step}")
+  log(
+    f"model: {n_params:,} parameters; mesh {dict(mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} devices; "
+    f"{config.batch_size} x {config.seq_len} tokens per step; steps {start_step} -> {end_step}"
+  )
 
   last, last_eval = {}, None
   stop_agreed = False  # a step's metrics carried some process's stop flag
@@ -818,8 +907,10 @@ def _read(pending, schedule) -> dict:
 
 def humaneval_due(config, step) -> tuple[bool, bool]:
   """(pass@1 due, canonical loss due) at `step`."""
-  return (bool(config.humaneval_every) and step % config.humaneval_every == 0,
-          bool(config.humaneval_loss_every) and step % config.humaneval_loss_every == 0)
+  return (
+    bool(config.humaneval_every) and step % config.humaneval_every == 0,
+    bool(config.humaneval_loss_every) and step % config.humaneval_loss_every == 0,
+  )
 
 
 def _humaneval_metrics(config, step, graphdef, state, tokenizer_path) -> dict:
@@ -828,6 +919,7 @@ def _humaneval_metrics(config, step, graphdef, state, tokenizer_path) -> dict:
     return {}
   from phi1_jax.data.tokenizer import load_tokenizer
   from phi1_jax.eval import harness
+
   model = nnx.merge(graphdef, state["params"])
   tokenizer = load_tokenizer(tokenizer_path)
   limit = config.humaneval_limit or None
@@ -836,7 +928,9 @@ def _humaneval_metrics(config, step, graphdef, state, tokenizer_path) -> dict:
     scores = harness.humaneval_pass_at_1(model, tokenizer, limit=limit, sandbox=config.humaneval_sandbox)
     out.update({f"humaneval_{k}": v for k, v in scores.items()})
   if due_loss:
-    out["humaneval_canonical_loss"] = harness.humaneval_canonical_loss(model, tokenizer, limit=limit, seq_len=config.seq_len)
+    out["humaneval_canonical_loss"] = harness.humaneval_canonical_loss(
+      model, tokenizer, limit=limit, seq_len=config.seq_len
+    )
   return out
 
 
@@ -855,8 +949,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   try:
     distributed = config.distributed.coordinator_address or config.distributed.auto
-    if (distributed and config.data.mixture.strip() == "stdlib"
-        and not finished_message(config, paths.as_path(_WORKDIR.value), end_step_of(config))):
+    if (
+      distributed
+      and config.data.mixture.strip() == "stdlib"
+      and not finished_message(config, paths.as_path(_WORKDIR.value), end_step_of(config))
+    ):
       # Build shared data before joining the other processes: one builds while the rest wait on a
       # file lock, and no collective or coordination timeout runs meanwhile.
       ensure_stdlib(config)
@@ -880,8 +977,10 @@ def parse_flags(argv):
   """absl flag parsing with a one-line error (a bad override names the key and the problem)."""
   path = config_path(argv)
   if path is not None and not Path(path).is_file():  # ml_collections would bury this in two tracebacks
-    print(f"error: --config {path}: " + ("a folder, not a config file" if Path(path).is_dir() else "no such file"),
-          file=sys.stderr)
+    print(
+      f"error: --config {path}: " + ("a folder, not a config file" if Path(path).is_dir() else "no such file"),
+      file=sys.stderr,
+    )
     sys.exit(2)
   try:
     return flags.FLAGS(argv)
@@ -892,8 +991,11 @@ def parse_flags(argv):
     text = str(e).encode().decode("unicode_escape")
     key = re.search(r"'(\w+)'", text)
     hint = re.search(r'Did you mean "(\w+)"', text)
-    print(f"error: unknown config key {key.group(1) if key else text!r} in the overrides"
-          + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), file=sys.stderr)
+    print(
+      f"error: unknown config key {key.group(1) if key else text!r} in the overrides"
+      + (f" (did you mean {hint.group(1)!r}?)" if hint else ""),
+      file=sys.stderr,
+    )
     sys.exit(2)
 
 

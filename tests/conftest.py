@@ -16,6 +16,7 @@ TINY_VOCAB = 4096
 def stdlib_cache(tmp_path_factory) -> Path:
   """A data cache folder holding the tiny config's tokenizer and packed stdlib shards."""
   from phi1_jax.data import stdlib_corpus
+
   cache = tmp_path_factory.mktemp("phi1_cache")
   stdlib_corpus.ensure_stdlib_data(cache, TINY_VOCAB, TINY_SEQ_LEN)
   return cache
@@ -32,6 +33,7 @@ def jax_compile_cache(tmp_path_factory):
 def free_port() -> int:
   """A TCP port on 127.0.0.1 that nothing listens on (the OS picks it)."""
   import socket
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -40,9 +42,11 @@ def free_port() -> int:
 def run_module(module: str, *args: str, timeout: float = 300, env: dict | None = None, **kw):
   """Runs `python -m module args...` in a real subprocess from the repo root."""
   import subprocess
+
   full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env, timeout=timeout,
-                        capture_output=True, text=True, **kw)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=REPO, env=full_env, timeout=timeout, capture_output=True, text=True, **kw
+  )
 
 
 @pytest.fixture(scope="session")
@@ -58,9 +62,21 @@ def tiny_checkpoint(stdlib_cache, tmp_path_factory) -> Path:
   from phi1_jax import convert
   from phi1_jax.data import stdlib_corpus
   from phi1_jax.model import ModelConfig, Phi
+
   tok_dir, _ = stdlib_corpus.ensure_stdlib_data(stdlib_cache, TINY_VOCAB, TINY_SEQ_LEN)
-  cfg = ModelConfig(vocab_size=TINY_VOCAB, d_model=64, n_layers=2, n_heads=4, head_dim=16, mlp_dim=128,
-                    rotary_dim=8, max_seq_len=512, eos_id=0, init_std=0.5, scan_layers=False)
+  cfg = ModelConfig(
+    vocab_size=TINY_VOCAB,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    head_dim=16,
+    mlp_dim=128,
+    rotary_dim=8,
+    max_seq_len=512,
+    eos_id=0,
+    init_std=0.5,
+    scan_layers=False,
+  )
   path = tmp_path_factory.mktemp("served") / "tiny-phi"
   convert.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
   shutil.copy(Path(tok_dir) / "tokenizer.model", path / "tokenizer.model")
@@ -85,9 +101,13 @@ def serve_process(checkpoint, log_path: Path, *flags: str, env: dict | None = No
       return False
 
   with open(log_path, "w") as log_file:
-    proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.serve", f"--checkpoint={checkpoint}", "--port=0", *flags],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-                            stdout=log_file, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+      [sys.executable, "-m", "phi1_jax.serve", f"--checkpoint={checkpoint}", "--port=0", *flags],
+      cwd=REPO,
+      env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+      stdout=log_file,
+      stderr=subprocess.STDOUT,
+    )
   try:
     url, deadline = None, time.time() + 300
     while not (url and healthy(url)):
@@ -108,6 +128,7 @@ def slurm_partition(min_mem_mb: int = 0) -> str:
   already up, or started by launch/slurm_local_cluster.sh (root); the test skips, saying why, if neither."""
   import shutil
   import subprocess
+
   if not shutil.which("sbatch"):
     pytest.skip("SLURM is not installed (as root, launch/slurm_local_cluster.sh installs and starts it; .ci/run does)")
 
@@ -120,10 +141,13 @@ def slurm_partition(min_mem_mb: int = 0) -> str:
 
   if not ready():
     if os.geteuid() != 0:
-      pytest.skip(f"no SLURM node taking jobs with {min_mem_mb} MB, and (re)starting one "
-                  "(launch/slurm_local_cluster.sh) needs root")
-    proc = subprocess.run(["bash", "launch/slurm_local_cluster.sh"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+      pytest.skip(
+        f"no SLURM node taking jobs with {min_mem_mb} MB, and (re)starting one "
+        "(launch/slurm_local_cluster.sh) needs root"
+      )
+    proc = subprocess.run(
+      ["bash", "launch/slurm_local_cluster.sh"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     if proc.returncode == 2:
       pytest.skip(f"cannot start a SLURM cluster here: {proc.stderr.strip()}")
     assert proc.returncode == 0 and ready(), proc.stdout + proc.stderr

@@ -14,8 +14,9 @@ from phi1_jax.data.tokenizer import train_tokenizer
 from phi1_jax.model import ModelConfig, Phi
 
 STDLIB = Path(os.__file__).resolve().parent
-TINY = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4,
-                   max_seq_len=256)
+TINY = ModelConfig(
+  vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4, max_seq_len=256
+)
 
 
 def make_checkpoint(d: Path, cfg: ModelConfig = TINY) -> Path:
@@ -32,6 +33,7 @@ def rule_judge(endpoint: str, body: dict) -> str:
   Not a judge of educational value: a real run points --base_url at a strong model."""
   import ast
   from llm_servers import prompt_text
+
   parts = prompt_text(endpoint, body).split("```")
   code = parts[1].strip("\n") if len(parts) > 2 else ""
   lines = code.splitlines() or [""]
@@ -56,8 +58,10 @@ def rule_judge(endpoint: str, body: dict) -> str:
 if __name__ == "__main__":  # serve rule_judge on 127.0.0.1 for the README's curation demo
   import argparse
   import sys
+
   sys.path.insert(0, str(Path(__file__).parent))
   from llm_servers import FaultyLLMServer
+
   ap = argparse.ArgumentParser(description="the rule-based stand-in annotator on an OpenAI-compatible endpoint")
   ap.add_argument("--port", type=int, default=8123)
   server = FaultyLLMServer(responder=rule_judge, port=ap.parse_args().port)

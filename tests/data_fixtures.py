@@ -26,7 +26,7 @@ def code_docs(n: int, prefix: str = "doc") -> list[dict]:
   for i in range(n):
     text = texts[i % len(texts)]
     start = (i * 97) % max(1, len(text) - 400)
-    body = text[start:start + 100 + (i * 37) % 300]
+    body = text[start : start + 100 + (i * 37) % 300]
     docs.append({"id": f"{prefix}-{i}", "text": f"# {prefix} {i}\n{body}", "source": "test", "meta": {}})
   return docs
 

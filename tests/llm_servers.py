@@ -61,9 +61,19 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 class FaultyLLMServer:
-  def __init__(self, responder=echo_responder, faults=(), fault_rate: float = 0.0,
-               fault_kinds=RETRYABLE_FAULTS, seed: int = 0, delay_s: float = 0.0, slow_s: float = 3.0,
-               retry_after: str = "1", port: int = 0, fault_for=None):
+  def __init__(
+    self,
+    responder=echo_responder,
+    faults=(),
+    fault_rate: float = 0.0,
+    fault_kinds=RETRYABLE_FAULTS,
+    seed: int = 0,
+    delay_s: float = 0.0,
+    slow_s: float = 3.0,
+    retry_after: str = "1",
+    port: int = 0,
+    fault_for=None,
+  ):
     self.fault_for = fault_for
     self.responder, self.fault_rate, self.fault_kinds = responder, fault_rate, tuple(fault_kinds)
     self.script = collections.deque(faults)
@@ -205,8 +215,14 @@ class FaultyLLMServer:
         else:
           choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}
           kind = "text_completion"
-        answer = {"id": "cmpl-test", "object": kind, "created": int(time.time()), "model": body.get("model"),
-                  "choices": [choice], "usage": usage}
+        answer = {
+          "id": "cmpl-test",
+          "object": kind,
+          "created": int(time.time()),
+          "model": body.get("model"),
+          "choices": [choice],
+          "usage": usage,
+        }
         return json.dumps(answer).encode()
 
     return Handler
@@ -222,9 +238,9 @@ def main():
   responder = echo_responder
   if args.responder != "echo":
     from synth_responders import exercise_responder, textbook_responder
+
     responder = textbook_responder if args.responder == "textbook" else exercise_responder
-  server = FaultyLLMServer(responder=responder, fault_rate=args.fault_rate, delay_s=args.delay_s,
-                           port=args.port)
+  server = FaultyLLMServer(responder=responder, fault_rate=args.fault_rate, delay_s=args.delay_s, port=args.port)
   print(f"serving {server.base_url}", flush=True)
   server.httpd.serve_forever()
 

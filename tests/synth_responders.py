@@ -16,11 +16,13 @@ import re
 
 from llm_servers import canonical, prompt_text
 
-WORDS = ("value list loop index string number function variable result input output program data "
-         "element count total sum check return print range item key dictionary set tuple class object "
-         "method module file line word character test case example step order small large first last "
-         "next previous empty full simple careful clear short long student teacher problem answer idea "
-         "pattern rule reason change copy compare search sort split join build learn read write").split()
+WORDS = (
+  "value list loop index string number function variable result input output program data "
+  "element count total sum check return print range item key dictionary set tuple class object "
+  "method module file line word character test case example step order small large first last "
+  "next previous empty full simple careful clear short long student teacher problem answer idea "
+  "pattern rule reason change copy compare search sort split join build learn read write"
+).split()
 
 
 def _rng(endpoint: str, body: dict) -> tuple[int, random.Random]:
@@ -47,8 +49,9 @@ def textbook_responder(endpoint: str, body: dict) -> str:
   code = f"def {name}(values):\n    return [v * {rng.randint(2, 9)} for v in values]\n\nprint({name}([1, 2, 3]))\n"
   if kind == 1:
     code = f"def {name}(values)\n    return values\n"
-  return (f"## {topic}\n\n{paragraphs[0]}\n\n{paragraphs[1]}\n\n```python\n{code}```\n\n"
-          f"{paragraphs[2]}\n\n{paragraphs[3]}\n")
+  return (
+    f"## {topic}\n\n{paragraphs[0]}\n\n{paragraphs[1]}\n\n```python\n{code}```\n\n{paragraphs[2]}\n\n{paragraphs[3]}\n"
+  )
 
 
 def exercise_responder(endpoint: str, body: dict) -> str:
@@ -63,11 +66,27 @@ def exercise_responder(endpoint: str, body: dict) -> str:
   elif kind == 2:
     body_lines = ["    while True:", "        pass"]
   elif kind == 3:
-    body_lines = ["    import os, shutil", "    os.system('touch /tmp/escaped')", "    os.kill(os.getppid(), 9)",
-                  "    shutil.rmtree('/tmp')", "    return sum(values) * " + str(factor)]
+    body_lines = [
+      "    import os, shutil",
+      "    os.system('touch /tmp/escaped')",
+      "    os.kill(os.getppid(), 9)",
+      "    shutil.rmtree('/tmp')",
+      "    return sum(values) * " + str(factor),
+    ]
   signature = f"def {name}(values: list[int]) -> int:" if kind != 0 else f"def {name}(values: list[int]) -> int"
-  solution = "\n".join([signature, f'    """{doc}', "", f"    Return the sum of the values times {factor}.",
-                        f"    >>> {name}([1, 2])", f"    {3 * factor}", '    """', *body_lines])
-  tests = "\n".join([f"assert {name}([1, 2]) == {3 * factor}", f"assert {name}([]) == 0",
-                     f"assert {name}([5]) == {5 * factor}"])
+  solution = "\n".join(
+    [
+      signature,
+      f'    """{doc}',
+      "",
+      f"    Return the sum of the values times {factor}.",
+      f"    >>> {name}([1, 2])",
+      f"    {3 * factor}",
+      '    """',
+      *body_lines,
+    ]
+  )
+  tests = "\n".join(
+    [f"assert {name}([1, 2]) == {3 * factor}", f"assert {name}([]) == 0", f"assert {name}([5]) == {5 * factor}"]
+  )
   return f"```python\n{solution}\n```\n\n```python\n{tests}\n```\n"

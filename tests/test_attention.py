@@ -102,8 +102,10 @@ def test_kernel_lowers_for_cuda():
   seed = jax.ShapeDtypeStruct((2,), jnp.uint32)
   loss = lambda q, k, v, s: A.flash_attention(q, k, v, s, 0.1, interpret=False).astype(jnp.float32).sum()
   exported = jax.export.export(
-      jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=["cuda"],
-      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(q, q, q, seed)
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2))),
+    platforms=["cuda"],
+    disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+  )(q, q, q, seed)
   text = exported.mlir_module()
   assert "flash_dropout_fwd" in text and "flash_dropout_bwd" in text
 
@@ -115,8 +117,10 @@ def test_model_attention_pallas_and_unfused_paths_drop_the_same_positions():
 
   q, k, v = _qkv(2, (2, 32, 2, 16))
   key = jax.random.key(5)
-  run = jax.jit(lambda q, k, v, impl: attention(q, k, v, None, is_causal=True, impl=impl, dropout_rate=0.2, key=key),
-                static_argnums=3)
+  run = jax.jit(
+    lambda q, k, v, impl: attention(q, k, v, None, is_causal=True, impl=impl, dropout_rate=0.2, key=key),
+    static_argnums=3,
+  )
   pallas, xla = run(q, k, v, "pallas"), run(q, k, v, "xla")
   _assert_close(pallas, xla, F32_RTOL)
   np.testing.assert_array_equal(run(q, k, v, "auto"), pallas if ON_GPU else xla)
@@ -145,10 +149,15 @@ print(abs(float(out - ref)) / abs(float(ref)), float(jnp.abs(grad - ref_grad).ma
 def test_kernel_per_shard_uses_the_global_mask():
   """On a (1, 2, 2) mesh of 4 CPU devices (batch and heads split) each shard runs the kernel on its
   rows and heads and drops what the unsharded reference drops."""
-  env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", SHARDED_CHECK], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=300)
+  env = {
+    **os.environ,
+    "PYTHONPATH": str(REPO),
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_PLATFORMS": "cpu",
+  }
+  proc = subprocess.run(
+    [sys.executable, "-c", SHARDED_CHECK], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   loss_err, grad_err = map(float, proc.stdout.split()[-2:])
   assert loss_err < 1e-5 and grad_err < 1e-5

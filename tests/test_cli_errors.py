@@ -26,40 +26,53 @@ PACK, TOKENIZER = "phi1_jax.data.pack", "phi1_jax.data.tokenizer"
 EVAL_OK = ["--benchmark=humaneval", "--checkpoint={ckpt}", "--out={tmp}/eval"]  # all good but the flag tried
 
 CASES = [
-    (EVAL, ["--benchmark=humaneval", "--checkpoint={missing}", "--out={tmp}/e"], "--checkpoint={missing}: not found"),
-    (EVAL, EVAL_OK[1:] + ["--benchmark=humanevl"], "invalid choice: 'humanevl'"),
-    (EVAL, EVAL_OK + ["--n_samples=0"], "--n_samples=0: must be >= 1"),
-    (EVAL, EVAL_OK + ["--limt=2"], "unrecognized arguments: --limt=2"),
-    (EVAL, EVAL_OK[:2] + ["--out={file}/sub"], "--out={file}/sub: {file} is a file, not a folder"),
-    (EVAL, EVAL_OK + ["--tokenizer={garbage}"], "{garbage}: not a SentencePiece model"),
-    (EVAL, ["--benchmark=humaneval", "--checkpoint={emptyckpt}", "--out={tmp}/e"], "empty folder, not an Orbax"),
-    (EXECUTE, ["--benchmark=humaneval", "--samples={missing}"], "samples file not found: {missing}"),
-    (EXECUTE, ["--benchmark=humaneval", "--samples={tmp}"], "--samples={tmp}: is a folder"),
-    (EXECUTE, ["--benchmark=humaneval", "--samples={garbage}"], "{garbage}:1: not JSON"),
-    (EXECUTE, ["--benchmark=mbpp", "--samples={garbage}"], "--benchmark=mbpp needs --mbpp_path"),
-    (CONVERT, [], "the following arguments are required: command"),
-    (CONVERT, ["hf-to-orbax", "--hf_dir={missing}", "--out={tmp}/c"], "{missing}: not found"),
-    (CONVERT, ["hf-to-orbax", "--hf_dir={badhf}", "--out={tmp}/c"], "{badhf}/config.json: not valid JSON"),
-    (CONVERT, ["orbax-to-hf", "--ckpt={file}", "--out={tmp}/c"], "{file}: not a checkpoint"),
-    (CONVERT, ["orbax-to-hf", "--ckpt={ckpt}", "--out={file}/x"], "--out {file}/x: {file} is a file"),
-    (PLAN, ["--config=configs/tiyn.py"], "--config=configs/tiyn.py: no such config file"),
-    (PLAN, ["--config=configs/tiny.py", "--config.optimizer.lrr=1"], "unknown config key 'lrr'"),
-    (PLAN, ["--config=configs/tiny.py", "--config.total_steps=many"], "--config.total_steps=many"),
-    (PLAN, ["--config=configs/tiny.py", "--devices=-1"], "--devices=-1"),
-    (PLAN, ["--config={badconfig}"], "--config={badconfig}: line 3: NameError: name 'lr' is not defined"),
-    (PACK, ["--input", "{missing}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{tmp}/p"], "{missing}: not found"),
-    (PACK, ["--input", "{py}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{file}/p"], "{file} is a file"),
-    (PACK, ["--input", "{py}", "--tokenizer", "{garbage}", "--seq_len", "8", "--out", "{tmp}/p"],
-     "--tokenizer: {garbage}: not a SentencePiece model"),
-    (PACK, ["--input", "{badgz}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{tmp}/p"], "{badgz}: unreadable"),
-    (PACK, ["--input", "{py}", "--tokeniser={tok}", "--seq_len", "8", "--out", "{tmp}/p"],
-     "unrecognized arguments: --tokeniser={tok}"),  # the misspelt flag, not the required one it hides
-    (PACK, ["--input", "{py}", "--tokenizer", "{tok}", "--seq_len", "8"], "required: --out"),
-    (TOKENIZER, ["train", "--input", "{py}", "--vocab_sise", "400", "--out", "{tmp}/t"],
-     "unrecognized arguments: --vocab_sise"),
-    (TOKENIZER, ["train", "--input", "{py}", "--vocab_size", "400", "--out", "{file}"], "exists and is not a folder"),
-    (TOKENIZER, ["train", "--input", "{py}", "--vocab_size", "400", "--out", "{tok}"], "already holds tokenizer.model"),
-    (TOKENIZER, ["train", "--input", "{missing}", "--vocab_size", "400", "--out", "{tmp}/t"], "not found: {missing}"),
+  (EVAL, ["--benchmark=humaneval", "--checkpoint={missing}", "--out={tmp}/e"], "--checkpoint={missing}: not found"),
+  (EVAL, EVAL_OK[1:] + ["--benchmark=humanevl"], "invalid choice: 'humanevl'"),
+  (EVAL, EVAL_OK + ["--n_samples=0"], "--n_samples=0: must be >= 1"),
+  (EVAL, EVAL_OK + ["--limt=2"], "unrecognized arguments: --limt=2"),
+  (EVAL, EVAL_OK[:2] + ["--out={file}/sub"], "--out={file}/sub: {file} is a file, not a folder"),
+  (EVAL, EVAL_OK + ["--tokenizer={garbage}"], "{garbage}: not a SentencePiece model"),
+  (EVAL, ["--benchmark=humaneval", "--checkpoint={emptyckpt}", "--out={tmp}/e"], "empty folder, not an Orbax"),
+  (EXECUTE, ["--benchmark=humaneval", "--samples={missing}"], "samples file not found: {missing}"),
+  (EXECUTE, ["--benchmark=humaneval", "--samples={tmp}"], "--samples={tmp}: is a folder"),
+  (EXECUTE, ["--benchmark=humaneval", "--samples={garbage}"], "{garbage}:1: not JSON"),
+  (EXECUTE, ["--benchmark=mbpp", "--samples={garbage}"], "--benchmark=mbpp needs --mbpp_path"),
+  (CONVERT, [], "the following arguments are required: command"),
+  (CONVERT, ["hf-to-orbax", "--hf_dir={missing}", "--out={tmp}/c"], "{missing}: not found"),
+  (CONVERT, ["hf-to-orbax", "--hf_dir={badhf}", "--out={tmp}/c"], "{badhf}/config.json: not valid JSON"),
+  (CONVERT, ["orbax-to-hf", "--ckpt={file}", "--out={tmp}/c"], "{file}: not a checkpoint"),
+  (CONVERT, ["orbax-to-hf", "--ckpt={ckpt}", "--out={file}/x"], "--out {file}/x: {file} is a file"),
+  (PLAN, ["--config=configs/tiyn.py"], "--config=configs/tiyn.py: no such config file"),
+  (PLAN, ["--config=configs/tiny.py", "--config.optimizer.lrr=1"], "unknown config key 'lrr'"),
+  (PLAN, ["--config=configs/tiny.py", "--config.total_steps=many"], "--config.total_steps=many"),
+  (PLAN, ["--config=configs/tiny.py", "--devices=-1"], "--devices=-1"),
+  (PLAN, ["--config={badconfig}"], "--config={badconfig}: line 3: NameError: name 'lr' is not defined"),
+  (
+    PACK,
+    ["--input", "{missing}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{tmp}/p"],
+    "{missing}: not found",
+  ),
+  (PACK, ["--input", "{py}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{file}/p"], "{file} is a file"),
+  (
+    PACK,
+    ["--input", "{py}", "--tokenizer", "{garbage}", "--seq_len", "8", "--out", "{tmp}/p"],
+    "--tokenizer: {garbage}: not a SentencePiece model",
+  ),
+  (PACK, ["--input", "{badgz}", "--tokenizer", "{tok}", "--seq_len", "8", "--out", "{tmp}/p"], "{badgz}: unreadable"),
+  (
+    PACK,
+    ["--input", "{py}", "--tokeniser={tok}", "--seq_len", "8", "--out", "{tmp}/p"],
+    "unrecognized arguments: --tokeniser={tok}",
+  ),  # the misspelt flag, not the required one it hides
+  (PACK, ["--input", "{py}", "--tokenizer", "{tok}", "--seq_len", "8"], "required: --out"),
+  (
+    TOKENIZER,
+    ["train", "--input", "{py}", "--vocab_sise", "400", "--out", "{tmp}/t"],
+    "unrecognized arguments: --vocab_sise",
+  ),
+  (TOKENIZER, ["train", "--input", "{py}", "--vocab_size", "400", "--out", "{file}"], "exists and is not a folder"),
+  (TOKENIZER, ["train", "--input", "{py}", "--vocab_size", "400", "--out", "{tok}"], "already holds tokenizer.model"),
+  (TOKENIZER, ["train", "--input", "{missing}", "--vocab_size", "400", "--out", "{tmp}/t"], "not found: {missing}"),
 ]
 
 
@@ -83,20 +96,31 @@ def places(tmp_path_factory) -> dict[str, str]:
   (tmp / "badhf").mkdir()
   (tmp / "badhf" / "config.json").write_text("{bad")
   (tmp / "bad.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
-  (tmp / "badconfig.py").write_text("def get_config():\n  from phi1_jax.config import base_config\n"
-                                    "  return base_config(lr)\n")
-  paths = {"tmp": tmp, "tok": tok, "ckpt": ckpt, "emptyckpt": empty, "file": tmp / "file",
-           "garbage": tmp / "garbage", "badhf": tmp / "badhf", "badgz": tmp / "bad.jsonl.gz",
-           "missing": tmp / "no" / "such", "py": STDLIB / "json",
-           "badconfig": tmp / "badconfig.py"}
+  (tmp / "badconfig.py").write_text(
+    "def get_config():\n  from phi1_jax.config import base_config\n  return base_config(lr)\n"
+  )
+  paths = {
+    "tmp": tmp,
+    "tok": tok,
+    "ckpt": ckpt,
+    "emptyckpt": empty,
+    "file": tmp / "file",
+    "garbage": tmp / "garbage",
+    "badhf": tmp / "badhf",
+    "badgz": tmp / "bad.jsonl.gz",
+    "missing": tmp / "no" / "such",
+    "py": STDLIB / "json",
+    "badconfig": tmp / "badconfig.py",
+  }
   return {k: str(v) for k, v in paths.items()}
 
 
 def _run(module: str, args: list[str]) -> subprocess.CompletedProcess:
   # JAX_LOG_COMPILES makes any compilation print a line, so the test sees work starting before the check.
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "JAX_LOG_COMPILES": "1"}
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
 
 
 def _problem(case, proc: subprocess.CompletedProcess, places: dict) -> str | None:

@@ -18,7 +18,8 @@ def test_unknown_flag_is_named_beside_a_missing_required_one(capsys):
   parser = OneLineParser(prog="serve")
   parser.add_argument("--checkpoint", required=True)
   assert _error(parser, ["--checkpont=ckpt"], capsys) == (
-      "serve: error: unrecognized arguments: --checkpont=ckpt; the following arguments are required: --checkpoint\n")
+    "serve: error: unrecognized arguments: --checkpont=ckpt; the following arguments are required: --checkpoint\n"
+  )
   assert _error(parser, [], capsys) == "serve: error: the following arguments are required: --checkpoint\n"
 
 
@@ -27,6 +28,8 @@ def test_unknown_flag_of_a_subcommand_is_named(capsys):
   commands = root.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
   commands.add_parser("annotate").add_argument("--input", required=True)
   assert "unrecognized arguments: --inptu docs; the following arguments are required: --input" in _error(
-      root, ["annotate", "--inptu", "docs"], capsys)
+    root, ["annotate", "--inptu", "docs"], capsys
+  )
   assert "unrecognized arguments: --bogus; the following arguments are required: command" in _error(
-      root, ["--bogus"], capsys)
+    root, ["--bogus"], capsys
+  )

@@ -44,7 +44,8 @@ def test_signal_ends_command_in_one_line_and_kills_its_children(sig):
   _, err = proc.communicate(timeout=30)
   assert proc.returncode == 130
   assert err.strip().splitlines() == [
-      f"stopped by {sig.name}: the rows written so far are kept; rerun the same command to resume"]
+    f"stopped by {sig.name}: the rows written so far are kept; rerun the same command to resume"
+  ]
   deadline = time.time() + 5
   while alive(child) and time.time() < deadline:
     time.sleep(0.05)
@@ -52,9 +53,15 @@ def test_signal_ends_command_in_one_line_and_kills_its_children(sig):
 
 
 def test_descendants_finds_grandchildren():
-  proc = subprocess.Popen([sys.executable, "-c",
-                           "import subprocess,sys,time; subprocess.Popen(['sleep','60']); print('up', flush=True); time.sleep(60)"],
-                          stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      "import subprocess,sys,time; subprocess.Popen(['sleep','60']); print('up', flush=True); time.sleep(60)",
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert proc.stdout.readline().strip() == "up"
     found = cli.descendants()

@@ -22,14 +22,32 @@ REPO = Path(__file__).resolve().parents[1]
 
 # config.json of the released microsoft/phi-1 (written by transformers 4.37).
 RELEASED_PHI1_CONFIG = {
-    "_name_or_path": "microsoft/phi-1", "architectures": ["PhiForCausalLM"], "attention_dropout": 0.0,
-    "bos_token_id": None, "embd_pdrop": 0.0, "eos_token_id": None, "hidden_act": "gelu_new",
-    "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192, "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 2048, "model_type": "phi", "num_attention_heads": 32,
-    "num_hidden_layers": 24, "num_key_value_heads": None, "partial_rotary_factor": 0.5,
-    "qk_layernorm": False, "resid_pdrop": 0.0, "rope_scaling": None, "rope_theta": 10000.0,
-    "tie_word_embeddings": False, "torch_dtype": "float32", "transformers_version": "4.37.0",
-    "use_cache": True, "vocab_size": 51200,
+  "_name_or_path": "microsoft/phi-1",
+  "architectures": ["PhiForCausalLM"],
+  "attention_dropout": 0.0,
+  "bos_token_id": None,
+  "embd_pdrop": 0.0,
+  "eos_token_id": None,
+  "hidden_act": "gelu_new",
+  "hidden_size": 2048,
+  "initializer_range": 0.02,
+  "intermediate_size": 8192,
+  "layer_norm_eps": 1e-05,
+  "max_position_embeddings": 2048,
+  "model_type": "phi",
+  "num_attention_heads": 32,
+  "num_hidden_layers": 24,
+  "num_key_value_heads": None,
+  "partial_rotary_factor": 0.5,
+  "qk_layernorm": False,
+  "resid_pdrop": 0.0,
+  "rope_scaling": None,
+  "rope_theta": 10000.0,
+  "tie_word_embeddings": False,
+  "torch_dtype": "float32",
+  "transformers_version": "4.37.0",
+  "use_cache": True,
+  "vocab_size": 51200,
 }
 
 
@@ -37,8 +55,14 @@ RELEASED_PHI1_CONFIG = {
 def hf_dir(tmp_path_factory):
   """A tiny transformers PhiForCausalLM saved with save_pretrained."""
   torch.manual_seed(0)
-  cfg = transformers.PhiConfig(vocab_size=37, hidden_size=24, intermediate_size=32, num_hidden_layers=2,
-                               num_attention_heads=3, max_position_embeddings=32)
+  cfg = transformers.PhiConfig(
+    vocab_size=37,
+    hidden_size=24,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    max_position_embeddings=32,
+  )
   path = tmp_path_factory.mktemp("hf") / "tiny"
   transformers.PhiForCausalLM(cfg).save_pretrained(path)
   return path
@@ -64,8 +88,19 @@ def test_released_phi1_config_is_phi1():
 
 
 def test_exported_config_reads_back_and_in_transformers():
-  cfg = ModelConfig(vocab_size=51, d_model=20, n_layers=1, n_heads=2, head_dim=10, mlp_dim=8, rotary_dim=6,
-                    rope_theta=500.0, resid_dropout=0.1, attn_dropout=0.1, embd_dropout=0.1)
+  cfg = ModelConfig(
+    vocab_size=51,
+    d_model=20,
+    n_layers=1,
+    n_heads=2,
+    head_dim=10,
+    mlp_dim=8,
+    rotary_dim=6,
+    rope_theta=500.0,
+    resid_dropout=0.1,
+    attn_dropout=0.1,
+    embd_dropout=0.1,
+  )
   hf = convert.model_config_to_hf_config(cfg)
   assert convert.hf_config_to_model_config(hf) == cfg
   hf_cfg = transformers.PhiConfig(**hf)
@@ -73,14 +108,17 @@ def test_exported_config_reads_back_and_in_transformers():
   assert hf_cfg.rope_parameters["rope_theta"] == 500.0 and hf_cfg.resid_pdrop == 0.1
 
 
-@pytest.mark.parametrize("change, named", [
+@pytest.mark.parametrize(
+  "change, named",
+  [
     ({"qk_layernorm": True}, "qk_layernorm"),
     ({"num_key_value_heads": 8}, "num_key_value_heads"),
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"tie_word_embeddings": True}, "tie_word_embeddings"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
     ({"hidden_size": None}, "hidden_size"),
-])
+  ],
+)
 def test_unrepresentable_configs_are_refused(change, named):
   message = _one_line_error(convert.hf_config_to_model_config, {**RELEASED_PHI1_CONFIG, **change})
   assert named in message
@@ -116,10 +154,19 @@ def test_cli_refuses_bad_checkpoint_and_writes_nothing(hf_files, tmp_path):
   tensors = {**tensors, "model.layers.0.self_attn.q_proj.weight": np.zeros((24, 25), np.float32)}
   safetensors.numpy.save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
   out = tmp_path / "out"
-  env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-         "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  proc = subprocess.run([sys.executable, "-m", "phi1_jax.convert", "hf-to-orbax", "--hf_dir", str(bad),
-                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=120)
+  env = {
+    **os.environ,
+    "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    "JAX_PLATFORMS": "cpu",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+  }
+  proc = subprocess.run(
+    [sys.executable, "-m", "phi1_jax.convert", "hf-to-orbax", "--hf_dir", str(bad), "--out", str(out)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+  )
   assert proc.returncode == 2, proc.stderr
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert len(lines) == 1, proc.stderr
@@ -177,8 +224,10 @@ def test_trainer_checkpoints_are_found_and_exported(hf_files, tmp_path, item):
   (workdir / "model_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
   manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=(item,))
   for step, scale in ((3, 0.0), (12, 1.0)):
-    scaled = {"blocks": {k: v * scale for k, v in params["blocks"].items()},
-              **{k: v * scale for k, v in params.items() if k != "blocks"}}
+    scaled = {
+      "blocks": {k: v * scale for k, v in params["blocks"].items()},
+      **{k: v * scale for k, v in params.items() if k != "blocks"},
+    }
     if item == "state":
       scaled = {"params": scaled, "opt_state": {"mu": scaled["blocks"]}, "step": np.int32(step)}
     manager.save(step, args=ocp.args.Composite(**{item: ocp.args.StandardSave(scaled)}))
@@ -224,8 +273,9 @@ def trainer_workdir(tmp_path_factory):
   from phi1_jax.data.tokenizer import EOS_TOKEN
   from phi1_jax.model import Phi
 
-  cfg = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4,
-                    max_seq_len=64, eos_id=0)
+  cfg = ModelConfig(
+    vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4, max_seq_len=64, eos_id=0
+  )
   workdir = tmp_path_factory.mktemp("run") / "workdir"
   workdir.mkdir()
   (workdir / "model_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
@@ -236,8 +286,9 @@ def trainer_workdir(tmp_path_factory):
   hf = Tokenizer(models.BPE())  # a byte-level BPE, as phi-1's CodeGen tokenizer
   hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   hf.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS_TOKEN],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+    vocab_size=400, special_tokens=[EOS_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+  )
   hf.train_from_iterator([Path(json.__file__).read_text()] * 2, trainer)
   hf.save(str(workdir / "tokenizer.json"))
   return workdir
@@ -245,8 +296,14 @@ def trainer_workdir(tmp_path_factory):
 
 def _convert_cli(*args, umask=0o022):
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, "-m", "phi1_jax.convert", *map(str, args)], capture_output=True,
-                        text=True, env=env, timeout=120, umask=umask)
+  return subprocess.run(
+    [sys.executable, "-m", "phi1_jax.convert", *map(str, args)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+    umask=umask,
+  )
 
 
 # Run with HF_HUB_OFFLINE=1 in a fresh process, as a user loading the export would.
@@ -268,8 +325,13 @@ _AWKWARD = "def f(x):\n\treturn x  # é 🙂\r\n\n    <|endoftext|>class A: pass
 
 def _load_export(out, original):
   env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-  proc = subprocess.run([sys.executable, "-c", _LOAD_EXPORT, str(out), str(original), _AWKWARD],
-                        capture_output=True, text=True, env=env, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", _LOAD_EXPORT, str(out), str(original), _AWKWARD],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -294,12 +356,15 @@ def test_exported_weights_follow_a_strict_umask(tmp_path):
     convert.write_hf_dir(tmp_path / "private", {"model_type": "phi"}, {"x": np.zeros(2, np.float32)})
   finally:
     os.umask(old)
-  assert [(tmp_path / "private" / n).stat().st_mode & 0o777 for n in ("config.json", "model.safetensors")] \
-      == [0o600, 0o600]
+  assert [(tmp_path / "private" / n).stat().st_mode & 0o777 for n in ("config.json", "model.safetensors")] == [
+    0o600,
+    0o600,
+  ]
 
 
 def test_the_metadata_filter_drops_only_that_warning(caplog):
   import logging
+
   convert.quiet_orbax_metadata_warning()
   convert.quiet_orbax_metadata_warning()  # idempotent
   absl_logger = logging.getLogger("absl")
@@ -312,6 +377,7 @@ def test_the_metadata_filter_drops_only_that_warning(caplog):
 
 def test_export_converts_the_trainers_sentencepiece_tokenizer(trainer_workdir, tmp_path):
   from phi1_jax.data.tokenizer import train_tokenizer
+
   workdir = tmp_path / "spm_run"
   shutil.copytree(trainer_workdir, workdir, ignore=shutil.ignore_patterns("tokenizer.json"))
   train_tokenizer([Path(json.__file__).parent], 400, tmp_path / "tok")
@@ -327,12 +393,19 @@ def test_export_says_why_a_foreign_sentencepiece_model_is_not_exported(trainer_w
   import io
 
   import sentencepiece as spm
+
   workdir = tmp_path / "foreign"
   shutil.copytree(trainer_workdir, workdir, ignore=shutil.ignore_patterns("tokenizer.json"))
   model = io.BytesIO()  # SentencePiece's defaults: a dummy prefix and NFKC, which the conversion does not reproduce
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(Path(json.__file__).read_text().splitlines()),
-                                 model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
-                                 user_defined_symbols=["<|endoftext|>"], minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(Path(json.__file__).read_text().splitlines()),
+    model_writer=model,
+    vocab_size=400,
+    model_type="bpe",
+    byte_fallback=True,
+    user_defined_symbols=["<|endoftext|>"],
+    minloglevel=2,
+  )
   (workdir / "tokenizer.model").write_bytes(model.getvalue())
   out = tmp_path / "hf"
   proc = _convert_cli("orbax-to-hf", "--ckpt", workdir, "--out", out)

@@ -50,13 +50,21 @@ def endpoint():
 
 def _cli(*args, timeout=120):
   env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, "-m", "phi1_jax.curate", *args], cwd=REPO, env=env, timeout=timeout,
-                        capture_output=True, text=True)
+  return subprocess.run(
+    [sys.executable, "-m", "phi1_jax.curate", *args], cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True
+  )
 
 
 def _annotate_args(base_url, out, *extra):
-  return ["annotate", "--input", *map(str, CORPUS), f"--out={out}", f"--base_url={base_url}", f"--model={MODEL}",
-          *extra]
+  return [
+    "annotate",
+    "--input",
+    *map(str, CORPUS),
+    f"--out={out}",
+    f"--base_url={base_url}",
+    f"--model={MODEL}",
+    *extra,
+  ]
 
 
 def _rows(out: Path) -> list[dict]:
@@ -64,8 +72,7 @@ def _rows(out: Path) -> list[dict]:
 
 
 def _expected_ids() -> set[str]:
-  return {f"{d.name}/{f.relative_to(d).as_posix()}" for d in CORPUS for f in d.rglob("*.py")
-          if f.read_text().strip()}
+  return {f"{d.name}/{f.relative_to(d).as_posix()}" for d in CORPUS for f in d.rglob("*.py") if f.read_text().strip()}
 
 
 def _check_rows(rows, server):
@@ -88,6 +95,7 @@ def test_logprob_score_is_p_yes_from_the_top_logprobs():
   import math
 
   from phi1_jax.curate.annotate import p_yes
+
   top = {" yes": math.log(0.5), "Yes": math.log(0.2), " no": math.log(0.3)}
   response = {"choices": [{"text": " yes", "logprobs": {"tokens": [" yes"], "top_logprobs": [top]}}]}
   assert p_yes(response) == pytest.approx(0.7)
@@ -123,8 +131,13 @@ def test_annotate_sigkill_then_rerun_pays_nothing_twice(endpoint, tmp_path):
   server.delay_s = 0.4
   out = tmp_path / "ann"
   env = {**os.environ, "PYTHONPATH": f"{REPO}"}
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.curate", *_annotate_args(base_url, out, "--concurrency=1")],
-                          cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "phi1_jax.curate", *_annotate_args(base_url, out, "--concurrency=1")],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   try:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -141,7 +154,7 @@ def test_annotate_sigkill_then_rerun_pays_nothing_twice(endpoint, tmp_path):
   again = _cli(*_annotate_args(base_url, out, "--concurrency=4"))
   assert again.returncode == 0, again.stderr[-2000:]
   rows = _rows(out)
-  assert rows[:len(partial)] == partial  # rows written before the kill are kept as they were
+  assert rows[: len(partial)] == partial  # rows written before the kill are kept as they were
   _check_rows(rows, server)
 
 
@@ -199,8 +212,9 @@ def test_annotate_passes_over_a_non_utf8_file_as_pack_does(endpoint, tmp_path):
   proc = _cli(*args, f"--out={tmp_path / 'strict'}")  # 1 bad of 6 items is past the default 0.1%
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1] == (
-      f"curate annotate: error: 1 of 6 items are bad (16.667% > --max_bad_fraction 0.100%); first: "
-      f"{src / 'latin1.py'}:2: not UTF-8")
+    f"curate annotate: error: 1 of 6 items are bad (16.667% > --max_bad_fraction 0.100%); first: "
+    f"{src / 'latin1.py'}:2: not UTF-8"
+  )
   assert not server.paid_keys()
   proc = _cli(*args, f"--out={tmp_path / 'ann'}", "--max_bad_fraction=0.2")
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -209,9 +223,16 @@ def test_annotate_passes_over_a_non_utf8_file_as_pack_does(endpoint, tmp_path):
   assert m["annotated"] == m["documents"] == 5 and m["bad_input_items"]["count"] == 1
 
 
-@pytest.mark.parametrize("fault_or_flag, message", [
-    ("401", "HTTP 401"), ("--prompt", "placeholder"), ("--base_url=ftp://x", "http:// or https://"),
-    ("--sample=0", "--sample=0"), ("--input=/nonexistent", "/nonexistent")])
+@pytest.mark.parametrize(
+  "fault_or_flag, message",
+  [
+    ("401", "HTTP 401"),
+    ("--prompt", "placeholder"),
+    ("--base_url=ftp://x", "http:// or https://"),
+    ("--sample=0", "--sample=0"),
+    ("--input=/nonexistent", "/nonexistent"),
+  ],
+)
 def test_annotate_refusals_are_one_line_exit_2(endpoint, tmp_path, capsys, fault_or_flag, message):
   server, base_url, _ = endpoint
   args = _annotate_args(base_url, tmp_path / "ann")
@@ -236,8 +257,12 @@ def _write_embeddings(folder: Path, ids: list[str], vecs: np.ndarray) -> Path:
   folder.mkdir(parents=True)
   np.save(folder / "emb-00000.npy", vecs.astype(np.float16))
   (folder / "ids-00000.txt").write_text("".join(i + "\n" for i in ids))
-  manifest = {"format": "phi1_jax.embeddings/v1", "shards": 1, "documents": len(ids),
-              "embedder": {"dim": vecs.shape[1], "fingerprint": "fixture", "checkpoint": "none"}}
+  manifest = {
+    "format": "phi1_jax.embeddings/v1",
+    "shards": 1,
+    "documents": len(ids),
+    "embedder": {"dim": vecs.shape[1], "fingerprint": "fixture", "checkpoint": "none"},
+  }
   (folder / "manifest.json").write_text(json.dumps(manifest))
   return folder
 
@@ -247,6 +272,7 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
 
   from phi1_jax.curate.classifier import load_classifier, train_classifier
   from phi1_jax.curate.common import UserError
+
   rng = np.random.default_rng(0)
   n = 400
   scores = rng.integers(0, 6, n)
@@ -280,13 +306,18 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
   # The same inputs and settings again: done, nothing rewritten; other settings: refused, nothing touched.
   stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cls").iterdir()}
   said = []
-  assert train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50,
-                          log=said.append) == info
-  assert said == [f"{tmp_path / 'cls'}: already holds the random_forest trained on these annotations and "
-                  "embeddings; nothing to do"]
+  assert (
+    train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50, log=said.append)
+    == info
+  )
+  assert said == [
+    f"{tmp_path / 'cls'}: already holds the random_forest trained on these annotations and embeddings; nothing to do"
+  ]
   with pytest.raises(UserError, match=r"other settings \(threshold 3 -> 4\)"):
     train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50, threshold=4)
-  os.utime(tmp_path / "annotations.jsonl")  # written again with the same rows (as a rerun of embed rewrites its manifest)
+  os.utime(
+    tmp_path / "annotations.jsonl"
+  )  # written again with the same rows (as a rerun of embed rewrites its manifest)
   os.utime(tmp_path / "emb" / "manifest.json")
   assert train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "cls", trees=50) == info
   rows = [json.loads(line) for line in (tmp_path / "annotations.jsonl").read_text().splitlines()]
@@ -319,6 +350,7 @@ def _data_rows(folder: Path) -> list[dict]:
 def _build_filter_setup(base: Path) -> int:
   from phi1_jax.curate.classifier import train_classifier
   from phi1_jax.curate.embeddings import embed_documents
+
   ckpt = make_checkpoint(base / "ckpt")
   copies = []
   for name in ("charset.py", "errors.py", "iterators.py"):
@@ -329,8 +361,9 @@ def _build_filter_setup(base: Path) -> int:
   ids = (base / "emb" / "ids-00000.txt").read_text().splitlines()
   rows = [{"id": i, "score": 4 if i.startswith(("email/", "copy/")) else 1} for i in ids]
   (base / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  train_classifier(base / "annotations.jsonl", base / "emb", base / "cls", trees=30, test_fraction=0.3,
-                   log=lambda *_: None)
+  train_classifier(
+    base / "annotations.jsonl", base / "emb", base / "cls", trees=30, test_fraction=0.3, log=lambda *_: None
+  )
   proc = _cli(*_filter_args(_filter_inputs(base), base / "cls", base / "filtered", "--workers=2"), timeout=400)
   assert proc.returncode == 0, proc.stderr[-3000:]
   (base / "filter.log").write_text(proc.stdout + proc.stderr)
@@ -338,10 +371,23 @@ def _build_filter_setup(base: Path) -> int:
 
 
 def _filter_inputs(base: Path) -> list[str]:
-  email = ["__init__.py", "base64mime.py", "charset.py", "encoders.py", "errors.py", "iterators.py", "parser.py",
-           "quoprimime.py", "utils.py"]
-  return [str(STDLIB / "json"), str(STDLIB / "http"), *(str(STDLIB / "email" / n) for n in email),
-          str(base / "copies.jsonl")]
+  email = [
+    "__init__.py",
+    "base64mime.py",
+    "charset.py",
+    "encoders.py",
+    "errors.py",
+    "iterators.py",
+    "parser.py",
+    "quoprimime.py",
+    "utils.py",
+  ]
+  return [
+    str(STDLIB / "json"),
+    str(STDLIB / "http"),
+    *(str(STDLIB / "email" / n) for n in email),
+    str(base / "copies.jsonl"),
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +397,7 @@ def filter_setup(tmp_path_factory):
   a finished filter run on two tasks by a local pool of two workers. Built once for all pytest-xdist
   workers (a file lock in their shared temporary folder)."""
   from filelock import FileLock
+
   shared = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp sits in this session's folder
     shared = shared.parent
@@ -379,6 +426,7 @@ def filtered(filter_setup):
 @pytest.mark.slow
 def test_filter_end_to_end_rerun_and_pack(filter_setup, filtered, tmp_path):
   from phi1_jax.data.pack import pack
+
   base, inputs, ckpt, n_docs = filter_setup
   out, log = filtered
   scored = _data_rows(out / "scored")
@@ -386,7 +434,9 @@ def test_filter_end_to_end_rerun_and_pack(filter_setup, filtered, tmp_path):
   cut = json.loads((base / "cls" / "model_info.json").read_text())["cut"]
   above = {r["id"] for r in scored if r["meta"]["edu_score"] >= cut}
   assert len(scored) == len({r["id"] for r in scored}) == n_docs  # each document once
-  assert {r["id"] for r in kept} | {r["id"] for r in dups} == above and not {r["id"] for r in kept} & {r["id"] for r in dups}
+  assert {r["id"] for r in kept} | {r["id"] for r in dups} == above and not {r["id"] for r in kept} & {
+    r["id"] for r in dups
+  }
   # Each copy and its original are near-duplicates: exactly one of every pair is dropped.
   assert len(dups) == 3 and {r["id"].split("/")[1] for r in dups} == {"charset.py", "errors.py", "iterators.py"}
   assert all(r["id"].startswith(("email/", "copy/")) for r in kept)  # the classifier learnt 'email-like'
@@ -407,8 +457,9 @@ def test_filter_end_to_end_rerun_and_pack(filter_setup, filtered, tmp_path):
   proc = _cli(*_filter_args(inputs, base / "cls", out, "--cut=0.9"))
   assert proc.returncode == 2 and "other settings (cut)" in proc.stderr
 
-  packed = pack(sorted((out / "data").glob("*.jsonl.gz")), ckpt, 32, tmp_path / "packed", eval_fraction=0.0,
-                workers=1)  # the output packs as it is
+  packed = pack(
+    sorted((out / "data").glob("*.jsonl.gz")), ckpt, 32, tmp_path / "packed", eval_fraction=0.0, workers=1
+  )  # the output packs as it is
   assert packed["documents"] == len(kept)
 
 
@@ -418,9 +469,14 @@ def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filt
   ref = filtered[0]
   out = tmp_path / "killed"
   env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out)],
-                          cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          start_new_session=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    start_new_session=True,
+  )
   try:
     marker = out / "logs" / "score" / "completions" / "00000"
     deadline = time.monotonic() + 240
@@ -451,13 +507,14 @@ def _alive(pid: int) -> bool:
 def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, tmp_path):
   """Ctrl-C reaches the whole foreground group (datatrove's forkserver and pool workers too)."""
   from phi1_jax.cli import descendants
+
   base, inputs, _, _ = filter_setup
   out = tmp_path / "stopped"
   env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
   argv = [sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out, "--workers=2")]
-  proc = subprocess.Popen(argv,
-                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
+  proc = subprocess.Popen(
+    argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+  )
   workers: set[int] = set()
   try:
     deadline = time.monotonic() + 240
@@ -473,8 +530,9 @@ def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, 
       os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
   assert proc.returncode == 130, stderr[-3000:]
-  assert stderr.strip().splitlines()[-1] == ("stopped by SIGINT: the completed tasks are kept; rerun the same command "
-                                             "to resume"), stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == (
+    "stopped by SIGINT: the completed tasks are kept; rerun the same command to resume"
+  ), stderr[-3000:]
   assert "Traceback" not in stderr + stdout, stderr[-3000:]
   assert all(line.startswith(("curate ", "stopped by")) for line in stderr.splitlines()), stderr[-3000:]
   assert len(workers) >= 2  # the forkserver and its pool workers were seen, and none outlives the command
@@ -488,12 +546,18 @@ def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, 
 def test_curation_notebook_runs_on_the_outputs(filter_setup, filtered, tmp_path):
   import nbclient
   import nbformat
+
   base, _, _, _ = filter_setup
   nb = nbformat.read(REPO / "notebooks" / "curation.ipynb", as_version=4)
-  os.environ.update(CURATE_ANNOTATIONS=str(base / "annotations.jsonl"), CURATE_CLASSIFIER=str(base / "cls"),
-                    CURATE_FILTERED=str(filtered[0]))
+  os.environ.update(
+    CURATE_ANNOTATIONS=str(base / "annotations.jsonl"),
+    CURATE_CLASSIFIER=str(base / "cls"),
+    CURATE_FILTERED=str(filtered[0]),
+  )
   try:
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+      nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
   finally:
     for k in ("CURATE_ANNOTATIONS", "CURATE_CLASSIFIER", "CURATE_FILTERED"):
       os.environ.pop(k)
@@ -526,10 +590,18 @@ except executors.StagesIncomplete as e:
 
 
 def test_datatrove_logs_to_a_file_and_a_failed_task_is_one_line_naming_it(tmp_path):
-  proc = subprocess.run([sys.executable, "-c", FAILING_STAGE, str(tmp_path / "logs")], capture_output=True, text=True,
-                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", FAILING_STAGE, str(tmp_path / "logs")],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    timeout=120,
+  )
   log = tmp_path / "logs" / "datatrove.log"
-  assert proc.stdout.strip() == (f"stage boom: a task failed (ValueError: a step went wrong); traceback in {log}; "
-                                 "the same command again redoes only the unfinished tasks"), proc.stderr
+  assert proc.stdout.strip() == (
+    f"stage boom: a task failed (ValueError: a step went wrong); traceback in {log}; "
+    "the same command again redoes only the unfinished tasks"
+  ), proc.stderr
   assert proc.stderr.splitlines() == [f"test boom: 0/1 tasks done, 0 s (datatrove's log: {log})"]
   assert "about to fail" in log.read_text() and "Traceback" in log.read_text()

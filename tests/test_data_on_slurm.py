@@ -30,8 +30,9 @@ def partition() -> str:
 def _cli(*args, timeout=120, **env):
   """`python -m phi1_jax.curate ...` in a subprocess, as test_curate runs it (plus `env`)."""
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **env}
-  return subprocess.run([sys.executable, "-m", "phi1_jax.curate", *args], cwd=REPO, env=env, timeout=timeout,
-                        capture_output=True, text=True)
+  return subprocess.run(
+    [sys.executable, "-m", "phi1_jax.curate", *args], cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True
+  )
 
 
 def _sorted_rows(folder):
@@ -52,7 +53,8 @@ def test_curate_filter_on_slurm_keeps_what_the_local_pool_keeps(partition, filte
   proc = _cli(*args, "--slurm_partition=no_such_partition")
   assert proc.returncode == 2 and not out.exists(), proc.stderr
   assert proc.stderr.strip().splitlines() == [
-      f"curate filter: error: --slurm_partition=no_such_partition: no such partition (this cluster has: {partition})"]
+    f"curate filter: error: --slurm_partition=no_such_partition: no such partition (this cluster has: {partition})"
+  ]
 
   # A task that fails on the node (no TPU there) ends the command: what waited on it is cancelled.
   proc = _cli(*args, f"--slurm_partition={partition}", "--slurm_wait", timeout=600, JAX_PLATFORMS="tpu")
@@ -60,7 +62,8 @@ def test_curate_filter_on_slurm_keeps_what_the_local_pool_keeps(partition, filte
   assert "stage score: 0/2 tasks completed" in proc.stderr.splitlines()[-1]
   assert "cancelled jobs" in proc.stdout
   assert "Unable to initialize backend 'tpu'" in "".join(
-      p.read_text() for p in (out / "logs" / "score" / "slurm_logs").glob("*.out"))
+    p.read_text() for p in (out / "logs" / "score" / "slurm_logs").glob("*.out")
+  )
   queued = subprocess.run(["squeue", "-h", "-j", ",".join(_jobs(out).values())], capture_output=True, text=True)
   assert not queued.stdout.strip()
 
@@ -95,13 +98,15 @@ def test_curate_filter_on_slurm_keeps_what_the_local_pool_keeps(partition, filte
 @pytest.mark.slow
 def test_decontam_on_slurm_matches_the_local_pool(partition, tmp_path):
   from phi1_jax.decontam import fixture as fixture_lib
+
   docs = fixture_lib.build(_refs(), per_benchmark=4, n_negatives=40, stdlib_bytes=500_000)
   fixture = tmp_path / "fixture.jsonl"
   fixture.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
   common = ["--input", str(fixture), *BENCH_FLAGS, "--tasks=2"]
 
-  proc = run_module("phi1_jax.decontam", *common, f"--out={tmp_path / 'bad'}", "--executor=slurm",
-                    "--slurm_partition=no_such_partition")
+  proc = run_module(
+    "phi1_jax.decontam", *common, f"--out={tmp_path / 'bad'}", "--executor=slurm", "--slurm_partition=no_such_partition"
+  )
   assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert "no such partition" in proc.stderr and not (tmp_path / "bad").exists()
 
@@ -113,9 +118,16 @@ def test_decontam_on_slurm_matches_the_local_pool(partition, tmp_path):
   impostor.parent.mkdir()
   impostor.write_text("#!/bin/sh\necho 'not the python that submitted' >&2\nexit 3\n")
   impostor.chmod(0o755)
-  proc = run_module("phi1_jax.decontam", *common, f"--out={slurm}", "--executor=slurm",
-                    f"--slurm_partition={partition}", "--slurm_wait", timeout=600,
-                    env={"PATH": f"{impostor.parent}{os.pathsep}{os.environ['PATH']}"})
+  proc = run_module(
+    "phi1_jax.decontam",
+    *common,
+    f"--out={slurm}",
+    "--executor=slurm",
+    f"--slurm_partition={partition}",
+    "--slurm_wait",
+    timeout=600,
+    env={"PATH": f"{impostor.parent}{os.pathsep}{os.environ['PATH']}"},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "slurm: submitted scan job" in proc.stderr
   outputs = "".join(p.read_text() for p in (slurm / "work" / "logs" / "slurm_logs").glob("*.out"))
@@ -124,12 +136,15 @@ def test_decontam_on_slurm_matches_the_local_pool(partition, tmp_path):
 
   def kept(out):
     return sorted((d["id"], d["text"]) for shard in (out / "clean").rglob("*.jsonl.gz") for d in _read_jsonl(shard))
+
   assert kept(slurm) == kept(local) and len(kept(local)) > 0
-  assert sorted(map(json.dumps, _read_jsonl(slurm / "removed.jsonl"))) == \
-      sorted(map(json.dumps, _read_jsonl(local / "removed.jsonl")))
+  assert sorted(map(json.dumps, _read_jsonl(slurm / "removed.jsonl"))) == sorted(
+    map(json.dumps, _read_jsonl(local / "removed.jsonl"))
+  )
   manifest, expected = (json.loads((d / "manifest.json").read_text()) for d in (slurm, local))
-  assert {k: manifest[k] for k in ("documents", "kept", "removed", "removed_by")} == \
-      {k: expected[k] for k in ("documents", "kept", "removed", "removed_by")}
+  assert {k: manifest[k] for k in ("documents", "kept", "removed", "removed_by")} == {
+    k: expected[k] for k in ("documents", "kept", "removed", "removed_by")
+  }
   assert expected["removed"] > 0
 
 

@@ -21,16 +21,24 @@ from phi1_jax.decontam import __main__ as cli, benchmarks as bench_lib, fixture 
 from phi1_jax.decontam import tree as tree_lib
 
 # shared/ sits beside the repository (CI) or further up (a worktree); the nearest one is used
-MBPP_PATH = next((p / "shared/data/mbpp/mbpp.jsonl" for p in Path(__file__).resolve().parents[1:]
-                  if (p / "shared/data/mbpp/mbpp.jsonl").is_file()), Path("shared/data/mbpp/mbpp.jsonl"))
-BENCH_FLAGS = (["--benchmarks=humaneval,mbpp", f"--mbpp_path={MBPP_PATH}"] if MBPP_PATH.is_file()
-               else ["--benchmarks=humaneval"])
+MBPP_PATH = next(
+  (
+    p / "shared/data/mbpp/mbpp.jsonl"
+    for p in Path(__file__).resolve().parents[1:]
+    if (p / "shared/data/mbpp/mbpp.jsonl").is_file()
+  ),
+  Path("shared/data/mbpp/mbpp.jsonl"),
+)
+BENCH_FLAGS = (
+  ["--benchmarks=humaneval,mbpp", f"--mbpp_path={MBPP_PATH}"] if MBPP_PATH.is_file() else ["--benchmarks=humaneval"]
+)
 NEGATIVES = 150
 
 
 def _refs():
-  return bench_lib.load(["humaneval", "mbpp"] if MBPP_PATH.is_file() else ["humaneval"],
-                        MBPP_PATH if MBPP_PATH.is_file() else None)[0]
+  return bench_lib.load(
+    ["humaneval", "mbpp"] if MBPP_PATH.is_file() else ["humaneval"], MBPP_PATH if MBPP_PATH.is_file() else None
+  )[0]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -49,8 +57,9 @@ def decontaminated(tmp_path_factory):
   fixture = base / "fixture.jsonl"
   fixture.write_text("".join(json.dumps(d) + "\n" for d in docs) + "{not json\n", encoding="utf-8")
   out = base / "out"
-  proc = run_module("phi1_jax.decontam", "--input", str(fixture), f"--out={out}", *BENCH_FLAGS,
-                    "--tasks=2", "--workers=2", timeout=600)
+  proc = run_module(
+    "phi1_jax.decontam", "--input", str(fixture), f"--out={out}", *BENCH_FLAGS, "--tasks=2", "--workers=2", timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   index = index_lib.BenchmarkIndex(refs, index_lib.Thresholds())
   return {"docs": docs, "fixture": fixture, "out": out, "stdout": proc.stdout, "index": index}
@@ -91,11 +100,15 @@ def test_report_has_each_method_nearest_document_and_table3(decontaminated):
   nearest = report["problems"][prompt_doc["meta"]["expect"]]
   assert nearest["exact"] == {"score": 1.0, "id": prompt_doc["id"]}
   assert nearest["ngram"]["score"] >= 1 and nearest["embed"] is None  # no embedder given
-  renamed = [d for d in docs if d["meta"]["kind"] == "renamed" and d["meta"]["expect"] in decontaminated["index"].ast_tasks]
+  renamed = [
+    d for d in docs if d["meta"]["kind"] == "renamed" and d["meta"]["expect"] in decontaminated["index"].ast_tasks
+  ]
   assert all(report["problems"][d["meta"]["expect"]]["ast"]["score"] == 1.0 for d in renamed)
   rows = [r for r in report["table3"] if r["benchmark"] == "humaneval"]
   assert [r["tau"] for r in rows] == [0.95, 0.9, 0.85, 0.8]
-  similar = {t for t, p in report["problems"].items() if t.startswith("HumanEval/") and p["ast"] and p["ast"]["score"] >= 0.9}
+  similar = {
+    t for t, p in report["problems"].items() if t.startswith("HumanEval/") and p["ast"] and p["ast"]["score"] >= 0.9
+  }
   row = rows[1]
   assert row["similar"] == len(similar) > 0 and row["similar"] + row["non_similar"] == 164
   assert "## Table 3" in (out / "report.md").read_text()
@@ -104,18 +117,34 @@ def test_report_has_each_method_nearest_document_and_table3(decontaminated):
 def test_results_file_splits_pass_at_1_into_similar_and_non_similar(decontaminated, tmp_path):
   out = decontaminated["out"]
   report = json.loads((out / "report.json").read_text())
-  similar = {t for t, p in report["problems"].items() if t.startswith("HumanEval/") and p["ast"] and p["ast"]["score"] >= 0.95}
+  similar = {
+    t for t, p in report["problems"].items() if t.startswith("HumanEval/") and p["ast"] and p["ast"]["score"] >= 0.95
+  }
   # the eval's results file: one row per sample; similar problems pass 2 of 2, others 1 of 2
-  rows = [{"task_id": f"HumanEval/{i}", "completion": "", "passed": s == 0 or f"HumanEval/{i}" in similar,
-           "result": ""} for i in range(164) for s in range(2)]
+  rows = [
+    {"task_id": f"HumanEval/{i}", "completion": "", "passed": s == 0 or f"HumanEval/{i}" in similar, "result": ""}
+    for i in range(164)
+    for s in range(2)
+  ]
   results = tmp_path / "samples.jsonl_results.jsonl"
   results.write_text("".join(json.dumps(r) + "\n" for r in rows))
   manifest_before = (out / "manifest.json").read_text()
-  proc = run_module("phi1_jax.decontam", "--input", str(decontaminated["fixture"]), f"--out={out}", *BENCH_FLAGS,
-                    "--tasks=2", "--workers=2", f"--results={tmp_path}")  # the eval's --out folder
+  proc = run_module(
+    "phi1_jax.decontam",
+    "--input",
+    str(decontaminated["fixture"]),
+    f"--out={out}",
+    *BENCH_FLAGS,
+    "--tasks=2",
+    "--workers=2",
+    f"--results={tmp_path}",
+  )  # the eval's --out folder
   assert proc.returncode == 0, proc.stderr[-2000:]
-  row = next(r for r in json.loads((out / "report.json").read_text())["table3"]
-             if r["benchmark"] == "humaneval" and r["tau"] == 0.95)
+  row = next(
+    r
+    for r in json.loads((out / "report.json").read_text())["table3"]
+    if r["benchmark"] == "humaneval" and r["tau"] == 0.95
+  )
   assert row["pass@1_similar"] == 100.0 and row["pass@1_non_similar"] == 50.0
   assert row["scored_similar"] == len(similar)
   assert (out / "manifest.json").read_text() == manifest_before  # the scan was not redone
@@ -131,8 +160,17 @@ def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_double
 
   # SIGKILL (the whole process group: datatrove's manager too) once the first of 8 tasks completed
   killed = tmp_path / "killed"
-  argv = [sys.executable, "-m", "phi1_jax.decontam", "--input", str(decontaminated["fixture"]), f"--out={killed}",
-          *BENCH_FLAGS, "--tasks=8", "--workers=1"]
+  argv = [
+    sys.executable,
+    "-m",
+    "phi1_jax.decontam",
+    "--input",
+    str(decontaminated["fixture"]),
+    f"--out={killed}",
+    *BENCH_FLAGS,
+    "--tasks=8",
+    "--workers=1",
+  ]
   env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
   proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   first = killed / "work/logs/completions/00000"
@@ -150,11 +188,13 @@ def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_double
   proc = run_module("phi1_jax.decontam", *argv[3:])
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (killed / "work/stats/00000.json").stat().st_mtime_ns == task0  # the completed task was not redone
+
   # the same documents kept and removed as the uninterrupted run, each once
   def ids(folder):
     removed = [r["id"] for r in _read_jsonl(folder / "removed.jsonl")]
     kept = [d["id"] for p in sorted((folder / "clean").rglob("*.jsonl.gz")) for d in _read_jsonl(p)]
     return sorted(removed), sorted(kept)
+
   assert ids(killed) == ids(out)
   assert len(set(ids(killed)[1])) == len(ids(killed)[1])
 
@@ -165,16 +205,26 @@ def test_bad_inputs_end_in_one_line_and_exit_2(decontaminated, tmp_path, capsys)
   foreign.mkdir()
   (foreign / "notes.txt").write_text("mine")
   cases = {
-      "not found": ["--input", str(tmp_path / "missing.jsonl"), f"--out={tmp_path / 'o1'}", "--benchmarks=humaneval"],
-      "unknown benchmark": ["--input", fixture, f"--out={tmp_path / 'o2'}", "--benchmarks=humaneval,apps"],
-      "--mbpp_path": ["--input", fixture, f"--out={tmp_path / 'o3'}", "--benchmarks=mbpp"],
-      "--ast_tau": ["--input", fixture, f"--out={tmp_path / 'o4'}", "--benchmarks=humaneval", "--ast_tau=1.5"],
-      "refusing to overwrite": ["--input", fixture, f"--out={foreign}", "--benchmarks=humaneval"],
-      "other inputs/benchmarks/flags": ["--input", fixture, f"--out={out}", *BENCH_FLAGS, "--ngram=8"],
-      "--results": ["--input", fixture, f"--out={tmp_path / 'o5'}", "--benchmarks=humaneval",
-                    f"--results={tmp_path / 'none.jsonl'}"],
-      "--embed_checkpoint": ["--input", fixture, f"--out={tmp_path / 'o6'}", "--benchmarks=humaneval",
-                             f"--embed_checkpoint={tmp_path / 'no_ckpt'}"],
+    "not found": ["--input", str(tmp_path / "missing.jsonl"), f"--out={tmp_path / 'o1'}", "--benchmarks=humaneval"],
+    "unknown benchmark": ["--input", fixture, f"--out={tmp_path / 'o2'}", "--benchmarks=humaneval,apps"],
+    "--mbpp_path": ["--input", fixture, f"--out={tmp_path / 'o3'}", "--benchmarks=mbpp"],
+    "--ast_tau": ["--input", fixture, f"--out={tmp_path / 'o4'}", "--benchmarks=humaneval", "--ast_tau=1.5"],
+    "refusing to overwrite": ["--input", fixture, f"--out={foreign}", "--benchmarks=humaneval"],
+    "other inputs/benchmarks/flags": ["--input", fixture, f"--out={out}", *BENCH_FLAGS, "--ngram=8"],
+    "--results": [
+      "--input",
+      fixture,
+      f"--out={tmp_path / 'o5'}",
+      "--benchmarks=humaneval",
+      f"--results={tmp_path / 'none.jsonl'}",
+    ],
+    "--embed_checkpoint": [
+      "--input",
+      fixture,
+      f"--out={tmp_path / 'o6'}",
+      "--benchmarks=humaneval",
+      f"--embed_checkpoint={tmp_path / 'no_ckpt'}",
+    ],
   }
   for needle, argv in cases.items():
     assert cli.main(argv) == 2, needle
@@ -189,6 +239,7 @@ def test_each_input_kept_apart_and_packed_as_a_folder(tmp_path, small_tokenizer,
   summary says so, progress counts compressed bytes (<= 100%), and pack reads clean/code as it is."""
   from data_fixtures import code_docs
   from phi1_jax.data.pack import pack
+
   code = code_docs(400, "code")
   (tmp_path / "code.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(d) + "\n" for d in code).encode()))
   exercises = tmp_path / "exercises"
@@ -196,16 +247,22 @@ def test_each_input_kept_apart_and_packed_as_a_folder(tmp_path, small_tokenizer,
   for i in range(3):
     (exercises / f"ex{i}.py").write_text(f"def square_{i}(x):\n  # x times x\n  return x * x + {i}\n")
   out = tmp_path / "out"
-  assert cli.main(["--input", str(tmp_path / "code.jsonl.gz"), str(exercises), f"--out={out}",
-                   "--benchmarks=humaneval"]) == 0
+  assert (
+    cli.main(["--input", str(tmp_path / "code.jsonl.gz"), str(exercises), f"--out={out}", "--benchmarks=humaneval"])
+    == 0
+  )
   printed = capsys.readouterr().out
-  kept = {name: [d["id"] for p in sorted((out / "clean" / name).glob("*.jsonl.gz")) for d in _read_jsonl(p)]
-          for name in ("code", "exercises")}
+  kept = {
+    name: [d["id"] for p in sorted((out / "clean" / name).glob("*.jsonl.gz")) for d in _read_jsonl(p)]
+    for name in ("code", "exercises")
+  }
   assert sorted(kept["code"]) == sorted(d["id"] for d in code)
   assert sorted(kept["exercises"]) == [f"exercises/ex{i}.py" for i in range(3)]
   manifest = json.loads((out / "manifest.json").read_text())
-  assert [(o["folder"], o["kept"]) for o in manifest["outputs"]] == [(str(out / "clean/code"), 400),
-                                                                      (str(out / "clean/exercises"), 3)]
+  assert [(o["folder"], o["kept"]) for o in manifest["outputs"]] == [
+    (str(out / "clean/code"), 400),
+    (str(out / "clean/exercises"), 3),
+  ]
   assert f"{tmp_path / 'code.jsonl.gz'}: 400 documents kept -> {out / 'clean/code'}/" in printed
   assert f"{exercises}: 3 documents kept -> {out / 'clean/exercises'}/" in printed
   shown = [int(p) for p in re.findall(r"^decontam task 0/1: .* \((\d+)%\)", printed, re.M)]
@@ -222,7 +279,7 @@ class _CharGramEmbedder:
     for i, text in enumerate(texts):
       t = " ".join(text.split())
       for j in range(len(t) - 3):
-        out[i, hash(t[j:j + 4]) % 256] += 1
+        out[i, hash(t[j : j + 4]) % 256] += 1
     return out
 
 
@@ -236,8 +293,18 @@ def test_embedding_distance_removes_a_near_copy_of_the_problem_text(tmp_path):
   folder = tmp_path / "code"  # a folder of .py files, as pack reads it: a renamed copy of another problem
   folder.mkdir()
   (folder / "copy.py").write_text(fixture_lib.renamed_copy(refs[20].code, refs[20].functions, random.Random(0))[0])
-  manifest = cli.run(["--input", str(inp), str(folder), f"--out={tmp_path / 'out'}", "--benchmarks=humaneval",
-                      "--embed_max_l2=0.3", "--ast_tau=1.0"], embedder=_CharGramEmbedder())
+  manifest = cli.run(
+    [
+      "--input",
+      str(inp),
+      str(folder),
+      f"--out={tmp_path / 'out'}",
+      "--benchmarks=humaneval",
+      "--embed_max_l2=0.3",
+      "--ast_tau=1.0",
+    ],
+    embedder=_CharGramEmbedder(),
+  )
   removed = _read_jsonl(tmp_path / "out/removed.jsonl")
   assert [(r["id"], r["method"], r["task_id"]) for r in removed[1:]] == [("code/copy.py", "ast", refs[20].task_id)]
   removed = removed[:1]
@@ -253,14 +320,24 @@ def test_embed_checkpoint_runs_the_l2_method_with_the_curation_embedder(tmp_path
   """`--embed_checkpoint` end to end: phi1_jax.embed's Embedder on a tiny checkpoint, in the CLI's task
   process. A verbatim copy of a problem (prompt + solution) embeds to the problem's vector (L2 0)."""
   target = bench_lib.humaneval_references()[7]
-  docs = [{"id": "copy", "text": target.text, "source": "t", "meta": {}},
-          {"id": "other", "text": Path(os.__file__).read_text()[:3000], "source": "t", "meta": {}}]
+  docs = [
+    {"id": "copy", "text": target.text, "source": "t", "meta": {}},
+    {"id": "other", "text": Path(os.__file__).read_text()[:3000], "source": "t", "meta": {}},
+  ]
   inp = tmp_path / "in.jsonl"
   inp.write_text("".join(json.dumps(d) + "\n" for d in docs))
   out = tmp_path / "out"
-  proc = run_module("phi1_jax.decontam", "--input", str(inp), f"--out={out}", "--benchmarks=humaneval",
-                    f"--embed_checkpoint={tiny_checkpoint}", "--embed_max_len=256", "--embed_max_l2=0.001",
-                    timeout=300)
+  proc = run_module(
+    "phi1_jax.decontam",
+    "--input",
+    str(inp),
+    f"--out={out}",
+    "--benchmarks=humaneval",
+    f"--embed_checkpoint={tiny_checkpoint}",
+    "--embed_max_len=256",
+    "--embed_max_l2=0.001",
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   removed = _read_jsonl(out / "removed.jsonl")
   assert [r["id"] for r in removed] == ["copy"], removed

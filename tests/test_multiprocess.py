@@ -29,8 +29,12 @@ pytestmark = pytest.mark.slow
 
 
 def _env(devices: int) -> dict:
-  return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return {
+    **os.environ,
+    "PYTHONPATH": str(REPO),
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  }
 
 
 def _run(argv, devices=1, timeout=600):
@@ -40,8 +44,10 @@ def _run(argv, devices=1, timeout=600):
 
 
 def _local(processes, devices, command, timeout=600):
-  return _run([sys.executable, "launch/local.py", f"--processes={processes}", f"--devices={devices}", "--", *command],
-              timeout=timeout)
+  return _run(
+    [sys.executable, "launch/local.py", f"--processes={processes}", f"--devices={devices}", "--", *command],
+    timeout=timeout,
+  )
 
 
 def _max_rel_err(params, ref) -> float:
@@ -49,9 +55,14 @@ def _max_rel_err(params, ref) -> float:
   bias outside the rotary dims adds a constant to a query's logits, which softmax ignores), and
   Adam scales that noise up to +-lr, so it differs between any two reduction orders."""
   import jax
-  errs = jax.tree_util.tree_leaves_with_path(jax.tree.map(
+
+  errs = jax.tree_util.tree_leaves_with_path(
+    jax.tree.map(
       lambda a, b: float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(np.asarray(b)), 1e-30)),
-      params, ref))
+      params,
+      ref,
+    )
+  )
   return max(e for path, e in errs if "k_bias" not in jax.tree_util.keystr(path))
 
 
@@ -65,6 +76,7 @@ def worker(mode: str, ckpt_dir: str, out: str, dist_flags: list[str]) -> None:
   import orbax.checkpoint as ocp
 
   from phi1_jax import sharding, train
+
   sys.path.insert(0, str(REPO / "configs"))
   import tiny
 
@@ -72,7 +84,7 @@ def worker(mode: str, ckpt_dir: str, out: str, dist_flags: list[str]) -> None:
   config.model.n_layers, config.batch_size, config.seq_len = 2, 8, 32
   config.optimizer.warmup_steps = 1
   for flag in dist_flags:  # appended by launch/local.py
-    key, _, value = flag[len("--config.distributed."):].partition("=")
+    key, _, value = flag[len("--config.distributed.") :].partition("=")
     config.distributed[key] = type(config.distributed[key])(value)
   train.init_distributed(config)
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
@@ -118,8 +130,10 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
   # Steps 1-3 from scratch in one process; steps 4-6 resumed in one process from their checkpoint.
   np.testing.assert_allclose(single["losses"], mp["losses"], rtol=1e-5)
   assert single["err_at_3"] <= 1e-5 and single["err_at_6"] <= 1e-5, single
-  print(f"two processes vs one: loss diffs {np.abs(np.subtract(single['losses'], mp['losses'])).max():.2e}, "
-        f"param rel err at 3 {single['err_at_3']:.2e}, after resume at 6 {single['err_at_6']:.2e}")
+  print(
+    f"two processes vs one: loss diffs {np.abs(np.subtract(single['losses'], mp['losses'])).max():.2e}, "
+    f"param rel err at 3 {single['err_at_3']:.2e}, after resume at 6 {single['err_at_6']:.2e}"
+  )
 
 
 # ----------------------------------------------------------------------------- the trainer CLI
@@ -127,10 +141,21 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
 
 @pytest.fixture(scope="module")
 def cli_flags(stdlib_cache):
-  return ["-m", "phi1_jax.train", "--config=configs/tiny.py", "--config.total_steps=6", "--config.checkpoint_every=3",
-          "--config.batch_size=8", "--config.seq_len=128", "--config.model.n_layers=2", "--config.log_every=1",
-          "--config.eval_every=1000", "--config.eval_batches=1", "--config.optimizer.warmup_steps=1",
-          f"--config.data.cache_dir={stdlib_cache}"]
+  return [
+    "-m",
+    "phi1_jax.train",
+    "--config=configs/tiny.py",
+    "--config.total_steps=6",
+    "--config.checkpoint_every=3",
+    "--config.batch_size=8",
+    "--config.seq_len=128",
+    "--config.model.n_layers=2",
+    "--config.log_every=1",
+    "--config.eval_every=1000",
+    "--config.eval_batches=1",
+    "--config.optimizer.warmup_steps=1",
+    f"--config.data.cache_dir={stdlib_cache}",
+  ]
 
 
 def _metrics(workdir: Path) -> list[dict]:
@@ -144,8 +169,10 @@ def _final_params(workdir: Path, step: int = 6):
   from ml_collections import config_dict
 
   from phi1_jax import sharding, train
+
   sys.path.insert(0, str(REPO / "configs"))
   import tiny
+
   config = tiny.get_config()
   config.model.n_layers = 2
   mesh = sharding.make_mesh(config_dict.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
@@ -180,8 +207,17 @@ def test_trainer_cli_two_processes_then_one_matches_one_process(cli_flags, refer
 
 
 def test_checkpoint_from_8_devices_fsdp_resumes_on_2(cli_flags, reference_run, tmp_path):
-  _run([sys.executable, *cli_flags, f"--workdir={tmp_path}", "--config.run_until_step=3",
-        "--config.mesh.data=1", "--config.mesh.fsdp=8"], devices=8)
+  _run(
+    [
+      sys.executable,
+      *cli_flags,
+      f"--workdir={tmp_path}",
+      "--config.run_until_step=3",
+      "--config.mesh.data=1",
+      "--config.mesh.fsdp=8",
+    ],
+    devices=8,
+  )
   _run([sys.executable, *cli_flags, f"--workdir={tmp_path}", "--config.mesh.data=2"], devices=2)
   got, ref = _metrics(tmp_path), _metrics(reference_run)
   assert [r["step"] for r in got] == [r["step"] for r in ref] == [1, 2, 3, 4, 5, 6]
@@ -210,14 +246,32 @@ def test_sigterm_seen_at_different_steps_saves_one_checkpoint_and_resumes_exactl
   """Process 1 gets SIGTERM, process 0 two seconds later (as two nodes' slurmds signal their own
   tasks): both stop after the same step and save it, and the same command resumes exactly."""
   total = 30  # steps enough that the first signal lands mid-run
-  flags = ["-m", "phi1_jax.train", "--config=configs/tiny.py", f"--config.total_steps={total}",
-           "--config.batch_size=4", "--config.model.n_layers=1", "--config.log_every=1", "--config.eval_every=1000",
-           "--config.eval_batches=1", "--config.optimizer.warmup_steps=1", "--config.checkpoint_every=1000",
-           f"--config.data.cache_dir={stdlib_cache}"]
+  flags = [
+    "-m",
+    "phi1_jax.train",
+    "--config=configs/tiny.py",
+    f"--config.total_steps={total}",
+    "--config.batch_size=4",
+    "--config.model.n_layers=1",
+    "--config.log_every=1",
+    "--config.eval_every=1000",
+    "--config.eval_batches=1",
+    "--config.optimizer.warmup_steps=1",
+    "--config.checkpoint_every=1000",
+    f"--config.data.cache_dir={stdlib_cache}",
+  ]
   ref, run = tmp_path / "ref", tmp_path / "run"
   _run([sys.executable, *flags, f"--workdir={ref}"], devices=2)
-  launcher = [sys.executable, "launch/local.py", "--processes=2", "--devices=1", "--", sys.executable, *flags,
-              f"--workdir={run}"]
+  launcher = [
+    sys.executable,
+    "launch/local.py",
+    "--processes=2",
+    "--devices=1",
+    "--",
+    sys.executable,
+    *flags,
+    f"--workdir={run}",
+  ]
   proc = subprocess.Popen(launcher, cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     metrics = run / "metrics.jsonl"
@@ -268,12 +322,32 @@ def test_two_processes_from_an_empty_cache(tmp_path):
   split fills one eval batch on each process)."""
   home = tmp_path / "home"
   env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
-  proc = subprocess.run([sys.executable, "launch/local.py", "--processes=2", "--devices=2", "--", sys.executable,
-                         "-m", "phi1_jax.train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'mp'}",
-                         "--config.data.stdlib_max_bytes=2000000", "--config.data.stdlib_vocab_size=1024",
-                         "--config.model.vocab_size=1024", "--config.total_steps=2", "--config.batch_size=8",
-                         "--config.model.n_layers=1", "--config.eval_batches=1"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "launch/local.py",
+      "--processes=2",
+      "--devices=2",
+      "--",
+      sys.executable,
+      "-m",
+      "phi1_jax.train",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path / 'mp'}",
+      "--config.data.stdlib_max_bytes=2000000",
+      "--config.data.stdlib_vocab_size=1024",
+      "--config.model.vocab_size=1024",
+      "--config.total_steps=2",
+      "--config.batch_size=8",
+      "--config.model.n_layers=1",
+      "--config.eval_batches=1",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-5000:]
   assert "[p0] summary: finished at step 2/2" in proc.stdout
   assert "nothing to do" not in proc.stdout  # the process that waited for the build does not pack again
@@ -283,21 +357,34 @@ def test_two_processes_from_an_empty_cache(tmp_path):
 
 def test_local_launcher_stops_the_others_at_once(tmp_path):
   """p1 fails at once; p0 ignores SIGTERM (as one stuck in a collective does) and would sleep 10 minutes."""
-  code = ("import signal, sys, time; pid = int(sys.argv[-1].split('=')[1]); print('up', pid, flush=True)\n"
-          "if pid == 1: time.sleep(1); sys.exit(5)\n"
-          "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")
-  proc = subprocess.Popen([sys.executable, "launch/local.py", "--processes=2", "--grace=1", "--", sys.executable,
-                           "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  code = (
+    "import signal, sys, time; pid = int(sys.argv[-1].split('=')[1]); print('up', pid, flush=True)\n"
+    "if pid == 1: time.sleep(1); sys.exit(5)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+  )
+  proc = subprocess.Popen(
+    [sys.executable, "launch/local.py", "--processes=2", "--grace=1", "--", sys.executable, "-c", code],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   out, _ = proc.communicate(timeout=60)  # it would take 600 s if p0 were left running
   assert proc.returncode == 5
   assert "[p0] up 0" in out and "[p1] up 1" in out
 
 
 def test_local_launcher_fails_when_one_process_fails():
-  code = ("import sys, time; pid = int(sys.argv[-1].split('=')[1]); print('hi', pid, flush=True); "
-          "time.sleep(1) if pid == 1 else None; sys.exit(3 if pid == 1 else 0)")  # p0 done before p1 fails
-  proc = subprocess.run([sys.executable, "launch/local.py", "--processes=2", "--", sys.executable, "-c", code],
-                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  code = (
+    "import sys, time; pid = int(sys.argv[-1].split('=')[1]); print('hi', pid, flush=True); "
+    "time.sleep(1) if pid == 1 else None; sys.exit(3 if pid == 1 else 0)"
+  )  # p0 done before p1 fails
+  proc = subprocess.run(
+    [sys.executable, "launch/local.py", "--processes=2", "--", sys.executable, "-c", code],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 3
   assert "[p0] hi 0" in proc.stdout and "[p1] hi 1" in proc.stdout
 

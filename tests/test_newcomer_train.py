@@ -29,15 +29,22 @@ def _tree(workdir: Path) -> dict:
 
 def test_tiny_demo_eval_tracks_train_then_rerun_and_continue(tmp_path, stdlib_cache):
   """One tiny run (the demo's config, fewer steps), then the two things a user does next."""
-  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", f"--config.data.cache_dir={stdlib_cache}",
-          "--config.eval_every=1000", "--config.log_every=5"]  # eval at the end only
+  args = [
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}",
+    f"--config.data.cache_dir={stdlib_cache}",
+    "--config.eval_every=1000",
+    "--config.log_every=5",
+  ]  # eval at the end only
   out = run_module("phi1_jax.train", *args, f"--config.total_steps={TINY_STEPS}", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = _rows(tmp_path)
   train_tail = np.mean([r["loss"] for r in rows[-4:]])  # the last 20 steps' logged losses
   eval_loss = rows[-1]["eval_loss"]
-  print(f"tiny, {TINY_STEPS} steps: train loss {rows[0]['loss']:.3f} -> {train_tail:.3f} (mean of last 4 logged), "
-        f"eval loss {eval_loss:.3f}")
+  print(
+    f"tiny, {TINY_STEPS} steps: train loss {rows[0]['loss']:.3f} -> {train_tail:.3f} (mean of last 4 logged), "
+    f"eval loss {eval_loss:.3f}"
+  )
   # The held-out split measures the same kind of code as training: no generated codec tables in it.
   assert abs(eval_loss - train_tail) <= 0.1 * train_tail, (eval_loss, train_tail)
   assert eval_loss < rows[0]["loss"] - 2.0  # and the model did learn (8.3 at step 1)
@@ -53,8 +60,10 @@ def test_tiny_demo_eval_tracks_train_then_rerun_and_continue(tmp_path, stdlib_ca
   before = _tree(tmp_path)
   again = run_module("phi1_jax.train", *args, f"--config.total_steps={TINY_STEPS}", env={"JAX_LOG_COMPILES": "1"})
   assert again.returncode == 0, again.stderr[-3000:]
-  assert _lines(again) == [f"run already finished at step {TINY_STEPS} (total_steps={TINY_STEPS}) in {tmp_path}; "
-                           "raise --config.total_steps to continue"]
+  assert _lines(again) == [
+    f"run already finished at step {TINY_STEPS} (total_steps={TINY_STEPS}) in {tmp_path}; "
+    "raise --config.total_steps to continue"
+  ]
   assert _tree(tmp_path) == before
 
   # Raising total_steps continues it.
@@ -84,8 +93,12 @@ def test_missing_config_file_and_file_as_workdir(tmp_path):
 
 
 def test_tokenizer_the_model_does_not_fit_names_the_overrides(tmp_path, stdlib_cache):
-  common = ["--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}", f"--config.data.cache_dir={stdlib_cache}",
-            "--config.total_steps=20"]  # below tiny's 30 warmup steps
+  common = [
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path / 'w'}",
+    f"--config.data.cache_dir={stdlib_cache}",
+    "--config.total_steps=20",
+  ]  # below tiny's 30 warmup steps
   out = run_module("phi1_jax.train", *common, "--config.model.vocab_size=1000")
   line = _one_error_line(out)
   assert f"has {TINY_VOCAB} tokens, model.vocab_size=1000" in line
@@ -98,12 +111,21 @@ def test_tokenizer_the_model_does_not_fit_names_the_overrides(tmp_path, stdlib_c
 
 def test_embedded_corpus_leaves_out_generated_tables_and_eval_is_spread(stdlib_cache):
   from phi1_jax.data import pipeline, stdlib_corpus
+
   root = stdlib_corpus.stdlib_dir()
-  generated = ["encodings/cp1252.py", "encodings/koi8_r.py", "encodings/mac_latin2.py", "encodings/cp1006.py",
-               "pydoc_data/topics.py", "html/entities.py"]
+  generated = [
+    "encodings/cp1252.py",
+    "encodings/koi8_r.py",
+    "encodings/mac_latin2.py",
+    "encodings/cp1006.py",
+    "pydoc_data/topics.py",
+    "html/entities.py",
+  ]
   code = ["encodings/utf_8.py", "encodings/idna.py", "ast.py", "argparse.py", "json/decoder.py", "opcode.py"]
-  judged = {name: stdlib_corpus.is_generated_table(Path(name), (root / name).read_text(encoding="utf-8"))
-            for name in generated + code}
+  judged = {
+    name: stdlib_corpus.is_generated_table(Path(name), (root / name).read_text(encoding="utf-8"))
+    for name in generated + code
+  }
   assert judged == {name: name in generated for name in judged}
   chosen = {f.relative_to(root).as_posix() for f in stdlib_corpus.stdlib_files()}
   assert not chosen & set(generated) and "encodings/utf_8.py" in chosen

@@ -15,19 +15,36 @@ pytestmark = pytest.mark.slow
 
 def test_quickstart_notebook_executes(tmp_path, stdlib_cache):
   workdir = tmp_path / "run"
-  train = run_module("phi1_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
-                     f"--config.data.cache_dir={stdlib_cache}", "--config.model.d_model=32",
-                     "--config.model.n_layers=1", "--config.model.n_heads=2", "--config.model.head_dim=16",
-                     "--config.model.mlp_dim=64", "--config.batch_size=2", "--config.total_steps=4",
-                     "--config.log_every=1", "--config.eval_every=2", "--config.eval_batches=1",
-                     "--config.checkpoint_every=4")
+  train = run_module(
+    "phi1_jax.train",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.data.cache_dir={stdlib_cache}",
+    "--config.model.d_model=32",
+    "--config.model.n_layers=1",
+    "--config.model.n_heads=2",
+    "--config.model.head_dim=16",
+    "--config.model.mlp_dim=64",
+    "--config.batch_size=2",
+    "--config.total_steps=4",
+    "--config.log_every=1",
+    "--config.eval_every=2",
+    "--config.eval_batches=1",
+    "--config.checkpoint_every=4",
+  )
   assert train.returncode == 0, train.stderr[-3000:]
 
   notebook = tmp_path / "quickstart.ipynb"
   shutil.copy(REPO / "notebooks" / "quickstart.ipynb", notebook)
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PHI1_WORKDIR": str(workdir)}
-  proc = subprocess.run([sys.executable, "-m", "jupyter", "execute", str(notebook), "--output=executed",
-                         "--timeout=300"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-m", "jupyter", "execute", str(notebook), "--output=executed", "--timeout=300"],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   cells = [c for c in nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells if c.cell_type == "code"]

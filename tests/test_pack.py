@@ -44,8 +44,9 @@ def test_counts_and_records_rebuild_the_stream(tmp_path, small_tokenizer):
   (pyfolder / "sub" / "b.py").write_text("class B:\r\n    x = 'é'\r\n")
   (pyfolder / "__init__.py").write_text("")  # empty files are skipped, not bad
   seq_len = 16
-  m = pack([jsonl, pyfolder], small_tokenizer, seq_len, tmp_path / "out", eval_fraction=0.2, workers=2,
-           records_per_shard=50)
+  m = pack(
+    [jsonl, pyfolder], small_tokenizer, seq_len, tmp_path / "out", eval_fraction=0.2, workers=2, records_per_shard=50
+  )
 
   tok = load_tokenizer(small_tokenizer)
   texts = {d["id"]: d["text"] for d in docs}
@@ -59,13 +60,20 @@ def test_counts_and_records_rebuild_the_stream(tmp_path, small_tokenizer):
     s = m["splits"][split]
     n_docs = sum((_split_hash(i) < m["eval_hash_threshold"]) == (split == "eval") for i in texts)
     assert s["documents"] == n_docs
-    assert s["tokens"] == len(stream) == sum(len(tok.encode(texts[i])) for i in texts
-                                             if (_split_hash(i) < m["eval_hash_threshold"]) == (split == "eval")) + n_docs - 1
+    assert (
+      s["tokens"]
+      == len(stream)
+      == sum(
+        len(tok.encode(texts[i])) for i in texts if (_split_hash(i) < m["eval_hash_threshold"]) == (split == "eval")
+      )
+      + n_docs
+      - 1
+    )
     records = read_records(tmp_path / "out", split)
     assert len(records) == s["records"] == (len(stream) - 1) // seq_len >= 1
     assert all(len(r) == seq_len + 1 and r.dtype == np.int32 for r in records)
     rebuilt = np.concatenate([records[0]] + [r[1:] for r in records[1:]])
-    assert rebuilt.tolist() == stream[:len(rebuilt)]
+    assert rebuilt.tolist() == stream[: len(rebuilt)]
     assert s["dropped_tail_tokens"] == len(stream) - len(rebuilt)
   assert len(m["splits"]["train"]["shards"]) == -(-m["records"]["train"] // 50) >= 2
   assert m["splits"]["train"]["shards"][0] == f"train-00000-of-{len(m['splits']['train']['shards']):05d}.array_record"
@@ -95,6 +103,7 @@ def test_rerun_is_a_no_op_and_other_flags_refuse(tmp_path, small_tokenizer):
 def test_progress_on_jsonl_gz_counts_compressed_bytes(tmp_path, small_tokenizer):
   import gzip
   import re
+
   path = tmp_path / "d.jsonl.gz"  # code compresses about 4x: uncompressed bytes would read 400%
   path.write_bytes(gzip.compress("".join(json.dumps(d) + "\n" for d in code_docs(3000)).encode()))
   r = _cli("--input", path, "--tokenizer", small_tokenizer, "--seq_len", 64, "--out", tmp_path / "out", "--workers", 1)
@@ -110,9 +119,24 @@ def test_killed_run_leaves_nothing_complete_and_rerun_recovers(tmp_path, small_t
   jsonl = write_jsonl(tmp_path / "big.jsonl", big)
   out = tmp_path / "out"
   partial = tmp_path / ".out.partial"
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.data.pack", "--input", str(jsonl), "--tokenizer",
-                           small_tokenizer, "--seq_len", "64", "--out", str(out), "--workers", "1"],
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "phi1_jax.data.pack",
+      "--input",
+      str(jsonl),
+      "--tokenizer",
+      small_tokenizer,
+      "--seq_len",
+      "64",
+      "--out",
+      str(out),
+      "--workers",
+      "1",
+    ],
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 60
   while not (partial / "train-00000.array_record.part").exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
@@ -130,8 +154,17 @@ def test_killed_run_leaves_nothing_complete_and_rerun_recovers(tmp_path, small_t
 
 def test_bad_lines_reported_and_threshold_fails(tmp_path, small_tokenizer):
   good = [json.dumps(d) for d in code_docs(6)]
-  lines = [good[0], "{not json", good[1], json.dumps({"id": "x", "text": ""}), good[2],
-           json.dumps({"id": "y"}), good[3], good[4], good[5]]
+  lines = [
+    good[0],
+    "{not json",
+    good[1],
+    json.dumps({"id": "x", "text": ""}),
+    good[2],
+    json.dumps({"id": "y"}),
+    good[3],
+    good[4],
+    good[5],
+  ]
   path = tmp_path / "d.jsonl"
   path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "z", "text": "caf\xe9"}\n')
   out = tmp_path / "out"
@@ -179,11 +212,14 @@ def test_non_utf8_py_file_is_bad(tmp_path, small_tokenizer):
     pack([folder], small_tokenizer, 8, tmp_path / "out", workers=1)
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--seq_len", "0"], "--seq_len 0"),
     (["--seq_len", "8", "--eval_fraction", "1.5"], "--eval_fraction 1.5"),
     (["--seq_len", "8", "--workers", "0"], "--workers 0"),
-])
+  ],
+)
 def test_bad_flags_fail_before_work(tmp_path, small_tokenizer, flags, message):
   jsonl = write_jsonl(tmp_path / "d.jsonl", code_docs(3))
   r = _cli("--input", jsonl, "--tokenizer", small_tokenizer, "--out", tmp_path / "out", *flags)
@@ -192,7 +228,9 @@ def test_bad_flags_fail_before_work(tmp_path, small_tokenizer, flags, message):
 
 
 def test_missing_input_and_occupied_out_fail_clearly(tmp_path, small_tokenizer):
-  r = _cli("--input", tmp_path / "missing.jsonl", "--tokenizer", small_tokenizer, "--seq_len", 8, "--out", tmp_path / "o")
+  r = _cli(
+    "--input", tmp_path / "missing.jsonl", "--tokenizer", small_tokenizer, "--seq_len", 8, "--out", tmp_path / "o"
+  )
   assert r.returncode != 0 and "missing.jsonl: not found" in _one_error_line(r.stderr)
   r = _cli("--input", STDLIB / "json", "--tokenizer", tmp_path, "--seq_len", 8, "--out", tmp_path / "o")
   assert r.returncode != 0 and "--tokenizer" in _one_error_line(r.stderr)
@@ -208,11 +246,30 @@ def test_missing_input_and_occupied_out_fail_clearly(tmp_path, small_tokenizer):
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, small_tokenizer):
   """SIGINT to the process group (a terminal's Ctrl-C reaches the spawned tokenizer workers too)."""
   from phi1_jax.cli import descendants
+
   big = [{"id": f"big-{i}", "text": t["text"] * 20} for i, t in enumerate(code_docs(600))]
   jsonl = write_jsonl(tmp_path / "big.jsonl", big)
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.data.pack", "--input", str(jsonl), "--tokenizer",
-                           small_tokenizer, "--seq_len", "64", "--out", str(tmp_path / "out"), "--workers", "2"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "phi1_jax.data.pack",
+      "--input",
+      str(jsonl),
+      "--tokenizer",
+      small_tokenizer,
+      "--seq_len",
+      "64",
+      "--out",
+      str(tmp_path / "out"),
+      "--workers",
+      "2",
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
   partial, workers = tmp_path / ".out.partial", set()
   deadline = time.time() + 60
   while not (partial / "train-00000.array_record.part").exists() and proc.poll() is None and time.time() < deadline:
@@ -222,14 +279,17 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, small_tokenize
   os.killpg(proc.pid, signal.SIGINT)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 130 and err.strip().splitlines() == [
-      "stopped by SIGINT: nothing is kept (a stopped pack starts again); rerun the same command to resume"], err
+    "stopped by SIGINT: nothing is kept (a stopped pack starts again); rerun the same command to resume"
+  ], err
   assert not partial.exists() and not (tmp_path / "out").exists()
+
   def alive(pid):
     try:
       with open(f"/proc/{pid}/stat") as f:
         return f.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
       return False
+
   deadline = time.time() + 10
   while any(map(alive, workers)) and time.time() < deadline:
     time.sleep(0.05)

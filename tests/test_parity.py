@@ -21,30 +21,60 @@ TOL = 1e-4  # max |logits difference| in float32
 
 # name: (PhiConfig kwargs, save_pretrained kwargs, rewrite config.json in the released phi-1 layout)
 CASES = {
-    # head_dim 10, rotary fraction 0.4 -> 4 rotary dims; 5 heads; sharded safetensors
-    "rot0.4_heads5_sharded": (dict(vocab_size=97, hidden_size=50, intermediate_size=72, num_hidden_layers=2,
-                                   num_attention_heads=5, partial_rotary_factor=0.4),
-                              dict(max_shard_size="20KB"), False),
-    # 3 heads of 16, fraction 0.75, theta 500, config.json as transformers 4 wrote it (microsoft/phi-1)
-    "rot0.75_heads3_oldconfig": (dict(vocab_size=61, hidden_size=48, intermediate_size=40, num_hidden_layers=3,
-                                      num_attention_heads=3, partial_rotary_factor=0.75,
-                                      rope_parameters={"rope_type": "default", "rope_theta": 500.0,
-                                                       "partial_rotary_factor": 0.75}),
-                                 {}, True),
-    # phi-1's shape in miniature (fraction 0.5), saved in bfloat16
-    "rot0.5_heads4_bf16": (dict(vocab_size=83, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                                num_attention_heads=4, partial_rotary_factor=0.5),
-                           dict(dtype=torch.bfloat16), False),
+  # head_dim 10, rotary fraction 0.4 -> 4 rotary dims; 5 heads; sharded safetensors
+  "rot0.4_heads5_sharded": (
+    dict(
+      vocab_size=97,
+      hidden_size=50,
+      intermediate_size=72,
+      num_hidden_layers=2,
+      num_attention_heads=5,
+      partial_rotary_factor=0.4,
+    ),
+    dict(max_shard_size="20KB"),
+    False,
+  ),
+  # 3 heads of 16, fraction 0.75, theta 500, config.json as transformers 4 wrote it (microsoft/phi-1)
+  "rot0.75_heads3_oldconfig": (
+    dict(
+      vocab_size=61,
+      hidden_size=48,
+      intermediate_size=40,
+      num_hidden_layers=3,
+      num_attention_heads=3,
+      partial_rotary_factor=0.75,
+      rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.75},
+    ),
+    {},
+    True,
+  ),
+  # phi-1's shape in miniature (fraction 0.5), saved in bfloat16
+  "rot0.5_heads4_bf16": (
+    dict(
+      vocab_size=83,
+      hidden_size=32,
+      intermediate_size=128,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      partial_rotary_factor=0.5,
+    ),
+    dict(dtype=torch.bfloat16),
+    False,
+  ),
 }
 
 
 def _old_layout(config_json: dict) -> dict:
   """The released microsoft/phi-1 layout: rope settings top level, num_key_value_heads null."""
   old = {k: v for k, v in config_json.items() if k not in ("rope_parameters", "dtype")}
-  old.update(rope_theta=config_json["rope_parameters"]["rope_theta"],
-             partial_rotary_factor=config_json["rope_parameters"]["partial_rotary_factor"],
-             rope_scaling=None, num_key_value_heads=None, torch_dtype="float32",
-             transformers_version="4.37.0")
+  old.update(
+    rope_theta=config_json["rope_parameters"]["rope_theta"],
+    partial_rotary_factor=config_json["rope_parameters"]["partial_rotary_factor"],
+    rope_scaling=None,
+    num_key_value_heads=None,
+    torch_dtype="float32",
+    transformers_version="4.37.0",
+  )
   return old
 
 
@@ -79,8 +109,9 @@ def case(request, tmp_path_factory):
   reference = transformers.PhiForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
   original = {k: v.numpy() for k, v in reference.state_dict().items()}
   tokens_BxL = np.random.RandomState(0).randint(0, hf_cfg.vocab_size, (3, 21))
-  return dict(name=request.param, hf_dir=hf_dir, reference=reference, original=original,
-              tokens=tokens_BxL, tmp=hf_dir.parent)
+  return dict(
+    name=request.param, hf_dir=hf_dir, reference=reference, original=original, tokens=tokens_BxL, tmp=hf_dir.parent
+  )
 
 
 def test_case_is_what_it_claims(case):

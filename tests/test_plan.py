@@ -10,15 +10,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _plan(*args):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.run([sys.executable, "-m", "phi1_jax.plan", *args], cwd=REPO, capture_output=True, text=True,
-                        env={**env, "PYTHONPATH": str(REPO)}, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "phi1_jax.plan", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env={**env, "PYTHONPATH": str(REPO)},
+    timeout=600,
+  )
 
 
 def test_plan_reports_memory_per_device():
   # phi-1-small's widths; fewer layers and a shorter sequence keep the compile short.
-  proc = _plan("--config=configs/phi1_small.py", "--mesh=data=2,fsdp=4,tensor=1", "--devices=8",
-               "--config.model.n_layers=1", "--config.seq_len=128", "--config.batch_size=32",
-               "--config.grad_accum_steps=2", "--config.loss_chunk_size=64")
+  proc = _plan(
+    "--config=configs/phi1_small.py",
+    "--mesh=data=2,fsdp=4,tensor=1",
+    "--devices=8",
+    "--config.model.n_layers=1",
+    "--config.seq_len=128",
+    "--config.batch_size=32",
+    "--config.grad_accum_steps=2",
+    "--config.loss_chunk_size=64",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} on 8 cpu devices" in out
@@ -32,7 +45,9 @@ def test_plan_reports_memory_per_device():
 def test_plan_refuses_a_mesh_the_devices_do_not_fill():
   proc = _plan("--config=configs/tiny.py", "--mesh=data=2,fsdp=8", "--devices=8")
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith("error: mesh {'data': 2, 'fsdp': 8, 'tensor': 1} needs 16 devices")
+  assert (
+    proc.stderr.strip().splitlines()[-1].startswith("error: mesh {'data': 2, 'fsdp': 8, 'tensor': 1} needs 16 devices")
+  )
 
 
 def test_plan_refuses_a_bad_mesh_flag():

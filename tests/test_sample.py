@@ -10,10 +10,29 @@ from phi1_jax.sample import generate, truncate_at
 
 # init_std is large so logits are far apart: float32 near-ties would make argmax flaky
 CONFIGS = {
-    "partial_rotary": ModelConfig(vocab_size=101, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64,
-                                  rotary_dim=4, max_seq_len=256, init_std=0.5),
-    "full_rotary": ModelConfig(vocab_size=67, d_model=48, n_layers=3, n_heads=3, head_dim=16, mlp_dim=96,
-                               rotary_dim=16, rope_theta=500.0, max_seq_len=256, init_std=0.5),
+  "partial_rotary": ModelConfig(
+    vocab_size=101,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    rotary_dim=4,
+    max_seq_len=256,
+    init_std=0.5,
+  ),
+  "full_rotary": ModelConfig(
+    vocab_size=67,
+    d_model=48,
+    n_layers=3,
+    n_heads=3,
+    head_dim=16,
+    mlp_dim=96,
+    rotary_dim=16,
+    rope_theta=500.0,
+    max_seq_len=256,
+    init_std=0.5,
+  ),
 }
 N_NEW = 10
 
@@ -29,13 +48,13 @@ def _uncached_greedy(model, prompts, n):
   toks_BxL = np.zeros((len(prompts), L), np.int32)
   lengths = [len(p) for p in prompts]
   for b, p in enumerate(prompts):
-    toks_BxL[b, :len(p)] = p
+    toks_BxL[b, : len(p)] = p
   for _ in range(n):
     logits_BxLxV = np.asarray(forward(model, jnp.asarray(toks_BxL)))
     for b, l in enumerate(lengths):
       toks_BxL[b, l] = logits_BxLxV[b, l - 1].argmax()
     lengths = [l + 1 for l in lengths]
-  return [toks_BxL[b, len(p):len(p) + n].tolist() for b, p in enumerate(prompts)]
+  return [toks_BxL[b, len(p) : len(p) + n].tolist() for b, p in enumerate(prompts)]
 
 
 def _model_and_prompts(name):
@@ -87,7 +106,7 @@ def test_eos_stops_a_row(small):
   eos = greedy[0][3]
   got = generate(model, prompts, max_new_tokens=N_NEW, eos_id=eos)
   for g, r in zip(greedy, got):
-    want = g[:g.index(eos)] if eos in g else g
+    want = g[: g.index(eos)] if eos in g else g
     assert r == want
 
 
@@ -96,7 +115,7 @@ def test_host_stop_fn_stops_rows_early(small):
   greedy = generate(model, prompts, max_new_tokens=N_NEW)
   got = generate(model, prompts, max_new_tokens=N_NEW, stop_fn=lambda toks: len(toks) >= 3, check_every=2)
   for g, r in zip(greedy, got):
-    assert 3 <= len(r) <= 4 and r == g[:len(r)]  # stopped within one chunk, same tokens
+    assert 3 <= len(r) <= 4 and r == g[: len(r)]  # stopped within one chunk, same tokens
 
 
 def test_vocab_limit_is_never_exceeded(small):
@@ -124,14 +143,23 @@ def test_sample_command_prints_greedy_completion(tiny_checkpoint):
   """`python -m phi1_jax.sample` prints what generate gives (greedy); --n draws several."""
   from conftest import run_module
   from phi1_jax.sample import load_model_and_tokenizer
+
   model, tok = load_model_and_tokenizer(tiny_checkpoint)
   prompt = "def fib(n):\n"
   want = generate(model, [tok.encode(prompt)], max_new_tokens=12, eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
   r = run_module("phi1_jax.sample", f"--checkpoint={tiny_checkpoint}", f"--prompt={prompt}", "--max_tokens=12")
   assert r.returncode == 0, r.stderr
   assert r.stdout == tok.decode(want) + "\n"
-  r = run_module("phi1_jax.sample", f"--checkpoint={tiny_checkpoint}", "--prompt=-", "--max_tokens=12",
-                 "--temperature=0.8", "--n=2", "--seed=1", input=prompt)
+  r = run_module(
+    "phi1_jax.sample",
+    f"--checkpoint={tiny_checkpoint}",
+    "--prompt=-",
+    "--max_tokens=12",
+    "--temperature=0.8",
+    "--n=2",
+    "--seed=1",
+    input=prompt,
+  )
   assert r.returncode == 0 and r.stdout.count("### completion ") == 2, r.stderr
 
 
@@ -143,18 +171,28 @@ def test_sample_command_bad_input_is_one_line(tiny_checkpoint, tmp_path):
   import sys
 
   from conftest import REPO
+
   no_tok = tmp_path / "no_tokenizer"
   shutil.copytree(tiny_checkpoint, no_tok, ignore=shutil.ignore_patterns("tokenizer.model"))
   cases = {
-      "not found": [f"--checkpoint={tmp_path / 'nope'}", "--prompt=x"],
-      "no tokenizer.model or tokenizer.json": [f"--checkpoint={no_tok}", "--prompt=x"],
-      "--top_p=0.0": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--top_p=0"],
-      "invalid int value": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--max_tokens=many"],
-      "exceeds the model's context": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--max_tokens=100000"],
+    "not found": [f"--checkpoint={tmp_path / 'nope'}", "--prompt=x"],
+    "no tokenizer.model or tokenizer.json": [f"--checkpoint={no_tok}", "--prompt=x"],
+    "--top_p=0.0": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--top_p=0"],
+    "invalid int value": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--max_tokens=many"],
+    "exceeds the model's context": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--max_tokens=100000"],
   }
   env = {**os.environ, "PYTHONPATH": str(REPO)}
-  procs = {named: subprocess.Popen([sys.executable, "-m", "phi1_jax.sample", *args], cwd=REPO, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for named, args in cases.items()}
+  procs = {
+    named: subprocess.Popen(
+      [sys.executable, "-m", "phi1_jax.sample", *args],
+      cwd=REPO,
+      env=env,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for named, args in cases.items()
+  }
   for named, proc in procs.items():
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1 and named in err, (named, err)

@@ -43,7 +43,7 @@ needs_bwrap = pytest.mark.skipif(_bwrap_works() is not None, reason=f"no OS sand
 
 # Module-level code run after the solution; $-fields filled per test. libc gets past the guard.
 ATTACKS = {
-    "network": '''
+  "network": '''
 import ctypes, socket
 try:
     print("interfaces:", sorted(name for _, name in socket.if_nameindex()))
@@ -53,7 +53,7 @@ try:
 except OSError as error:
     print("network:", type(error).__name__)
 ''',
-    "files": '''
+  "files": '''
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 for path in ("$host_dir/secret.txt", "$ro_victim"):
@@ -72,7 +72,7 @@ for victim in ("$host_dir/victim.txt", "$ro_victim"):
     except OSError as error:
         print("append:", victim, type(error).__name__)
 ''',
-    "processes and secrets": '''
+  "processes and secrets": '''
 import posix
 pids = sorted(int(entry) for entry in posix.listdir("/proc") if entry.isdigit())
 print("pids:", pids)
@@ -86,7 +86,7 @@ print("environ:", sorted(key.decode() for key in posix.environ))
 if found:
     raise RuntimeError(found)  # the result line would carry the key out
 ''',
-    "kills the harness": '''
+  "kills the harness": '''
 import ctypes
 libc = ctypes.CDLL(None)
 # The harness's pid (in-process: this test's; its parent's for the CLI). Its own parent is outside
@@ -188,8 +188,10 @@ def test_from_inside_the_host_is_out_of_reach(host):
       assert line.split()[-2] == "-1", line  # every call failed
   # Its own PID namespace, where the program is pid 1 and alone; only the sandbox's variables.
   assert "pids: [1]" in outputs["processes and secrets"]
-  assert "environ: ['HOME', 'LANG', 'OMP_NUM_THREADS', 'PATH', 'PHI1_EXEC_RUN', 'PWD', 'PYTHONIOENCODING']" in outputs[
-      "processes and secrets"]
+  assert (
+    "environ: ['HOME', 'LANG', 'OMP_NUM_THREADS', 'PATH', 'PHI1_EXEC_RUN', 'PWD', 'PYTHONIOENCODING']"
+    in outputs["processes and secrets"]
+  )
   assert f"kill: {os.getpid()} -1" in outputs["kills the harness"]
   host.assert_untouched()
 
@@ -197,14 +199,14 @@ def test_from_inside_the_host_is_out_of_reach(host):
 @needs_bwrap
 def test_limits_hold_in_the_sandbox():
   programs = {
-      # /tmp is the only writable place, a 64 MiB tmpfs; each file stops at 16 MiB.
-      "fills the disk": "written = 0\ntry:\n    for i in range(1000):\n        with open(f'f{i}', 'wb') as f:\n"
-                        "            for _ in range(16):\n                written += f.write(b'x' * (1 << 20))\n"
-                        "except OSError as error:\n    print(type(error).__name__, error.errno, written >> 20)\n",
-      "forks past the guard": "import ctypes\nlibc = ctypes.CDLL(None)\nimport time\nfor _ in range(12):\n"
-                              "    libc.fork()\ntime.sleep(30)\n",
-      "memory bomb": "x = bytearray(1 << 40)\n",
-      "endless output": "import posix\nwhile True:\n    posix.write(1, b'x' * 100000)\n",
+    # /tmp is the only writable place, a 64 MiB tmpfs; each file stops at 16 MiB.
+    "fills the disk": "written = 0\ntry:\n    for i in range(1000):\n        with open(f'f{i}', 'wb') as f:\n"
+    "            for _ in range(16):\n                written += f.write(b'x' * (1 << 20))\n"
+    "except OSError as error:\n    print(type(error).__name__, error.errno, written >> 20)\n",
+    "forks past the guard": "import ctypes\nlibc = ctypes.CDLL(None)\nimport time\nfor _ in range(12):\n"
+    "    libc.fork()\ntime.sleep(30)\n",
+    "memory bomb": "x = bytearray(1 << 40)\n",
+    "endless output": "import posix\nwhile True:\n    posix.write(1, b'x' * 100000)\n",
   }
   results = dict(zip(programs, execute_programs(list(programs.values()), timeout_s=2, memory_mb=512, workers=2)))
   error, errno, megabytes = results["fills the disk"].output.split()
@@ -217,12 +219,28 @@ def test_limits_hold_in_the_sandbox():
 
 def _cli_run(samples_dir: Path, completions: dict, command_prefix=(), env=None, extra=()):
   sample_file = samples_dir / "samples.jsonl"
-  sample_file.write_text("".join(json.dumps({"task_id": "HumanEval/0", "completion": c}) + "\n"
-                                 for c in completions.values()))
-  done = subprocess.run([*command_prefix, sys.executable, "-m", "phi1_jax.eval.execute", "--benchmark=humaneval",
-                         f"--samples={sample_file}", "--allow_incomplete", "--k=1", "--timeout=5", *extra],
-                        cwd=REPO, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+  sample_file.write_text(
+    "".join(json.dumps({"task_id": "HumanEval/0", "completion": c}) + "\n" for c in completions.values())
+  )
+  done = subprocess.run(
+    [
+      *command_prefix,
+      sys.executable,
+      "-m",
+      "phi1_jax.eval.execute",
+      "--benchmark=humaneval",
+      f"--samples={sample_file}",
+      "--allow_incomplete",
+      "--k=1",
+      "--timeout=5",
+      *extra,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+  )
   return done, sample_file
 
 
@@ -241,8 +259,7 @@ def _assert_cli_contained(done, sample_file, host):
 
 @needs_bwrap
 def test_cli_contains_hostile_completions_that_pass(host, tmp_path):
-  done, sample_file = _cli_run(tmp_path, hostile_completions(**host.fields()),
-                               env={"OPENAI_API_KEY": SECRET})
+  done, sample_file = _cli_run(tmp_path, hostile_completions(**host.fields()), env={"OPENAI_API_KEY": SECRET})
   _assert_cli_contained(done, sample_file, host)
 
 
@@ -254,8 +271,10 @@ def _as_nobody() -> list[str]:
   drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
   if closed is None:
     return drop
-  script = (f'set -e; held=$(mktemp -d); mount --bind {prefix} "$held"; mount -t tmpfs -o mode=0755 tmpfs {closed}; '
-            f'mkdir -p {prefix}; mount --move "$held" {prefix}; exec "$@"')
+  script = (
+    f'set -e; held=$(mktemp -d); mount --bind {prefix} "$held"; mount -t tmpfs -o mode=0755 tmpfs {closed}; '
+    f'mkdir -p {prefix}; mount --move "$held" {prefix}; exec "$@"'
+  )
   return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *drop]
 
 
@@ -266,8 +285,12 @@ def test_cli_as_an_unprivileged_user_contains_them_too(host):
   shared = Path(tempfile.mkdtemp(prefix="phi1_sandbox_nobody_"))  # pytest's tmp_path is 0700 root's
   try:
     shared.chmod(0o777)
-    done, sample_file = _cli_run(shared, hostile_completions(**host.fields()), command_prefix=_as_nobody(),
-                                 env={"OPENAI_API_KEY": SECRET, "HOME": str(shared)})
+    done, sample_file = _cli_run(
+      shared,
+      hostile_completions(**host.fields()),
+      command_prefix=_as_nobody(),
+      env={"OPENAI_API_KEY": SECRET, "HOME": str(shared)},
+    )
     assert os.stat(f"{sample_file}_summary.json").st_uid == 65534  # the harness ran as nobody
     _assert_cli_contained(done, sample_file, host)
   finally:
@@ -283,8 +306,9 @@ def test_without_bubblewrap_the_cli_refuses_in_one_line_and_guard_is_explicit(tm
   assert "--sandbox=guard" in done.stderr
   assert not Path(f"{sample_file}_results.jsonl").exists()
   # Asked for explicitly, the guard runs, with one warning, and says so in the summary.
-  done, sample_file = _cli_run(tmp_path, {"ok": "    return False\n"}, env={"PATH": str(tmp_path)},
-                               extra=["--sandbox=guard"])
+  done, sample_file = _cli_run(
+    tmp_path, {"ok": "    return False\n"}, env={"PATH": str(tmp_path)}, extra=["--sandbox=guard"]
+  )
   assert done.returncode == 0, done.stderr
   assert done.stderr.count("warning: --sandbox=guard") == 1
   assert json.loads(Path(f"{sample_file}_summary.json").read_text())["sandbox"] == {"sandbox": "guard", "version": None}
@@ -301,10 +325,13 @@ def hostile_exercise_responder(fields: dict):
     _, rng = _rng(endpoint, body)
     name = re.search(r"named `(\w+)`", prompt_text(endpoint, body))[1]
     doc = " ".join(_sentence(rng) for _ in range(3))
-    solution = (f'def {name}(values: list[int]) -> int:\n    """{doc}"""\n    total = 0\n    for value in values:\n'
-                f'        total += value\n    return total\n')
+    solution = (
+      f'def {name}(values: list[int]) -> int:\n    """{doc}"""\n    total = 0\n    for value in values:\n'
+      f'        total += value\n    return total\n'
+    )
     tests = f"assert {name}([1, 2]) == 3\nassert {name}([]) == 0\n{attacks}"
     return f"```python\n{solution}```\n\n```python\n{tests}```\n"
+
   return respond
 
 
@@ -313,11 +340,21 @@ def hostile_exercise_responder(fields: dict):
 def test_synth_exercises_contain_hostile_exercises_and_record_the_sandbox(host, tmp_path):
   from conftest import run_module
   from llm_servers import FaultyLLMServer
+
   server = FaultyLLMServer(responder=hostile_exercise_responder(host.fields()), retry_after="0").start()
   try:
     out = tmp_path / "exercises"
-    done = run_module("phi1_jax.synth", "exercises", f"--out={out}", f"--base_url={server.base_url}", "--model=test",
-                      "--n=3", "--exec_timeout=5", "--concurrency=2", env={"OPENAI_API_KEY": SECRET})
+    done = run_module(
+      "phi1_jax.synth",
+      "exercises",
+      f"--out={out}",
+      f"--base_url={server.base_url}",
+      "--model=test",
+      "--n=3",
+      "--exec_timeout=5",
+      "--concurrency=2",
+      env={"OPENAI_API_KEY": SECRET},
+    )
   finally:
     server.stop()
   assert done.returncode == 0, done.stderr[-3000:]
@@ -331,8 +368,16 @@ def test_synth_exercises_contain_hostile_exercises_and_record_the_sandbox(host, 
 
 def test_synth_exercises_refuse_without_bubblewrap_before_asking_the_endpoint(tmp_path):
   from conftest import run_module
-  done = run_module("phi1_jax.synth", "exercises", f"--out={tmp_path}/out", "--base_url=http://127.0.0.1:9/v1",
-                    "--model=test", "--n=2", env={"PATH": str(tmp_path)})
+
+  done = run_module(
+    "phi1_jax.synth",
+    "exercises",
+    f"--out={tmp_path}/out",
+    "--base_url=http://127.0.0.1:9/v1",
+    "--model=test",
+    "--n=2",
+    env={"PATH": str(tmp_path)},
+  )
   assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
   assert "needs bwrap" in done.stderr and "--sandbox=guard" in done.stderr
   assert not (tmp_path / "out").exists()
@@ -340,8 +385,14 @@ def test_synth_exercises_refuse_without_bubblewrap_before_asking_the_endpoint(tm
 
 def test_trainer_with_humaneval_every_refuses_without_bubblewrap_before_compiling(tmp_path):
   from conftest import run_module
-  done = run_module("phi1_jax.train", "--config=configs/tiny.py", f"--workdir={tmp_path}/run",
-                    "--config.humaneval_every=10", env={"PATH": str(tmp_path)})
+
+  done = run_module(
+    "phi1_jax.train",
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}/run",
+    "--config.humaneval_every=10",
+    env={"PATH": str(tmp_path)},
+  )
   assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
   assert "config.humaneval_every" in done.stderr and "--config.humaneval_sandbox=guard" in done.stderr
   assert not (tmp_path / "run").exists()

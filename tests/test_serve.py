@@ -87,13 +87,14 @@ def reference(tiny_checkpoint):
 
 def _prompts(n):
   """n prompts of 1 to about 90 tokens: runs of stdlib source lines."""
-  return ["\n".join(SNIPPETS[10 + 7 * i: 10 + 7 * i + 1 + (i * 5) % 9]) if i else "x" for i in range(n)]
+  return ["\n".join(SNIPPETS[10 + 7 * i : 10 + 7 * i + 1 + (i * 5) % 9]) if i else "x" for i in range(n)]
 
 
 def _greedy_reference(reference, prompts, max_new):
   model, tok = reference
-  rows = sample.generate(model, [tok.encode(p) for p in prompts], max_new_tokens=max_new, eos_id=tok.eos_id,
-                         vocab_limit=tok.vocab_size)
+  rows = sample.generate(
+    model, [tok.encode(p) for p in prompts], max_new_tokens=max_new, eos_id=tok.eos_id, vocab_limit=tok.vocab_size
+  )
   return rows
 
 
@@ -122,7 +123,7 @@ def test_concurrent_greedy_requests_equal_sample_generate(server, client, refere
   with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
     answers = list(pool.map(ask, range(len(prompts))))
   for i, a in enumerate(answers):
-    want = ref[i][:max_tokens[i]]
+    want = ref[i][: max_tokens[i]]
     assert a.choices[0].text == tok.decode(want), i
     assert a.usage.prompt_tokens == lengths[i]
     if len(want) < max_tokens[i]:  # generate stopped at eos
@@ -159,14 +160,15 @@ def test_n_choices(server, client):
 def test_stop_strings(server, client, reference):
   prompt = _prompts(8)[7]
   full = client.completions.create(model=server.name, prompt=prompt, max_tokens=30, temperature=0).choices[0].text
-  start = next(j for j in range(4, len(full) - 3) if "\ufffd" not in full[j:j + 3] and full[j:j + 3].strip())
-  stop = full[start:start + 3]
-  want = full[:full.find(stop)]
+  start = next(j for j in range(4, len(full) - 3) if "\ufffd" not in full[j : j + 3] and full[j : j + 3].strip())
+  stop = full[start : start + 3]
+  want = full[: full.find(stop)]
   for kw in (dict(stop=stop), dict(stop=["never-there", stop])):
     got = client.completions.create(model=server.name, prompt=prompt, max_tokens=30, temperature=0, **kw)
     assert got.choices[0].text == want and got.choices[0].finish_reason == "stop"
-    streamed = client.completions.create(model=server.name, prompt=prompt, max_tokens=30, temperature=0, stream=True,
-                                         **kw)
+    streamed = client.completions.create(
+      model=server.name, prompt=prompt, max_tokens=30, temperature=0, stream=True, **kw
+    )
     assert "".join(c.choices[0].text for c in streamed) == want  # a partial stop string is never sent
 
 
@@ -183,14 +185,15 @@ def test_echo_logprobs_equal_forward_pass(server, client, reference):
   # failure: 2.6e-5). 100 eps leaves 3x room; a wrong position or token is off by about 1.
   tol = dict(atol=100 * np.finfo(np.float32).eps * float(jnp.abs(logits_LxV).max()), rtol=0)
   for max_tokens in (0, 1):
-    a = client.completions.create(model=server.name, prompt=ids, max_tokens=max_tokens, temperature=0, echo=True,
-                                  logprobs=1)
+    a = client.completions.create(
+      model=server.name, prompt=ids, max_tokens=max_tokens, temperature=0, echo=True, logprobs=1
+    )
     lp = a.choices[0].logprobs
     assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == len(ids) + max_tokens
     want = [logp_LxV[j - 1, ids[j]] for j in range(1, len(ids))]
-    np.testing.assert_allclose(lp.token_logprobs[1:len(ids)], want, **tol)
-    tops = [max(d.values()) for d in lp.top_logprobs[1:len(ids)]]
-    np.testing.assert_allclose(tops, logp_LxV[:len(ids) - 1].max(-1), **tol)
+    np.testing.assert_allclose(lp.token_logprobs[1 : len(ids)], want, **tol)
+    tops = [max(d.values()) for d in lp.top_logprobs[1 : len(ids)]]
+    np.testing.assert_allclose(tops, logp_LxV[: len(ids) - 1].max(-1), **tol)
     assert a.choices[0].text.startswith(tok.decode(ids))
     if max_tokens:  # the greedy token: the forward's argmax at the last position, with its log-prob
       np.testing.assert_allclose(lp.token_logprobs[-1], logp_LxV[-1].max(), **tol)
@@ -198,12 +201,14 @@ def test_echo_logprobs_equal_forward_pass(server, client, reference):
   # the same shapes whatever else runs: among other requests, the same log-probs bit for bit
   kw = dict(model=server.name, prompt=ids, max_tokens=1, temperature=0, echo=True, logprobs=1)
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    others = [pool.submit(client.completions.create, model=server.name, prompt=p, max_tokens=30, temperature=0.5,
-                          logprobs=2) for p in _prompts(7)]
+    others = [
+      pool.submit(client.completions.create, model=server.name, prompt=p, max_tokens=30, temperature=0.5, logprobs=2)
+      for p in _prompts(7)
+    ]
     crowded = pool.submit(client.completions.create, **kw)
     [o.result() for o in others]
   crowded_lp = crowded.result().choices[0].logprobs.token_logprobs
-  assert crowded_lp[:len(ids)] == lp.token_logprobs[:len(ids)]  # the prefill: batch 1, the prompt's own bucket
+  assert crowded_lp[: len(ids)] == lp.token_logprobs[: len(ids)]  # the prefill: batch 1, the prompt's own bucket
   # the new token comes from the decode step, where the row's keys sit at other cache columns (the
   # step count mod S) after other requests' steps: the softmax over them rounds differently
   np.testing.assert_allclose(crowded_lp[-1], lp.token_logprobs[-1], **tol)
@@ -212,19 +217,28 @@ def test_echo_logprobs_equal_forward_pass(server, client, reference):
 def test_chat(server, client, reference):
   messages = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "def add(a, b):"}]
   chat = client.chat.completions.create(model=server.name, messages=messages, max_tokens=16, temperature=0)
-  plain = client.completions.create(model=server.name, prompt=chat_prompt(messages), max_tokens=16, temperature=0,
-                                    stop=list(CHAT_STOPS))
+  plain = client.completions.create(
+    model=server.name, prompt=chat_prompt(messages), max_tokens=16, temperature=0, stop=list(CHAT_STOPS)
+  )
   assert chat.choices[0].message.role == "assistant"
   assert chat.choices[0].message.content == plain.choices[0].text
-  streamed = client.chat.completions.create(model=server.name, messages=messages, max_tokens=16, temperature=0,
-                                            stream=True)
+  streamed = client.chat.completions.create(
+    model=server.name, messages=messages, max_tokens=16, temperature=0, stream=True
+  )
   assert "".join(c.choices[0].delta.content or "" for c in streamed) == plain.choices[0].text
-  lp = client.chat.completions.create(model=server.name, messages=messages, max_tokens=4, temperature=0,
-                                      logprobs=True, top_logprobs=2).choices[0].logprobs
+  lp = (
+    client.chat.completions.create(
+      model=server.name, messages=messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+    )
+    .choices[0]
+    .logprobs
+  )
   assert len(lp.content) >= 1 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in lp.content)
 
 
-@pytest.mark.parametrize("body, status, param", [
+@pytest.mark.parametrize(
+  "body, status, param",
+  [
     ({"max_tokens": 4}, 400, "prompt"),  # missing prompt
     ({"prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
     ({"prompt": "x", "max_tokens": "8"}, 400, "max_tokens"),  # a string where a number goes
@@ -246,7 +260,8 @@ def test_chat(server, client, reference):
     ({"prompt": "x", "logit_bias": {"5": 1}}, 400, "logit_bias"),
     ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
     ("{not json", 400, None),
-])
+  ],
+)
 def test_bad_requests_get_openai_errors(server, body, status, param):
   got, answer = request("POST", f"{server.url}/v1/completions", body)
   assert got == status, answer
@@ -263,14 +278,17 @@ def test_requests_that_never_fit_are_400_not_retried_429(server):
   with pytest.raises(openai.BadRequestError) as refused:
     retrying.completions.create(model=server.name, prompt=["x", "y", "z"], n=11, max_tokens=2)  # 33 > 8 + 24
   assert "33 sequences" in str(refused.value) and f"the {MAX_BATCH + MAX_QUEUE} this server ever holds" in str(
-      refused.value)
+    refused.value
+  )
   assert time.time() - start < 5  # no retry (the first would wait about a second)
   fits = retrying.completions.create(model=server.name, prompt=["x", "y"], n=16, max_tokens=2)  # 32: the most
   assert len(fits.choices) == MAX_BATCH + MAX_QUEUE
 
 
 def test_bad_chat_request_and_unknown_route(server):
-  status, answer = request("POST", f"{server.url}/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]})
+  status, answer = request(
+    "POST", f"{server.url}/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}
+  )
   assert status == 400 and answer["error"]["param"] == "messages"
   status, answer = request("GET", f"{server.url}/v1/nothing")
   assert status == 404 and set(answer["error"]) == {"message", "type", "param", "code"}
@@ -294,8 +312,10 @@ def test_full_queue_429_and_disconnects_free_slots(server, client):
   # a non-streaming client that hangs up is noticed too
   with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as s:
     payload = json.dumps({"prompt": "x", "max_tokens": 500, "n": MAX_BATCH + MAX_QUEUE, "temperature": 0}).encode()
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    s.sendall(
+      b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+      b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
     deadline = time.time() + 30
     while server.health()["running"] == 0 and time.time() < deadline:
       time.sleep(0.05)
@@ -327,15 +347,24 @@ def test_startup_errors_are_one_line(tiny_checkpoint, tmp_path):
   taken.listen()
   port = taken.getsockname()[1]
   cases = {
-      "not found": [f"--checkpoint={tmp_path / 'nope'}"],
-      "in use": [f"--checkpoint={tiny_checkpoint}", f"--port={port}"],
-      "no tokenizer.model or tokenizer.json": [f"--checkpoint={no_tok}"],
-      "--max_batch=0": [f"--checkpoint={tiny_checkpoint}", "--max_batch=0"],
-      "unrecognized arguments: --checkpont=": [f"--checkpont={tiny_checkpoint}"],  # misspelt: named, not "required"
+    "not found": [f"--checkpoint={tmp_path / 'nope'}"],
+    "in use": [f"--checkpoint={tiny_checkpoint}", f"--port={port}"],
+    "no tokenizer.model or tokenizer.json": [f"--checkpoint={no_tok}"],
+    "--max_batch=0": [f"--checkpoint={tiny_checkpoint}", "--max_batch=0"],
+    "unrecognized arguments: --checkpont=": [f"--checkpont={tiny_checkpoint}"],  # misspelt: named, not "required"
   }
   env = {**os.environ, "PYTHONPATH": str(REPO)}
-  procs = {named: subprocess.Popen([sys.executable, "-m", "phi1_jax.serve", *args], cwd=REPO, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for named, args in cases.items()}
+  procs = {
+    named: subprocess.Popen(
+      [sys.executable, "-m", "phi1_jax.serve", *args],
+      cwd=REPO,
+      env=env,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for named, args in cases.items()
+  }
   try:
     for named, proc in procs.items():
       out, err = proc.communicate(timeout=120)
@@ -350,15 +379,20 @@ def test_signals_end_the_server_cleanly(tiny_checkpoint, tmp_path):
   """SIGINT while the shapes compile, SIGTERM with a stream in flight: uvicorn's own exit (0 for
   SIGINT, killed by SIGTERM), within seconds, no traceback or abort, no process left behind."""
   from phi1_jax.cli import descendants
+
   for sig, when, code in ((signal.SIGINT, "compiling", 0), (signal.SIGTERM, "streaming", -signal.SIGTERM)):
-    env, argv = {**os.environ, "PYTHONPATH": str(REPO)}, [f"--checkpoint={tiny_checkpoint}", "--port=0", "--max_batch=2"]
+    env, argv = (
+      {**os.environ, "PYTHONPATH": str(REPO)},
+      [f"--checkpoint={tiny_checkpoint}", "--port=0", "--max_batch=2"],
+    )
     if when == "compiling":  # no compilation cache: seconds of compiling to be stopped in
       env.pop("JAX_COMPILATION_CACHE_DIR", None)
       argv.append("--compile_cache=")
     log_path = tmp_path / f"{when}.log"
     with open(log_path, "w") as log_file:
-      proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.serve", *argv], cwd=REPO, env=env, stdout=log_file,
-                              stderr=subprocess.STDOUT)
+      proc = subprocess.Popen(
+        [sys.executable, "-m", "phi1_jax.serve", *argv], cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
+      )
     try:
       deadline, health = time.time() + 120, None
       while health != (503 if when == "compiling" else 200):  # uvicorn answers (and handles signals)
@@ -370,8 +404,12 @@ def test_signals_end_the_server_cleanly(tiny_checkpoint, tmp_path):
       stream = None
       if when == "streaming":
         stream = http.client.HTTPConnection(found.group(0).removeprefix("http://"), timeout=60)
-        stream.request("POST", "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 500, "stream": True}),
-                       {"Content-Type": "application/json"})
+        stream.request(
+          "POST",
+          "/v1/completions",
+          json.dumps({"prompt": "x", "max_tokens": 500, "stream": True}),
+          {"Content-Type": "application/json"},
+        )
         assert stream.getresponse().status == 200
       children = descendants(proc.pid)
       proc.send_signal(sig)

@@ -61,28 +61,49 @@ SCRIPT = textwrap.dedent("""
 # What config.sharding_rules say (vocab->tensor, embed->fsdp, heads->tensor, mlp->tensor, layers and
 # head_dim whole), with axes of size 1 dropped.
 EXPECTED_SPECS = {
-    "(8, 1, 1)": {"embed": [None, None], "lm_head_kernel": [None, None], "q_kernel": [None, None, None, None],
-                  "o_kernel": [None, None, None, None], "fc1_kernel": [None, None, None], "fc2_bias": [None, None],
-                  "mu_fc1_kernel": [None, None, None]},
-    "(1, 8, 1)": {"embed": [None, "fsdp"], "lm_head_kernel": ["fsdp", None], "q_kernel": [None, "fsdp", None, None],
-                  "o_kernel": [None, None, None, "fsdp"], "fc1_kernel": [None, "fsdp", None], "fc2_bias": [None, "fsdp"],
-                  "mu_fc1_kernel": [None, "fsdp", None]},
-    "(2, 2, 2)": {"embed": ["tensor", "fsdp"], "lm_head_kernel": ["fsdp", "tensor"],
-                  "q_kernel": [None, "fsdp", "tensor", None], "o_kernel": [None, "tensor", None, "fsdp"],
-                  "fc1_kernel": [None, "fsdp", "tensor"], "fc2_bias": [None, "fsdp"],
-                  "mu_fc1_kernel": [None, "fsdp", "tensor"]},
+  "(8, 1, 1)": {
+    "embed": [None, None],
+    "lm_head_kernel": [None, None],
+    "q_kernel": [None, None, None, None],
+    "o_kernel": [None, None, None, None],
+    "fc1_kernel": [None, None, None],
+    "fc2_bias": [None, None],
+    "mu_fc1_kernel": [None, None, None],
+  },
+  "(1, 8, 1)": {
+    "embed": [None, "fsdp"],
+    "lm_head_kernel": ["fsdp", None],
+    "q_kernel": [None, "fsdp", None, None],
+    "o_kernel": [None, None, None, "fsdp"],
+    "fc1_kernel": [None, "fsdp", None],
+    "fc2_bias": [None, "fsdp"],
+    "mu_fc1_kernel": [None, "fsdp", None],
+  },
+  "(2, 2, 2)": {
+    "embed": ["tensor", "fsdp"],
+    "lm_head_kernel": ["fsdp", "tensor"],
+    "q_kernel": [None, "fsdp", "tensor", None],
+    "o_kernel": [None, "tensor", None, "fsdp"],
+    "fc1_kernel": [None, "fsdp", "tensor"],
+    "fc2_bias": [None, "fsdp"],
+    "mu_fc1_kernel": [None, "fsdp", "tensor"],
+  },
 }
 EXPECTED_SPECS["(1, 2, 4)"] = EXPECTED_SPECS["(2, 2, 2)"]
 
 
 @pytest.fixture(scope="module")
 def results():
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {
+    **os.environ,
+    "PYTHONPATH": str(REPO),
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  }
   proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
-  return json.loads(line[len("RESULT "):])
+  return json.loads(line[len("RESULT ") :])
 
 
 @pytest.mark.parametrize("mesh", list(EXPECTED_SPECS))

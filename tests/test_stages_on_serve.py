@@ -49,8 +49,16 @@ def test_annotate_against_serve_records_every_document_once_and_a_rerun_pays_not
   prompt = tmp_path / "prompt.txt"
   prompt.write_text(SHORT_PROMPT)
   out = tmp_path / "annotations"
-  argv = ["annotate", "--input", str(docs), f"--out={out}", f"--prompt={prompt}", "--max_chars=600",
-          "--max_new_tokens=16", *_endpoint_flags(served)]
+  argv = [
+    "annotate",
+    "--input",
+    str(docs),
+    f"--out={out}",
+    f"--prompt={prompt}",
+    "--max_chars=600",
+    "--max_new_tokens=16",
+    *_endpoint_flags(served),
+  ]
   first = run_module("phi1_jax.curate", *argv)
   assert first.returncode == 0, first.stderr[-3000:]
   rows = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
@@ -72,12 +80,22 @@ def test_annotate_against_serve_records_every_document_once_and_a_rerun_pays_not
   assert len((out / "annotations.jsonl").read_text().splitlines()) == len(DOCS)  # no row twice
 
   # the default rubric does not fit a 512-token context: each document fails with the server's reason
-  too_long = run_module("phi1_jax.curate", "annotate", "--input", str(docs), f"--out={tmp_path / 'long'}",
-                        "--max_new_tokens=16", *_endpoint_flags(served))
+  too_long = run_module(
+    "phi1_jax.curate",
+    "annotate",
+    "--input",
+    str(docs),
+    f"--out={tmp_path / 'long'}",
+    "--max_new_tokens=16",
+    *_endpoint_flags(served),
+  )
   assert too_long.returncode == 1, too_long.stderr[-3000:]  # nothing annotated at all: said in the exit code
   assert "maximum context length is 512 tokens" in too_long.stderr
-  assert too_long.stderr.strip().splitlines()[-1].startswith(
-      f"curate annotate: error: none of {len(DOCS)} documents annotated: all {len(DOCS)} requests failed")
+  assert (
+    too_long.stderr.strip()
+    .splitlines()[-1]
+    .startswith(f"curate annotate: error: none of {len(DOCS)} documents annotated: all {len(DOCS)} requests failed")
+  )
   assert json.loads((tmp_path / "long/manifest.json").read_text())["failed_this_run"] == len(DOCS)
 
 
@@ -92,8 +110,16 @@ def test_synth_textbooks_against_serve_rejects_noise_stops_at_max_prompts_and_a_
   assert not manifest["complete"] and manifest["stopped_by"] == ["--max_prompts=4"]
   assert counts["written"] == 0 and counts["prompts"] == 4
   assert sum(counts["rejected"].values()) == 4, counts  # every answer rejected, each with its reason
-  assert set(counts["rejected"]) <= {"truncated", "too_short", "refusal", "meta_boilerplate", "no_code",
-                                     "unclosed_code_fence", "code_syntax_error", "repetitive"}, counts
+  assert set(counts["rejected"]) <= {
+    "truncated",
+    "too_short",
+    "refusal",
+    "meta_boilerplate",
+    "no_code",
+    "unclosed_code_fence",
+    "code_syntax_error",
+    "repetitive",
+  }, counts
   assert manifest["llm"]["answers_paid"] == 4 and manifest["spend"]["cache"]["answers"] == 4
 
   generated = _health(served[0])["tokens_generated"]

@@ -17,13 +17,28 @@ from phi1_jax.sweep import trials as trial_lib
 from phi1_jax.sweep.__main__ import main as sweep_main
 
 # 20-step runs of a 2-layer, 64-wide model; checkpoints every 5 steps so a killed trial resumes.
-SMALL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.mlp_dim=128", "batch_size=4",
-         "total_steps=20", "checkpoint_every=5", "eval_every=10", "eval_batches=2", "log_every=1"]
+SMALL = [
+  "model.d_model=64",
+  "model.n_layers=2",
+  "model.n_heads=2",
+  "model.mlp_dim=128",
+  "batch_size=4",
+  "total_steps=20",
+  "checkpoint_every=5",
+  "eval_every=10",
+  "eval_batches=2",
+  "log_every=1",
+]
 
 
 def sweep_args(root, cache, *extra):
-  return ["--config=configs/tiny.py", f"--root={root}", f"--set=data.cache_dir={cache}",
-          *(f"--set={s}" for s in SMALL), *extra]
+  return [
+    "--config=configs/tiny.py",
+    f"--root={root}",
+    f"--set=data.cache_dir={cache}",
+    *(f"--set={s}" for s in SMALL),
+    *extra,
+  ]
 
 
 def call(capsys, *argv):
@@ -33,9 +48,17 @@ def call(capsys, *argv):
   return rc, err
 
 
-@pytest.mark.parametrize("specs, message", [
-    (["--grid=optimizer.lrr=1e-3,3e-3"], "unknown config key 'optimizer.lrr' in config.optimizer (did you mean 'optimizer.lr'?)"),
-    (["--grid=optimizer.lr=1e-3,fast"], "--grid optimizer.lr: value 'fast': flag --config.optimizer.lr=fast: could not convert"),
+@pytest.mark.parametrize(
+  "specs, message",
+  [
+    (
+      ["--grid=optimizer.lrr=1e-3,3e-3"],
+      "unknown config key 'optimizer.lrr' in config.optimizer (did you mean 'optimizer.lr'?)",
+    ),
+    (
+      ["--grid=optimizer.lr=1e-3,fast"],
+      "--grid optimizer.lr: value 'fast': flag --config.optimizer.lr=fast: could not convert",
+    ),
     (["--grid=total_steps=10,2.5"], "value '2.5'"),
     (["--grid=optimizer"], "want KEY=V1,V2"),
     (["--grid=optimizer=1,2"], "'optimizer' is a group of fields"),
@@ -50,9 +73,13 @@ def call(capsys, *argv):
     (["--space=optimizer.lr=loguniform(1e-4,1e-2)"], "--space needs --random=N"),
     ([], "nothing to sweep"),
     # the trainer's own checks of each whole config
-    (["--set=grad_accum_steps=4", "--grid=batch_size=16,6"], "trial 01_batch_size=6: batch_size=6 is not divisible by grad_accum_steps=4"),
+    (
+      ["--set=grad_accum_steps=4", "--grid=batch_size=16,6"],
+      "trial 01_batch_size=6: batch_size=6 is not divisible by grad_accum_steps=4",
+    ),
     (["--grid=data.mixture=stdlib|/nowhere/code:1,/nowhere/text:1"], "data path /nowhere/code does not exist"),
-])
+  ],
+)
 def test_bad_specs_end_in_one_line(tmp_path, capsys, specs, message):
   root = tmp_path / "sweep"
   rc, err = call(capsys, "--config=configs/tiny.py", f"--root={root}", *specs)
@@ -64,14 +91,26 @@ def test_bad_specs_end_in_one_line(tmp_path, capsys, specs, message):
 def test_bad_spec_from_the_command_line(tmp_path):
   out = run_module("phi1_jax.sweep", "--config=configs/tiny.py", f"--root={tmp_path}/s", "--grid=optimizer.lr=1e-3,x")
   assert out.returncode == 2 and out.stderr.strip() == (
-      "error: --grid optimizer.lr: value 'x': flag --config.optimizer.lr=x: could not convert string to float: 'x'")
+    "error: --grid optimizer.lr: value 'x': flag --config.optimizer.lr=x: could not convert string to float: 'x'"
+  )
   out = run_module("phi1_jax.sweep", "report", f"--root={tmp_path}/s")
-  assert out.returncode == 2 and out.stderr.strip() == f"error: {tmp_path}/s/sweep.json does not exist: not a sweep root"
+  assert (
+    out.returncode == 2 and out.stderr.strip() == f"error: {tmp_path}/s/sweep.json does not exist: not a sweep root"
+  )
 
 
 def test_random_search_plan_is_seeded_named_and_in_bounds():
-  specs = dict(grid=["seed=0,1"], space=["optimizer.lr=loguniform(1e-4,1e-2)", "optimizer.warmup_steps=randint(0,50)",
-                                          "model.attention_impl=choice(xla,auto)"], random_count=3, seed=7, sets=[])
+  specs = dict(
+    grid=["seed=0,1"],
+    space=[
+      "optimizer.lr=loguniform(1e-4,1e-2)",
+      "optimizer.warmup_steps=randint(0,50)",
+      "model.attention_impl=choice(xla,auto)",
+    ],
+    random_count=3,
+    seed=7,
+    sets=[],
+  )
   plan = plan_lib.make_plan("configs/tiny.py", **specs)
   assert plan == plan_lib.make_plan("configs/tiny.py", **specs)  # the same command, the same trials
   assert plan["swept"] == ["seed", "optimizer.lr", "optimizer.warmup_steps", "model.attention_impl"]
@@ -81,8 +120,10 @@ def test_random_search_plan_is_seeded_named_and_in_bounds():
     o = t["overrides"]
     assert 1e-4 <= o["optimizer.lr"] <= 1e-2 and float(f"{o['optimizer.lr']:.4g}") == o["optimizer.lr"]
     assert isinstance(o["optimizer.warmup_steps"], int) and 0 <= o["optimizer.warmup_steps"] <= 50
-    assert t["name"] == (f"{trials.index(t):02d}_seed={o['seed']},lr={o['optimizer.lr']!r},"
-                         f"warmup_steps={o['optimizer.warmup_steps']},attention_impl={o['model.attention_impl']}")
+    assert t["name"] == (
+      f"{trials.index(t):02d}_seed={o['seed']},lr={o['optimizer.lr']!r},"
+      f"warmup_steps={o['optimizer.warmup_steps']},attention_impl={o['model.attention_impl']}"
+    )
     assert f"--config.optimizer.lr={o['optimizer.lr']!r}" in t["args"]
   assert len({t["overrides"]["optimizer.lr"] for t in trials}) == 3
   other = plan_lib.make_plan("configs/tiny.py", **dict(specs, seed=8))
@@ -91,18 +132,24 @@ def test_random_search_plan_is_seeded_named_and_in_bounds():
 
 def test_parallel_slots_get_their_own_gpus_or_a_share_of_one():
   from phi1_jax.sweep.local import slot_envs
+
   assert slot_envs(3, []) == [None] * 3  # CPU: the trials share the cores
   own = slot_envs(4, [str(i) for i in range(8)])
   assert [e["CUDA_VISIBLE_DEVICES"] for e in own] == ["0,1", "2,3", "4,5", "6,7"]
   assert all("XLA_PYTHON_CLIENT_MEM_FRACTION" not in e for e in own)
   shared = slot_envs(4, ["3", "5"])
   assert [(e["CUDA_VISIBLE_DEVICES"], e["XLA_PYTHON_CLIENT_MEM_FRACTION"]) for e in shared] == [
-      ("3", "0.45"), ("5", "0.45"), ("3", "0.45"), ("5", "0.45")]
+    ("3", "0.45"),
+    ("5", "0.45"),
+    ("3", "0.45"),
+    ("5", "0.45"),
+  ]
 
 
 def _losses(wd):
   """step -> (loss, grad_norm, eval_loss), the report's reading of metrics.jsonl (the last row of a step wins)."""
   from phi1_jax.sweep.report import metric_rows
+
   return {r["step"]: (r["loss"], r["grad_norm"], r.get("eval_loss")) for r in metric_rows(wd)}
 
 
@@ -124,17 +171,25 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
   args = sweep_args(root, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--grid=optimizer.warmup_steps=0,5")
   env = {**os.environ, "PYTHONPATH": str(REPO)}
   with open(tmp_path / "first.log", "w") as log:
-    proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.sweep", *args], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+      [sys.executable, "-m", "phi1_jax.sweep", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     _wait(lambda: (root / "sweep.json").exists(), "the plan")
     plan = plan_lib.read_plan(root)
     names = [t["name"] for t in plan["trials"]]
-    assert names == ["00_lr=0.001,warmup_steps=0", "01_lr=0.001,warmup_steps=5",
-                     "02_lr=0.003,warmup_steps=0", "03_lr=0.003,warmup_steps=5"]
+    assert names == [
+      "00_lr=0.001,warmup_steps=0",
+      "01_lr=0.001,warmup_steps=5",
+      "02_lr=0.003,warmup_steps=0",
+      "03_lr=0.003,warmup_steps=5",
+    ]
     third = plan["trials"][2]
     try:
-      _wait(lambda: (root / names[2] / "checkpoints" / "5").is_dir() or proc.poll() is not None,
-            "a checkpoint of the third run", timeout=1200)
+      _wait(
+        lambda: (root / names[2] / "checkpoints" / "5").is_dir() or proc.poll() is not None,
+        "a checkpoint of the third run",
+        timeout=1200,
+      )
     finally:
       proc.send_signal(signal.SIGKILL)
       proc.wait()
@@ -161,14 +216,21 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert f"skip {names[0]}: finished" in out.stdout and f"skip {names[1]}: finished" in out.stdout
   assert f"resume from step {resume_step} {names[2]} (attempt 2" in out.stdout
-  assert f"resumed from {root}/{names[2]}/checkpoints/{resume_step}" in (root / names[2] / "sweep" / "attempt-2.log").read_text()
+  assert (
+    f"resumed from {root}/{names[2]}/checkpoints/{resume_step}"
+    in (root / names[2] / "sweep" / "attempt-2.log").read_text()
+  )
   assert [len(trial_lib.attempts(root, t)) for t in plan["trials"]] == [1, 1, 2, 1]
   assert all(trial_lib.status(root, t) == "finished" for t in plan["trials"])
 
   # Uninterrupted runs of the killed trial and of another, two at a time: the same metrics.
   straight = tmp_path / "straight"
-  out = run_module("phi1_jax.sweep", *sweep_args(straight, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3",
-                                                  "--set=optimizer.warmup_steps=0", "--parallel=2"))
+  out = run_module(
+    "phi1_jax.sweep",
+    *sweep_args(
+      straight, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--set=optimizer.warmup_steps=0", "--parallel=2"
+    ),
+  )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   for name, twin in ((names[2], "01_lr=0.003"), (names[0], "00_lr=0.001")):
     assert _losses(root / name) == _losses(straight / twin)
@@ -186,8 +248,12 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
   assert "| name | optimizer.lr | optimizer.warmup_steps | status |" in md and md.count("| finished |") == 4
 
   # The same root with other flags is refused, untouched.
-  rc, err = call(capsys, *sweep_args(root, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--grid=optimizer.warmup_steps=0,10"))
-  assert rc == 2 and err == [f"error: {root}/sweep.json holds another sweep (other trials); rerun with its flags, or give a new --root"]
+  rc, err = call(
+    capsys, *sweep_args(root, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--grid=optimizer.warmup_steps=0,10")
+  )
+  assert rc == 2 and err == [
+    f"error: {root}/sweep.json holds another sweep (other trials); rerun with its flags, or give a new --root"
+  ]
 
 
 def _slurm_node_up() -> str | None:
@@ -207,8 +273,14 @@ def test_slurm_array_runs_the_trials_and_resubmits_only_unfinished_ones(tmp_path
   if reason:
     pytest.skip(reason)
   root = tmp_path / "sweep"
-  args = sweep_args(root, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--set=optimizer.warmup_steps=0",
-                    "--executor=slurm", "--sbatch_args=--wait --cpus-per-task=1")
+  args = sweep_args(
+    root,
+    stdlib_cache,
+    "--grid=optimizer.lr=1e-3,3e-3",
+    "--set=optimizer.warmup_steps=0",
+    "--executor=slurm",
+    "--sbatch_args=--wait --cpus-per-task=1",
+  )
   env = {"JAX_PLATFORMS": "cpu"}
   out = run_module("phi1_jax.sweep", *args, env=env, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

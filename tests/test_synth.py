@@ -35,14 +35,24 @@ def endpoint():
     kw.setdefault("retry_after", "0")
     servers.append(FaultyLLMServer(responder=responder, **kw).start())
     return servers[-1]
+
   yield start
   for server in servers:
     server.stop()
 
 
 def _synth(kind, server, out, *extra, **kw):
-  return run_module("phi1_jax.synth", kind, f"--out={out}", f"--base_url={server.base_url}", "--model=test",
-                    "--concurrency=4", "--backoff_s=0.01", *extra, **kw)
+  return run_module(
+    "phi1_jax.synth",
+    kind,
+    f"--out={out}",
+    f"--base_url={server.base_url}",
+    "--model=test",
+    "--concurrency=4",
+    "--backoff_s=0.01",
+    *extra,
+    **kw,
+  )
 
 
 def _rows(out, kind="textbooks"):
@@ -72,7 +82,9 @@ def test_sampler_is_a_function_of_seed_and_index_and_covers_the_lists():
   assert max(per_topic.values()) < 3 * 10_000 / len(topics)  # no topic dominates
   exercises = [prompts.exercise_prompt(0, i, topics, parts) for i in range(10_000)]
   assert len({e["prompt"] for e in exercises}) >= 9_990
-  assert len({e["function_name"] for e in exercises}) >= 0.9 * len(parts["exercise_verbs"]) * len(parts["exercise_nouns"])
+  assert len({e["function_name"] for e in exercises}) >= 0.9 * len(parts["exercise_verbs"]) * len(
+    parts["exercise_nouns"]
+  )
   assert len({prompts.request_seed(0, i) for i in range(10_000)}) == 10_000
 
 
@@ -88,7 +100,9 @@ def test_topics_file_errors_name_the_line(tmp_path):
 GOOD_BOOK = "Lists hold items in order. " * 40 + "\n\n```python\nitems = [3, 1, 2]\nprint(sorted(items))\n```\n"
 
 
-@pytest.mark.parametrize("text,reason", [
+@pytest.mark.parametrize(
+  "text,reason",
+  [
     (GOOD_BOOK, None),
     ("I'm sorry, but I can't help with that request.", "refusal"),
     ("Sure! Here is a textbook section.\n\n" + GOOD_BOOK, "meta_boilerplate"),
@@ -99,7 +113,8 @@ GOOD_BOOK = "Lists hold items in order. " * 40 + "\n\n```python\nitems = [3, 1, 
     ("Lists hold items in order. " * 60, "no_code"),
     (GOOD_BOOK + "\n```pycon\n>>> x = [1]\n>>> x\n[1]\n```\n", None),
     (GOOD_BOOK + ("\nThe same long line repeated over and over again." * 30), "repetitive"),
-])
+  ],
+)
 def test_textbook_checks(text, reason):
   assert validate.textbook_rejection(text, "stop", min_chars=1000) == reason
 
@@ -109,18 +124,25 @@ def test_textbook_cut_by_max_tokens_is_rejected():
 
 
 def _exercise(body, tests="assert add_pairs([1, 2]) == 3\nassert add_pairs([]) == 0\n", name="add_pairs"):
-  return (f'```python\ndef {name}(values: list[int]) -> int:\n    """Return the sum of the values."""\n'
-          f"{body}\n```\n\n```python\n{tests}```\n")
+  return (
+    f'```python\ndef {name}(values: list[int]) -> int:\n    """Return the sum of the values."""\n'
+    f"{body}\n```\n\n```python\n{tests}```\n"
+  )
 
 
 def test_exercise_checks_run_the_tests_in_the_sandbox(tmp_path):
   cases = {
-      "good": (_exercise("    total = sum(values)\n    return total"), None),
-      "fails": (_exercise("    total = sum(values)\n    return total + 1"), "tests_failed"),
-      "loops": (_exercise("    while True:\n        pass"), "tests_timed_out"),
-      "escapes": (_exercise(f"    import os, shutil\n    os.system('touch {tmp_path}/escaped')\n"
-                            f"    shutil.rmtree('{tmp_path}')\n    return sum(values)"), "tests_failed"),
-      "forks": (_exercise("    import os\n    while True:\n        os.fork()"), "tests_failed"),
+    "good": (_exercise("    total = sum(values)\n    return total"), None),
+    "fails": (_exercise("    total = sum(values)\n    return total + 1"), "tests_failed"),
+    "loops": (_exercise("    while True:\n        pass"), "tests_timed_out"),
+    "escapes": (
+      _exercise(
+        f"    import os, shutil\n    os.system('touch {tmp_path}/escaped')\n"
+        f"    shutil.rmtree('{tmp_path}')\n    return sum(values)"
+      ),
+      "tests_failed",
+    ),
+    "forks": (_exercise("    import os\n    while True:\n        os.fork()"), "tests_failed"),
   }
   exercises = {}
   for name, (text, _) in cases.items():
@@ -131,17 +153,23 @@ def test_exercise_checks_run_the_tests_in_the_sandbox(tmp_path):
   assert tmp_path.is_dir() and not (tmp_path / "escaped").exists()
   good = exercises["good"]
   assert good["prompt"].endswith('"""Return the sum of the values."""\n')
-  assert good["solution"] == "    total = sum(values)\n    return total\n" and "assert" not in good["prompt"] + good["solution"]
+  assert (
+    good["solution"] == "    total = sum(values)\n    return total\n"
+    and "assert" not in good["prompt"] + good["solution"]
+  )
 
 
-@pytest.mark.parametrize("text,reason", [
+@pytest.mark.parametrize(
+  "text,reason",
+  [
     (_exercise("    return sum(values)").replace("int:\n", "int\n", 1), "syntax_error"),
     (_exercise("    return sum(values)", name="other_name"), "wrong_function_name"),
     (_exercise("    return sum(values)").replace('    """Return the sum of the values."""\n', ""), "no_docstring"),
     (_exercise("    return sum(values)", tests="print('no asserts')\n"), "no_tests"),
     ("```python\ndef add_pairs(values):\n    return 1\n```", "not_two_code_blocks"),
     ("I'm sorry, I cannot help with that.", "refusal"),
-])
+  ],
+)
 def test_exercise_parse_rejections(text, reason):
   assert validate.parse_exercise(text, "add_pairs") == (None, reason)
 
@@ -149,14 +177,17 @@ def test_exercise_parse_rejections(text, reason):
 # ------------------------------------------------------------ command line
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--n=0"], "--n must be >= 1"),
     (["--n=5", "--base_url=ftp://x"], "--base_url 'ftp://x'"),
     (["--n=5", "--topics=/nonexistent/topics.txt"], "--topics /nonexistent/topics.txt: not found"),
     (["--n=5", "--tasks=6"], "--tasks (6) must not exceed --n (5)"),
     (["--n=5", "--give_up_after=0"], "--give_up_after must be > 0"),
     (["--n=5", "--template=TEMPLATE"], "unusable field"),
-])
+  ],
+)
 def test_bad_flags_stop_with_one_line(tmp_path, capsys, args, message):
   (tmp_path / "template.txt").write_text("Write about {topic} for {reader}.")
   args = [a.replace("TEMPLATE", str(tmp_path / "template.txt")) for a in args]
@@ -216,10 +247,21 @@ def test_sigkill_then_rerun_writes_what_an_unbroken_run_writes_and_pays_nothing_
   assert _synth("textbooks", server, reference, "--n=24").returncode == 0
   server = endpoint(textbook_responder, delay_s=0.05, fault_rate=0.1, seed=2)
   out = tmp_path / "killed"
-  args = [sys.executable, "-m", "phi1_jax.synth", "textbooks", "--n=24", f"--out={out}",
-          f"--base_url={server.base_url}", "--model=test", "--concurrency=4", "--backoff_s=0.01"]
-  run = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  args = [
+    sys.executable,
+    "-m",
+    "phi1_jax.synth",
+    "textbooks",
+    "--n=24",
+    f"--out={out}",
+    f"--base_url={server.base_url}",
+    "--model=test",
+    "--concurrency=4",
+    "--backoff_s=0.01",
+  ]
+  run = subprocess.Popen(
+    args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.monotonic() + 120
   while len(server.paid_keys()) < 12 and time.monotonic() < deadline:
     time.sleep(0.01)
@@ -252,7 +294,7 @@ def test_token_cap_stops_cleanly_then_a_higher_cap_finishes(endpoint, tmp_path):
   result = _synth("textbooks", server, out, "--n=20")
   assert result.returncode == 0, result.stderr[-3000:]
   rows = _rows(out)
-  assert len(rows) == 20 and rows[:len(kept)] == kept
+  assert len(rows) == 20 and rows[: len(kept)] == kept
   assert len(server.paid_keys()) > paid_so_far and set(server.paid_keys().values()) == {1}
   assert json.loads((out / "manifest.json").read_text())["complete"]
 
@@ -267,7 +309,7 @@ def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_pa
   for row in rows:
     meta = row["meta"]
     assert row["source"] == "synthetic_exercise" and "assert" not in row["text"]
-    assert row["text"][:meta["prompt_chars"]].endswith('"""\n') and f"def {meta['function_name']}(" in row["text"]
+    assert row["text"][: meta["prompt_chars"]].endswith('"""\n') and f"def {meta['function_name']}(" in row["text"]
   programs = [row["text"] + "\n" + row["meta"]["tests"] for row in rows]
   assert all(r.passed for r in validate.execute.execute_programs(programs, timeout_s=2, workers=2))
   manifest = json.loads((out / "manifest.json").read_text())
@@ -276,6 +318,7 @@ def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_pa
   assert 0 < manifest["exercises"]["pass_rate"] < 1
   # The output folder is finetuning data as it is: phi1_jax.data.pack reads its documents and nothing else.
   from phi1_jax.data.pack import pack
+
   packed = pack([out], small_tokenizer, 32, tmp_path / "packed", workers=1)
   assert packed["splits"]["train"]["documents"] + packed["splits"]["eval"]["documents"] == 10
   assert packed["bad"]["count"] == 0, packed["bad"]
@@ -306,7 +349,10 @@ def test_a_refused_key_stops_the_run_with_one_line(endpoint, tmp_path, capsys):
 def test_failed_requests_are_named_in_the_summary_line_and_the_manifest(endpoint, tmp_path):
   def too_long(endpoint, body):  # a quarter of the prompts do not fit the model's context, as a server says it
     words = len(body["messages"][0]["content"].split())
-    return f"400:this model's maximum context length is 128 tokens, but {words} were requested" if words % 4 == 0 else None
+    return (
+      f"400:this model's maximum context length is 128 tokens, but {words} were requested" if words % 4 == 0 else None
+    )
+
   server = endpoint(textbook_responder, fault_for=too_long)
   out = tmp_path / "books"
   result = _synth("textbooks", server, out, "--n=6")
@@ -322,12 +368,28 @@ def test_failed_requests_are_named_in_the_summary_line_and_the_manifest(endpoint
 
 def _popen_synth(server, out, *extra, sigint_ignored=False):
   """A synth run in the background; `sigint_ignored`: started as `command &` in a script starts it."""
-  args = [sys.executable, "-m", "phi1_jax.synth", "textbooks", f"--out={out}", f"--base_url={server.base_url}",
-          "--model=test", "--concurrency=4", "--backoff_s=0.05", *extra]
+  args = [
+    sys.executable,
+    "-m",
+    "phi1_jax.synth",
+    "textbooks",
+    f"--out={out}",
+    f"--base_url={server.base_url}",
+    "--model=test",
+    "--concurrency=4",
+    "--backoff_s=0.05",
+    *extra,
+  ]
   stderr = open(out.parent / f"{out.name}.stderr", "w+")
   ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
-  return subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
-                          stderr=stderr, preexec_fn=ignore), stderr
+  return subprocess.Popen(
+    args,
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    stdout=subprocess.DEVNULL,
+    stderr=stderr,
+    preexec_fn=ignore,
+  ), stderr
 
 
 def _kill(run, started=()):
@@ -384,11 +446,14 @@ def test_an_endpoint_that_dies_mid_run_ends_the_run_in_one_line_then_a_rerun_res
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,workers,sigint_ignored", [(signal.SIGINT, 1, True), (signal.SIGTERM, 1, False),
-                                                        (signal.SIGINT, 2, False)],
-                         ids=["SIGINT-started-in-background", "SIGTERM", "SIGINT-2-workers"])
-def test_a_signal_stops_synth_in_one_line_leaving_no_process_then_a_rerun_resumes(endpoint, tmp_path, sig, workers,
-                                                                                  sigint_ignored):
+@pytest.mark.parametrize(
+  "sig,workers,sigint_ignored",
+  [(signal.SIGINT, 1, True), (signal.SIGTERM, 1, False), (signal.SIGINT, 2, False)],
+  ids=["SIGINT-started-in-background", "SIGTERM", "SIGINT-2-workers"],
+)
+def test_a_signal_stops_synth_in_one_line_leaving_no_process_then_a_rerun_resumes(
+  endpoint, tmp_path, sig, workers, sigint_ignored
+):
   server = endpoint(textbook_responder, delay_s=0.5)
   out = tmp_path / "books"
   parallel = [f"--tasks={workers}", f"--workers={workers}"]
@@ -413,8 +478,9 @@ def test_a_signal_stops_synth_in_one_line_leaving_no_process_then_a_rerun_resume
   assert not outlived, "a process outlived the command"
   stderr.seek(before)
   after = stderr.read()
-  assert after.strip().splitlines()[-1] == (f"stopped by {sig.name}: every answer received is kept (llm_cache.sqlite); "
-                                            "rerun the same command to resume")
+  assert after.strip().splitlines()[-1] == (
+    f"stopped by {sig.name}: every answer received is kept (llm_cache.sqlite); rerun the same command to resume"
+  )
   assert "Traceback" not in after and after.count("stopped by") == 1
   server.delay_s = 0
   _rerun_resumes(server, out, 100, *parallel)

@@ -12,18 +12,18 @@ from phi1_jax.data.stdlib_corpus import ensure_stdlib_data, stdlib_files
 from phi1_jax.data.tokenizer import EOS_TOKEN, load_tokenizer, train_tokenizer
 
 AWKWARD = [
-    "",
-    "\tdef f(x):\n\t\treturn x  \n",
-    "a    b\t \t c   \n\n\n\n   \n",
-    "trailing spaces   \nand tabs\t\t\n",
-    "windows\r\nline\r\nendings\r\n\r\n",
-    "lone\rcarriage return\r",
-    "café naïve Ωμέγα 日本語 \u00a0nbsp \u3000ideographic space",
-    "emoji 😀🐍👩‍💻 and flags 🇫🇷",
-    "the space mark ▁ itself, ▁▁ twice, and ▁ at the end▁",
-    "control \x00 \x01 \x7f chars and zero width \u200b\ufeff",
-    "    \n        \n",
-    "x = 1<|endoftext|>y = 2",
+  "",
+  "\tdef f(x):\n\t\treturn x  \n",
+  "a    b\t \t c   \n\n\n\n   \n",
+  "trailing spaces   \nand tabs\t\t\n",
+  "windows\r\nline\r\nendings\r\n\r\n",
+  "lone\rcarriage return\r",
+  "café naïve Ωμέγα 日本語 \u00a0nbsp \u3000ideographic space",
+  "emoji 😀🐍👩‍💻 and flags 🇫🇷",
+  "the space mark ▁ itself, ▁▁ twice, and ▁ at the end▁",
+  "control \x00 \x01 \x7f chars and zero width \u200b\ufeff",
+  "    \n        \n",
+  "x = 1<|endoftext|>y = 2",
 ]
 
 
@@ -78,8 +78,9 @@ def test_hf_tokenizer_json_backend(tmp_path):
   hf = Tokenizer(models.BPE())
   hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   hf.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS_TOKEN],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+    vocab_size=400, special_tokens=[EOS_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+  )
   hf.train_from_iterator([(STDLIB / "json" / "decoder.py").read_text()] * 3, trainer)
   hf.save(str(tmp_path / "tokenizer.json"))
 
@@ -98,22 +99,54 @@ def test_load_errors_are_clear(tmp_path):
 
 
 def test_cli_bad_input_one_line(tmp_path):
-  r = subprocess.run([sys.executable, "-m", "phi1_jax.data.tokenizer", "train", "--input", str(tmp_path / "nope"),
-                      "--vocab_size", "500", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "phi1_jax.data.tokenizer",
+      "train",
+      "--input",
+      str(tmp_path / "nope"),
+      "--vocab_size",
+      "500",
+      "--out",
+      str(tmp_path / "o"),
+    ],
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode != 0
   assert r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
-  r = subprocess.run([sys.executable, "-m", "phi1_jax.data.tokenizer", "train", "--input", str(STDLIB / "json"),
-                      "--vocab_size", "100", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "phi1_jax.data.tokenizer",
+      "train",
+      "--input",
+      str(STDLIB / "json"),
+      "--vocab_size",
+      "100",
+      "--out",
+      str(tmp_path / "o"),
+    ],
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "vocab_size" in r.stderr
 
 
 def test_sentencepiece_as_hf_tokenizer_gives_the_same_ids(small_tokenizer):
   """The export's conversion: same ids and exact decoding on code it was not trained on."""
   from phi1_jax.data.tokenizer import spm_as_hf_tokenizer
+
   tok = load_tokenizer(small_tokenizer)
   hf = spm_as_hf_tokenizer(tok.path)
-  texts = [f.read_text(encoding="utf-8") for pkg in ("json", "email", "asyncio", "collections")
-           for f in sorted((STDLIB / pkg).glob("*.py"))]
+  texts = [
+    f.read_text(encoding="utf-8")
+    for pkg in ("json", "email", "asyncio", "collections")
+    for f in sorted((STDLIB / pkg).glob("*.py"))
+  ]
   texts += [t for t in AWKWARD if "\u2581" not in t]  # a literal "▁" decodes as a space there (docstring)
   for text in texts:
     ids = hf.encode(text, add_special_tokens=False).ids

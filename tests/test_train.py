@@ -15,8 +15,14 @@ from conftest import REPO, run_module
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--config.model.d_model=64", "--config.model.n_layers=2", "--config.model.n_heads=2",
-         "--config.model.mlp_dim=128", "--config.batch_size=4", "--config.log_every=1"]
+SMALL = [
+  "--config.model.d_model=64",
+  "--config.model.n_layers=2",
+  "--config.model.n_heads=2",
+  "--config.model.mlp_dim=128",
+  "--config.batch_size=4",
+  "--config.log_every=1",
+]
 
 
 def train_args(workdir, cache, *extra):
@@ -34,15 +40,20 @@ def losses(workdir) -> dict[int, float]:
 
 def final_params(workdir, step):
   import orbax.checkpoint as ocp
+
   state = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
   return state["params"]
 
 
 def sigkill_once_saved(args, saved) -> None:
   """Runs the trainer with `args` and SIGKILLs it as soon as `saved` exists (a checkpoint), while it runs."""
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train", *args], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "phi1_jax.train", *args],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 300
   while not saved.exists() and time.time() < deadline and proc.poll() is None:
     time.sleep(0.01)
@@ -52,9 +63,17 @@ def sigkill_once_saved(args, saved) -> None:
 
 
 def test_tiny_loss_falls(tmp_path, stdlib_cache):
-  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=60",
-                                                  "--config.eval_every=20", "--config.model.d_model=128",
-                                                  "--config.batch_size=8"))
+  out = run_module(
+    "phi1_jax.train",
+    *train_args(
+      tmp_path,
+      stdlib_cache,
+      "--config.total_steps=60",
+      "--config.eval_every=20",
+      "--config.model.d_model=128",
+      "--config.batch_size=8",
+    ),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   rows = metric_rows(tmp_path)
   evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
@@ -69,8 +88,13 @@ def test_tiny_loss_falls(tmp_path, stdlib_cache):
 
 def test_resume_after_sigkill_is_exact(tmp_path, stdlib_cache):
   """8 steps straight == 4 steps, SIGKILL after the step-4 checkpoint, then resume to 8."""
-  steps = ["--config.total_steps=8", "--config.checkpoint_every=4", "--config.eval_every=5",
-           "--config.model.resid_dropout=0.1", "--config.model.attn_dropout=0.1"]
+  steps = [
+    "--config.total_steps=8",
+    "--config.checkpoint_every=4",
+    "--config.eval_every=5",
+    "--config.model.resid_dropout=0.1",
+    "--config.model.attn_dropout=0.1",
+  ]
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   out = run_module("phi1_jax.train", *train_args(straight, stdlib_cache, *steps))
   assert out.returncode == 0, out.stderr[-3000:]
@@ -86,16 +110,27 @@ def test_resume_after_sigkill_is_exact(tmp_path, stdlib_cache):
   assert sorted(losses(straight)) == list(range(1, 9))
   a, b = final_params(straight, 8), final_params(killed, 8)
   import jax
+
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.parametrize("checkpoint_every", [100000, 1])  # 1: the signal's step is always saved already
 def test_sigterm_saves_and_exits_cleanly(tmp_path, stdlib_cache, checkpoint_every):
-  proc = subprocess.Popen([sys.executable, "-m", "phi1_jax.train",
-                           *train_args(tmp_path, stdlib_cache, "--config.total_steps=100000",
-                                       f"--config.checkpoint_every={checkpoint_every}")],
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "phi1_jax.train",
+      *train_args(
+        tmp_path, stdlib_cache, "--config.total_steps=100000", f"--config.checkpoint_every={checkpoint_every}"
+      ),
+    ],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
   for line in proc.stdout:  # wait until training is under way
     if line.startswith("step 3/"):
       break
@@ -126,7 +161,9 @@ def test_wrong_type_override(tmp_path, stdlib_cache):
 
 
 def test_missing_data_path(tmp_path, stdlib_cache):
-  out = run_module("phi1_jax.train", *train_args(tmp_path / "w", stdlib_cache, f"--config.data.mixture={tmp_path}/nope:1.0"))
+  out = run_module(
+    "phi1_jax.train", *train_args(tmp_path / "w", stdlib_cache, f"--config.data.mixture={tmp_path}/nope:1.0")
+  )
   line = _single_error_line(out)
   assert line.startswith("error:") and "nope" in line and "does not exist" in line
   assert not (tmp_path / "w").exists()
@@ -136,30 +173,48 @@ def test_workdir_of_another_shape_is_refused_untouched(tmp_path, stdlib_cache):
   out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=2"))
   assert out.returncode == 0, out.stderr[-3000:]
   before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
-  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=4",
-                                                  "--config.model.d_model=96"))
+  out = run_module(
+    "phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=4", "--config.model.d_model=96")
+  )
   line = _single_error_line(out)
   assert "different shape" in line and "d_model 64 -> 96" in line
   assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, stdlib_cache):
-  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=40",
-                                                  "--config.checkpoint_every=2", "--config.optimizer.lr=1e30",
-                                                  "--config.optimizer.warmup_steps=1"))
+  out = run_module(
+    "phi1_jax.train",
+    *train_args(
+      tmp_path,
+      stdlib_cache,
+      "--config.total_steps=40",
+      "--config.checkpoint_every=2",
+      "--config.optimizer.lr=1e30",
+      "--config.optimizer.warmup_steps=1",
+    ),
+  )
   assert out.returncode == 1
   assert re.search(r"(loss|grad_norm) is (nan|inf) at step \d+", out.stdout), out.stdout[-2000:]
   good = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert good
   params = final_params(tmp_path, max(good))
   import jax
+
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
 def test_humaneval_metrics_during_training(tmp_path, stdlib_cache):
-  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.total_steps=2",
-                                                  "--config.humaneval_every=2", "--config.humaneval_limit=2",
-                                                  "--config.humaneval_loss_every=1"))
+  out = run_module(
+    "phi1_jax.train",
+    *train_args(
+      tmp_path,
+      stdlib_cache,
+      "--config.total_steps=2",
+      "--config.humaneval_every=2",
+      "--config.humaneval_limit=2",
+      "--config.humaneval_loss_every=1",
+    ),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   rows = metric_rows(tmp_path)
   assert all(r["humaneval_canonical_loss"] > 0 for r in rows)  # every step
@@ -170,10 +225,23 @@ def test_humaneval_metrics_during_training(tmp_path, stdlib_cache):
 def test_schedule_and_weight_decay_mask():
   import ml_collections
   from phi1_jax import train
+
   opt = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=10, end_lr=0.1))
   lr = train.lr_schedule(opt, total_steps=100)
   assert np.allclose([lr(0), lr(5), lr(10), lr(55), lr(100)], [0.0, 0.5, 1.0, 0.55, 0.1])
-  mask = train.decay_mask({"embed": 0, "blocks": {"q_kernel": 0, "q_bias": 0, "ln_scale": 0, "ln_bias": 0},
-                           "final_ln_scale": 0, "lm_head_kernel": 0, "lm_head_bias": 0})
-  assert mask == {"embed": True, "blocks": {"q_kernel": True, "q_bias": False, "ln_scale": False, "ln_bias": False},
-                  "final_ln_scale": False, "lm_head_kernel": True, "lm_head_bias": False}
+  mask = train.decay_mask(
+    {
+      "embed": 0,
+      "blocks": {"q_kernel": 0, "q_bias": 0, "ln_scale": 0, "ln_bias": 0},
+      "final_ln_scale": 0,
+      "lm_head_kernel": 0,
+      "lm_head_bias": 0,
+    }
+  )
+  assert mask == {
+    "embed": True,
+    "blocks": {"q_kernel": True, "q_bias": False, "ln_scale": False, "ln_bias": False},
+    "final_ln_scale": False,
+    "lm_head_kernel": True,
+    "lm_head_bias": False,
+  }

@@ -28,12 +28,18 @@ def _add_input(p, required=True):
 
 
 def _add_max_bad(p):
-  p.add_argument("--max_bad_fraction", type=float, default=0.001,
-                 help="go on past bad items (not UTF-8, not JSON, no text) up to this share of items, as pack does")
+  p.add_argument(
+    "--max_bad_fraction",
+    type=float,
+    default=0.001,
+    help="go on past bad items (not UTF-8, not JSON, no text) up to this share of items, as pack does",
+  )
 
 
 def _add_sample(p):
-  p.add_argument("--sample", type=int, default=None, help="draw N documents, fixed by --seed and the ids (default: all)")
+  p.add_argument(
+    "--sample", type=int, default=None, help="draw N documents, fixed by --seed and the ids (default: all)"
+  )
   p.add_argument("--seed", type=int, default=0)
 
 
@@ -41,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
   # Imported here, not at the top: datatrove's worker processes re-import this module, and they
   # need neither the openai client nor the parser.
   from phi1_jax import executors, llm as llm_lib
+
   root = OneLineParser(prog="python -m phi1_jax.curate", description=__doc__.split("\n")[0])
   cmds = root.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -59,7 +66,9 @@ def parser() -> argparse.ArgumentParser:
   p = cmds.add_parser("embed", help="document embeddings (float16 .npy shards + ids)")
   _add_input(p)
   p.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint or transformers Phi folder")
-  p.add_argument("--tokenizer", default=None, help="tokenizer.model/tokenizer.json or its folder (default: --checkpoint)")
+  p.add_argument(
+    "--tokenizer", default=None, help="tokenizer.model/tokenizer.json or its folder (default: --checkpoint)"
+  )
   p.add_argument("--out", required=True)
   p.add_argument("--max_len", type=int, default=512, help="tokens of each document embedded")
   p.add_argument("--pooling", default="mean", help="mean (masked mean of the last hidden states) or last")
@@ -99,26 +108,62 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.command == "annotate":
       from phi1_jax.curate.annotate import annotate
+
       m = annotate(args)
       if m["annotated"] == 0 and m["failed_this_run"]:  # nothing from before, nothing now: say so in the exit code
-        print(f"curate annotate: error: none of {m['documents']} documents annotated: all {m['failed_this_run']} "
-              f"requests failed (the first reasons are above; {args.out}/manifest.json counts them); "
-              "the same command again retries them", file=sys.stderr)
+        print(
+          f"curate annotate: error: none of {m['documents']} documents annotated: all {m['failed_this_run']} "
+          f"requests failed (the first reasons are above; {args.out}/manifest.json counts them); "
+          "the same command again retries them",
+          file=sys.stderr,
+        )
         return 1
     elif args.command == "embed":
       from phi1_jax.curate.embeddings import embed_documents
-      embed_documents(args.input, args.checkpoint, args.out, tokenizer=args.tokenizer, max_len=args.max_len,
-                      pooling=args.pooling, batch_size=args.batch_size, shard_size=args.shard_size,
-                      sample=args.sample, seed=args.seed, max_bad_fraction=args.max_bad_fraction)
+
+      embed_documents(
+        args.input,
+        args.checkpoint,
+        args.out,
+        tokenizer=args.tokenizer,
+        max_len=args.max_len,
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        sample=args.sample,
+        seed=args.seed,
+        max_bad_fraction=args.max_bad_fraction,
+      )
     elif args.command == "train-classifier":
       from phi1_jax.curate.classifier import train_classifier
-      train_classifier(args.annotations, args.embeddings, args.out, threshold=args.threshold, model=args.model,
-                       test_fraction=args.test_fraction, cut=args.cut, seed=args.seed, trees=args.trees)
+
+      train_classifier(
+        args.annotations,
+        args.embeddings,
+        args.out,
+        threshold=args.threshold,
+        model=args.model,
+        test_fraction=args.test_fraction,
+        cut=args.cut,
+        seed=args.seed,
+        trees=args.trees,
+      )
     elif args.command == "filter":
       from phi1_jax.curate.filter import run_filter
-      run_filter(args.input, args.classifier, args.out, run_on=args, tasks=args.tasks, workers=args.workers,
-                 cut=args.cut, batch_size=args.batch_size, n_grams=args.minhash_ngrams,
-                 num_buckets=args.minhash_buckets, hashes_per_bucket=args.minhash_hashes_per_bucket)
+
+      run_filter(
+        args.input,
+        args.classifier,
+        args.out,
+        run_on=args,
+        tasks=args.tasks,
+        workers=args.workers,
+        cut=args.cut,
+        batch_size=args.batch_size,
+        n_grams=args.minhash_ngrams,
+        num_buckets=args.minhash_buckets,
+        hashes_per_bucket=args.minhash_hashes_per_bucket,
+      )
   except UserError as e:
     print(f"curate {args.command}: error: {e}".replace("\n", " "), file=sys.stderr)
     return 2
@@ -129,11 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # What a stopped run leaves for the rerun, per command (cli.run_command's stop line).
-KEPT = {"annotate": "the annotations written so far are kept",
-        "embed": "the finished embedding shards are kept",
-        "train-classifier": "no classifier is saved until training ends",
-        "filter": "the completed tasks are kept"}
+KEPT = {
+  "annotate": "the annotations written so far are kept",
+  "embed": "the finished embedding shards are kept",
+  "train-classifier": "no classifier is saved until training ends",
+  "filter": "the completed tasks are kept",
+}
 
 if __name__ == "__main__":
   from phi1_jax import cli
+
   sys.exit(cli.run_command(main, kept=KEPT.get(sys.argv[1] if len(sys.argv) > 1 else "", "nothing is lost")))

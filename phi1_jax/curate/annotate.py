@@ -121,12 +121,17 @@ def read_done(path: Path) -> dict[str, dict]:
 
 
 def _request(doc: dict, args, prompt: str) -> llm_lib.Request:
-  text = doc["text"][:args.max_chars]
+  text = doc["text"][: args.max_chars]
   content = prompt.replace(PLACEHOLDER, text)
   if args.scoring == "logprob":
     return llm_lib.completion_request(args.model, content, max_tokens=1, temperature=0.0, logprobs=5)
-  return llm_lib.chat_request(args.model, [{"role": "user", "content": content}],
-                              max_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+  return llm_lib.chat_request(
+    args.model,
+    [{"role": "user", "content": content}],
+    max_tokens=args.max_new_tokens,
+    temperature=args.temperature,
+    seed=args.seed,
+  )
 
 
 async def _annotate(docs: list[dict], args, prompt: str, out: Path, client: llm_lib.LLM, done: dict) -> dict:
@@ -135,6 +140,7 @@ async def _annotate(docs: list[dict], args, prompt: str, out: Path, client: llm_
   queue = iter(todo)
   stop: list[str] = []
   with open(out / "annotations.jsonl", "a", encoding="utf-8") as sink:
+
     async def worker():
       for doc in queue:
         if stop:
@@ -170,7 +176,9 @@ def annotate(args) -> dict:
     llm_lib.check_args(args)
   except llm_lib.LLMError as e:
     raise UserError(str(e)) from None
-  prompt = load_prompt(args.prompt) if args.prompt else (DEFAULT_PROMPT if args.scoring == "additive" else LOGPROB_PROMPT)
+  prompt = (
+    load_prompt(args.prompt) if args.prompt else (DEFAULT_PROMPT if args.scoring == "additive" else LOGPROB_PROMPT)
+  )
   if not 0 <= args.max_bad_fraction <= 1:
     raise UserError(f"--max_bad_fraction={args.max_bad_fraction} must be in [0, 1]")
   described = documents.describe_inputs(args.input)
@@ -178,9 +186,18 @@ def annotate(args) -> dict:
   docs = list(documents.sampled_documents(described, args.sample, args.seed, bad, counted))
   documents.check_bad(bad, counted[0], args.max_bad_fraction, log=lambda line: print(line, file=sys.stderr))
   out = Path(args.out)
-  config = {"format": FORMAT, "inputs": [d["sha256"] for d in described], "sample": args.sample, "seed": args.seed,
-            "model": args.model, "scoring": args.scoring, "prompt": prompt, "max_chars": args.max_chars,
-            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+  config = {
+    "format": FORMAT,
+    "inputs": [d["sha256"] for d in described],
+    "sample": args.sample,
+    "seed": args.seed,
+    "model": args.model,
+    "scoring": args.scoring,
+    "prompt": prompt,
+    "max_chars": args.max_chars,
+    "max_new_tokens": args.max_new_tokens,
+    "temperature": args.temperature,
+  }
   check_config(out, config)
   done = read_done(out / "annotations.jsonl")
   print(f"annotate: {len(docs)} documents, {len(done)} already annotated in {out}", flush=True)
@@ -200,20 +217,30 @@ def annotate(args) -> dict:
   scores = [r["score"] for r in rows]
   histogram = collections.Counter(str(s) for s in scores if s is not None and args.scoring == "additive")
   manifest = {
-      "format": FORMAT, "config": {k: v for k, v in config.items() if k != "prompt"}, "prompt": prompt,
-      "inputs": documents.public(described), "documents": len(docs), "annotated": len(rows),
-      "remaining": len(docs) - len(rows), "unparseable": sum(s is None for s in scores),
-      "bad_input_items": {"count": len(bad), "items": bad[:20]},
-      "score_histogram": dict(sorted(histogram.items())),
-      "tokens": {"prompt": sum(r["usage"].get("prompt_tokens", 0) for r in rows),
-                 "completion": sum(r["usage"].get("completion_tokens", 0) for r in rows)},
-      "llm_this_run": client.summary(), **this_run,
+    "format": FORMAT,
+    "config": {k: v for k, v in config.items() if k != "prompt"},
+    "prompt": prompt,
+    "inputs": documents.public(described),
+    "documents": len(docs),
+    "annotated": len(rows),
+    "remaining": len(docs) - len(rows),
+    "unparseable": sum(s is None for s in scores),
+    "bad_input_items": {"count": len(bad), "items": bad[:20]},
+    "score_histogram": dict(sorted(histogram.items())),
+    "tokens": {
+      "prompt": sum(r["usage"].get("prompt_tokens", 0) for r in rows),
+      "completion": sum(r["usage"].get("completion_tokens", 0) for r in rows),
+    },
+    "llm_this_run": client.summary(),
+    **this_run,
   }
   write_json_atomic(out / "manifest.json", manifest)
   stopped = f"; stopped by the cap {this_run['stopped_by_cap']}" if this_run["stopped_by_cap"] else ""
   failures = manifest["llm_this_run"]["failures"]  # why, e.g. HTTP 400: a prompt longer than the model's context
   failed = f" ({llm_lib.describe_failures(failures)})" if failures else ""
-  print(f"{out}: {len(rows)}/{len(docs)} documents annotated, {manifest['unparseable']} unparseable, "
-        f"{this_run['failed_this_run']} failed this run{failed}{stopped}; histogram {manifest['score_histogram']}",
-        flush=True)
+  print(
+    f"{out}: {len(rows)}/{len(docs)} documents annotated, {manifest['unparseable']} unparseable, "
+    f"{this_run['failed_this_run']} failed this run{failed}{stopped}; histogram {manifest['score_histogram']}",
+    flush=True,
+  )
   return manifest

@@ -65,26 +65,46 @@ def make_model(kind: str, seed: int, trees: int):
   from sklearn.linear_model import LogisticRegression
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
+
   if kind == "random_forest":
-    return RandomForestClassifier(n_estimators=trees, class_weight="balanced", min_samples_leaf=2,
-                                  random_state=seed, n_jobs=1)
+    return RandomForestClassifier(
+      n_estimators=trees, class_weight="balanced", min_samples_leaf=2, random_state=seed, n_jobs=1
+    )
   return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
 
 
 def binary_metrics(y_true: np.ndarray, prob: np.ndarray, cut: float) -> dict:
   """Precision, recall, F1, ROC-AUC and the confusion matrix of `prob >= cut` against y_true."""
   from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
   y_pred = prob >= cut
   p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="binary", zero_division=0)
   auc = float(roc_auc_score(y_true, prob)) if len(set(y_true.tolist())) == 2 else None
   tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[False, True]).ravel()
-  return {"precision": float(p), "recall": float(r), "f1": float(f), "roc_auc": auc,
-          "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
-          "positives": int(y_true.sum()), "n": int(len(y_true))}
+  return {
+    "precision": float(p),
+    "recall": float(r),
+    "f1": float(f),
+    "roc_auc": auc,
+    "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+    "positives": int(y_true.sum()),
+    "n": int(len(y_true)),
+  }
 
 
-def train_classifier(annotations, embeddings, out, *, threshold=3, model="random_forest", test_fraction=0.2,
-                     cut=0.5, seed=0, trees=200, log=print) -> dict:
+def train_classifier(
+  annotations,
+  embeddings,
+  out,
+  *,
+  threshold=3,
+  model="random_forest",
+  test_fraction=0.2,
+  cut=0.5,
+  seed=0,
+  trees=200,
+  log=print,
+) -> dict:
   if model not in MODELS:
     raise UserError(f"--model={model!r} is not one of {MODELS}")
   if not 0 < test_fraction < 1:
@@ -100,8 +120,10 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
   labelled = [(doc_id, s) for doc_id, s in scores.items() if s is not None]
   missing = [doc_id for doc_id, _ in labelled if doc_id not in row_of]
   if missing:
-    raise UserError(f"--embeddings {embeddings}: no embedding for {len(missing)} annotated document(s), "
-                    f"e.g. {missing[0]!r} (embed the annotated input with the same --sample/--seed)")
+    raise UserError(
+      f"--embeddings {embeddings}: no embedding for {len(missing)} annotated document(s), "
+      f"e.g. {missing[0]!r} (embed the annotated input with the same --sample/--seed)"
+    )
   if not labelled:
     raise UserError(f"--annotations {annotations}: no row with a parsed score")
   X = vecs[[row_of[doc_id] for doc_id, _ in labelled]]
@@ -110,12 +132,23 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
   test = np.array([_held_out(doc_id, seed, test_fraction) for doc_id, _ in labelled])
   for name, part in (("training", ~test), ("held-out", test)):
     if len(set(y[part].tolist())) < 2:
-      raise UserError(f"the {name} split ({int(part.sum())} documents) does not hold both labels at "
-                      f"--threshold={threshold}; annotate more documents or change the threshold")
+      raise UserError(
+        f"the {name} split ({int(part.sum())} documents) does not hold both labels at "
+        f"--threshold={threshold}; annotate more documents or change the threshold"
+      )
 
-  settings = {"format": FORMAT, "annotations": str(Path(annotations).resolve()),
-              "embeddings": str(Path(embeddings).resolve()), "data_sha256": _digest(labelled, X), "threshold": threshold,
-              "model": model, "test_fraction": test_fraction, "cut": cut, "seed": seed, "trees": trees}
+  settings = {
+    "format": FORMAT,
+    "annotations": str(Path(annotations).resolve()),
+    "embeddings": str(Path(embeddings).resolve()),
+    "data_sha256": _digest(labelled, X),
+    "threshold": threshold,
+    "model": model,
+    "test_fraction": test_fraction,
+    "cut": cut,
+    "seed": seed,
+    "trees": trees,
+  }
   try:
     if cli.already_done(out, settings, "model_info.json"):  # written last: a stopped run trains again
       log(f"{out}: already holds the {model} trained on these annotations and embeddings; nothing to do")
@@ -130,11 +163,14 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
     results[kind] = binary_metrics(y[test], probs[kind], cut)
     fitted[kind] = clf
     m = results[kind]
-    log(f"{kind}: precision {m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f} "
-        f"ROC-AUC {m['roc_auc']:.3f} on {m['n']} held-out documents ({m['positives']} at score >= {threshold}); "
-        f"confusion {m['confusion_matrix']}")
+    log(
+      f"{kind}: precision {m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f} "
+      f"ROC-AUC {m['roc_auc']:.3f} on {m['n']} held-out documents ({m['positives']} at score >= {threshold}); "
+      f"confusion {m['confusion_matrix']}"
+    )
 
   import skops.io as sio
+
   out.mkdir(parents=True, exist_ok=True)
   tmp = out / ".classifier.skops.tmp"
   sio.dump(fitted[model], tmp)
@@ -142,14 +178,32 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
   test_ids = [doc_id for (doc_id, _), t in zip(labelled, test) if t]
   with open(out / "test_predictions.jsonl", "w") as fh:
     for i, doc_id in enumerate(test_ids):
-      fh.write(json.dumps({"id": doc_id, "score": score_arr[test][i].item(), "label": bool(y[test][i]),
-                           **{f"prob_{k}": float(probs[k][i]) for k in MODELS}}) + "\n")
+      fh.write(
+        json.dumps(
+          {
+            "id": doc_id,
+            "score": score_arr[test][i].item(),
+            "label": bool(y[test][i]),
+            **{f"prob_{k}": float(probs[k][i]) for k in MODELS},
+          }
+        )
+        + "\n"
+      )
   info = {
-      "format": FORMAT, "model": model, "threshold": threshold, "cut": cut, "seed": seed, "trees": trees,
-      "test_fraction": test_fraction, "train_documents": int((~test).sum()), "test_documents": int(test.sum()),
-      "unparseable_annotations": sum(s is None for s in scores.values()),
-      "metrics": results, "embedder": emb_manifest["embedder"],
-      "annotations": str(Path(annotations).resolve()), "embeddings": str(Path(embeddings).resolve()),
+    "format": FORMAT,
+    "model": model,
+    "threshold": threshold,
+    "cut": cut,
+    "seed": seed,
+    "trees": trees,
+    "test_fraction": test_fraction,
+    "train_documents": int((~test).sum()),
+    "test_documents": int(test.sum()),
+    "unparseable_annotations": sum(s is None for s in scores.values()),
+    "metrics": results,
+    "embedder": emb_manifest["embedder"],
+    "annotations": str(Path(annotations).resolve()),
+    "embeddings": str(Path(embeddings).resolve()),
   }
   write_json_atomic(out / "model_info.json", info)
   log(f"saved {model} to {out / 'classifier.skops'} (threshold {threshold}, cut {cut})")
@@ -159,6 +213,7 @@ def train_classifier(annotations, embeddings, out, *, threshold=3, model="random
 def load_classifier(folder) -> tuple[object, dict]:
   """(fitted model, model_info) from a train-classifier output folder."""
   import skops.io as sio
+
   folder = Path(folder)
   info_path, model_path = folder / "model_info.json", folder / "classifier.skops"
   if not info_path.is_file() or not model_path.is_file():

@@ -78,8 +78,15 @@ def read_file_offsets(file: str, root: str, bad: list[str] | None = None) -> Ite
         continue
       doc_id = doc.get("id")
       meta = doc.get("meta")
-      yield {"id": doc_id if isinstance(doc_id, str) and doc_id else f"{path.name}:{lineno}", "text": text,
-             "source": str(doc.get("source") or path.name), "meta": meta if isinstance(meta, dict) else {}}, raw.tell()
+      yield (
+        {
+          "id": doc_id if isinstance(doc_id, str) and doc_id else f"{path.name}:{lineno}",
+          "text": text,
+          "source": str(doc.get("source") or path.name),
+          "meta": meta if isinstance(meta, dict) else {},
+        },
+        raw.tell(),
+      )
 
 
 def iter_documents(described: list[dict], bad: list[str] | None = None) -> Iterator[dict]:
@@ -124,8 +131,9 @@ def sample_ids(described: list[dict], n: int | None, seed: int, bad: list[str] |
   return {doc_id for _, doc_id in heap}
 
 
-def sampled_documents(described: list[dict], n: int | None, seed: int, bad: list[str] | None = None,
-                      counted: list[int] | None = None) -> Iterator[dict]:
+def sampled_documents(
+  described: list[dict], n: int | None, seed: int, bad: list[str] | None = None, counted: list[int] | None = None
+) -> Iterator[dict]:
   """iter_documents restricted to sample_ids (in input order). Every input's bad items go to `bad`
   once, and its number of documents (sampled or not) to `counted`, for check_bad."""
   keep = sample_ids(described, n, seed, bad)

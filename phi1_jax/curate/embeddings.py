@@ -42,8 +42,21 @@ def _batched(it, n):
     yield batch
 
 
-def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, pooling="mean", batch_size=16,
-                    shard_size=4096, sample=None, seed=0, max_bad_fraction=0.001, log=print) -> dict:
+def embed_documents(
+  inputs,
+  checkpoint,
+  out,
+  *,
+  tokenizer=None,
+  max_len=512,
+  pooling="mean",
+  batch_size=16,
+  shard_size=4096,
+  sample=None,
+  seed=0,
+  max_bad_fraction=0.001,
+  log=print,
+) -> dict:
   """Runs the stage (resuming a killed run) and returns the manifest."""
   if shard_size < 1:
     raise UserError(f"--shard_size={shard_size} must be positive")
@@ -53,13 +66,20 @@ def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, poo
     raise UserError(f"--max_bad_fraction={max_bad_fraction} must be in [0, 1]")
   described = documents.describe_inputs(inputs)
   from phi1_jax.embed import Embedder  # jax is imported only once the flags are known good
+
   try:
     embedder = Embedder(checkpoint, tokenizer, max_len=max_len, pooling=pooling, batch_size=batch_size)
   except (ValueError, OSError) as e:
     raise UserError(str(e)) from None
   out = Path(out)
-  config = {"format": FORMAT, "inputs": [d["sha256"] for d in described], "sample": sample, "seed": seed,
-            "embedder": embedder.fingerprint, "shard_size": shard_size}
+  config = {
+    "format": FORMAT,
+    "inputs": [d["sha256"] for d in described],
+    "sample": sample,
+    "seed": seed,
+    "embedder": embedder.fingerprint,
+    "shard_size": shard_size,
+  }
   check_config(out, config)
 
   bad, counted = [], []
@@ -86,8 +106,19 @@ def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, poo
     dt = time.perf_counter() - t0
     total_tokens += ntok
     done_docs += len(shard)
-    metrics.write(json.dumps({"shard": k, "documents": len(shard), "tokens": ntok, "seconds": round(dt, 3),
-                              "tokens_per_sec": round(ntok / max(dt, 1e-9), 1), "time": time.time()}) + "\n")
+    metrics.write(
+      json.dumps(
+        {
+          "shard": k,
+          "documents": len(shard),
+          "tokens": ntok,
+          "seconds": round(dt, 3),
+          "tokens_per_sec": round(ntok / max(dt, 1e-9), 1),
+          "time": time.time(),
+        }
+      )
+      + "\n"
+    )
     metrics.flush()
     bar.update(len(shard))
   bar.close()
@@ -95,16 +126,27 @@ def embed_documents(inputs, checkpoint, out, *, tokenizer=None, max_len=512, poo
   documents.check_bad(bad, counted[0], max_bad_fraction, log=log)  # as pack: counted on the way, judged at the end
   # A stale shard from a bigger earlier run cannot exist: config.json pins the inputs and sample.
   manifest = {
-      "format": FORMAT, "inputs": documents.public(described), "sample": sample, "seed": seed,
-      "documents": n_docs, "bad_input_items": {"count": len(bad), "items": bad[:20]}, "shards": n_shards,
-      "shard_size": shard_size, "dtype": "float16",
-      "embedder": {**embedder.identity, "fingerprint": embedder.fingerprint},
-      "this_run": {"documents_embedded": done_docs, "tokens_embedded": total_tokens,
-                   "seconds": round(time.perf_counter() - t_start, 3)},
+    "format": FORMAT,
+    "inputs": documents.public(described),
+    "sample": sample,
+    "seed": seed,
+    "documents": n_docs,
+    "bad_input_items": {"count": len(bad), "items": bad[:20]},
+    "shards": n_shards,
+    "shard_size": shard_size,
+    "dtype": "float16",
+    "embedder": {**embedder.identity, "fingerprint": embedder.fingerprint},
+    "this_run": {
+      "documents_embedded": done_docs,
+      "tokens_embedded": total_tokens,
+      "seconds": round(time.perf_counter() - t_start, 3),
+    },
   }
   write_json_atomic(out / "manifest.json", manifest)
-  log(f"{out}: {n_docs} documents in {n_shards} shard(s), {done_docs} embedded now "
-      f"({total_tokens} tokens), dim {embedder.cfg.d_model}")
+  log(
+    f"{out}: {n_docs} documents in {n_shards} shard(s), {done_docs} embedded now "
+    f"({total_tokens} tokens), dim {embedder.cfg.d_model}"
+  )
   return manifest
 
 

@@ -35,9 +35,14 @@ STAGES = ("score", "sig", "buckets", "cluster", "write")
 def _minhash_config(n_grams: int, num_buckets: int, hashes_per_bucket: int):
   from datatrove.pipeline.dedup.minhash import MinhashConfig
   from datatrove.utils.hashing import HashConfig
+
   # sha1 rather than xxhash: no extra dependency, and the hash speed does not matter next to embedding.
-  return MinhashConfig(n_grams=n_grams, num_buckets=num_buckets, hashes_per_bucket=hashes_per_bucket,
-                       hash_config=HashConfig(precision=64, hash_fc="sha1"))
+  return MinhashConfig(
+    n_grams=n_grams,
+    num_buckets=num_buckets,
+    hashes_per_bucket=hashes_per_bucket,
+    hash_config=HashConfig(precision=64, hash_fc="sha1"),
+  )
 
 
 def _sum_counts(folder: Path) -> dict[str, dict[str, int]]:
@@ -66,22 +71,46 @@ def build_manifest(out: Path, config: dict, described: list[dict], info: dict, s
     row["kept_fraction"] = row["documents_out"] / max(row["documents_in"], 1)
     row["kept_token_fraction"] = row["tokens_out"] / max(row["tokens_in"], 1)
     by_source[source] = row
-  totals = {k: sum(r[k] for r in by_source.values()) for k in
-            ("documents_in", "tokens_in", "documents_above_cut", "tokens_above_cut", "documents_out", "tokens_out")}
+  totals = {
+    k: sum(r[k] for r in by_source.values())
+    for k in ("documents_in", "tokens_in", "documents_above_cut", "tokens_above_cut", "documents_out", "tokens_out")
+  }
   totals["kept_fraction"] = totals["documents_out"] / max(totals["documents_in"], 1)
   totals["kept_token_fraction"] = totals["tokens_out"] / max(totals["tokens_in"], 1)
   return {
-      "format": FORMAT, "config": config, "inputs": documents.public(described),
-      "classifier": {"path": config["classifier"], "sha256": config["classifier_sha256"], "model": info["model"],
-                     "threshold": info["threshold"], "metrics": info["metrics"][info["model"]],
-                     "embedder": info["embedder"]},
-      "by_source": by_source, "totals": totals,
-      "data": sorted(p.name for p in (out / "data").glob("*.jsonl.gz")), "seconds_this_run": round(seconds, 3),
+    "format": FORMAT,
+    "config": config,
+    "inputs": documents.public(described),
+    "classifier": {
+      "path": config["classifier"],
+      "sha256": config["classifier_sha256"],
+      "model": info["model"],
+      "threshold": info["threshold"],
+      "metrics": info["metrics"][info["model"]],
+      "embedder": info["embedder"],
+    },
+    "by_source": by_source,
+    "totals": totals,
+    "data": sorted(p.name for p in (out / "data").glob("*.jsonl.gz")),
+    "seconds_this_run": round(seconds, 3),
   }
 
 
-def run_filter(inputs, classifier, out, *, run_on=None, tasks=1, workers=None, cut=None, batch_size=16,
-               n_grams=5, num_buckets=14, hashes_per_bucket=8, log=print) -> dict | None:
+def run_filter(
+  inputs,
+  classifier,
+  out,
+  *,
+  run_on=None,
+  tasks=1,
+  workers=None,
+  cut=None,
+  batch_size=16,
+  n_grams=5,
+  num_buckets=14,
+  hashes_per_bucket=8,
+  log=print,
+) -> dict | None:
   """Runs (or resumes) every stage; returns the manifest, or None when SLURM jobs were submitted and
   not waited for (the same command again, once they are done, writes the manifest). `run_on`: the
   executor flags (phi1_jax.executors.add_args); None runs here."""
@@ -94,6 +123,7 @@ def run_filter(inputs, classifier, out, *, run_on=None, tasks=1, workers=None, c
     raise UserError(str(e)) from None
   described = documents.describe_inputs(inputs)
   from phi1_jax.curate.classifier import load_classifier
+
   classifier = Path(classifier).resolve()
   _, info = load_classifier(classifier)
   cut = info["cut"] if cut is None else cut
@@ -105,18 +135,27 @@ def run_filter(inputs, classifier, out, *, run_on=None, tasks=1, workers=None, c
       raise UserError(f"--classifier {classifier}: its embedder's {key} {emb[key]} is gone")
   out = Path(out).resolve()
   config = {
-      "format": FORMAT, "inputs": [d["sha256"] for d in described], "classifier": str(classifier),
-      "classifier_sha256": hashlib.sha256((classifier / "classifier.skops").read_bytes()).hexdigest(),
-      "embedder": emb["fingerprint"], "cut": cut, "tasks": tasks,
-      "minhash": {"n_grams": n_grams, "num_buckets": num_buckets, "hashes_per_bucket": hashes_per_bucket},
+    "format": FORMAT,
+    "inputs": [d["sha256"] for d in described],
+    "classifier": str(classifier),
+    "classifier_sha256": hashlib.sha256((classifier / "classifier.skops").read_bytes()).hexdigest(),
+    "embedder": emb["fingerprint"],
+    "cut": cut,
+    "tasks": tasks,
+    "minhash": {"n_grams": n_grams, "num_buckets": num_buckets, "hashes_per_bucket": hashes_per_bucket},
   }
   check_config(out, config)
 
-  from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
-                                                MinhashDedupSignature)
+  from datatrove.pipeline.dedup.minhash import (
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+  )
   from datatrove.pipeline.writers.jsonl import JsonlWriter
 
   from phi1_jax.curate import steps
+
   mh = _minhash_config(n_grams, num_buckets, hashes_per_bucket)
   files = documents.input_files(described)
 
@@ -124,20 +163,43 @@ def run_filter(inputs, classifier, out, *, run_on=None, tasks=1, workers=None, c
     return JsonlWriter(str(out / name), output_filename="${rank}.jsonl.gz", adapter=steps.to_row)
 
   stages = {
-      "score": ([steps.InputReader(files), steps.EmbedClassify(str(classifier), batch_size=batch_size),
-                 steps.CountBySource(str(out / "counts" / "in")), writer("scored"),
-                 steps.Progress("score", str(out / "metrics"))], tasks),
-      "sig": ([steps.RankReader(str(out / "scored")), steps.ScoreCut(cut),
-               MinhashDedupSignature(str(out / "minhash" / "signatures"), config=mh, language=steps.CodeWords())],
-              tasks),
-      "buckets": ([MinhashDedupBuckets(str(out / "minhash" / "signatures"), str(out / "minhash" / "buckets"),
-                                       config=mh)], mh.num_buckets),
-      "cluster": ([MinhashDedupCluster(str(out / "minhash" / "buckets"), str(out / "minhash" / "remove_ids"),
-                                       config=mh)], 1),
-      "write": ([steps.RankReader(str(out / "scored")), steps.ScoreCut(cut),
-                 steps.CountBySource(str(out / "counts" / "above_cut")),
-                 MinhashDedupFilter(str(out / "minhash" / "remove_ids"), exclusion_writer=writer("duplicates")),
-                 steps.CountBySource(str(out / "counts" / "out")), writer("data")], tasks),
+    "score": (
+      [
+        steps.InputReader(files),
+        steps.EmbedClassify(str(classifier), batch_size=batch_size),
+        steps.CountBySource(str(out / "counts" / "in")),
+        writer("scored"),
+        steps.Progress("score", str(out / "metrics")),
+      ],
+      tasks,
+    ),
+    "sig": (
+      [
+        steps.RankReader(str(out / "scored")),
+        steps.ScoreCut(cut),
+        MinhashDedupSignature(str(out / "minhash" / "signatures"), config=mh, language=steps.CodeWords()),
+      ],
+      tasks,
+    ),
+    "buckets": (
+      [MinhashDedupBuckets(str(out / "minhash" / "signatures"), str(out / "minhash" / "buckets"), config=mh)],
+      mh.num_buckets,
+    ),
+    "cluster": (
+      [MinhashDedupCluster(str(out / "minhash" / "buckets"), str(out / "minhash" / "remove_ids"), config=mh)],
+      1,
+    ),
+    "write": (
+      [
+        steps.RankReader(str(out / "scored")),
+        steps.ScoreCut(cut),
+        steps.CountBySource(str(out / "counts" / "above_cut")),
+        MinhashDedupFilter(str(out / "minhash" / "remove_ids"), exclusion_writer=writer("duplicates")),
+        steps.CountBySource(str(out / "counts" / "out")),
+        writer("data"),
+      ],
+      tasks,
+    ),
   }
   t0 = time.perf_counter()
   done_before = all(_completed(out, name, stages[name][1]) for name in STAGES)
@@ -151,7 +213,9 @@ def run_filter(inputs, classifier, out, *, run_on=None, tasks=1, workers=None, c
   manifest["resumed_finished_run"] = done_before
   write_json_atomic(out / "manifest.json", manifest)
   t = manifest["totals"]
-  log(f"{out}: kept {t['documents_out']}/{t['documents_in']} documents ({100 * t['kept_fraction']:.1f}%), "
-      f"{t['tokens_out']}/{t['tokens_in']} tokens; {t['documents_above_cut']} above the cut {cut}, "
-      f"{t['documents_above_cut'] - t['documents_out']} near-duplicates removed")
+  log(
+    f"{out}: kept {t['documents_out']}/{t['documents_in']} documents ({100 * t['kept_fraction']:.1f}%), "
+    f"{t['tokens_out']}/{t['tokens_in']} tokens; {t['documents_above_cut']} above the cut {cut}, "
+    f"{t['documents_above_cut'] - t['documents_out']} near-duplicates removed"
+  )
   return manifest

@@ -31,8 +31,12 @@ _loaded: dict = {}  # per process: classifier folder -> (embedder, model, info)
 
 def to_row(self, document: Document) -> dict:
   """datatrove writer adapter: a Document as this project's JSONL row."""
-  return {"id": document.id, "text": document.text, "source": document.metadata.get("source", ""),
-          "meta": document.metadata.get("meta", {})}
+  return {
+    "id": document.id,
+    "text": document.text,
+    "source": document.metadata.get("source", ""),
+    "meta": document.metadata.get("meta", {}),
+  }
 
 
 def _document(doc: dict) -> Document:
@@ -86,15 +90,27 @@ class Progress(PipelineStep):
     n, done, total, t0 = 0, 0, 0, time.perf_counter()
     last = t0
     with open(Path(self.metrics_dir) / f"{self.stage}-{rank:05d}.jsonl", "a") as metrics:
+
       def report():
         dt = max(time.perf_counter() - t0, 1e-9)
         eta = (total - done) / max(done / dt, 1e-9)
-        row = {"time": time.time(), "stage": self.stage, "rank": rank, "documents": n, "bytes": done,
-               "bytes_total": total, "docs_per_sec": round(n / dt, 3), "eta_s": round(eta, 1)}
+        row = {
+          "time": time.time(),
+          "stage": self.stage,
+          "rank": rank,
+          "documents": n,
+          "bytes": done,
+          "bytes_total": total,
+          "docs_per_sec": round(n / dt, 3),
+          "eta_s": round(eta, 1),
+        }
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
-        print(f"{self.stage} task {rank}: {n} documents, {done / 1e6:.1f}/{total / 1e6:.1f} MB, "
-              f"{row['docs_per_sec']:.2f} doc/s, ETA {eta:.0f}s", flush=True)
+        print(
+          f"{self.stage} task {rank}: {n} documents, {done / 1e6:.1f}/{total / 1e6:.1f} MB, "
+          f"{row['docs_per_sec']:.2f} doc/s, ETA {eta:.0f}s",
+          flush=True,
+        )
 
       for doc in data:
         n += 1
@@ -134,13 +150,17 @@ def load_scorer(classifier_dir: str, batch_size: int = 16):
     from phi1_jax.curate.classifier import load_classifier
     from phi1_jax.curate.common import UserError
     from phi1_jax.embed import Embedder
+
     model, info = load_classifier(classifier_dir)
     e = info["embedder"]
-    embedder = Embedder(e["checkpoint"], e["tokenizer"], max_len=e["max_len"], pooling=e["pooling"],
-                        batch_size=batch_size)
+    embedder = Embedder(
+      e["checkpoint"], e["tokenizer"], max_len=e["max_len"], pooling=e["pooling"], batch_size=batch_size
+    )
     if embedder.fingerprint != e["fingerprint"]:
-      raise UserError(f"{e['checkpoint']}: its parameters or tokenizer changed since the classifier in "
-                      f"{classifier_dir} was trained (embedder fingerprint {embedder.fingerprint} != {e['fingerprint']})")
+      raise UserError(
+        f"{e['checkpoint']}: its parameters or tokenizer changed since the classifier in "
+        f"{classifier_dir} was trained (embedder fingerprint {embedder.fingerprint} != {e['fingerprint']})"
+      )
     _loaded[classifier_dir] = (embedder, model, info)
   return _loaded[classifier_dir]
 
@@ -159,7 +179,7 @@ class EmbedClassify(PipelineStep):
   def _score(self, batch: list[Document]) -> list[Document]:
     embedder, model, _ = load_scorer(self.classifier_dir, self.batch_size)
     ids = embedder.tokenizer.encode_batch([d.text for d in batch])
-    vecs = embedder.embed_tokens([t[:embedder.max_len] or [0] for t in ids])
+    vecs = embedder.embed_tokens([t[: embedder.max_len] or [0] for t in ids])
     # The classifier was trained on float16-stored embeddings: round the same way.
     prob = model.predict_proba(vecs.astype(np.float16).astype(np.float32))[:, list(model.classes_).index(True)]
     for doc, toks, p in zip(batch, ids, prob):

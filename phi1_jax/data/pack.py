@@ -79,8 +79,11 @@ class PackError(Exception):
 def _input_files(path: Path) -> list[Path]:
   if path.is_dir():  # a folder of .py files, or else of JSONL shards (a stage's output folder)
     # JSONL shards: not those in hidden folders, where stages keep their bookkeeping (synth's .synth/)
-    files = sorted(path.rglob("*.py")) or sorted(f for f in path.rglob("*.jsonl*") if f.name.endswith(JSONL)
-                                                 and not any(p.startswith(".") for p in f.relative_to(path).parts))
+    files = sorted(path.rglob("*.py")) or sorted(
+      f
+      for f in path.rglob("*.jsonl*")
+      if f.name.endswith(JSONL) and not any(p.startswith(".") for p in f.relative_to(path).parts)
+    )
     if not files:
       raise PackError(f"--input {path}: folder holds no .py, .jsonl or .jsonl.gz files")
     return files
@@ -104,14 +107,16 @@ def _describe_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
       sha = h.hexdigest()
     else:
       sha = file_sha256(path)
-    described.append({
+    described.append(
+      {
         "path": str(path.resolve()),
         "sha256": sha,
         "files": len(files),
         "bytes": sum(f.stat().st_size for f in files),
         "_files": files,
         "_root": path if path.is_dir() else path.parent,
-    })
+      }
+    )
   return described
 
 
@@ -185,8 +190,10 @@ def check_bad(bad: list[str], documents: int, max_bad_fraction: float) -> None:
   """PackError when more than max_bad_fraction of the items (documents + bad ones) are bad."""
   items = documents + len(bad)
   if len(bad) > max_bad_fraction * items:
-    raise PackError(f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
-                    f"{max_bad_fraction:.3%}); first: {bad[0]}")
+    raise PackError(
+      f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
+      f"{max_bad_fraction:.3%}); first: {bad[0]}"
+    )
 
 
 # ---------------------------------------------------------------- workers
@@ -256,8 +263,9 @@ def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) 
   # spawn, not fork: the caller may be a JAX process, and forking one is unsafe. An executor,
   # not a Pool: a worker that dies or cannot start raises BrokenProcessPool instead of hanging.
   ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
-                                              initargs=(tokenizer_path,)) as pool:
+  with concurrent.futures.ProcessPoolExecutor(
+    workers, mp_context=ctx, initializer=_init_pool_worker, initargs=(tokenizer_path,)
+  ) as pool:
     pending = collections.deque()
     try:
       for unit in units:
@@ -267,8 +275,9 @@ def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) 
       while pending:
         yield pending.popleft().result()
     except concurrent.futures.process.BrokenProcessPool:
-      raise PackError("a worker process died or could not start (out of memory? a script read from stdin?); "
-                      "rerun with --workers 1") from None
+      raise PackError(
+        "a worker process died or could not start (out of memory? a script read from stdin?); rerun with --workers 1"
+      ) from None
     finally:
       for f in pending:
         f.cancel()
@@ -297,7 +306,7 @@ class _SplitWriter:
     record_len = self.seq_len + 1
     start = 0
     while len(self.pending) - start >= record_len:
-      self._write(self.pending[start:start + record_len])
+      self._write(self.pending[start : start + record_len])
       start += self.seq_len  # the last token of a record is the first of the next
     self.pending = self.pending[start:]
 
@@ -325,8 +334,13 @@ class _SplitWriter:
       os.replace(part, self.out / name)
       names.append(name)
     used = self.records * self.seq_len + 1 if self.records else 0
-    return {"documents": self.documents, "tokens": self.tokens, "records": self.records,
-            "dropped_tail_tokens": self.tokens - used, "shards": names}
+    return {
+      "documents": self.documents,
+      "tokens": self.tokens,
+      "records": self.records,
+      "dropped_tail_tokens": self.tokens - used,
+      "shards": names,
+    }
 
 
 class _LogLines:
@@ -343,8 +357,12 @@ class _LogLines:
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
       eta = (self.total - self.done) / rate if rate else float("inf")
-      print(f"{self.desc}: {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
-            f"({self.done / max(self.total, 1):.0%}), {rate / 1e6:.2f} MB/s, ETA {eta:.0f}s", file=sys.stderr, flush=True)
+      print(
+        f"{self.desc}: {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
+        f"({self.done / max(self.total, 1):.0%}), {rate / 1e6:.2f} MB/s, ETA {eta:.0f}s",
+        file=sys.stderr,
+        flush=True,
+      )
 
   def __enter__(self):
     return self
@@ -360,8 +378,9 @@ def _progress(total_bytes: int, desc: str):
   return _LogLines(total_bytes, desc)
 
 
-def _write_splits(described, tokenizer_path, eos_id, seq_len, threshold, out, workers, records_per_shard,
-                  progress_desc):
+def _write_splits(
+  described, tokenizer_path, eos_id, seq_len, threshold, out, workers, records_per_shard, progress_desc
+):
   """One pass: tokenizes everything, writes both splits. Returns counts and every doc's (hash, tokens)."""
   writers = {s: _SplitWriter(out, s, seq_len, eos_id, records_per_shard) for s in SPLITS}
   bad, skipped, doc_hashes, doc_lengths = [], collections.Counter(), [], []
@@ -419,15 +438,15 @@ def read_existing_manifest(out: Path) -> dict | None:
 
 
 def pack(
-    inputs: Sequence[str | os.PathLike],
-    tokenizer_path: str | os.PathLike,
-    seq_len: int,
-    out_dir: str | os.PathLike,
-    *,
-    eval_fraction: float = 0.01,
-    max_bad_fraction: float = 0.001,
-    workers: int = 2,
-    records_per_shard: int = RECORDS_PER_SHARD,
+  inputs: Sequence[str | os.PathLike],
+  tokenizer_path: str | os.PathLike,
+  seq_len: int,
+  out_dir: str | os.PathLike,
+  *,
+  eval_fraction: float = 0.01,
+  max_bad_fraction: float = 0.001,
+  workers: int = 2,
+  records_per_shard: int = RECORDS_PER_SHARD,
 ) -> dict:
   """Packs `inputs` into `out_dir` (see module docstring) and returns the manifest."""
   start = time.time()
@@ -440,13 +459,26 @@ def pack(
   except (FileNotFoundError, ValueError) as e:
     raise PackError(f"--tokenizer: {e}") from None
   described = _describe_inputs(inputs)
-  tokenizer_info = {"path": str(tok_file.resolve()), "sha256": file_sha256(tok_file),
-                    "vocab_size": tok.vocab_size, "eos_id": tok.eos_id}
+  tokenizer_info = {
+    "path": str(tok_file.resolve()),
+    "sha256": file_sha256(tok_file),
+    "vocab_size": tok.vocab_size,
+    "eos_id": tok.eos_id,
+  }
   # Only what changes the output goes into the fingerprint (not workers, not max_bad_fraction).
-  fingerprint = hashlib.sha256(json.dumps({
-      "format": FORMAT, "inputs": [i["sha256"] for i in described], "tokenizer": tokenizer_info["sha256"],
-      "seq_len": seq_len, "eval_fraction": eval_fraction, "records_per_shard": records_per_shard,
-  }, sort_keys=True).encode()).hexdigest()
+  fingerprint = hashlib.sha256(
+    json.dumps(
+      {
+        "format": FORMAT,
+        "inputs": [i["sha256"] for i in described],
+        "tokenizer": tokenizer_info["sha256"],
+        "seq_len": seq_len,
+        "eval_fraction": eval_fraction,
+        "records_per_shard": records_per_shard,
+      },
+      sort_keys=True,
+    ).encode()
+  ).hexdigest()
 
   out = Path(out_dir)
   problem = out_dir_problem(out)
@@ -457,8 +489,9 @@ def pack(
     if existing.get("fingerprint") == fingerprint:
       print(f"{out}: already packed from these inputs, tokenizer and flags; nothing to do", file=sys.stderr)
       return existing
-    raise PackError(f"{out}: holds data packed from different inputs/tokenizer/flags; "
-                    "choose another --out or delete it")
+    raise PackError(
+      f"{out}: holds data packed from different inputs/tokenizer/flags; choose another --out or delete it"
+    )
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise PackError(f"{out}: exists, is not empty and has no manifest.json; refusing to overwrite")
 
@@ -470,54 +503,68 @@ def pack(
   try:
     threshold = eval_fraction
     splits, bad, skipped, hashes, lengths = _write_splits(
-        described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard, "pack")
+      described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard, "pack"
+    )
     items = len(hashes) + len(bad)
     if items == 0:
-      raise PackError(f"--input: no documents found in {[str(i) for i in inputs]} "
-                      f"({skipped['empty_documents']} empty ones skipped)")
+      raise PackError(
+        f"--input: no documents found in {[str(i) for i in inputs]} ({skipped['empty_documents']} empty ones skipped)"
+      )
     check_bad(bad, len(hashes), max_bad_fraction)
     if eval_fraction > 0 and splits["eval"]["records"] == 0:
       threshold = _threshold_for_one_record(hashes, lengths, seq_len)
       eval_tokens = 0 if threshold is None else int(lengths[hashes < threshold].sum())
       train_tokens = int(lengths.sum()) - eval_tokens
       if threshold is None or train_tokens < seq_len + 1:
-        raise PackError(f"inputs hold {int(lengths.sum())} tokens: too few for one train and one eval "
-                        f"record of seq_len+1={seq_len + 1} tokens; lower --seq_len or add data")
-      print(f"eval split empty at --eval_fraction {eval_fraction}; holding out documents with hash < "
-            f"{threshold:.6f} for one eval record and packing again", file=sys.stderr)
+        raise PackError(
+          f"inputs hold {int(lengths.sum())} tokens: too few for one train and one eval "
+          f"record of seq_len+1={seq_len + 1} tokens; lower --seq_len or add data"
+        )
+      print(
+        f"eval split empty at --eval_fraction {eval_fraction}; holding out documents with hash < "
+        f"{threshold:.6f} for one eval record and packing again",
+        file=sys.stderr,
+      )
       shutil.rmtree(partial)  # the first pass's shards
       partial.mkdir()
       splits, bad, skipped, hashes, lengths = _write_splits(
-          described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard,
-          "pack again")
+        described, str(tok_file), tok.eos_id, seq_len, threshold, partial, workers, records_per_shard, "pack again"
+      )
     if splits["train"]["records"] == 0:
-      raise PackError(f"train split has {splits['train']['tokens']} tokens: too few for one record of "
-                      f"seq_len+1={seq_len + 1}; lower --seq_len or add data")
+      raise PackError(
+        f"train split has {splits['train']['tokens']} tokens: too few for one record of "
+        f"seq_len+1={seq_len + 1}; lower --seq_len or add data"
+      )
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)  # nothing half-built survives an error
     raise
 
   manifest = {
-      "format": FORMAT,
-      "fingerprint": fingerprint,
+    "format": FORMAT,
+    "fingerprint": fingerprint,
+    "seq_len": seq_len,
+    "record_len": seq_len + 1,
+    "dtype": "int32",
+    "byte_order": "little",
+    "separator": "<|endoftext|> between documents",
+    "tokenizer": tokenizer_info,
+    "inputs": [{k: v for k, v in i.items() if not k.startswith("_")} for i in described],
+    "documents": int(len(hashes)),
+    "tokens": int(sum(s["tokens"] for s in splits.values())),
+    "records": {s: splits[s]["records"] for s in SPLITS},
+    "splits": splits,
+    "eval_hash_threshold": threshold,
+    "skipped_empty": skipped["empty_documents"],  # documents whose text is empty or only whitespace
+    "skipped_blank_lines": skipped["blank_lines"],  # blank lines of JSONL files
+    "bad": {"count": len(bad), "items": bad[:_MAX_REPORTED_BAD]},
+    "flags": {
       "seq_len": seq_len,
-      "record_len": seq_len + 1,
-      "dtype": "int32",
-      "byte_order": "little",
-      "separator": "<|endoftext|> between documents",
-      "tokenizer": tokenizer_info,
-      "inputs": [{k: v for k, v in i.items() if not k.startswith("_")} for i in described],
-      "documents": int(len(hashes)),
-      "tokens": int(sum(s["tokens"] for s in splits.values())),
-      "records": {s: splits[s]["records"] for s in SPLITS},
-      "splits": splits,
-      "eval_hash_threshold": threshold,
-      "skipped_empty": skipped["empty_documents"],  # documents whose text is empty or only whitespace
-      "skipped_blank_lines": skipped["blank_lines"],  # blank lines of JSONL files
-      "bad": {"count": len(bad), "items": bad[:_MAX_REPORTED_BAD]},
-      "flags": {"seq_len": seq_len, "eval_fraction": eval_fraction, "max_bad_fraction": max_bad_fraction,
-                "workers": workers, "records_per_shard": records_per_shard},
-      "seconds": round(time.time() - start, 2),
+      "eval_fraction": eval_fraction,
+      "max_bad_fraction": max_bad_fraction,
+      "workers": workers,
+      "records_per_shard": records_per_shard,
+    },
+    "seconds": round(time.time() - start, 2),
   }
   (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
   if out.exists():
@@ -534,21 +581,33 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--seq_len", type=int, required=True)
   parser.add_argument("--out", required=True)
   parser.add_argument("--eval_fraction", type=float, default=0.01, help="share of documents held out (by id hash)")
-  parser.add_argument("--max_bad_fraction", type=float, default=0.001,
-                      help="stop if more than this share of items is bad (not JSON/UTF-8, no text); "
-                           "empty documents are skipped, not bad")
+  parser.add_argument(
+    "--max_bad_fraction",
+    type=float,
+    default=0.001,
+    help="stop if more than this share of items is bad (not JSON/UTF-8, no text); empty documents are skipped, not bad",
+  )
   parser.add_argument("--workers", type=int, default=2, help="tokenizer processes")
   args = parser.parse_args(argv)
   try:
-    m = pack(args.input, args.tokenizer, args.seq_len, args.out, eval_fraction=args.eval_fraction,
-             max_bad_fraction=args.max_bad_fraction, workers=args.workers)
+    m = pack(
+      args.input,
+      args.tokenizer,
+      args.seq_len,
+      args.out,
+      eval_fraction=args.eval_fraction,
+      max_bad_fraction=args.max_bad_fraction,
+      workers=args.workers,
+    )
   except PackError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   r = m["records"]
-  print(f"{args.out}: {m['documents']} documents, {m['tokens']} tokens, {r['train']} train + "
-        f"{r['eval']} eval records of {m['record_len']} tokens, {m['skipped_empty']} empty documents skipped, "
-        f"{m['bad']['count']} bad items")
+  print(
+    f"{args.out}: {m['documents']} documents, {m['tokens']} tokens, {r['train']} train + "
+    f"{r['eval']} eval records of {m['record_len']} tokens, {m['skipped_empty']} empty documents skipped, "
+    f"{m['bad']['count']} bad items"
+  )
   return 0
 
 

@@ -82,13 +82,13 @@ def _check_shard(shard_index: int, shard_count: int) -> None:
 
 
 def make_train_dataset(
-    sources: Sequence[tuple[str, float]],
-    *,
-    batch_size: int,
-    seed: int,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    read_threads: int = 2,
+  sources: Sequence[tuple[str, float]],
+  *,
+  batch_size: int,
+  seed: int,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  read_threads: int = 2,
 ) -> grain.IterDataset:
   """Infinite weighted mixture of packed train splits, batched per process (see module docstring)."""
   if not sources:
@@ -104,8 +104,9 @@ def make_train_dataset(
     if m["seq_len"] != first["seq_len"]:
       raise ValueError(f"{d}: seq_len {m['seq_len']} differs from {sources[0][0]}'s {first['seq_len']}")
     if m["tokenizer"]["sha256"] != first["tokenizer"]["sha256"]:
-      raise ValueError(f"{d}: packed with tokenizer {m['tokenizer']['path']}, not {sources[0][0]}'s "
-                       f"{first['tokenizer']['path']}")
+      raise ValueError(
+        f"{d}: packed with tokenizer {m['tokenizer']['path']}, not {sources[0][0]}'s {first['tokenizer']['path']}"
+      )
 
   parts = []
   for i, (d, _) in enumerate(sources):
@@ -119,19 +120,18 @@ def make_train_dataset(
   # One global order whatever the process count: global batch t is mixed[t*G:(t+1)*G] for
   # G = batch_size * shard_count, and this process reads rows [i*B, (i+1)*B) of it.
   B, G = batch_size, batch_size * shard_count
-  mine = grain.MapDataset.range(len(mixed) // shard_count).map(
-      lambda j: mixed[(j // B) * G + shard_index * B + j % B])
+  mine = grain.MapDataset.range(len(mixed) // shard_count).map(lambda j: mixed[(j // B) * G + shard_index * B + j % B])
   read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(16, 2 * batch_size))
   return mine.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True)
 
 
 def make_eval_batches(
-    data_dir: str | Path,
-    *,
-    batch_size: int,
-    max_batches: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
+  data_dir: str | Path,
+  *,
+  batch_size: int,
+  max_batches: int | None = None,
+  shard_index: int = 0,
+  shard_count: int = 1,
 ) -> list[dict[str, np.ndarray]]:
   """The eval split as batches {"tokens": int32[batch_size, seq_len + 1]}, fixed order.
 
@@ -149,7 +149,7 @@ def make_eval_batches(
     n_batches = max_batches
     taken, every = n_batches * batch_size * shard_count, records
     records = grain.MapDataset.range(taken).map(lambda j: every[j * len(every) // taken])  # distinct: j*L//t grows
-  mine = records[shard_index::shard_count][:n_batches * batch_size]
+  mine = records[shard_index::shard_count][: n_batches * batch_size]
   return list(mine.batch(batch_size, drop_remainder=True)) if n_batches else []
 
 

@@ -50,8 +50,15 @@ def literal_fraction(text: str) -> float:
   for library code; over 0.7 for data tables (pydoc_data/topics.py, html/entities.py,
   _sysconfigdata_*.py)."""
   literal_types = {tokenize.STRING, tokenize.NUMBER, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
-  layout = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-            tokenize.ENDMARKER, tokenize.ENCODING}
+  layout = {
+    tokenize.COMMENT,
+    tokenize.NL,
+    tokenize.NEWLINE,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENDMARKER,
+    tokenize.ENCODING,
+  }
   literal = code = 0
   statement_start = True
   try:
@@ -113,20 +120,24 @@ def _write_corpus(files: list[Path], path: Path) -> None:
   with open(tmp, "w", encoding="utf-8") as fh:
     for f in files:
       rel = f.relative_to(root).as_posix()
-      doc = {"id": f"stdlib/{rel}", "text": f.read_text(encoding="utf-8"), "source": "python-stdlib",
-             "meta": {"path": rel, "python": sys.version.split()[0]}}
+      doc = {
+        "id": f"stdlib/{rel}",
+        "text": f.read_text(encoding="utf-8"),
+        "source": "python-stdlib",
+        "meta": {"path": rel, "python": sys.version.split()[0]},
+      }
       fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
   os.replace(tmp, path)
 
 
 def ensure_stdlib_data(
-    cache_dir: str | os.PathLike,
-    vocab_size: int,
-    seq_len: int,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    tokenizer_sentences: int = DEFAULT_TOKENIZER_SENTENCES,
-    eval_fraction: float = DEFAULT_EVAL_FRACTION,
-    workers: int = 2,
+  cache_dir: str | os.PathLike,
+  vocab_size: int,
+  seq_len: int,
+  max_bytes: int = DEFAULT_MAX_BYTES,
+  tokenizer_sentences: int = DEFAULT_TOKENIZER_SENTENCES,
+  eval_fraction: float = DEFAULT_EVAL_FRACTION,
+  workers: int = 2,
 ) -> tuple[str, str]:
   """Returns (tokenizer_dir, data_dir) for the stdlib corpus, building what is missing."""
   version = f"py{sys.version_info.major}.{sys.version_info.minor}"
@@ -155,8 +166,15 @@ def _build_lock(base: Path):
       fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _ensure_built(base: Path, max_bytes: int, vocab_size: int, seq_len: int, tokenizer_sentences: int,
-                  eval_fraction: float, workers: int) -> tuple[str, str]:
+def _ensure_built(
+  base: Path,
+  max_bytes: int,
+  vocab_size: int,
+  seq_len: int,
+  tokenizer_sentences: int,
+  eval_fraction: float,
+  workers: int,
+) -> tuple[str, str]:
   corpus = base / "corpus.jsonl"
   if not corpus.is_file():
     _write_corpus(stdlib_files(max_bytes), corpus)

@@ -168,11 +168,17 @@ def spm_as_hf_tokenizer(model_file: str | os.PathLike):
   except Exception as e:  # noqa: BLE001 (protobuf's DecodeError has no stable import path)
     raise ValueError(f"{model_file}: not a SentencePiece model ({e})") from None
   trainer, norm = proto.trainer_spec, proto.normalizer_spec
-  unlike = [name for name, ok in (
+  unlike = [
+    name
+    for name, ok in (
       ("model_type BPE", trainer.model_type == sentencepiece_model_pb2.TrainerSpec.BPE),
-      ("byte_fallback", trainer.byte_fallback), ("identity normalization", norm.name == "identity"),
-      ("no dummy prefix", not norm.add_dummy_prefix), ("whitespace kept", not norm.remove_extra_whitespaces),
-  ) if not ok]
+      ("byte_fallback", trainer.byte_fallback),
+      ("identity normalization", norm.name == "identity"),
+      ("no dummy prefix", not norm.add_dummy_prefix),
+      ("whitespace kept", not norm.remove_extra_whitespaces),
+    )
+    if not ok
+  ]
   if unlike:
     raise ValueError(f"{model_file}: not trained as train_tokenizer does (needs {', '.join(unlike)})")
   vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
@@ -186,11 +192,13 @@ def spm_as_hf_tokenizer(model_file: str | os.PathLike):
       ranked += [(rank, vocab[a], vocab[b], a, b) for a, b in splits]
   merges = [(a, b) for *_, a, b in sorted(ranked)]
   unk = proto.pieces[trainer.unk_id].piece
-  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True,
-                                                   fuse_unk=True))
+  tok = tokenizers.Tokenizer(
+    tokenizers.models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
+  )
   tok.normalizer = tokenizers.normalizers.Replace(" ", _SPACE_MARK)
-  tok.decoder = tokenizers.decoders.Sequence([tokenizers.decoders.Replace(_SPACE_MARK, " "),
-                                              tokenizers.decoders.ByteFallback(), tokenizers.decoders.Fuse()])
+  tok.decoder = tokenizers.decoders.Sequence(
+    [tokenizers.decoders.Replace(_SPACE_MARK, " "), tokenizers.decoders.ByteFallback(), tokenizers.decoders.Fuse()]
+  )
   tok.add_special_tokens([tokenizers.AddedToken(EOS_TOKEN, special=True, normalized=False)])
   return tok
 
@@ -239,17 +247,17 @@ def _sentences(texts: Iterable[str]) -> Iterator[str]:
   for text in texts:
     lines = text.splitlines(keepends=True)
     for i in range(0, len(lines), _LINES_PER_SENTENCE):
-      chunk = "".join(lines[i:i + _LINES_PER_SENTENCE])
+      chunk = "".join(lines[i : i + _LINES_PER_SENTENCE])
       if len(chunk.encode()) <= _MAX_SENTENCE_BYTES:
         yield chunk
 
 
 def train_tokenizer(
-    input_paths: Sequence[str | os.PathLike],
-    vocab_size: int,
-    out_dir: str | os.PathLike,
-    max_sentences: int = 200_000,
-    seed: int = 0,
+  input_paths: Sequence[str | os.PathLike],
+  vocab_size: int,
+  out_dir: str | os.PathLike,
+  max_sentences: int = 200_000,
+  seed: int = 0,
 ) -> str:
   """Trains a byte-fallback BPE SentencePiece model on code; writes out_dir/tokenizer.model.
 
@@ -264,6 +272,7 @@ def train_tokenizer(
   if max_sentences < 1:
     raise ValueError(f"max_sentences={max_sentences}: must be >= 1")
   from phi1_jax.cli import out_dir_problem
+
   problem = out_dir_problem(out_dir)
   if problem:
     raise ValueError(f"--out {out_dir}: {problem}")
@@ -284,24 +293,27 @@ def train_tokenizer(
   start = time.time()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sample),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True,
-        split_by_whitespace=False,
-        split_digits=True,
-        byte_fallback=True,
-        character_coverage=0.9995,
-        user_defined_symbols=[EOS_TOKEN],
-        unk_id=1, bos_id=-1, eos_id=-1, pad_id=-1,  # user symbols fill id 0 first: eos_id == 0
-        max_sentence_length=_MAX_SENTENCE_BYTES,
-        input_sentence_size=max_sentences,
-        num_threads=os.cpu_count() or 1,
-        minloglevel=2,
+      sentence_iterator=iter(sample),
+      model_writer=model,
+      vocab_size=vocab_size,
+      model_type="bpe",
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      add_dummy_prefix=False,
+      allow_whitespace_only_pieces=True,
+      split_by_whitespace=False,
+      split_digits=True,
+      byte_fallback=True,
+      character_coverage=0.9995,
+      user_defined_symbols=[EOS_TOKEN],
+      unk_id=1,
+      bos_id=-1,
+      eos_id=-1,
+      pad_id=-1,  # user symbols fill id 0 first: eos_id == 0
+      max_sentence_length=_MAX_SENTENCE_BYTES,
+      input_sentence_size=max_sentences,
+      num_threads=os.cpu_count() or 1,
+      minloglevel=2,
     )
   except RuntimeError as e:
     raise ValueError(f"SentencePiece training failed (vocab_size={vocab_size}): {str(e).splitlines()[-1]}") from None
@@ -313,15 +325,15 @@ def train_tokenizer(
   os.replace(tmp, out / SPM_FILE)  # a killed run never leaves a half-written model
   tok = SentencePieceTokenizer(str(out / SPM_FILE))
   manifest = {
-      "tokenizer": SPM_FILE,
-      "sha256": file_sha256(out / SPM_FILE),
-      "vocab_size": tok.vocab_size,
-      "eos_id": tok.eos_id,
-      "inputs": [str(p) for p in input_paths],
-      "sentences_used": len(sample),
-      "max_sentences": max_sentences,
-      "seed": seed,
-      "seconds": round(time.time() - start, 2),
+    "tokenizer": SPM_FILE,
+    "sha256": file_sha256(out / SPM_FILE),
+    "vocab_size": tok.vocab_size,
+    "eos_id": tok.eos_id,
+    "inputs": [str(p) for p in input_paths],
+    "sentences_used": len(sample),
+    "max_sentences": max_sentences,
+    "seed": seed,
+    "seconds": round(time.time() - start, 2),
   }
   (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
   return str(out)

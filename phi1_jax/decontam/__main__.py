@@ -58,9 +58,12 @@ def _parse_args(argv):
 def _check_flags(args) -> list[str]:
   names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
   from phi1_jax.decontam.benchmarks import BENCHMARKS
+
   unknown = [b for b in names if b not in BENCHMARKS]
   if unknown:
-    raise DecontamError(f"--benchmarks={args.benchmarks}: unknown benchmark {unknown[0]!r}; known: {','.join(BENCHMARKS)}")
+    raise DecontamError(
+      f"--benchmarks={args.benchmarks}: unknown benchmark {unknown[0]!r}; known: {','.join(BENCHMARKS)}"
+    )
   if not names:
     raise DecontamError(f"--benchmarks={args.benchmarks!r}: name at least one of {','.join(BENCHMARKS)}")
   if "mbpp" in names and not args.mbpp_path:
@@ -147,6 +150,7 @@ def _load_embeddings(args, refs, embedder):
   spec = None
   if embedder is None:
     from phi1_jax.decontam import embedding
+
     spec = {"checkpoint": args.embed_checkpoint, "max_len": args.embed_max_len}
     try:
       embedder = embedding.load_embedder(**spec)
@@ -162,11 +166,13 @@ def run(argv=None, embedder=None) -> dict:
   if args.embed_max_l2 is not None and args.embed_checkpoint is None and embedder is None:
     raise DecontamError("--embed_max_l2 needs --embed_checkpoint")
   from phi1_jax.data import pack as pack_lib
+
   try:
     described = pack_lib._describe_inputs(args.input)
   except pack_lib.PackError as e:
     raise DecontamError(str(e)) from None
   from phi1_jax.decontam import benchmarks as bench_lib, index as index_lib, pipeline, report as report_lib
+
   try:
     refs, bench_info = bench_lib.load(names, args.mbpp_path)
   except ValueError as e:
@@ -177,13 +183,28 @@ def run(argv=None, embedder=None) -> dict:
     except ValueError as e:
       raise DecontamError(str(e)) from None
   out = Path(args.out).absolute()  # SLURM tasks may start in another folder
-  flags = {"ngram": args.ngram, "ngram_min_hits": args.ngram_min_hits, "ast_tau": args.ast_tau,
-           "ast_min_nodes": args.ast_min_nodes, "exact_min_chars": args.exact_min_chars,
-           "embed_checkpoint": args.embed_checkpoint or ("python embedder" if embedder is not None else None),
-           "embed_max_l2": args.embed_max_l2, "embed_max_len": args.embed_max_len, "tasks": args.tasks}
-  fingerprint = hashlib.sha256(json.dumps({
-      "format": FORMAT, "inputs": [i["sha256"] for i in described], "benchmarks": bench_info, "flags": flags,
-  }, sort_keys=True).encode()).hexdigest()
+  flags = {
+    "ngram": args.ngram,
+    "ngram_min_hits": args.ngram_min_hits,
+    "ast_tau": args.ast_tau,
+    "ast_min_nodes": args.ast_min_nodes,
+    "exact_min_chars": args.exact_min_chars,
+    "embed_checkpoint": args.embed_checkpoint or ("python embedder" if embedder is not None else None),
+    "embed_max_l2": args.embed_max_l2,
+    "embed_max_len": args.embed_max_len,
+    "tasks": args.tasks,
+  }
+  fingerprint = hashlib.sha256(
+    json.dumps(
+      {
+        "format": FORMAT,
+        "inputs": [i["sha256"] for i in described],
+        "benchmarks": bench_info,
+        "flags": flags,
+      },
+      sort_keys=True,
+    ).encode()
+  ).hexdigest()
   state = _claim_out(out, fingerprint)
   if state == "done":
     manifest = json.loads((out / "manifest.json").read_text())
@@ -206,8 +227,14 @@ def run(argv=None, embedder=None) -> dict:
     raise DecontamError(f"{out}: another decontamination run is writing it") from None
   if state == "new":
     (out / "work" / "config.json").write_text(json.dumps({"fingerprint": fingerprint, "flags": flags}) + "\n")
-  steps = pipeline.build_pipeline(_units(described), index, out, embed_spec, embedder if embed_spec is None else None,
-                                  total_bytes=sum(i["bytes"] for i in described))
+  steps = pipeline.build_pipeline(
+    _units(described),
+    index,
+    out,
+    embed_spec,
+    embedder if embed_spec is None else None,
+    total_bytes=sum(i["bytes"] for i in described),
+  )
   stage = executors.Stage("scan", steps, args.tasks, out / "work" / "logs")
   try:
     if not executors.run(args, [stage], args.workers, "decontam", stage.logging_dir, log=_log):
@@ -217,17 +244,31 @@ def run(argv=None, embedder=None) -> dict:
   report = report_lib.build(out, args.tasks, index, bench_info, flags, args.results)
   counts = report["counts"]
   kept_by_input = counts.get("kept_by_input", {})
-  outputs = [{"input": inp["path"], "folder": str(out / "clean" / name), "kept": kept_by_input.get(name, 0),
-              "shards": sorted(p.name for p in (out / "clean" / name).glob("*.jsonl.gz"))}
-             for inp, name in zip(described, input_names(described))]
+  outputs = [
+    {
+      "input": inp["path"],
+      "folder": str(out / "clean" / name),
+      "kept": kept_by_input.get(name, 0),
+      "shards": sorted(p.name for p in (out / "clean" / name).glob("*.jsonl.gz")),
+    }
+    for inp, name in zip(described, input_names(described))
+  ]
   manifest = {
-      "format": FORMAT, "fingerprint": fingerprint,
-      "inputs": [{k: v for k, v in i.items() if not k.startswith("_")} for i in described],
-      "benchmarks": bench_info, "flags": flags,
-      "documents": counts["documents"], "kept": counts["kept"], "removed": counts["removed"], "bad": counts["bad"],
-      "bad_items": counts["bad_items"], "bytes": counts["bytes"],
-      "removed_by": counts["removed_by"], "flagged_by": counts["flagged_by"],
-      "outputs": outputs, "seconds": round(time.time() - start, 2),
+    "format": FORMAT,
+    "fingerprint": fingerprint,
+    "inputs": [{k: v for k, v in i.items() if not k.startswith("_")} for i in described],
+    "benchmarks": bench_info,
+    "flags": flags,
+    "documents": counts["documents"],
+    "kept": counts["kept"],
+    "removed": counts["removed"],
+    "bad": counts["bad"],
+    "bad_items": counts["bad_items"],
+    "bytes": counts["bytes"],
+    "removed_by": counts["removed_by"],
+    "flagged_by": counts["flagged_by"],
+    "outputs": outputs,
+    "seconds": round(time.time() - start, 2),
   }
   tmp = out / ".manifest.json.tmp"
   tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -242,9 +283,15 @@ def _log(line: str) -> None:
 
 def _thresholds(args):
   from phi1_jax.decontam.index import Thresholds
-  return Thresholds(ngram=args.ngram, ngram_min_hits=args.ngram_min_hits, ast_tau=args.ast_tau,
-                    ast_min_nodes=args.ast_min_nodes, exact_min_chars=args.exact_min_chars,
-                    embed_max_l2=args.embed_max_l2)
+
+  return Thresholds(
+    ngram=args.ngram,
+    ngram_min_hits=args.ngram_min_hits,
+    ast_tau=args.ast_tau,
+    ast_min_nodes=args.ast_min_nodes,
+    exact_min_chars=args.exact_min_chars,
+    embed_max_l2=args.embed_max_l2,
+  )
 
 
 def main(argv=None) -> int:
@@ -259,12 +306,15 @@ def main(argv=None) -> int:
   if manifest:
     for o in manifest["outputs"]:
       print(f"{o['input']}: {o['kept']} documents kept -> {o['folder']}/")
-    print(f"{manifest['documents']} documents: {manifest['kept']} kept, {manifest['removed']} removed "
-          f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), "
-          f"{manifest['bad']} bad items passed over (not UTF-8, not JSON, no text)")
+    print(
+      f"{manifest['documents']} documents: {manifest['kept']} kept, {manifest['removed']} removed "
+      f"({', '.join(f'{m} {n}' for m, n in manifest['removed_by'].items())}), "
+      f"{manifest['bad']} bad items passed over (not UTF-8, not JSON, no text)"
+    )
   return 0
 
 
 if __name__ == "__main__":  # datatrove's worker pool re-imports this module: work only here
   from phi1_jax import cli
+
   sys.exit(cli.run_command(main, kept="the completed tasks are kept"))

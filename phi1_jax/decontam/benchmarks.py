@@ -70,8 +70,17 @@ def mbpp_references(path: str | Path) -> list[Reference]:
     row = rows[number]
     code = row["code"].replace("\r\n", "\n")
     text = f"{row['text']}\n{code}\n" + "\n".join(row["test_list"])
-    refs.append(Reference(problems_lib.mbpp_task_id(number), "mbpp", (row["text"].strip(), row["code"].strip()),
-                          text, code, (), problems_lib.mbpp_prompt(row, "docstring")))
+    refs.append(
+      Reference(
+        problems_lib.mbpp_task_id(number),
+        "mbpp",
+        (row["text"].strip(), row["code"].strip()),
+        text,
+        code,
+        (),
+        problems_lib.mbpp_prompt(row, "docstring"),
+      )
+    )
   return refs
 
 
@@ -102,6 +111,7 @@ def benchmark_of(task_id: str) -> str:
 def solution_functions(ref: Reference) -> list[ast.AST]:
   """The function definitions of a reference's code that the AST method compares."""
   from phi1_jax.decontam.tree import parse_quietly  # some MBPP solutions have invalid escapes
+
   module = parse_quietly(ref.code)
   defs = [n for n in ast.walk(module) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
   if ref.functions:

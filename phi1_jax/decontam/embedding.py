@@ -20,6 +20,7 @@ def load_embedder(checkpoint: str, max_len: int = 512):
   if not Path(checkpoint).exists():
     raise EmbedderUnavailable(f"--embed_checkpoint={checkpoint}: not found")
   from phi1_jax.embed import Embedder  # imports JAX: only when the L2 method is asked for
+
   try:
     return Embedder(checkpoint, max_len=max_len)
   except (ValueError, OSError) as e:  # not a checkpoint, no tokenizer beside it, max_len too long

@@ -31,12 +31,16 @@ from phi1_jax.cli import OneLineParser
 from phi1_jax.decontam import benchmarks as bench_lib
 from phi1_jax.decontam.tree import _names, parse_quietly
 
-_PROSE_BEFORE = ("Working through small problems is the fastest way to learn a language. The exercise below "
-                 "comes from a collection we use in the second week of the course; read it twice before "
-                 "writing any code, and think about the edge cases first.\n\n")
-_PROSE_AFTER = ("\n\nWhen you have an answer, test it on the examples, then on inputs you make up yourself: an "
-                "empty list, a single element, negative numbers. Compare your solution with a classmate's and "
-                "discuss which one is easier to read.\n")
+_PROSE_BEFORE = (
+  "Working through small problems is the fastest way to learn a language. The exercise below "
+  "comes from a collection we use in the second week of the course; read it twice before "
+  "writing any code, and think about the edge cases first.\n\n"
+)
+_PROSE_AFTER = (
+  "\n\nWhen you have an answer, test it on the examples, then on inputs you make up yourself: an "
+  "empty list, a single element, negative numbers. Compare your solution with a classmate's and "
+  "discuss which one is easier to read.\n"
+)
 _WORD = re.compile(r"[A-Za-z_]\w+")
 _ASSIGNMENTS = (ast.Assign, ast.AugAssign, ast.AnnAssign)  # swapped only when they touch none of each other's names
 
@@ -70,7 +74,12 @@ class _Rename(ast.NodeTransformer):
     node.name = self.mapping.get(node.name, node.name)
     node.returns = None
     body = node.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+    if (
+      body
+      and isinstance(body[0], ast.Expr)
+      and isinstance(body[0].value, ast.Constant)
+      and isinstance(body[0].value.value, str)
+    ):
       node.body = body[1:] or [ast.Pass()]
     self.generic_visit(node)
     return node
@@ -87,8 +96,11 @@ def _reindent(source: str) -> str:
 
 def renamed_copy(code: str, functions: tuple[str, ...], rng: random.Random) -> tuple[str, ast.Module]:
   module = parse_quietly(code)
-  keep = [n for n in module.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-          and (not functions or n.name in functions)]
+  keep = [
+    n
+    for n in module.body
+    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and (not functions or n.name in functions)
+  ]
   module = ast.Module(body=keep, type_ignores=[])
   names = sorted(set().union(*(_defined_names(n) for n in keep)) if keep else set())
   fresh = [f"{rng.choice(['val', 'item', 'tmp', 'acc', 'arg', 'res', 'k', 'p'])}_{i}" for i in range(len(names))]
@@ -125,24 +137,49 @@ def positives(refs: list[bench_lib.Reference], seed: int = 0) -> list[dict]:
   for ref in refs:
     text, module = renamed_copy(ref.code, ref.functions, rng)
     if module.body:
-      docs.append({"id": f"renamed/{ref.task_id}", "text": text, "source": "fixture",
-                   "meta": {"expect": ref.task_id, "kind": "renamed"}})
+      docs.append(
+        {
+          "id": f"renamed/{ref.task_id}",
+          "text": text,
+          "source": "fixture",
+          "meta": {"expect": ref.task_id, "kind": "renamed"},
+        }
+      )
       edited = ast.parse(text)
       fn = edited.body[-1]
       fn.body.insert(0, ast.Expr(ast.Call(ast.Name("print", ast.Load()), [ast.Constant("solving")], [])))
-      docs.append({"id": f"edited/{ref.task_id}", "text": _reindent(ast.unparse(ast.fix_missing_locations(edited))),
-                   "source": "fixture", "meta": {"expect": ref.task_id, "kind": "edited"}})
+      docs.append(
+        {
+          "id": f"edited/{ref.task_id}",
+          "text": _reindent(ast.unparse(ast.fix_missing_locations(edited))),
+          "source": "fixture",
+          "meta": {"expect": ref.task_id, "kind": "edited"},
+        }
+      )
       if _swap_independent(module):
-        docs.append({"id": f"reordered/{ref.task_id}", "text": _reindent(ast.unparse(module)), "source": "fixture",
-                     "meta": {"expect": ref.task_id, "kind": "reordered"}})
-    docs.append({"id": f"prompt/{ref.task_id}", "text": _PROSE_BEFORE + ref.prompt + _PROSE_AFTER, "source": "fixture",
-                 "meta": {"expect": ref.task_id, "kind": "prompt"}})
+        docs.append(
+          {
+            "id": f"reordered/{ref.task_id}",
+            "text": _reindent(ast.unparse(module)),
+            "source": "fixture",
+            "meta": {"expect": ref.task_id, "kind": "reordered"},
+          }
+        )
+    docs.append(
+      {
+        "id": f"prompt/{ref.task_id}",
+        "text": _PROSE_BEFORE + ref.prompt + _PROSE_AFTER,
+        "source": "fixture",
+        "meta": {"expect": ref.task_id, "kind": "prompt"},
+      }
+    )
   return docs
 
 
 def stdlib_functions(max_bytes: int) -> list[tuple[str, str]]:
   """(id, source) of every function and method of 4 to 61 lines in the stdlib corpus's .py files."""
   from phi1_jax.data.stdlib_corpus import stdlib_dir, stdlib_files
+
   root, out = stdlib_dir(), []
   for f in stdlib_files(max_bytes):
     text = f.read_text(encoding="utf-8")
@@ -154,7 +191,7 @@ def stdlib_functions(max_bytes: int) -> list[tuple[str, str]]:
       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and 4 <= node.end_lineno - node.lineno + 1 <= 61:
         first = lines[node.lineno - 1]
         indent = len(first) - len(first.lstrip())
-        source = "\n".join(line[indent:] for line in lines[node.lineno - 1:node.end_lineno]) + "\n"
+        source = "\n".join(line[indent:] for line in lines[node.lineno - 1 : node.end_lineno]) + "\n"
         out.append((f"stdlib/{f.relative_to(root).as_posix()}:{node.lineno}:{node.name}", source))
   return out
 
@@ -163,6 +200,7 @@ def negatives(refs: list[bench_lib.Reference], n: int, max_bytes: int = 8_000_00
   """The n stdlib functions sharing the most distinct words (identifiers, keywords aside) with one problem."""
   import collections
   import keyword
+
   stop = set(keyword.kwlist) | {"self", "cls"}
   holders = collections.defaultdict(list)  # word -> problems using it
   for r in refs:
@@ -170,18 +208,31 @@ def negatives(refs: list[bench_lib.Reference], n: int, max_bytes: int = 8_000_00
       holders[w].append(r.task_id)
   scored = []
   for fid, source in stdlib_functions(max_bytes):
-    shared = collections.Counter(t for w in {w.lower() for w in _WORD.findall(source)} - stop for t in holders.get(w, ()))
+    shared = collections.Counter(
+      t for w in {w.lower() for w in _WORD.findall(source)} - stop for t in holders.get(w, ())
+    )
     if shared:
       task, best = min(shared.items(), key=lambda kv: (-kv[1], kv[0]))
       scored.append((best, fid, source, task))
   scored.sort(key=lambda s: (-s[0], s[1]))
-  return [{"id": fid, "text": source, "source": "fixture",
-           "meta": {"expect": None, "kind": "stdlib", "shared_words": best, "closest_vocabulary": task}}
-          for best, fid, source, task in scored[:n]]
+  return [
+    {
+      "id": fid,
+      "text": source,
+      "source": "fixture",
+      "meta": {"expect": None, "kind": "stdlib", "shared_words": best, "closest_vocabulary": task},
+    }
+    for best, fid, source, task in scored[:n]
+  ]
 
 
-def build(refs: list[bench_lib.Reference], per_benchmark: int | None, n_negatives: int, seed: int = 0,
-          stdlib_bytes: int = 8_000_000) -> list[dict]:
+def build(
+  refs: list[bench_lib.Reference],
+  per_benchmark: int | None,
+  n_negatives: int,
+  seed: int = 0,
+  stdlib_bytes: int = 8_000_000,
+) -> list[dict]:
   chosen = []
   for name in bench_lib.BENCHMARKS:
     group = [r for r in refs if r.benchmark == name]
@@ -215,6 +266,7 @@ def main(argv=None) -> int:
   print(f"{args.out}: {len(docs)} documents {kinds}")
   if args.stdlib_corpus:
     from phi1_jax.data import stdlib_corpus
+
     files = stdlib_corpus.stdlib_files(args.stdlib_bytes)
     stdlib_corpus._write_corpus(files, Path(args.stdlib_corpus))
     print(f"{args.stdlib_corpus}: {len(files)} stdlib files")

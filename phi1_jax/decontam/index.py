@@ -43,7 +43,7 @@ def words(text: str) -> list[str]:
 
 
 def ngrams(tokens: list[str], n: int) -> set[str]:
-  return {" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+  return {" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
 def _has_words(gram: str) -> bool:
@@ -53,11 +53,12 @@ def _has_words(gram: str) -> bool:
 @dataclass(frozen=True)
 class Thresholds:
   """When a method's score removes a document."""
-  ngram: int = 13                # n
-  ngram_min_hits: int = 1        # shared n-grams with one problem
-  ast_tau: float = 0.85          # match rate
-  ast_min_nodes: int = 10        # smaller functions are not compared (one-liners match everything)
-  exact_min_chars: int = 0       # shorter benchmark strings are not searched (BigCode: none)
+
+  ngram: int = 13  # n
+  ngram_min_hits: int = 1  # shared n-grams with one problem
+  ast_tau: float = 0.85  # match rate
+  ast_min_nodes: int = 10  # smaller functions are not compared (one-liners match everything)
+  exact_min_chars: int = 0  # shorter benchmark strings are not searched (BigCode: none)
   embed_max_l2: float | None = None  # None: embedding distances are reported, never used to remove
 
 
@@ -65,6 +66,7 @@ class Thresholds:
 class Scan:
   """One document's scores: method -> {task_id: score} (problems with a hit; ast: rate >= the lowest tau;
   embed: every problem)."""
+
   scores: dict[str, dict[str, float]] = field(default_factory=dict)
   functions: int = 0
 
@@ -148,8 +150,12 @@ class BenchmarkIndex:
       else:
         task = min(scores, key=lambda k: (-scores[k], k))
       score = scores[task]
-      crossed = {"exact": True, "ngram": score >= t.ngram_min_hits, "ast": score >= t.ast_tau,
-                 "embed": t.embed_max_l2 is not None and score <= t.embed_max_l2}[method]
+      crossed = {
+        "exact": True,
+        "ngram": score >= t.ngram_min_hits,
+        "ast": score >= t.ast_tau,
+        "embed": t.embed_max_l2 is not None and score <= t.embed_max_l2,
+      }[method]
       if crossed:
         out.append({"method": method, "task_id": task, "score": round(float(score), 4)})
     return out

@@ -63,8 +63,11 @@ class InputReader(PipelineStep):
             yield Document(text="", id=problem, metadata={"bad": True, "_read": walked + size})
           elif text.strip():
             self.stat_update("documents")
-            yield Document(text=text, id=doc_id, metadata={"source": "py", "meta": {"path": doc_id}, "input": source,
-                                                           "_read": walked + size})
+            yield Document(
+              text=text,
+              id=doc_id,
+              metadata={"source": "py", "meta": {"path": doc_id}, "input": source, "_read": walked + size},
+            )
         walked += size
         continue
       _, path, source = unit
@@ -84,16 +87,27 @@ class InputReader(PipelineStep):
             continue  # an empty document: skipped, as pack skips it
           self.stat_update("documents")
           doc_id = doc.get("id") if isinstance(doc.get("id"), str) and doc.get("id") else f"{Path(path).name}:{lineno}"
-          yield Document(text=doc["text"], id=doc_id,
-                         metadata={"source": doc.get("source", ""), "meta": doc.get("meta") or {}, "input": source,
-                                   "_read": walked + raw.tell()})
+          yield Document(
+            text=doc["text"],
+            id=doc_id,
+            metadata={
+              "source": doc.get("source", ""),
+              "meta": doc.get("meta") or {},
+              "input": source,
+              "_read": walked + raw.tell(),
+            },
+          )
       walked += os.path.getsize(path)
 
 
 def clean_adapter(self, document: Document) -> dict:
   """The project's JSONL document format, which `pack` reads."""
-  return {"id": document.id, "text": document.text, "source": document.metadata.get("source", ""),
-          "meta": document.metadata.get("meta", {})}
+  return {
+    "id": document.id,
+    "text": document.text,
+    "source": document.metadata.get("source", ""),
+    "meta": document.metadata.get("meta", {}),
+  }
 
 
 class _Nearest:
@@ -115,8 +129,15 @@ class DecontamStep(PipelineStep):
   name = "decontam scan"
   type = "🦠 - DECONT"
 
-  def __init__(self, index: BenchmarkIndex, work_dir: str, clean_dir: str, embedder_spec: dict | None = None,
-               embedder=None, total_bytes: int = 0):
+  def __init__(
+    self,
+    index: BenchmarkIndex,
+    work_dir: str,
+    clean_dir: str,
+    embedder_spec: dict | None = None,
+    embedder=None,
+    total_bytes: int = 0,
+  ):
     super().__init__()
     self.index, self.work_dir, self.clean_dir = index, work_dir, clean_dir
     self.embedder_spec = embedder_spec  # a checkpoint: loaded in the task's process, never pickled
@@ -127,6 +148,7 @@ class DecontamStep(PipelineStep):
     if not self.embedder_spec:
       return self.embedder
     from phi1_jax.decontam import embedding
+
     return embedding.load_embedder(**self.embedder_spec)
 
   def run(self, data=None, rank: int = 0, world_size: int = 1):
@@ -138,9 +160,19 @@ class DecontamStep(PipelineStep):
     embedder = self._embedder()
     nearest = _Nearest()
     read = 0  # input bytes walked past (InputReader's _read), against total_bytes
-    counts = {"documents": 0, "kept": 0, "kept_by_input": {}, "removed": 0, "bad": 0, "functions": 0, "bytes": 0,
-              "removed_by": {m: 0 for m in METHODS}, "flagged_by": {m: 0 for m in METHODS},
-              "ast_at_tau": {}, "bad_items": []}
+    counts = {
+      "documents": 0,
+      "kept": 0,
+      "kept_by_input": {},
+      "removed": 0,
+      "bad": 0,
+      "functions": 0,
+      "bytes": 0,
+      "removed_by": {m: 0 for m in METHODS},
+      "flagged_by": {m: 0 for m in METHODS},
+      "ast_at_tau": {},
+      "bad_items": [],
+    }
     start = last_report = time.time()
     progress = open(work / "progress" / f"{rank:05d}.jsonl", "w", encoding="utf-8")
     removed_path = work / "removed" / f"{rank:05d}.jsonl"
@@ -205,12 +237,25 @@ class DecontamStep(PipelineStep):
     total = max(self.total_bytes, 1)
     rate = read / max(seconds, 1e-9)
     eta = max(total - read, 0) / rate if rate else float("inf")
-    print(f"decontam task {rank}/{world_size}: {counts['documents']} documents, {read / 1e6:.1f}/{total / 1e6:.1f} MB "
-          f"({read / total:.0%}), {counts['documents'] / max(seconds, 1e-9):.1f} docs/s, "
-          f"{counts['removed']} removed, ETA {eta:.0f}s", flush=True)
-    file.write(json.dumps({"seconds": round(seconds, 2), "documents": counts["documents"], "bytes": counts["bytes"],
-                           "read": read, "removed": counts["removed"],
-                           "docs_per_s": round(counts["documents"] / max(seconds, 1e-9), 2)}) + "\n")
+    print(
+      f"decontam task {rank}/{world_size}: {counts['documents']} documents, {read / 1e6:.1f}/{total / 1e6:.1f} MB "
+      f"({read / total:.0%}), {counts['documents'] / max(seconds, 1e-9):.1f} docs/s, "
+      f"{counts['removed']} removed, ETA {eta:.0f}s",
+      flush=True,
+    )
+    file.write(
+      json.dumps(
+        {
+          "seconds": round(seconds, 2),
+          "documents": counts["documents"],
+          "bytes": counts["bytes"],
+          "read": read,
+          "removed": counts["removed"],
+          "docs_per_s": round(counts["documents"] / max(seconds, 1e-9), 2),
+        }
+      )
+      + "\n"
+    )
     file.flush()
 
 
@@ -225,11 +270,12 @@ def _batches(data, size: int):
     yield batch
 
 
-def build_pipeline(units: list[tuple], index: BenchmarkIndex, out: Path, embedder_spec: dict | None, embedder=None,
-                   total_bytes: int = 0) -> list:
+def build_pipeline(
+  units: list[tuple], index: BenchmarkIndex, out: Path, embedder_spec: dict | None, embedder=None, total_bytes: int = 0
+) -> list:
   clean = out / "clean"
   return [
-      InputReader(units),
-      DecontamStep(index, str(out / "work"), str(clean), embedder_spec, embedder, total_bytes),
-      JsonlWriter(str(clean), output_filename="${input}/${rank}.jsonl.gz", adapter=clean_adapter),
+    InputReader(units),
+    DecontamStep(index, str(out / "work"), str(clean), embedder_spec, embedder, total_bytes),
+    JsonlWriter(str(clean), output_filename="${input}/${rank}.jsonl.gz", adapter=clean_adapter),
   ]

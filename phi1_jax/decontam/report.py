@@ -74,16 +74,27 @@ def read_results(path: str | Path) -> dict[str, float]:
   return {task: sum(v) / len(v) for task, v in passed.items()}
 
 
-def table3(task_ids_by_benchmark: dict[str, list[str]], ast_tasks: set[str], nearest_ast: dict, counts: dict,
-           results: dict[str, float] | None) -> list[dict]:
+def table3(
+  task_ids_by_benchmark: dict[str, list[str]],
+  ast_tasks: set[str],
+  nearest_ast: dict,
+  counts: dict,
+  results: dict[str, float] | None,
+) -> list[dict]:
   rows = []
   for benchmark, task_ids in task_ids_by_benchmark.items():
     for tau in TABLE_TAUS:
       similar = [t for t in task_ids if nearest_ast.get(t, [0.0])[0] >= tau]
       non_similar = [t for t in task_ids if t not in set(similar)]
-      row = {"benchmark": benchmark, "tau": tau, "similar": len(similar), "non_similar": len(non_similar),
-             "total": len(task_ids), "comparable": sum(t in ast_tasks for t in task_ids),
-             "documents_at_tau": counts["ast_at_tau"].get(f"{benchmark}@{tau}", 0)}
+      row = {
+        "benchmark": benchmark,
+        "tau": tau,
+        "similar": len(similar),
+        "non_similar": len(non_similar),
+        "total": len(task_ids),
+        "comparable": sum(t in ast_tasks for t in task_ids),
+        "documents_at_tau": counts["ast_at_tau"].get(f"{benchmark}@{tau}", 0),
+      }
       if results is not None:  # a run with --limit scores only some problems: say how many
         row["evaluated"] = sum(t in results for t in task_ids)
         for name, group in (("similar", similar), ("non_similar", non_similar)):
@@ -110,12 +121,12 @@ def build(out: Path, tasks: int, index, benchmarks: dict, flags: dict, results_p
       entry[method] = None if hit is None else {"score": round(hit[0], 4), "id": hit[1]}
     problems[task] = entry
   report = {
-      "benchmarks": benchmarks,
-      "flags": flags,
-      "counts": counts,
-      "table3": table3(by_benchmark, set(index.ast_tasks), nearest["ast"], counts, results),
-      "results": str(results_path) if results_path else None,
-      "problems": problems,
+    "benchmarks": benchmarks,
+    "flags": flags,
+    "counts": counts,
+    "table3": table3(by_benchmark, set(index.ast_tasks), nearest["ast"], counts, results),
+    "results": str(results_path) if results_path else None,
+    "problems": problems,
   }
   tmp = out / ".report.json.tmp"
   tmp.write_text(json.dumps(report, indent=1) + "\n")
@@ -128,21 +139,32 @@ def build(out: Path, tasks: int, index, benchmarks: dict, flags: dict, results_p
 
 def markdown(report: dict) -> str:
   c, f = report["counts"], report["flags"]
-  lines = ["# Decontamination report", "",
-           f"{c['documents']} documents scanned, {c['kept']} kept, {c['removed']} removed, {c['bad']} bad lines "
-           f"skipped. Thresholds: exact substring (any), {f['ngram']}-grams >= {f['ngram_min_hits']} shared, "
-           f"AST match rate >= {f['ast_tau']} (functions of >= {f['ast_min_nodes']} nodes), embedding L2 "
-           f"{'<= ' + str(f['embed_max_l2']) if f.get('embed_max_l2') is not None else 'reported only'}"
-           f"{'' if f.get('embed_checkpoint') else ' (no embedder given)'}.", "",
-           "| method | documents over its threshold | removed with it as the first reason | problems with any match |",
-           "| --- | --- | --- | --- |"]
+  lines = [
+    "# Decontamination report",
+    "",
+    f"{c['documents']} documents scanned, {c['kept']} kept, {c['removed']} removed, {c['bad']} bad lines "
+    f"skipped. Thresholds: exact substring (any), {f['ngram']}-grams >= {f['ngram_min_hits']} shared, "
+    f"AST match rate >= {f['ast_tau']} (functions of >= {f['ast_min_nodes']} nodes), embedding L2 "
+    f"{'<= ' + str(f['embed_max_l2']) if f.get('embed_max_l2') is not None else 'reported only'}"
+    f"{'' if f.get('embed_checkpoint') else ' (no embedder given)'}.",
+    "",
+    "| method | documents over its threshold | removed with it as the first reason | problems with any match |",
+    "| --- | --- | --- | --- |",
+  ]
   for m in METHODS:
-    matched = sum(1 for p in report["problems"].values() if p[m] is not None and (m != "ast" or p[m]["score"] >= f["ast_tau"]))
+    matched = sum(
+      1 for p in report["problems"].values() if p[m] is not None and (m != "ast" or p[m]["score"] >= f["ast_tau"])
+    )
     lines.append(f"| {m} | {c['flagged_by'][m]} | {c['removed_by'][m]} | {matched} |")
   pairs = c.get("ast_pairs", {})
-  lines += ["", f"AST comparisons: {pairs.get('all', 0)} function pairs, {pairs.get('in_size_band', 0)} within the "
-                f"size band, {pairs.get('tree_edit_distances', 0)} tree edit distances computed.", "",
-            "## Table 3: problems similar to the training data by AST match rate", ""]
+  lines += [
+    "",
+    f"AST comparisons: {pairs.get('all', 0)} function pairs, {pairs.get('in_size_band', 0)} within the "
+    f"size band, {pairs.get('tree_edit_distances', 0)} tree edit distances computed.",
+    "",
+    "## Table 3: problems similar to the training data by AST match rate",
+    "",
+  ]
   with_results = report["results"] is not None
   head = "| benchmark | tau | similar | non-similar | total | documents with a match >= tau |"
   if with_results:
@@ -151,18 +173,33 @@ def markdown(report: dict) -> str:
   for r in report["table3"]:
     line = f"| {r['benchmark']} | {r['tau']} | {r['similar']} | {r['non_similar']} | {r['total']} | {r['documents_at_tau']} |"
     if with_results:
-      fmt = lambda name: (f"{'-' if r['pass@1_' + name] is None else r['pass@1_' + name]} "
-                          f"({r['scored_' + name]} of {r[name]} evaluated)")
+      fmt = lambda name: (
+        f"{'-' if r['pass@1_' + name] is None else r['pass@1_' + name]} ({r['scored_' + name]} of {r[name]} evaluated)"
+      )
       line += f" {fmt('similar')} | {fmt('non_similar')} |"
     lines.append(line)
   per_benchmark = {r["benchmark"]: r for r in report["table3"]}
-  lines += ["", "Problems whose solution has no function of the minimum size are never similar by AST: "
-            + ", ".join(f"{b}: {r['total'] - r['comparable']} of {r['total']}" for b, r in per_benchmark.items()) + ".",
-            "", f"Results file: {report['results'] or 'none (give --results=FILE_results.jsonl for pass@1 per group)'}"
-            + (" (" + "; ".join(f"{b}: {r['evaluated']} of {r['total']} problems evaluated"
-                                for b, r in per_benchmark.items()) + ")" if with_results else "") + ".",
-            "", "## Nearest training document per problem (problems with any match)", "",
-            "| problem | exact | ngram (shared n-grams) | ast (rate) | embed (L2) |", "| --- | --- | --- | --- | --- |"]
+  lines += [
+    "",
+    "Problems whose solution has no function of the minimum size are never similar by AST: "
+    + ", ".join(f"{b}: {r['total'] - r['comparable']} of {r['total']}" for b, r in per_benchmark.items())
+    + ".",
+    "",
+    f"Results file: {report['results'] or 'none (give --results=FILE_results.jsonl for pass@1 per group)'}"
+    + (
+      " ("
+      + "; ".join(f"{b}: {r['evaluated']} of {r['total']} problems evaluated" for b, r in per_benchmark.items())
+      + ")"
+      if with_results
+      else ""
+    )
+    + ".",
+    "",
+    "## Nearest training document per problem (problems with any match)",
+    "",
+    "| problem | exact | ngram (shared n-grams) | ast (rate) | embed (L2) |",
+    "| --- | --- | --- | --- | --- |",
+  ]
   for task, p in report["problems"].items():
     if all(p[m] is None for m in METHODS):
       continue

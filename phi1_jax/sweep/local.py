@@ -46,14 +46,21 @@ def slot_envs(parallel: int, gpus: list[str]) -> list[dict | None]:
     return [None] * parallel
   if len(gpus) >= parallel:
     n = len(gpus) // parallel
-    return [{**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus[k * n:(k + 1) * n])} for k in range(parallel)]
+    return [{**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus[k * n : (k + 1) * n])} for k in range(parallel)]
   per_gpu = math.ceil(parallel / len(gpus))
-  return [{**os.environ, "CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)],
-           "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / per_gpu:.2f}"} for k in range(parallel)]
+  return [
+    {
+      **os.environ,
+      "CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)],
+      "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / per_gpu:.2f}",
+    }
+    for k in range(parallel)
+  ]
 
 
 def _summary(root: Path, trial: dict) -> str:
   from phi1_jax.sweep import report
+
   row = report.trial_row(root, trial)
   parts = [row["status"]]
   if row["final_eval_loss"] is not None:
@@ -66,8 +73,11 @@ def run(root: Path, plan: dict, parallel: int, log=print) -> int:
   trials = plan["trials"]
   states = {t["name"]: trial_lib.status(root, t) for t in trials}
   counts = {s: n for s in trial_lib.STATUSES if (n := list(states.values()).count(s))}
-  log(f"sweep {root}: {len(trials)} trials (" + ", ".join(f"{n} {s}" for s, n in counts.items())
-      + f"); {parallel} at a time")
+  log(
+    f"sweep {root}: {len(trials)} trials ("
+    + ", ".join(f"{n} {s}" for s, n in counts.items())
+    + f"); {parallel} at a time"
+  )
   for t in trials:
     if states[t["name"]] == "finished":
       log(f"skip {t['name']}: finished")
@@ -80,7 +90,9 @@ def run(root: Path, plan: dict, parallel: int, log=print) -> int:
     log(f"{len(gpus)} GPUs over {parallel} slots: " + "; ".join(e["CUDA_VISIBLE_DEVICES"] for e in envs))
 
   stop: list[int] = []
-  old_handlers = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+  old_handlers = {
+    s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+  }
   running: dict[int, trial_lib.Attempt] = {}  # slot -> attempt
   waiting_noted: set[str] = set()
   done_times: list[float] = []
@@ -112,8 +124,10 @@ def run(root: Path, plan: dict, parallel: int, log=print) -> int:
         left = len(todo) + len(running)
         eta = duration(sum(done_times) / len(done_times) * math.ceil(left / parallel)) if left else "0m00s"
         end = f"exit code {rc}, " if rc else ""
-        log(f"[{n_todo - left}/{n_todo}] {a.trial['name']}: {end}{_summary(root, a.trial)} after "
-            f"{duration(elapsed)}; sweep ETA {eta}")
+        log(
+          f"[{n_todo - left}/{n_todo}] {a.trial['name']}: {end}{_summary(root, a.trial)} after "
+          f"{duration(elapsed)}; sweep ETA {eta}"
+        )
       time.sleep(_POLL_S)
   finally:
     for s, h in old_handlers.items():
@@ -121,12 +135,16 @@ def run(root: Path, plan: dict, parallel: int, log=print) -> int:
   states = {t["name"]: trial_lib.status(root, t) for t in trials}
   unfinished = [n for n, s in states.items() if s != "finished"]
   if stop:
-    log(f"stopped by signal {signal.Signals(stop[0]).name}; {len(unfinished)} trials unfinished: "
-        "rerun the same command to resume them")
+    log(
+      f"stopped by signal {signal.Signals(stop[0]).name}; {len(unfinished)} trials unfinished: "
+      "rerun the same command to resume them"
+    )
     return 128 + stop[0]
-  log(f"sweep {root}: {len(trials) - len(unfinished)}/{len(trials)} finished"
-      + ("" if not unfinished else "; not finished: " + ", ".join(f"{n} ({states[n]})" for n in unfinished))
-      + f". Report: python -m phi1_jax.sweep report --root={root}")
+  log(
+    f"sweep {root}: {len(trials) - len(unfinished)}/{len(trials)} finished"
+    + ("" if not unfinished else "; not finished: " + ", ".join(f"{n} ({states[n]})" for n in unfinished))
+    + f". Report: python -m phi1_jax.sweep report --root={root}"
+  )
   return 1 if unfinished else 0
 
 

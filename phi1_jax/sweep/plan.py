@@ -61,12 +61,14 @@ def check_key(config: ml_collections.ConfigDict, key: str, origin: str) -> type:
       fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
       hint = difflib.get_close_matches(part, fields, n=1)
       where = f" in config.{'.'.join(path)}" if path else ""
-      raise SweepError(f"{origin}: unknown config key {key!r}{where}"
-                       + (f" (did you mean {'.'.join(path + hint)!r}?)" if hint else ""))
+      raise SweepError(
+        f"{origin}: unknown config key {key!r}{where}" + (f" (did you mean {'.'.join(path + hint)!r}?)" if hint else "")
+      )
     node, path = node[part], path + [part]
   if isinstance(node, ml_collections.ConfigDict):
-    raise SweepError(f"{origin}: {key!r} is a group of fields; sweep one of them: "
-                     + ", ".join(f"{key}.{f}" for f in node.keys()))
+    raise SweepError(
+      f"{origin}: {key!r} is a group of fields; sweep one of them: " + ", ".join(f"{key}.{f}" for f in node.keys())
+    )
   return type(node)
 
 
@@ -97,8 +99,10 @@ def parse_space(spec: str) -> tuple[str, str, list[str]]:
   """'optimizer.lr=loguniform(1e-4,1e-2)' -> key, distribution, argument strings."""
   m = re.fullmatch(_KEY + r"=(\w+)\((.*)\)", spec.strip(), re.S)
   if not m:
-    raise SweepError(f"--space {spec!r}: want KEY=DIST(ARGS) with DIST one of {', '.join(DISTRIBUTIONS)} "
-                     "(e.g. optimizer.lr=loguniform(1e-4,1e-2))")
+    raise SweepError(
+      f"--space {spec!r}: want KEY=DIST(ARGS) with DIST one of {', '.join(DISTRIBUTIONS)} "
+      "(e.g. optimizer.lr=loguniform(1e-4,1e-2))"
+    )
   key, dist, args = m.group(1), m.group(2), [a.strip() for a in m.group(3).split(",")]
   if dist not in DISTRIBUTIONS:
     raise SweepError(f"--space {spec!r}: unknown distribution {dist!r} (known: {', '.join(DISTRIBUTIONS)})")
@@ -162,8 +166,10 @@ def trial_name(index: int, count: int, overrides: dict, short: dict[str, str]) -
 def _check_trial(config, name: str) -> None:
   """The trainer's own checks of a whole config, without starting it."""
   import jax
+
   jax.config.update("jax_platforms", "cpu")  # this process never trains; leave accelerators to the trials
   from phi1_jax import train
+
   try:
     train.check_config(config)
     train.model_config_of(config)
@@ -173,8 +179,9 @@ def _check_trial(config, name: str) -> None:
     raise SweepError(f"trial {name}: {e}") from None
 
 
-def make_plan(config_path: str, grid: list[str], space: list[str], random_count: int, seed: int,
-              sets: list[str]) -> dict:
+def make_plan(
+  config_path: str, grid: list[str], space: list[str], random_count: int, seed: int, sets: list[str]
+) -> dict:
   """Parses and checks everything; returns the plan (nothing is written)."""
   if random_count < 0:
     raise SweepError(f"--random={random_count} must be positive")
@@ -190,8 +197,11 @@ def make_plan(config_path: str, grid: list[str], space: list[str], random_count:
 
   base = load_config(config_path, [])
   seen = {}
-  for origin, key in ([(f"--set {k}", k) for k, _ in set_items] + [(f"--grid {k}", k) for k, _ in grid_items]
-                      + [(f"--space {k}", k) for k, _, _ in space_items]):
+  for origin, key in (
+    [(f"--set {k}", k) for k, _ in set_items]
+    + [(f"--grid {k}", k) for k, _ in grid_items]
+    + [(f"--space {k}", k) for k, _, _ in space_items]
+  ):
     check_key(base, key, origin)
     if key in seen:
       raise SweepError(f"{origin}: {key} is also given by {seen[key]}")
@@ -209,15 +219,16 @@ def make_plan(config_path: str, grid: list[str], space: list[str], random_count:
     field_type = type(value_at(base, key))
     if dist != "choice" and (field_type not in (int, float)):
       raise SweepError(f"--space {key}: {dist} draws numbers, but {key} is a {field_type.__name__}; use choice(...)")
-    for v in (args if dist == "choice" else [sample(dist, [a, a], field_type, random.Random(0)) for a in args]):
+    for v in args if dist == "choice" else [sample(dist, [a, a], field_type, random.Random(0)) for a in args]:
       try:
         load_config(config_path, set_items + [(key, v)])
       except SweepError as e:
         raise SweepError(f"--space {key}: value {v!r}: {e}") from None
 
   rng = random.Random(seed)
-  draws = [[(k, sample(d, a, type(value_at(base, k)), rng)) for k, d, a in space_items]
-           for _ in range(random_count)] or [[]]
+  draws = [
+    [(k, sample(d, a, type(value_at(base, k)), rng)) for k, d, a in space_items] for _ in range(random_count)
+  ] or [[]]
   points = [list(g) + r for r in draws for g in itertools.product(*[[(k, v) for v in vs] for k, vs in grid_items])]
 
   keys = [k for k, _ in grid_items] + [k for k, _, _ in space_items]
@@ -230,12 +241,26 @@ def make_plan(config_path: str, grid: list[str], space: list[str], random_count:
     assert name not in names, name  # the index makes names unique
     names.add(name)
     _check_trial(config, name)
-    trials.append(dict(
-        name=name, overrides=overrides, args=[f"--config.{k}={v}" for k, v in point],
+    trials.append(
+      dict(
+        name=name,
+        overrides=overrides,
+        args=[f"--config.{k}={v}" for k, v in point],
         end_step=min(config.run_until_step or config.total_steps, config.total_steps),
-        tokens_per_step=config.batch_size * config.seq_len))
-  return dict(format=FORMAT, config=str(Path(config_path).absolute()), set=[f"--config.{k}={v}" for k, v in set_items],
-              grid=grid, space=space, random=random_count, seed=seed, swept=keys, trials=trials)
+        tokens_per_step=config.batch_size * config.seq_len,
+      )
+    )
+  return dict(
+    format=FORMAT,
+    config=str(Path(config_path).absolute()),
+    set=[f"--config.{k}={v}" for k, v in set_items],
+    grid=grid,
+    space=space,
+    random=random_count,
+    seed=seed,
+    swept=keys,
+    trials=trials,
+  )
 
 
 def trainer_args(plan: dict, trial: dict, root: Path) -> list[str]:
@@ -255,8 +280,9 @@ def save_plan(root: Path, plan: dict, command: list[str]) -> None:
     if _identity(old) != _identity(plan):
       what = dict(config="config file", set="--set overrides", trials="trials")
       differs = [what[k] for k in what if _identity(old)[k] != _identity(plan)[k]]
-      raise SweepError(f"{path} holds another sweep (other {' and '.join(differs)}); "
-                       "rerun with its flags, or give a new --root")
+      raise SweepError(
+        f"{path} holds another sweep (other {' and '.join(differs)}); rerun with its flags, or give a new --root"
+      )
     return
   root.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".json.tmp")

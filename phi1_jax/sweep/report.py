@@ -29,10 +29,17 @@ def trial_row(root: Path, trial: dict, extra_metric: str | None = None) -> dict:
   rows = metric_rows(trial_lib.workdir(root, trial))
   evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
   step = rows[-1]["step"] if rows else 0
-  row = dict(name=trial["name"], **trial["overrides"], status=trial_lib.status(root, trial), step=step,
-             final_eval_loss=evals[-1] if evals else None, best_eval_loss=min(evals) if evals else None,
-             final_loss=rows[-1]["loss"] if rows else None, tokens=step * trial["tokens_per_step"],
-             wall_s=round(trial_lib.wall_seconds(root, trial), 1))
+  row = dict(
+    name=trial["name"],
+    **trial["overrides"],
+    status=trial_lib.status(root, trial),
+    step=step,
+    final_eval_loss=evals[-1] if evals else None,
+    best_eval_loss=min(evals) if evals else None,
+    final_loss=rows[-1]["loss"] if rows else None,
+    tokens=step * trial["tokens_per_step"],
+    wall_s=round(trial_lib.wall_seconds(root, trial), 1),
+  )
   if extra_metric and extra_metric not in row:
     row[extra_metric] = next((r[extra_metric] for r in reversed(rows) if extra_metric in r), None)
   return row
@@ -83,8 +90,10 @@ def _numeric(values) -> bool:
 
 def plot_curves(root: Path, plan: dict, path: Path) -> bool:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(8, 5))
   drawn = 0
   for trial in plan["trials"]:
@@ -110,8 +119,10 @@ def plot_curves(root: Path, plan: dict, path: Path) -> bool:
 def plot_metric_vs_values(rows: list[dict], keys: list[str], metric: str, path: Path) -> bool:
   """One panel per swept key; points sharing the other keys' values are joined (grid lines)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   rows = [r for r in rows if isinstance(r.get(metric), (int, float))]
   if not rows or not keys:
     return False
@@ -158,6 +169,7 @@ def _check_metric(root: Path, plan: dict, rows: list[dict], metric: str) -> None
       logged |= set(r)
   if logged:
     from phi1_jax.sweep.plan import SweepError
+
     known = sorted(set(COLUMNS) - {"status"} | logged - {"step", "time"})
     raise SweepError(f"--metric={metric}: no trial has it; known: {', '.join(known)}")
 
@@ -182,8 +194,9 @@ def report(root: Path, plan: dict, metric: str, mode: str, log=print) -> dict[st
   paths["csv"].write_text(buf.getvalue())
   counts = {s: n for s in trial_lib.STATUSES if (n := [r["status"] for r in rows].count(s))}
   status_line = f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-  paths["md"].write_text(f"# Sweep {root}\n\n{status_line}; sorted by {metric} ({mode} first).\n\n"
-                         + markdown_table(columns, body) + "\n")
+  paths["md"].write_text(
+    f"# Sweep {root}\n\n{status_line}; sorted by {metric} ({mode} first).\n\n" + markdown_table(columns, body) + "\n"
+  )
 
   short = {k: k.rsplit(".", 1)[-1] for k in keys}
   screen_cols = ["#", *keys, *COLUMNS] + ([metric] if metric not in COLUMNS else [])

@@ -36,7 +36,8 @@ def trainer_command() -> list[str]:
 
 def array_script(root: Path, job_name: str) -> str:
   root = root.absolute()
-  return "\n".join([
+  return "\n".join(
+    [
       "#!/usr/bin/env bash",
       f"#SBATCH --job-name={job_name}",
       f"#SBATCH --output={root}/slurm/%A_%a.out",
@@ -45,7 +46,9 @@ def array_script(root: Path, job_name: str) -> str:
       f"cd {shlex.quote(str(Path.cwd()))}",
       f"exec {shlex.quote(sys.executable)} -m phi1_jax.sweep trial --root={shlex.quote(str(root))} "
       '--index="$SLURM_ARRAY_TASK_ID" --launcher=slurm',
-      ""])
+      "",
+    ]
+  )
 
 
 def submit(root: Path, plan: dict, parallel: int, sbatch_args: str, log=print) -> int:
@@ -53,7 +56,9 @@ def submit(root: Path, plan: dict, parallel: int, sbatch_args: str, log=print) -
   if not shutil.which("sbatch"):
     raise SweepError("--executor=slurm: sbatch is not on PATH (not a SLURM login node?)")
   launch_script()
-  todo = [i for i, t in enumerate(plan["trials"]) if trial_lib.status(root, t) not in ("finished", "diverged", "running")]
+  todo = [
+    i for i, t in enumerate(plan["trials"]) if trial_lib.status(root, t) not in ("finished", "diverged", "running")
+  ]
   if not todo:
     log(f"sweep {root}: nothing to submit (every trial is finished, diverged or running)")
     return 0
@@ -69,9 +74,11 @@ def submit(root: Path, plan: dict, parallel: int, sbatch_args: str, log=print) -
     log(f"error: sbatch failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     return out.returncode
   job = out.stdout.strip().split(";")[0]
-  log(f"submitted job array {job}: {len(todo)} trials ({parallel or 'all'} at a time). Follow it with "
-      f"`squeue -j {job}` and `python -m phi1_jax.sweep report --root={root}`; rerun this command to resubmit "
-      "what is unfinished")
+  log(
+    f"submitted job array {job}: {len(todo)} trials ({parallel or 'all'} at a time). Follow it with "
+    f"`squeue -j {job}` and `python -m phi1_jax.sweep report --root={root}`; rerun this command to resubmit "
+    "what is unfinished"
+  )
   return 0
 
 

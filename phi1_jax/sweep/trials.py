@@ -149,12 +149,21 @@ class Attempt:
     self.resumed_from = (checkpoint_steps(workdir(root, trial)) or [None])[-1]
     self.start = time.time()
     self.stop_sent = False  # SIGTERM sent (the sweep is stopping)
-    self._record(dict(attempt=self.number, start=self.start, host=socket.gethostname(),
-                      resume_from=self.resumed_from, command=command))
+    self._record(
+      dict(
+        attempt=self.number, start=self.start, host=socket.gethostname(), resume_from=self.resumed_from, command=command
+      )
+    )
     with open(self.log_path, "ab") as log:
       # Started from the calling thread, which must outlive the trainer (PDEATHSIG is per thread).
-      self.proc = subprocess.Popen(_stop_with_parent(command), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=env, pass_fds=(lock.fd,))
+      self.proc = subprocess.Popen(
+        _stop_with_parent(command),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        pass_fds=(lock.fd,),
+      )
     self._log = open(self.log_path, "rb")
     self._partial = b""
 

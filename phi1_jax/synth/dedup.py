@@ -36,8 +36,9 @@ class SplitTokenizer(WordTokenizer):
 class MinHasher:
   def __init__(self, config: MinhashConfig | None = None, work_dir: str = "."):
     # output_folder is where datatrove's batch stage would write; this class never writes.
-    self.step = MinhashDedupSignature(output_folder=work_dir, config=config or MinhashConfig(),
-                                      language=SplitTokenizer())
+    self.step = MinhashDedupSignature(
+      output_folder=work_dir, config=config or MinhashConfig(), language=SplitTokenizer()
+    )
 
   def signature(self, text: str) -> list[tuple[int, ...]] | None:
     """One tuple of hashes per band, or None when the text has fewer words than a shingle."""
@@ -79,8 +80,14 @@ def opening_sentence(text: str) -> str:
   return (match.group(1) if match else first)[:200].lower()
 
 
-def diversity_report(texts: list[str], metas: list[dict], hasher: MinHasher, topics_total: int,
-                     audiences_total: int | None = None, max_pairs_docs: int = 500) -> dict:
+def diversity_report(
+  texts: list[str],
+  metas: list[dict],
+  hasher: MinHasher,
+  topics_total: int,
+  audiences_total: int | None = None,
+  max_pairs_docs: int = 500,
+) -> dict:
   """Coverage, distinct n-gram ratios, repeated openings and mean pairwise MinHash similarity."""
   report = {"documents": len(texts)}
   topics = collections.Counter(m.get("topic") for m in metas)
@@ -91,8 +98,10 @@ def diversity_report(texts: list[str], metas: list[dict], hasher: MinHasher, top
     audiences = collections.Counter(m.get("audience") for m in metas)
     report["audiences_covered"] = len(audiences)
     report["audiences_total"] = audiences_total
-    report["documents_per_audience"] = {"min": min(audiences.values(), default=0),
-                                        "max": max(audiences.values(), default=0)}
+    report["documents_per_audience"] = {
+      "min": min(audiences.values(), default=0),
+      "max": max(audiences.values(), default=0),
+    }
   for n in (1, 2, 3):
     grams, total = set(), 0
     for text in texts:
@@ -115,7 +124,7 @@ def mean_pairwise_similarity(texts: list[str], hasher: MinHasher) -> float | Non
     return None
   total, pairs = 0.0, 0
   for i in range(len(sigs) - 1):
-    equal = (sigs[i + 1:] == sigs[i]).mean(axis=1)
+    equal = (sigs[i + 1 :] == sigs[i]).mean(axis=1)
     total += float(equal.sum())
     pairs += len(equal)
   return round(total / pairs, 5)

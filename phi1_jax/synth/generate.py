@@ -42,8 +42,12 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def jsonl_adapter(writer, document: Document) -> dict:
   """datatrove Document -> the project's {"id", "text", "source", "meta"} row."""
-  return {"id": document.id, "text": document.text, "source": document.metadata["source"],
-          "meta": document.metadata["meta"]}
+  return {
+    "id": document.id,
+    "text": document.text,
+    "source": document.metadata["source"],
+    "meta": document.metadata["meta"],
+  }
 
 
 @dataclasses.dataclass
@@ -67,15 +71,35 @@ class Synthesize(PipelineStep):
   name = "synthesize"
   type = "📝 - SYNTH"
 
-  def __init__(self, kind: str, n: int, out_dir: str, *, seed: int, topics_path: str, template_path: str | None,
-               model: str,
-               endpoint: str, sampling: dict, llm_options: dict, min_chars: int, max_prompts: int,
-               exec_timeout_s: float, output_pattern: str, exec_sandbox: str = "bwrap"):
+  def __init__(
+    self,
+    kind: str,
+    n: int,
+    out_dir: str,
+    *,
+    seed: int,
+    topics_path: str,
+    template_path: str | None,
+    model: str,
+    endpoint: str,
+    sampling: dict,
+    llm_options: dict,
+    min_chars: int,
+    max_prompts: int,
+    exec_timeout_s: float,
+    output_pattern: str,
+    exec_sandbox: str = "bwrap",
+  ):
     super().__init__()
     self.output_pattern = output_pattern  # the writer's file for a rank: "OUT/textbooks-{rank:05d}.jsonl"
     self.kind, self.n, self.out_dir, self.seed = kind, n, out_dir, seed
     self.topics_path, self.template_path, self.model, self.endpoint, self.sampling = (
-        topics_path, template_path, model, endpoint, sampling)
+      topics_path,
+      template_path,
+      model,
+      endpoint,
+      sampling,
+    )
     self.llm_options, self.min_chars, self.max_prompts = llm_options, min_chars, max_prompts
     self.exec_timeout_s, self.exec_sandbox = exec_timeout_s, exec_sandbox
 
@@ -86,9 +110,17 @@ class Synthesize(PipelineStep):
     # A killed earlier try may have left part of this task's file: the writer starts it afresh.
     Path(self.output_pattern.format(rank=rank)).unlink(missing_ok=True)
     loop = asyncio.new_event_loop()
-    stats = {"rank": rank, "target": task_share(self.n, rank, world_size), "kept": 0, "prompts": 0,
-             "rejected": collections.Counter(), "executed": 0, "passed_tests": 0, "unused_answers": 0,
-             "stopped_by": None}
+    stats = {
+      "rank": rank,
+      "target": task_share(self.n, rank, world_size),
+      "kept": 0,
+      "prompts": 0,
+      "rejected": collections.Counter(),
+      "executed": 0,
+      "passed_tests": 0,
+      "unused_answers": 0,
+      "stopped_by": None,
+    }
     documents = self._documents(rank, world_size, stats)
     try:
       while True:
@@ -151,19 +183,29 @@ class Synthesize(PipelineStep):
     if exercise is not None:
       outcome.exercise = exercise
       outcome.text = exercise["prompt"] + exercise["solution"]
-      (outcome.reason,) = await asyncio.to_thread(validate.check_exercises, [exercise], self.exec_timeout_s,
-                                                    sandbox=self.exec_sandbox)
+      (outcome.reason,) = await asyncio.to_thread(
+        validate.check_exercises, [exercise], self.exec_timeout_s, sandbox=self.exec_sandbox
+      )
       outcome.executed = True
     return outcome
 
   def _document(self, outcome: _Outcome) -> Document:
     choice = {k: v for k, v in outcome.choice.items() if k != "prompt"}
-    meta = {**choice, "prompt_index": outcome.index, "seed": self.seed,
-            "prompt_sha256": hashlib.sha256(outcome.choice["prompt"].encode()).hexdigest(),
-            "request_key": outcome.answer.key, "model": self.model, "usage": outcome.answer.usage}
+    meta = {
+      **choice,
+      "prompt_index": outcome.index,
+      "seed": self.seed,
+      "prompt_sha256": hashlib.sha256(outcome.choice["prompt"].encode()).hexdigest(),
+      "request_key": outcome.answer.key,
+      "model": self.model,
+      "usage": outcome.answer.usage,
+    }
     if outcome.exercise is not None:
-      meta.update(prompt_chars=len(outcome.exercise["prompt"]), tests=outcome.exercise["tests"],
-                  entry_point=outcome.exercise["entry_point"])
+      meta.update(
+        prompt_chars=len(outcome.exercise["prompt"]),
+        tests=outcome.exercise["tests"],
+        entry_point=outcome.exercise["entry_point"],
+      )
     doc_id = f"{SOURCES[self.kind]}/{self.seed}/{outcome.index:09d}"
     return Document(text=outcome.text, id=doc_id, metadata={"source": SOURCES[self.kind], "meta": meta})
 
@@ -188,8 +230,11 @@ class Synthesize(PipelineStep):
     try:
       while stats["kept"] < target:
         # Keep no more in flight than documents still missing: no answer is bought in vain.
-        while (stats["stopped_by"] is None and len(pending) < min(client.concurrency, target - stats["kept"])
-               and stats["prompts"] < max_prompts):
+        while (
+          stats["stopped_by"] is None
+          and len(pending) < min(client.concurrency, target - stats["kept"])
+          and stats["prompts"] < max_prompts
+        ):
           choice = prompter(self.seed, next_index, topics, parts, template)
           pending.append(asyncio.ensure_future(self._attempt(client, next_index, choice)))
           next_index += world
@@ -197,9 +242,12 @@ class Synthesize(PipelineStep):
         if not pending:
           if stats["stopped_by"] is None:
             stats["stopped_by"] = f"--max_prompts={self.max_prompts}"
-            print(f"synth: task {rank}: {stats['prompts']} prompts used (--max_prompts={self.max_prompts}) "
-                  f"with {stats['kept']} of {target} documents kept; rejections: {dict(stats['rejected'])}",
-                  file=sys.stderr, flush=True)
+            print(
+              f"synth: task {rank}: {stats['prompts']} prompts used (--max_prompts={self.max_prompts}) "
+              f"with {stats['kept']} of {target} documents kept; rejections: {dict(stats['rejected'])}",
+              file=sys.stderr,
+              flush=True,
+            )
           break
         outcome = await pending.popleft()
         if outcome.budget:
@@ -220,9 +268,13 @@ class Synthesize(PipelineStep):
         now = time.monotonic()
         if now - last_line > 10 or stats["kept"] == target:
           last_line, rate = now, stats["kept"] / max(now - started, 1e-9)
-          print(f"synth: task {rank}: {stats['kept']}/{target} kept, {rate:.2f}/s, "
-                f"ETA {(target - stats['kept']) / rate:.0f}s, {stats['prompts']} prompts, "
-                f"rejected {dict(stats['rejected'])}", file=sys.stderr, flush=True)
+          print(
+            f"synth: task {rank}: {stats['kept']}/{target} kept, {rate:.2f}/s, "
+            f"ETA {(target - stats['kept']) / rate:.0f}s, {stats['prompts']} prompts, "
+            f"rejected {dict(stats['rejected'])}",
+            file=sys.stderr,
+            flush=True,
+          )
         yield document
     finally:
       # Answers still on their way are paid for: let them land in the cache.

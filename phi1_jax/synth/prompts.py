@@ -99,10 +99,15 @@ def textbook_prompt(seed: int, i: int, topics: list[Topic], parts: dict, templat
   rng = _rng(seed, i)
   topic = rng.choice(topics)
   choice = {
-      "area": topic.area, "topic": topic.name, "subtopic": rng.choice(topic.subtopics),
-      "audience": rng.choice(parts["audiences"]), "style": rng.choice(parts["styles"]),
-      "example_kind": rng.choice(parts["example_kinds"]), "length": rng.choice(parts["lengths"]),
-      "difficulty": rng.choice(parts["difficulties"]), "opening": rng.choice(parts["openings"]),
+    "area": topic.area,
+    "topic": topic.name,
+    "subtopic": rng.choice(topic.subtopics),
+    "audience": rng.choice(parts["audiences"]),
+    "style": rng.choice(parts["styles"]),
+    "example_kind": rng.choice(parts["example_kinds"]),
+    "length": rng.choice(parts["lengths"]),
+    "difficulty": rng.choice(parts["difficulties"]),
+    "opening": rng.choice(parts["openings"]),
   }
   return {"prompt": (template or TEXTBOOK_TEMPLATE).format(**choice), **choice}
 
@@ -112,9 +117,11 @@ def exercise_prompt(seed: int, i: int, topics: list[Topic], parts: dict, templat
   rng = _rng(seed, i)
   topic = rng.choice(topics)
   choice = {
-      "area": topic.area, "topic": topic.name, "subtopic": rng.choice(topic.subtopics),
-      "difficulty": rng.choice(parts["difficulties"]),
-      "function_name": f"{rng.choice(parts['exercise_verbs'])}_{rng.choice(parts['exercise_nouns'])}",
+    "area": topic.area,
+    "topic": topic.name,
+    "subtopic": rng.choice(topic.subtopics),
+    "difficulty": rng.choice(parts["difficulties"]),
+    "function_name": f"{rng.choice(parts['exercise_verbs'])}_{rng.choice(parts['exercise_nouns'])}",
   }
   return {"prompt": (template or EXERCISE_TEMPLATE).format(**choice), **choice}
 
@@ -132,6 +139,8 @@ def load_template(path: str | Path, kind: str) -> str:
   try:
     PROMPTERS[kind](0, 0, topics, load_parts(), template)
   except (KeyError, IndexError, ValueError) as error:
-    raise TopicsError(f"--template {path}: unusable field or brace ({error!r}); fields: "
-                      f"{', '.join(sorted(PROMPTERS[kind](0, 0, topics, load_parts())))}") from None
+    raise TopicsError(
+      f"--template {path}: unusable field or brace ({error!r}); fields: "
+      f"{', '.join(sorted(PROMPTERS[kind](0, 0, topics, load_parts())))}"
+    ) from None
   return template

@@ -15,14 +15,16 @@ from phi1_jax.eval import execute
 FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL)
 # An answer that declines, or talks about itself / the request instead of teaching.
 REFUSAL = re.compile(
-    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I can(?:no|')t (?:help|assist|write|provide|do)|"
-    r"I am unable to|I'm unable to|As an AI|as a language model|I'm not able to)\b", re.IGNORECASE)
+  r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I can(?:no|')t (?:help|assist|write|provide|do)|"
+  r"I am unable to|I'm unable to|As an AI|as a language model|I'm not able to)\b",
+  re.IGNORECASE,
+)
 META_OPENING = re.compile(
-    r"^\W*(sure|certainly|of course|absolutely|okay|ok|here is|here's|below is|great question)\b",
-    re.IGNORECASE)
+  r"^\W*(sure|certainly|of course|absolutely|okay|ok|here is|here's|below is|great question)\b", re.IGNORECASE
+)
 META_CLOSING = re.compile(
-    r"(I hope (this|that) helps|let me know if|feel free to ask|happy to help|hope you (enjoy|found))",
-    re.IGNORECASE)
+  r"(I hope (this|that) helps|let me know if|feel free to ask|happy to help|hope you (enjoy|found))", re.IGNORECASE
+)
 PYTHON_TAGS = {"", "python", "py", "python3", "pycon"}
 
 
@@ -45,8 +47,9 @@ def _pycon_to_code(code: str) -> str:
   return "\n".join(lines) if lines else code
 
 
-def textbook_rejection(text: str, finish_reason: str | None = None, min_chars: int = 1000,
-                       require_code: bool = True) -> str | None:
+def textbook_rejection(
+  text: str, finish_reason: str | None = None, min_chars: int = 1000, require_code: bool = True
+) -> str | None:
   """Why a textbook answer is not kept, or None to keep it. The reasons, checked in this order:
 
   truncated (cut by max_tokens), refusal, too_short (under `min_chars`), meta_boilerplate ("Sure,
@@ -102,8 +105,11 @@ def parse_exercise(text: str, function_name: str) -> tuple[dict | None, str | No
     return None, "no_docstring"
   if len(function.body) < 2:
     return None, "no_solution_body"
-  calls = [node for node in ast.walk(test_tree) if isinstance(node, ast.Assert)
-           and any(isinstance(n, ast.Name) and n.id == function_name for n in ast.walk(node))]
+  calls = [
+    node
+    for node in ast.walk(test_tree)
+    if isinstance(node, ast.Assert) and any(isinstance(n, ast.Name) and n.id == function_name for n in ast.walk(node))
+  ]
   if not calls:
     return None, "no_tests"
   # Split after the docstring's last line: HumanEval's prompt / completion boundary.
@@ -113,8 +119,12 @@ def parse_exercise(text: str, function_name: str) -> tuple[dict | None, str | No
   solution = "".join(lines[docstring_end:])
   if not prompt.endswith("\n"):
     prompt += "\n"
-  return {"prompt": prompt, "solution": solution.rstrip() + "\n", "tests": tests + "\n",
-          "entry_point": function_name}, None
+  return {
+    "prompt": prompt,
+    "solution": solution.rstrip() + "\n",
+    "tests": tests + "\n",
+    "entry_point": function_name,
+  }, None
 
 
 def exercise_program(exercise: dict) -> str:
@@ -132,9 +142,11 @@ def execution_rejection(result: execute.ExecResult) -> str | None:
   return "tests_failed"
 
 
-def check_exercises(exercises: list[dict], timeout_s: float = 3.0, memory_mb: int = 512,
-                    workers: int = 1, sandbox: str = "bwrap") -> list[str | None]:
+def check_exercises(
+  exercises: list[dict], timeout_s: float = 3.0, memory_mb: int = 512, workers: int = 1, sandbox: str = "bwrap"
+) -> list[str | None]:
   """Runs each exercise's solution against its own tests in the sandbox: reason or None each."""
-  results = execute.execute_programs([exercise_program(e) for e in exercises], timeout_s=timeout_s,
-                                     memory_mb=memory_mb, workers=workers, sandbox=sandbox)
+  results = execute.execute_programs(
+    [exercise_program(e) for e in exercises], timeout_s=timeout_s, memory_mb=memory_mb, workers=workers, sandbox=sandbox
+  )
   return [execution_rejection(r) for r in results]

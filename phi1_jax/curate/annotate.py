@@ -23,7 +23,6 @@ import asyncio
 import collections
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path

@@ -47,6 +47,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -263,9 +264,22 @@ def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) 
   # spawn, not fork: the caller may be a JAX process, and forking one is unsafe. An executor,
   # not a Pool: a worker that dies or cannot start raises BrokenProcessPool instead of hanging.
   ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(
-    workers, mp_context=ctx, initializer=_init_pool_worker, initargs=(tokenizer_path,)
-  ) as pool:
+  # Ctrl-C reaches the whole process group, workers still importing included: they are started
+  # with SIGINT ignored, a disposition that a spawned interpreter keeps from its first instruction,
+  # so none prints a traceback (the parent stops and kills them). A Ctrl-C in the milliseconds
+  # the starts take is ignored; the next one stops the run.
+  in_main_thread = threading.current_thread() is threading.main_thread()  # where signal.signal may be called
+  handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+  try:
+    pool = concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=ctx, initializer=_init_pool_worker, initargs=(tokenizer_path,)
+    )
+    for _ in range(workers):  # back to back: each submit starts a worker now
+      pool.submit(int)
+  finally:
+    if in_main_thread:
+      signal.signal(signal.SIGINT, handler)
+  with pool:
     pending = collections.deque()
     try:
       for unit in units:

@@ -291,7 +291,9 @@ def test_tpu_pod_usage_errors():
 
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck is not installed (apt-get install shellcheck)")
-@pytest.mark.parametrize("script", ["launch/slurm_local_cluster.sh", "docs/chain.sh"])
+@pytest.mark.parametrize(
+  "script", ["launch/tpu_pod.sh", "launch/slurm.sbatch", "launch/slurm_local_cluster.sh", "docs/chain.sh"]
+)
 def test_shell_scripts_pass_shellcheck(script):
   proc = subprocess.run(["shellcheck", "--shell=bash", script], cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout

@@ -127,7 +127,6 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(
   assert f"resumed from {tmp_path}/checkpoints/{saved}" in out.stdout
 
 
-@pytest.mark.slow
 def save_tiny_checkpoint(path, **fields):
   from flax import nnx
 
@@ -153,6 +152,7 @@ def save_tiny_checkpoint(path, **fields):
   convert.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
 
 
+@pytest.mark.slow
 def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, textbooks):
   from phi1_jax.config import ARCHITECTURE_FIELDS
 

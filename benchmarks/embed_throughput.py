@@ -1,4 +1,4 @@
-"""Embedding throughput: phi1_jax.embed.Embedder against transformers' PhiModel, then `curate filter`
+"""Embedding throughput: phi1_jax.stages.embed.Embedder against transformers' PhiModel, then `curate filter`
 documents/s with 1 and 2 workers.
 
 Part 1: both sides embed the same documents (random token ids, lengths uniform in
@@ -36,9 +36,9 @@ def compare(args, tmp: Path):
   import torch
   from transformers import PhiConfig, PhiForCausalLM
 
-  from phi1_jax import convert
+  from phi1_jax.model import hf as convert
   from phi1_jax.data.tokenizer import train_tokenizer
-  from phi1_jax.embed import Embedder
+  from phi1_jax.stages.embed import Embedder
 
   if jax.default_backend() != "cpu":  # torch computes float32 matmuls in full float32 by default
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -90,7 +90,7 @@ def compare(args, tmp: Path):
     return embedder.embed_tokens(docs)
 
   # Ours sorts within chunks of 8 batches; give it all documents as one chunk so batches match torch's.
-  import phi1_jax.embed as embed_mod
+  import phi1_jax.stages.embed as embed_mod
 
   embed_mod._SORT_CHUNK_BATCHES = -(-len(docs) // args.batch)
   a, b = ours(), torch_embed()  # warm-up: compilation of every bucket, first-call allocations

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from phi1_jax import sample
+from phi1_jax.inference import sampler as sample
 from phi1_jax.config import PHI1_MODEL
-from phi1_jax.model import ModelConfig, Phi
+from phi1_jax.model.phi import ModelConfig, Phi
 
 
 def main():

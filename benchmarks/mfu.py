@@ -4,7 +4,7 @@ r"""Training throughput and MFU of phi-1-small and phi-1 on the devices present,
     python benchmarks/mfu.py --small            # CPU: 2 layers x 256 wide, seq 256 (about a minute)
     python benchmarks/mfu.py --configs=phi1 --attn_dropout=0.1 --attn_impl=auto,xla   # kernel vs unfused
 
-The `attention` column says which attention ran: "pallas" (phi1_jax.attention's fused kernel with
+The `attention` column says which attention ran: "pallas" (phi1_jax.model.flash's fused kernel with
 dropout inside, tiles from PHI1_FLASH_BLOCKS or the defaults), "cudnn" (jax's cuDNN fused
 attention, no dropout) or "xla" (unfused; with dropout the probabilities are written out).
 
@@ -33,8 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "configs"))
 
-from phi1_jax import attention as flash, sharding, train  # noqa: E402
-from phi1_jax.metrics import flops_per_token, peak_flops  # noqa: E402
+from phi1_jax.model import flash
+from phi1_jax.model import sharding
+from phi1_jax.train import loop as train  # noqa: E402
+from phi1_jax.train.metrics import flops_per_token, peak_flops  # noqa: E402
 
 SMALL_SHAPES = dict(n_layers=2, d_model=256, n_heads=4, head_dim=64, mlp_dim=1024, vocab_size=4096)
 

@@ -1,6 +1,6 @@
-"""Greedy decoding throughput: phi1_jax.sample.generate against transformers' generate.
+"""Greedy decoding throughput: phi1_jax.inference.sampler.generate against transformers' generate.
 
-Both run the same PhiForCausalLM weights (random, converted with phi1_jax.convert.hf_to_params)
+Both run the same PhiForCausalLM weights (random, converted with phi1_jax.model.hf.hf_to_params)
 on the same left-padded prompts of different lengths, greedy, exactly --new_tokens new tokens
 each (no eos), KV cache on both sides. Warm-up (compilation, first-call allocation) is excluded;
 each side's time is the best of --repeats runs,
@@ -35,8 +35,8 @@ def main():
   import torch
   from transformers import PhiConfig, PhiForCausalLM
 
-  from phi1_jax import convert
-  from phi1_jax.sample import generate
+  from phi1_jax.model import hf as convert
+  from phi1_jax.inference.sampler import generate
 
   if jax.default_backend() != "cpu":  # torch computes float32 matmuls in full float32 by default
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -101,7 +101,7 @@ def main():
     f"model: d_model={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads} vocab={cfg.vocab_size}; "
     f"batch={args.batch}, prompt lengths {min(lengths)}..{max(lengths)}, {args.new_tokens} new tokens each"
   )
-  print(f"phi1_jax.sample.generate: {n_new / jax_s:9.1f} tokens/s ({jax_s:.3f}s)")
+  print(f"phi1_jax.inference.sampler.generate: {n_new / jax_s:9.1f} tokens/s ({jax_s:.3f}s)")
   print(f"transformers generate:    {n_new / hf_s:9.1f} tokens/s ({hf_s:.3f}s)")
   print(f"ratio phi1_jax / transformers: {hf_s / jax_s:.2f}x; identical greedy rows: {same}/{args.batch}")
 

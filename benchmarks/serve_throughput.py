@@ -1,5 +1,5 @@
 """Serving throughput: continuous batching against one request at a time and against one direct
-`phi1_jax.sample.generate` call on the same batch.
+`phi1_jax.inference.sampler.generate` call on the same batch.
 
   PYTHONPATH=. python benchmarks/serve_throughput.py [--clients=32 --d_model=128 --n_layers=4 ...]
 
@@ -13,7 +13,7 @@ max_tokens) three ways, interleaved, best of --repeats each:
   direct      one generate() call in this process on the same prompts (max_new_tokens = the
               largest max_tokens), with the server idle: the floor the server's overhead is measured on
   engine      (also) the server's batching engine in this process, no HTTP: all requests submitted
-              at once to `phi1_jax.engine.Engine` (its own thread, --clients slots)
+              at once to `phi1_jax.inference.engine.Engine` (its own thread, --clients slots)
 
 Prints each mode's seconds and completion tokens/s, the ratios, and whether all gave the same
 text (greedy: they must).
@@ -43,9 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _make_checkpoint(out: Path, args) -> None:
   from flax import nnx
 
-  from phi1_jax import convert
+  from phi1_jax.model import hf as convert
   from phi1_jax.data.tokenizer import train_tokenizer
-  from phi1_jax.model import ModelConfig, Phi
+  from phi1_jax.model.phi import ModelConfig, Phi
 
   train_tokenizer([REPO / "phi1_jax"], args.tokenizer_vocab, out / "tok")
   cfg = ModelConfig(
@@ -122,7 +122,7 @@ def main():
 
   import openai
 
-  from phi1_jax import sample
+  from phi1_jax.inference import sampler as sample
 
   work = Path(tempfile.mkdtemp(prefix="serve_bench_"))
   _make_checkpoint(work, args)
@@ -162,7 +162,7 @@ def main():
     )
     return [(tok.decode(r[:m]), min(len(r) + 1, m)) for r, m in zip(rows, max_tokens)]
 
-  from phi1_jax import engine as engine_lib
+  from phi1_jax.inference import engine as engine_lib
 
   eng = engine_lib.Engine(model, tok, max_batch=args.clients, max_queue=args.clients, max_seq_len=args.max_seq_len)
   eng.start()

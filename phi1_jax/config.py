@@ -23,7 +23,7 @@ PHI1_SMALL_MODEL = dict(PHI1_MODEL, d_model=1024, n_layers=20, n_heads=16, mlp_d
 
 
 def model_config(**fields) -> ml_collections.ConfigDict:
-  """All `phi1_jax.model.ModelConfig` fields, so overrides of any of them type-check."""
+  """All `phi1_jax.model.phi.ModelConfig` fields, so overrides of any of them type-check."""
   base = dict(
     vocab_size=51200,
     d_model=2048,

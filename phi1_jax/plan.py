@@ -60,8 +60,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from phi1_jax import sharding, train  # noqa: E402
-from phi1_jax.metrics import flops_per_token  # noqa: E402
+from phi1_jax.model import sharding
+from phi1_jax.train import loop as train  # noqa: E402
+from phi1_jax.train.metrics import flops_per_token  # noqa: E402
 
 _CONFIG = train._CONFIG  # the trainer's --config flag (and its --config.* overrides)
 _MESH = flags.DEFINE_string("mesh", "", "data=D,fsdp=F,tensor=T (one may be -1); default: the config's mesh.")

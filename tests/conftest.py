@@ -59,9 +59,9 @@ def tiny_checkpoint(stdlib_cache, tmp_path_factory) -> Path:
 
   from flax import nnx
 
-  from phi1_jax import convert
+  from phi1_jax.model import hf as convert
   from phi1_jax.data import stdlib_corpus
-  from phi1_jax.model import ModelConfig, Phi
+  from phi1_jax.model.phi import ModelConfig, Phi
 
   tok_dir, _ = stdlib_corpus.ensure_stdlib_data(stdlib_cache, TINY_VOCAB, TINY_SEQ_LEN)
   cfg = ModelConfig(

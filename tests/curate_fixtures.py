@@ -9,9 +9,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from phi1_jax import convert
+from phi1_jax.model import hf as convert
 from phi1_jax.data.tokenizer import train_tokenizer
-from phi1_jax.model import ModelConfig, Phi
+from phi1_jax.model.phi import ModelConfig, Phi
 
 STDLIB = Path(os.__file__).resolve().parent
 TINY = ModelConfig(

@@ -1,4 +1,4 @@
-"""phi1_jax.attention: the fused dropout kernel against the unfused path, and the dropout mask's
+"""phi1_jax.model.flash: the fused dropout kernel against the unfused path, and the dropout mask's
 statistics. On CPU the kernel runs in Pallas' interpreter; on a GPU (benchmarks/gpu_check.sh) the
 same tests run it compiled by Triton, where float32 dots are TF32 (hence the looser tolerance)."""
 
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phi1_jax import attention as A
+from phi1_jax.model import flash as A
 
 B, L, N, H = 2, 64, 2, 16
 # Forward and backward tiled differently: matching gradients show that the backward kernel
@@ -113,7 +113,7 @@ def test_kernel_lowers_for_cuda():
 def test_model_attention_pallas_and_unfused_paths_drop_the_same_positions():
   """model.attention with impl "pallas" (the kernel) and "xla" (probabilities written out) agree
   under the same dropout key; "auto" is the kernel on GPU, the unfused path elsewhere."""
-  from phi1_jax.model import attention
+  from phi1_jax.model.phi import attention
 
   q, k, v = _qkv(2, (2, 32, 2, 16))
   key = jax.random.key(5)
@@ -131,7 +131,8 @@ SHARDED_CHECK = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
-from phi1_jax import attention as A, sharding
+from phi1_jax.model import flash as A
+from phi1_jax.model import sharding
 blocks = A.Blocks(block_q=16, block_k=16, bwd_outer=16, bwd_inner=16)
 rng = np.random.RandomState(0)
 q, k, v = (jnp.asarray(rng.normal(size=(2, 16, 2, 16)).astype(np.float32)) for _ in range(3))

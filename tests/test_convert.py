@@ -15,8 +15,9 @@ import safetensors.numpy
 import torch
 import transformers
 
-from phi1_jax import convert
-from phi1_jax.model import ModelConfig
+from phi1_jax.model import hf as convert
+from phi1_jax import convert as convert_cli
+from phi1_jax.model.phi import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,7 +179,7 @@ def test_cli_refuses_bad_checkpoint_and_writes_nothing(hf_files, tmp_path):
 def test_cli_flags_are_checked_by_argparse(capsys):
   for argv in (["hf-to-orbax", "--out", "x"], ["orbax-to-hf", "--ckpt", "x"], ["to-gguf"], []):
     with pytest.raises(SystemExit) as info:
-      convert.main(argv)
+      convert_cli.main(argv)
     assert info.value.code == 2
 
 
@@ -186,11 +187,11 @@ def test_non_empty_out_is_refused_empty_out_is_used(hf_dir, tmp_path):
   taken = tmp_path / "taken"
   taken.mkdir()
   (taken / "notes.txt").write_text("mine")
-  assert convert.main(["hf-to-orbax", "--hf_dir", str(hf_dir), "--out", str(taken)]) == 2
+  assert convert_cli.main(["hf-to-orbax", "--hf_dir", str(hf_dir), "--out", str(taken)]) == 2
   assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
   empty = tmp_path / "empty"
   empty.mkdir()
-  assert convert.main(["hf-to-orbax", "--hf_dir", str(hf_dir), "--out", str(empty)]) == 0
+  assert convert_cli.main(["hf-to-orbax", "--hf_dir", str(hf_dir), "--out", str(empty)]) == 0
   assert sorted(p.name for p in empty.iterdir()) == ["model_config.json", "params"]
 
 
@@ -242,7 +243,7 @@ def test_trainer_checkpoints_are_found_and_exported(hf_files, tmp_path, item):
   assert not np.any(step3["embed"])
 
   out = tmp_path / "exported"
-  assert convert.main(["orbax-to-hf", "--ckpt", str(workdir), "--out", str(out)]) == 0
+  assert convert_cli.main(["orbax-to-hf", "--ckpt", str(workdir), "--out", str(out)]) == 0
   _, exported = convert.read_hf_dir(out)
   _, original = hf_files
   assert set(exported) == set(original)
@@ -271,7 +272,7 @@ def trainer_workdir(tmp_path_factory):
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
   from phi1_jax.data.tokenizer import EOS_TOKEN
-  from phi1_jax.model import Phi
+  from phi1_jax.model.phi import Phi
 
   cfg = ModelConfig(
     vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4, max_seq_len=64, eos_id=0

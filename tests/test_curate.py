@@ -574,7 +574,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 from datatrove.utils.logging import logger
-from phi1_jax import executors
+from phi1_jax.stages import executors
 
 def fail(data, rank=0, world_size=1):
   logger.info("about to fail")

@@ -1,4 +1,4 @@
-"""phi1_jax.embed and `curate embed`: pooled hidden states of a tiny checkpoint, checked against the
+"""phi1_jax.stages.embed and `curate embed`: pooled hidden states of a tiny checkpoint, checked against the
 model run one document at a time; batching, padding, device count and the checkpoint format
 (phi1_jax or Hugging Face) do not change the vectors; the command's shards resume."""
 
@@ -15,9 +15,9 @@ import pytest
 
 from conftest import REPO
 from curate_fixtures import STDLIB, make_checkpoint
-from phi1_jax import convert
+from phi1_jax.model import hf as convert
 from phi1_jax.curate.embeddings import load_embeddings
-from phi1_jax.embed import Embedder
+from phi1_jax.stages.embed import Embedder
 
 TEXTS = [(STDLIB / "json" / n).read_text() for n in ("__init__.py", "tool.py")] + ["x = 1", "def f():\n  pass\n", "y"]
 

@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from phi1_jax import convert
+from phi1_jax.model import hf as convert
 from phi1_jax.decontam import report as report_lib
 from phi1_jax.decontam.index import METHODS
 from phi1_jax.data.tokenizer import load_tokenizer, train_tokenizer
 from phi1_jax.eval import __main__ as eval_cli
 from phi1_jax.eval import harness
 from phi1_jax.eval.problems import load_humaneval
-from phi1_jax.model import ModelConfig, Phi
-from phi1_jax.sample import generate, sample_texts
+from phi1_jax.model.phi import ModelConfig, Phi
+from phi1_jax.inference.sampler import generate, sample_texts
 
 REPO = Path(__file__).resolve().parents[1]
 STDLIB = Path(os.__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""phi1_jax.llm against a real, deliberately misbehaving HTTP endpoint on 127.0.0.1."""
+"""phi1_jax.stages.llm against a real, deliberately misbehaving HTTP endpoint on 127.0.0.1."""
 
 import asyncio
 import json
@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from phi1_jax import llm as llm_lib
+from phi1_jax.stages import llm as llm_lib
 from conftest import REPO, free_port
 from llm_servers import FaultyLLMServer, canonical, echo_responder
 
@@ -141,7 +141,7 @@ def test_caps_stop_cleanly_and_cached_answers_stay_free(server, tmp_path):
 
 CLIENT = """
 import asyncio, sys
-from phi1_jax import llm
+from phi1_jax.stages import llm
 async def main(base_url, cache, n):
   client = llm.LLM(base_url, cache_path=cache, concurrency=4, backoff_base_s=0.01)
   requests = [llm.chat_request("test-model", [{"role": "user", "content": f"q {i}"}], seed=i, max_tokens=16)

@@ -1,4 +1,4 @@
-"""Properties of phi1_jax.model that parity with transformers alone would not pin down."""
+"""Properties of phi1_jax.model.phi that parity with transformers alone would not pin down."""
 
 import dataclasses
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from phi1_jax.model import ModelConfig, abstract_model, count_params, rotary
+from phi1_jax.model.phi import ModelConfig, abstract_model, count_params, rotary
 
 TINY = ModelConfig(
   vocab_size=53,

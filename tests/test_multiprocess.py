@@ -74,7 +74,8 @@ def worker(mode: str, ckpt_dir: str, out: str, dist_flags: list[str]) -> None:
   import jax
   import orbax.checkpoint as ocp
 
-  from phi1_jax import sharding, train
+  from phi1_jax.model import sharding
+  from phi1_jax.train import loop as train
 
   sys.path.insert(0, str(REPO / "configs"))
   import tiny
@@ -167,7 +168,8 @@ def _final_params(workdir: Path, step: int = 6):
   import orbax.checkpoint as ocp
   from ml_collections import config_dict
 
-  from phi1_jax import sharding, train
+  from phi1_jax.model import sharding
+  from phi1_jax.train import loop as train
 
   sys.path.insert(0, str(REPO / "configs"))
   import tiny

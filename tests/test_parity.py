@@ -15,7 +15,7 @@ import torch
 import transformers
 from flax import nnx
 
-from phi1_jax import convert
+from phi1_jax.model import hf as convert
 
 TOL = 1e-4  # max |logits difference| in float32
 

@@ -23,8 +23,8 @@ import openai
 import pytest
 
 from conftest import serve_process
-from phi1_jax import sample
-from phi1_jax.openai_api import CHAT_STOPS, chat_prompt
+from phi1_jax.inference import sampler as sample
+from phi1_jax.inference.openai_api import CHAT_STOPS, chat_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BATCH, MAX_QUEUE = 8, 24
@@ -106,7 +106,7 @@ def test_health_and_models(server, client):
 
 def test_concurrent_greedy_requests_equal_sample_generate(server, client, reference):
   """20 requests (more than the 8 slots: later ones join as others finish), different prompt
-  lengths and max_tokens, each equal to phi1_jax.sample.generate's greedy tokens."""
+  lengths and max_tokens, each equal to phi1_jax.inference.sampler.generate's greedy tokens."""
   prompts = _prompts(20)
   max_tokens = [8 + (i * 7) % 17 for i in range(len(prompts))]
   ref = _greedy_reference(reference, prompts, max(max_tokens))

@@ -17,7 +17,8 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from ml_collections import config_dict
-    from phi1_jax import sharding, train
+    from phi1_jax.model import sharding
+    from phi1_jax.train import loop as train
     sys.path.insert(0, "configs")
     import tiny
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import REPO, run_module
-from phi1_jax.sweep import plan as plan_lib
+from phi1_jax.sweep import spec as spec_lib
 from phi1_jax.sweep import trials as trial_lib
 from phi1_jax.sweep.__main__ import main as sweep_main
 
@@ -111,8 +111,8 @@ def test_random_search_plan_is_seeded_named_and_in_bounds():
     seed=7,
     sets=[],
   )
-  plan = plan_lib.make_plan("configs/tiny.py", **specs)
-  assert plan == plan_lib.make_plan("configs/tiny.py", **specs)  # the same command, the same trials
+  plan = spec_lib.make_plan("configs/tiny.py", **specs)
+  assert plan == spec_lib.make_plan("configs/tiny.py", **specs)  # the same command, the same trials
   assert plan["swept"] == ["seed", "optimizer.lr", "optimizer.warmup_steps", "model.attention_impl"]
   trials = plan["trials"]
   assert len(trials) == 6 and [t["overrides"]["seed"] for t in trials] == [0, 1] * 3  # every draw meets the grid
@@ -126,7 +126,7 @@ def test_random_search_plan_is_seeded_named_and_in_bounds():
     )
     assert f"--config.optimizer.lr={o['optimizer.lr']!r}" in t["args"]
   assert len({t["overrides"]["optimizer.lr"] for t in trials}) == 3
-  other = plan_lib.make_plan("configs/tiny.py", **dict(specs, seed=8))
+  other = spec_lib.make_plan("configs/tiny.py", **dict(specs, seed=8))
   assert [t["overrides"] for t in other["trials"]] != [t["overrides"] for t in trials]
 
 
@@ -175,7 +175,7 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
       [sys.executable, "-m", "phi1_jax.sweep", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     _wait(lambda: (root / "sweep.json").exists(), "the plan")
-    plan = plan_lib.read_plan(root)
+    plan = spec_lib.read_plan(root)
     names = [t["name"] for t in plan["trials"]]
     assert names == [
       "00_lr=0.001,warmup_steps=0",
@@ -285,7 +285,7 @@ def test_slurm_array_runs_the_trials_and_resubmits_only_unfinished_ones(tmp_path
   out = run_module("phi1_jax.sweep", *args, env=env, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert "--array=0,1 " in out.stdout and "submitted job array" in out.stdout
-  plan = plan_lib.read_plan(root)
+  plan = spec_lib.read_plan(root)
   assert [trial_lib.status(root, t) for t in plan["trials"]] == ["finished", "finished"]
   task_logs = sorted((root / "slurm").glob("*.out"))
   assert len(task_logs) == 2

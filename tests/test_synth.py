@@ -19,7 +19,8 @@ import pytest
 from conftest import REPO, run_module
 from data_fixtures import small_tokenizer  # noqa: F401
 from llm_servers import FaultyLLMServer, canonical
-from phi1_jax import cli, llm as llm_lib
+from phi1_jax import cli
+from phi1_jax.stages import llm as llm_lib
 from phi1_jax.synth import prompts, validate
 from phi1_jax.synth.__main__ import main as synth_main
 from synth_responders import exercise_responder, textbook_responder

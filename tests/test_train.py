@@ -224,7 +224,7 @@ def test_humaneval_metrics_during_training(tmp_path, stdlib_cache):
 
 def test_schedule_and_weight_decay_mask():
   import ml_collections
-  from phi1_jax import train
+  from phi1_jax.train import loop as train
 
   opt = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=10, end_lr=0.1))
   lr = train.lr_schedule(opt, total_steps=100)

@@ -130,8 +130,8 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(
 def save_tiny_checkpoint(path, **fields):
   from flax import nnx
 
-  from phi1_jax import convert
-  from phi1_jax.model import ModelConfig, Phi
+  from phi1_jax.model import hf as convert
+  from phi1_jax.model.phi import ModelConfig, Phi
 
   cfg = ModelConfig(
     **{
@@ -204,7 +204,7 @@ def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, 
 
 
 def test_space_warning_before_a_save():
-  from phi1_jax.train import space_warning
+  from phi1_jax.train.loop import space_warning
 
   mb = 1_000_000
   assert space_warning("ck", 4, 6, need=7 * mb, free=20 * mb, deletes_one=False) is None  # room for two more
@@ -275,9 +275,10 @@ def test_architecture_of_a_hugging_face_init_from(tmp_path):
 
   from flax import nnx
 
-  from phi1_jax import convert, train
+  from phi1_jax.model import hf as convert
+  from phi1_jax.train import loop as train
   from phi1_jax.config import ARCHITECTURE_FIELDS
-  from phi1_jax.model import ModelConfig, Phi
+  from phi1_jax.model.phi import ModelConfig, Phi
 
   cfg = ModelConfig(
     vocab_size=TINY_VOCAB,

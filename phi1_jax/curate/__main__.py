@@ -20,7 +20,7 @@ from typing import Sequence
 
 from phi1_jax.cli import OneLineParser
 from phi1_jax.curate.common import UserError
-from phi1_jax.executors import StagesIncomplete
+from phi1_jax.stages.executors import StagesIncomplete
 
 
 def _add_input(p, required=True):
@@ -46,7 +46,8 @@ def _add_sample(p):
 def parser() -> argparse.ArgumentParser:
   # Imported here, not at the top: datatrove's worker processes re-import this module, and they
   # need neither the openai client nor the parser.
-  from phi1_jax import executors, llm as llm_lib
+  from phi1_jax.stages import executors
+  from phi1_jax.stages import llm as llm_lib
 
   root = OneLineParser(prog="python -m phi1_jax.curate", description=__doc__.split("\n")[0])
   cmds = root.add_subparsers(dest="command", required=True, parser_class=OneLineParser)

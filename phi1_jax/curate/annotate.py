@@ -8,7 +8,7 @@ the first token's top 5 logprobs.
 
   OUT/annotations.jsonl  {"id", "score", "response", "model", "usage"}, one row per document, written
                          (and flushed) the moment its answer arrives
-  OUT/llm_cache.sqlite   every answer received, committed before it is used (phi1_jax.llm)
+  OUT/llm_cache.sqlite   every answer received, committed before it is used (phi1_jax.stages.llm)
   OUT/llm_metrics.jsonl  the client's progress rows (rate, ETA, retries, tokens)
   OUT/manifest.json      counts, unparseable count, score histogram, tokens, the client's summary
 
@@ -27,7 +27,7 @@ import re
 import sys
 from pathlib import Path
 
-from phi1_jax import llm as llm_lib
+from phi1_jax.stages import llm as llm_lib
 from phi1_jax.curate import documents
 from phi1_jax.curate.common import UserError, check_config, write_json_atomic
 

@@ -65,7 +65,7 @@ def embed_documents(
   if not 0 <= max_bad_fraction <= 1:
     raise UserError(f"--max_bad_fraction={max_bad_fraction} must be in [0, 1]")
   described = documents.describe_inputs(inputs)
-  from phi1_jax.embed import Embedder  # jax is imported only once the flags are known good
+  from phi1_jax.stages.embed import Embedder  # jax is imported only once the flags are known good
 
   try:
     embedder = Embedder(checkpoint, tokenizer, max_len=max_len, pooling=pooling, batch_size=batch_size)

@@ -10,7 +10,7 @@
   OUT/manifest.json: documents and tokens in / above the cut / out per source, kept fractions,
             the classifier's identity and metrics, inputs with checksums.
 
-Each stage runs on a datatrove executor (local pool, SLURM or Ray: phi1_jax/executors.py) whose
+Each stage runs on a datatrove executor (local pool, SLURM or Ray: phi1_jax/stages/executors.py) whose
 logging folder OUT/logs/<stage> holds a completion marker per task: a rerun does no finished task
 again, and a task killed half way is done again from its start, its output file rewritten whole.
 OUT/config.json pins the settings that decide the output; a rerun with other settings is refused.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from phi1_jax import executors
+from phi1_jax.stages import executors
 from phi1_jax.curate import documents
 from phi1_jax.curate.common import UserError, check_config, write_json_atomic
 
@@ -113,7 +113,7 @@ def run_filter(
 ) -> dict | None:
   """Runs (or resumes) every stage; returns the manifest, or None when SLURM jobs were submitted and
   not waited for (the same command again, once they are done, writes the manifest). `run_on`: the
-  executor flags (phi1_jax.executors.add_args); None runs here."""
+  executor flags (phi1_jax.stages.executors.add_args); None runs here."""
   run_on = run_on or SimpleNamespace(executor="local")
   if tasks < 1 or (workers is not None and workers < 1) or batch_size < 1:
     raise UserError(f"--tasks={tasks}, --workers={workers} and --batch_size={batch_size} must be positive")

@@ -149,7 +149,7 @@ def load_scorer(classifier_dir: str, batch_size: int = 16):
   if classifier_dir not in _loaded:
     from phi1_jax.curate.classifier import load_classifier
     from phi1_jax.curate.common import UserError
-    from phi1_jax.embed import Embedder
+    from phi1_jax.stages.embed import Embedder
 
     model, info = load_classifier(classifier_dir)
     e = info["embedder"]

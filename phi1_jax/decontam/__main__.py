@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from phi1_jax import executors
+from phi1_jax.stages import executors
 from phi1_jax.cli import OneLineParser
 
 FORMAT = "phi1_jax.decontam/v1"
@@ -45,7 +45,9 @@ def _parse_args(argv):
   p.add_argument("--ast_tau", type=float, default=0.85, help="AST match rate that removes")
   p.add_argument("--ast_min_nodes", type=int, default=10, help="smaller functions are not compared")
   p.add_argument("--exact_min_chars", type=int, default=0, help="shorter benchmark strings are not searched")
-  p.add_argument("--embed_checkpoint", default=None, help="embedder checkpoint for the L2 method (phi1_jax.embed)")
+  p.add_argument(
+    "--embed_checkpoint", default=None, help="embedder checkpoint for the L2 method (phi1_jax.stages.embed)"
+  )
   p.add_argument("--embed_max_len", type=int, default=512)
   p.add_argument("--embed_max_l2", type=float, default=None, help="L2 distance that removes (default: report only)")
   p.add_argument("--results", default=None, help="eval results file (samples.jsonl_results.jsonl) or its folder")

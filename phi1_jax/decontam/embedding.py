@@ -1,4 +1,4 @@
-"""The embedder of the L2 method: `phi1_jax.embed.Embedder` (the curation stage's), loaded once per process.
+"""The embedder of the L2 method: `phi1_jax.stages.embed.Embedder` (the curation stage's), loaded once per process.
 
 An embedder is any object with `embed(texts: list[str]) -> array [len(texts), D]`; `--embed_checkpoint`
 loads `Embedder(checkpoint, max_len=...)` (masked-mean pooling), Python callers (and tests) can pass
@@ -19,7 +19,7 @@ class EmbedderUnavailable(ValueError):
 def load_embedder(checkpoint: str, max_len: int = 512):
   if not Path(checkpoint).exists():
     raise EmbedderUnavailable(f"--embed_checkpoint={checkpoint}: not found")
-  from phi1_jax.embed import Embedder  # imports JAX: only when the L2 method is asked for
+  from phi1_jax.stages.embed import Embedder  # imports JAX: only when the L2 method is asked for
 
   try:
     return Embedder(checkpoint, max_len=max_len)

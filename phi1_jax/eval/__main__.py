@@ -113,7 +113,7 @@ def _checkpoint_kind(path) -> tuple[str, str]:
     raise ValueError(f"--checkpoint={path}: not found")
   if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
     return "hf", str(path)
-  from phi1_jax import convert
+  from phi1_jax.model import hf as convert
 
   params_dir, _ = convert.find_params_checkpoint(path)  # raises ValueError naming what is missing
   return "params", str(params_dir)
@@ -193,7 +193,7 @@ def _read_partial(path: Path, ids: list[str]) -> dict[int, str]:
 
 
 def _load_model(ckpt: Path, kind: str):
-  from phi1_jax import convert
+  from phi1_jax.model import hf as convert
 
   if kind == "hf":
     return convert.load_hf(ckpt)[1]
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     return 2
 
   import tqdm
-  from phi1_jax import sample
+  from phi1_jax.inference import sampler as sample
   from phi1_jax.eval import harness, problems as problems_lib
 
   start = time.perf_counter()

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from phi1_jax import sample
+from phi1_jax.inference import sampler as sample
 from phi1_jax.eval import execute, problems as problems_lib
 
 

@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from phi1_jax.sweep import plan as plan_lib
-from phi1_jax.sweep.plan import SweepError
+from phi1_jax.sweep import spec as spec_lib
+from phi1_jax.sweep.spec import SweepError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,8 +84,8 @@ def sweep(argv: list[str]) -> int:
   root = Path(args.root)
   if root.exists() and not root.is_dir():
     raise SweepError(f"--root {root} is a file")
-  plan = plan_lib.make_plan(args.config, args.grid, args.space, args.random, args.seed, args.set)
-  plan_lib.save_plan(root, plan, ["python", "-m", "phi1_jax.sweep", *argv])
+  plan = spec_lib.make_plan(args.config, args.grid, args.space, args.random, args.seed, args.set)
+  spec_lib.save_plan(root, plan, ["python", "-m", "phi1_jax.sweep", *argv])
   if args.executor == "slurm":
     from phi1_jax.sweep import slurm
 
@@ -100,7 +100,7 @@ def report(argv: list[str]) -> int:
   root = Path(args.root)
   from phi1_jax.sweep import report as report_lib
 
-  report_lib.report(root, plan_lib.read_plan(root), args.metric, args.mode or report_lib.default_mode(args.metric))
+  report_lib.report(root, spec_lib.read_plan(root), args.metric, args.mode or report_lib.default_mode(args.metric))
   return 0
 
 
@@ -111,7 +111,7 @@ def trial(argv: list[str]) -> int:
 
   args = _trial_parser().parse_args(argv)
   root = Path(args.root)
-  plan = plan_lib.read_plan(root)
+  plan = spec_lib.read_plan(root)
   if not 0 <= args.index < len(plan["trials"]):
     raise SweepError(f"--index={args.index}: the sweep has trials 0..{len(plan['trials']) - 1}")
   t = plan["trials"][args.index]
@@ -126,7 +126,7 @@ def trial(argv: list[str]) -> int:
   command, env = local.TRAINER, None
   if args.launcher == "slurm":  # launch/slurm.sbatch runs srun $PYTHON -m phi1_jax.train
     command, env = slurm.trainer_command(), {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
-  attempt = trial_lib.Attempt(root, t, lock, command + plan_lib.trainer_args(plan, t, root), env)
+  attempt = trial_lib.Attempt(root, t, lock, command + spec_lib.trainer_args(plan, t, root), env)
   print(f"run {t['name']} (attempt {attempt.number}, log {attempt.log_path})", flush=True)
   for sig in (signal.SIGTERM, signal.SIGINT):  # a cancelled task: the trainer saves and exits
     signal.signal(sig, lambda signum, frame: attempt.proc.send_signal(signal.SIGTERM))

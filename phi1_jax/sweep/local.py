@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from phi1_jax.sweep import plan as plan_lib
+from phi1_jax.sweep import spec as spec_lib
 from phi1_jax.sweep import trials as trial_lib
 from phi1_jax.sweep.trials import duration
 
@@ -163,7 +163,7 @@ def _start_next(root, plan, todo: list[dict], env, waiting_noted: set, log) -> t
       lock.close()
       log(f"skip {trial['name']}: finished")
       continue
-    attempt = trial_lib.Attempt(root, trial, lock, TRAINER + plan_lib.trainer_args(plan, trial, root), env)
+    attempt = trial_lib.Attempt(root, trial, lock, TRAINER + spec_lib.trainer_args(plan, trial, root), env)
     how = f"resume from step {attempt.resumed_from}" if attempt.resumed_from is not None else "start"
     log(f"{how} {trial['name']} (attempt {attempt.number}, log {attempt.log_path})")
     return attempt

@@ -168,7 +168,7 @@ def _check_metric(root: Path, plan: dict, rows: list[dict], metric: str) -> None
     for r in metric_rows(trial_lib.workdir(root, trial)):
       logged |= set(r)
   if logged:
-    from phi1_jax.sweep.plan import SweepError
+    from phi1_jax.sweep.spec import SweepError
 
     known = sorted(set(COLUMNS) - {"status"} | logged - {"step", "time"})
     raise SweepError(f"--metric={metric}: no trial has it; known: {', '.join(known)}")

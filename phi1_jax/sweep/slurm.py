@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from phi1_jax.sweep.plan import SweepError
+from phi1_jax.sweep.spec import SweepError
 from phi1_jax.sweep import trials as trial_lib
 
 

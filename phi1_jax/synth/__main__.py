@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from phi1_jax import cli, executors
+from phi1_jax import cli
+from phi1_jax.stages import executors
 from phi1_jax.cli import OneLineParser
 from phi1_jax.eval import sandbox as sandbox_lib
 
@@ -54,7 +55,7 @@ class SynthError(Exception):
 
 
 def _parse_args(argv):
-  from phi1_jax import llm as llm_lib
+  from phi1_jax.stages import llm as llm_lib
 
   parser = OneLineParser(prog="python -m phi1_jax.synth", description=__doc__.split("\n\n")[0])
   kinds = parser.add_subparsers(dest="kind", required=True, parser_class=OneLineParser)
@@ -122,7 +123,7 @@ def _config(args) -> dict:
 
 
 def _check(args) -> None:
-  from phi1_jax import llm as llm_lib
+  from phi1_jax.stages import llm as llm_lib
 
   if args.n < 1:
     raise SynthError(f"--n must be >= 1, got {args.n}")
@@ -326,7 +327,7 @@ def write_manifest(args, config: dict, fingerprint: str, out: Path, seconds: flo
 
 
 def _report(manifest: dict, out: Path) -> None:
-  from phi1_jax import llm as llm_lib
+  from phi1_jax.stages import llm as llm_lib
 
   counts, diversity = manifest["counts"], manifest["diversity"]
   failures = manifest["llm"].get("failures")  # why requests failed, e.g. HTTP 400: a prompt too long for the model

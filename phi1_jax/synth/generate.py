@@ -4,7 +4,7 @@
 front of a `JsonlWriter` and runs it with a datatrove executor. Task `rank` of `world` owns the
 prompt indices i = rank, rank + world, ... and writes its share of `--n` documents: the first ones,
 in index order, that pass validation and are not near duplicates of one kept before (the output
-does not depend on answer timing). Requests go through `phi1_jax.llm`, whose SQLite cache makes a
+does not depend on answer timing). Requests go through `phi1_jax.stages.llm`, whose SQLite cache makes a
 rerun after any kill replay the paid answers for free. Each task writes its counts to
 `OUT/.synth/tasks/RANK.json` for the manifest.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 
-from phi1_jax import llm as llm_lib
+from phi1_jax.stages import llm as llm_lib
 from phi1_jax.synth import dedup, prompts, validate
 
 SOURCES = {"textbooks": "synthetic_textbook", "exercises": "synthetic_exercise"}

@@ -16,7 +16,7 @@ import dataclasses
 import math
 import os
 
-from phi1_jax.engine import MAX_TOP_LOGPROBS, Params, Token
+from phi1_jax.inference.engine import MAX_TOP_LOGPROBS, Params, Token
 
 CHAT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 CHAT_STOPS = ("\nUser:", "\nSystem:", "\nAssistant:")

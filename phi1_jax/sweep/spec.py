@@ -168,7 +168,7 @@ def _check_trial(config, name: str) -> None:
   import jax
 
   jax.config.update("jax_platforms", "cpu")  # this process never trains; leave accelerators to the trials
-  from phi1_jax import train
+  from phi1_jax.train import loop as train
 
   try:
     train.check_config(config)

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding this phi1_jax
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this phi1_jax
 _PROGRESS_EVERY_S = 10.0
 
 

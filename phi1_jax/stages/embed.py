@@ -26,7 +26,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from phi1_jax import convert, paths, sample
+from phi1_jax import paths
+from phi1_jax.model import hf as convert
+from phi1_jax.inference import sampler as sample
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
 POOLINGS = ("mean", "last")

@@ -398,7 +398,7 @@ def _sharded(q, k, v, seed, rate, blocks, interpret, mesh):
   """The kernel under shard_map: each shard runs its rows and heads, offsetting the mask's
   (batch, head) indices by the shard's position."""
   from jax.sharding import PartitionSpec as P
-  from phi1_jax.sharding import ACTIVATION_RULES, logical_to_spec
+  from phi1_jax.model.sharding import ACTIVATION_RULES, logical_to_spec
 
   spec = logical_to_spec(("batch", "length", "heads", "head_dim"), q.shape, ACTIVATION_RULES, mesh)
   batch_axes, head_axes = spec[0], spec[2]

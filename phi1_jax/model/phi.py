@@ -6,7 +6,7 @@ Computes what `transformers.PhiForCausalLM` computes (tests/test_parity.py check
 
 Layer parameters are stacked along a leading `layers` axis and the blocks run under
 `jax.lax.scan`, so compile time does not grow with depth. Every parameter carries logical axis
-names in its `logical_axes` metadata; `phi1_jax.sharding` maps them to mesh axes by rules.
+names in its `logical_axes` metadata; `phi1_jax.model.sharding` maps them to mesh axes by rules.
 
 Shapes in names: B batch, L query length, S key length, D d_model, N heads, H head dim,
 F mlp dim, V vocab, Y layers.
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from phi1_jax import attention as flash
-from phi1_jax.sharding import constrain
+from phi1_jax.model import flash
+from phi1_jax.model.sharding import constrain
 
 REMAT_POLICIES = {
   "none": None,
@@ -51,7 +51,7 @@ class ModelConfig:
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
   dtype: str = "float32"  # compute dtype; parameters stay float32
-  # "xla", "cudnn" (fused kernel on GPU, no dropout), "pallas" (phi1_jax.attention's kernel, dropout
+  # "xla", "cudnn" (fused kernel on GPU, no dropout), "pallas" (phi1_jax.model.flash's kernel, dropout
   # inside; interpreted off GPU) or "auto" (on GPU: pallas with attention dropout, else cudnn)
   attention_impl: str = "xla"
   doc_mask: bool = False  # forbid attention across <|endoftext|> in packed sequences
@@ -143,7 +143,7 @@ def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask_BxLxS, *, is_causal, impl, d
   """Scaled dot-product attention with the softmax in float32.
 
   Without attention dropout this is `jax.nn.dot_product_attention`, so XLA or cuDNN can fuse it.
-  With dropout, causal and no mask array, "pallas" (and "auto" on GPU) runs `phi1_jax.attention`'s
+  With dropout, causal and no mask array, "pallas" (and "auto" on GPU) runs `phi1_jax.model.flash`'s
   fused kernel; otherwise the probabilities are written out and dropped here. Both paths drop the
   same positions: the mask is a hash of (key, batch, head, query, key position).
   """

@@ -34,9 +34,10 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from phi1_jax import paths, sharding
-from phi1_jax.metrics import MetricWriter, Progress, _duration, flops_per_token, peak_flops
-from phi1_jax.model import ModelConfig, Phi, abstract_model
+from phi1_jax import paths
+from phi1_jax.model import sharding
+from phi1_jax.train.metrics import MetricWriter, Progress, _duration, flops_per_token, peak_flops
+from phi1_jax.model.phi import ModelConfig, Phi, abstract_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, config.")
@@ -163,7 +164,7 @@ def make_eval_step(graphdef, config):
 
 def checkpoint_model_config(path: str) -> ModelConfig:
   """The ModelConfig of an init_from checkpoint (phi1_jax or Hugging Face), read without its weights."""
-  from phi1_jax import convert
+  from phi1_jax.model import hf as convert
 
   problem = paths.bucket_problem(path)
   if problem:
@@ -543,7 +544,7 @@ def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log
 
 def init_from_pretrained(path: str):
   """Parameters of a phi1_jax checkpoint or a Hugging Face folder (take_architecture checked its config)."""
-  from phi1_jax import convert
+  from phi1_jax.model import hf as convert
 
   try:
     _, params = convert.load_params(path)
@@ -1009,7 +1010,3 @@ def config_path(argv) -> str | None:
     if arg.startswith(("--config=", "-config=")):
       return arg.split("=", 1)[1].split(":", 1)[0]
   return None
-
-
-if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)

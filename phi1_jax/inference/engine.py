@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from phi1_jax import sample
+from phi1_jax.inference import sampler as sample
 
 log = logging.getLogger("phi1_jax.serve")
 MAX_TOP_LOGPROBS = 5  # top alternatives per token that a request may ask for (OpenAI's limit)

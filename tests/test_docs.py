@@ -36,6 +36,40 @@ def test_readme_test_command_is_install_then_tests():
   assert install == "python -m pip install -e '.[test]'" and tests.startswith("python -m pytest"), lines[0]
 
 
+def _missing_name(dotted: str) -> str | None:
+  """Why `phi1_jax.a.b[.name]` names nothing in the repository (a module, then one top-level name), or None."""
+  parts = dotted.split(".")
+  path, i = REPO / parts[0], 1
+  while i < len(parts) and (path / parts[i]).is_dir():
+    path, i = path / parts[i], i + 1
+  if i < len(parts) and (path / f"{parts[i]}.py").is_file():
+    path, i = path / f"{parts[i]}.py", i + 1
+  elif path.is_dir():
+    path = path / "__init__.py"
+  rest = parts[i:]
+  if not rest:
+    return None
+  if len(rest) == 1 and re.search(rf"(?m)^(def|class) {rest[0]}\b|^{rest[0]}\s*[:=]", path.read_text()):
+    return None
+  return f"{dotted} ({'.'.join(rest)} is not in {path.relative_to(REPO)})"
+
+
+def test_docs_name_files_and_modules_that_exist():
+  """Modules move: every repository path and phi1_jax.module.name the docs and README mention is there."""
+  pages = [*sorted((REPO / "docs").glob("*.md")), README]
+  missing = []
+  for page in pages:
+    text = page.read_text()
+    paths = re.findall(
+      r"\b(?:phi1_jax|tests|benchmarks|launch|configs|notebooks|docs)/[\w./-]*\w\.(?:py|txt|json|sh|sbatch|ipynb|md)\b",
+      text,
+    )
+    missing += [f"{page.name}: {p}" for p in sorted(set(paths)) if not (REPO / p).exists()]
+    names = sorted(set(re.findall(r"\bphi1_jax(?:\.\w+)+", text)))
+    missing += [f"{page.name}: {why}" for why in map(_missing_name, names) if why]
+  assert not missing, "the docs name what does not exist:\n" + "\n".join(missing)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
   not importlib.util.find_spec("material"), reason="mkdocs-material is not installed (the docs extra)"

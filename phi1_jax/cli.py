@@ -9,6 +9,17 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
+
+
+class UserError(Exception):
+  """A mistake in the user's input (a flag, a path, a file's contents): one line, exit code 2."""
+
+
+def fail(prog: str, message: object) -> NoReturn:
+  """Ends a command the way every command reports a user mistake: `<prog>: error: <message>`, exit 2."""
+  print(f"{prog}: error: {message}".replace("\n", " "), file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -24,7 +24,7 @@ import pytest
 
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval import sandbox as sandbox_lib
-from phi1_jax.eval.execute import execute_programs
+from phi1_jax.eval.runner import execute_programs
 from test_execute import stray_processes
 
 REPO = Path(__file__).resolve().parents[1]

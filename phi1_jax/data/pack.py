@@ -173,7 +173,7 @@ def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) 
 # ---------------------------------------------------------------- writing
 
 
-class _SplitWriter:
+class SplitWriter:
   """One split's token stream cut into records of seq_len + 1 tokens, written to shards."""
 
   def __init__(self, out: Path, split: str, seq_len: int, eos_id: int, records_per_shard: int):
@@ -269,7 +269,7 @@ def _write_splits(
   described, tokenizer_path, eos_id, seq_len, threshold, out, workers, records_per_shard, progress_desc
 ):
   """One pass: tokenizes everything, writes both splits. Returns counts and every doc's (hash, tokens)."""
-  writers = {s: _SplitWriter(out, s, seq_len, eos_id, records_per_shard) for s in SPLITS}
+  writers = {s: SplitWriter(out, s, seq_len, eos_id, records_per_shard) for s in SPLITS}
   bad, skipped, doc_hashes, doc_lengths = [], collections.Counter(), [], []
   total_bytes = sum(inp["bytes"] for inp in described)
   with _progress(total_bytes, progress_desc) as bar:

@@ -58,7 +58,7 @@ def add_argument(parser) -> None:
   )
 
 
-def _python_paths() -> list[str]:
+def python_paths() -> list[str]:
   """The interpreter's installation folders, outside /usr (bound there already), outermost only."""
   paths = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *site.getsitepackages()) if os.path.isdir(p)}
   paths.add(os.path.dirname(os.path.realpath(sys.executable)))
@@ -108,7 +108,7 @@ def bwrap_command(env: dict[str, str], files: dict[str, str] | None = None) -> l
   # /tmp before the interpreter's binds: a Python installed under /tmp stays visible.
   command += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
   made = {"/tmp"}
-  for path in _python_paths():
+  for path in python_paths():
     # bwrap would copy the modes of the host's parents (/root is 0700): make them traversable.
     parts = path.split("/")[1:-1]
     for depth in range(1, len(parts) + 1):

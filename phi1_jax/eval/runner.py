@@ -46,14 +46,15 @@ KILL_GRACE_S = 1.0  # wall clock beyond the timeout before SIGKILL (official: jo
 SWEEP_INTERVAL_S = 0.25  # how often stray processes and fork bombs are looked for
 MAX_PROCESSES_PER_PROGRAM = 16  # a program's group beyond this is killed as a fork bomb
 MARKER_ENV = "PHI1_EXEC_RUN"
+CHILD_IN_SANDBOX = "/sandbox/child.py"  # where bubblewrap shows the child program, read-only
 # Installed packages stay importable for programs, without running site's .pth hooks.
 _SITE_PACKAGES = [path for path in site.getsitepackages() if os.path.isdir(path)]
-
-CHILD_IN_SANDBOX = "/sandbox/child.py"  # where bubblewrap shows the child program, read-only
 
 
 @dataclasses.dataclass(frozen=True)
 class ExecResult:
+  """How one program ended: `result` is one of the strings the module docstring lists."""
+
   passed: bool
   result: str
   output: str = ""  # the program's stdout and stderr, truncated

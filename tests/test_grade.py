@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, run_module, serve_process
 from llm_servers import FaultyLLMServer, canonical, prompt_text
 from phi1_jax.eval import grade
 from phi1_jax.eval import __main__ as eval_cli
@@ -289,3 +290,33 @@ def test_misbehaving_grader_and_sigkill_lose_and_repeat_no_grade(tmp_path):
     assert [s["grade"] for s in samples] == [
       GRADES.get(s["task_id"], None if s["task_id"] in SCRIPT else 5) for s in samples
     ]
+
+
+@pytest.mark.slow
+def test_grading_against_serve_is_plumbing(tiny_checkpoint, tmp_path):
+  """The project's own server as the grader: a random tiny model writes no grade line, so this checks
+  that every sample is asked once and counted, that a rubric longer than its context is a
+  one-line failure, and that a rerun asks nothing."""
+  short = tmp_path / "short.txt"
+  short.write_text("{completion}\nTests: {outcome}\nGrade:")
+  with serve_process(tiny_checkpoint, tmp_path / "server.log", "--max_batch=4") as (url, _):
+    flags = ("--limit=2", f"--grader_model={tiny_checkpoint.name}", "--grader_max_new_tokens=16")
+    out = tmp_path / "short"
+    proc = _eval(*_graded_args(out, f"{url}/v1", *flags, f"--grader_prompt={short}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["graded"] + summary["ungraded"] == 2 and summary["grade_missing"] == 0
+    assert summary["grader"]["llm_this_run"]["answers_paid"] == 2
+    assert all(isinstance(s["grade_rationale"], str) for s in _jsonl(out / "samples.jsonl"))
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+      generated = json.loads(resp.read())["tokens_generated"]
+    again = _eval(*_graded_args(out, f"{url}/v1", *flags, f"--grader_prompt={short}"))
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr[-3000:]
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+      assert json.loads(resp.read())["tokens_generated"] == generated
+
+    out = tmp_path / "rubric"  # the default rubric is over the tiny model's 512 tokens: HTTP 400, not graded
+    proc = _eval(*_graded_args(out, f"{url}/v1", *flags))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 of 2 samples not graded (2 x HTTP 400" in proc.stderr.strip().splitlines()[-1]
+    assert json.loads((out / "summary.json").read_text())["grade_missing"] == 2

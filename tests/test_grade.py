@@ -259,16 +259,18 @@ def test_misbehaving_grader_and_sigkill_lose_and_repeat_no_grade(tmp_path):
     server.add_faults("429", "500", "503", "drop", "reset", "garbage", "no_choices")
     flags = ("--limit=10", "--grader_concurrency=1", "--grader_max_attempts=30", "--grader_backoff_s=0.05")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-      [sys.executable, "-m", "phi1_jax.eval", *_graded_args(out, server.base_url, *flags)],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "killed.log"
+    with open(log, "w") as log_file:
+      proc = subprocess.Popen(
+        [sys.executable, "-m", "phi1_jax.eval", *_graded_args(out, server.base_url, *flags)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+      )
     killer.pid = proc.pid
     try:
-      assert proc.wait(timeout=240) == -signal.SIGKILL
+      assert proc.wait(timeout=240) == -signal.SIGKILL, log.read_text()[-3000:]
     finally:
       proc.kill()
     paid_before = len(server.paid_keys())

@@ -35,6 +35,7 @@ GRADE_LINE = re.compile(r"Grade: (10|[0-9])")
 
 
 def add_args(parser) -> None:
+  """The --grader_* flags: the LLM client's, prefixed, and the rubric's."""
   group = llm_lib.add_args(parser, prefix=PREFIX)
   group.description = "LLM grading: on when --grader_base_url is given (then --grader_model too)"
   group.add_argument(
@@ -45,6 +46,7 @@ def add_args(parser) -> None:
 
 
 def default_prompt_path():
+  """The shipped rubric."""
   return importlib.resources.files("phi1_jax.eval") / "data" / "grader_prompt.txt"
 
 

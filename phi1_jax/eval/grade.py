@@ -131,20 +131,17 @@ def grade_rows(rows: list[dict], problems: dict, args, out: Path, settings: dict
 
   grade_rationale is the answer without its grade line (the whole answer when it has no grade, null
   when no answer came: the request failed or a cap stopped it, counted as `grade_missing`)."""
-  requests = [
-    llm_lib.chat_request(
+
+  def request(row: dict) -> llm_lib.Request:
+    content = grader_prompt(settings["template"], problems[row["task_id"]], row["completion"], row["result"])
+    return llm_lib.chat_request(
       settings["model"],
-      [
-        {
-          "role": "user",
-          "content": grader_prompt(settings["template"], problems[r["task_id"]], r["completion"], r["result"]),
-        }
-      ],
+      [{"role": "user", "content": content}],
       max_tokens=settings["max_new_tokens"],
       temperature=settings["temperature"],
     )
-    for r in rows
-  ]
+
+  requests = [request(r) for r in rows]
   client = llm_lib.from_args(args, out, prefix=PREFIX, total=len(requests))
 
   async def ask_all():
@@ -167,7 +164,7 @@ def grade_rows(rows: list[dict], problems: dict, args, out: Path, settings: dict
     grade = parse_grade(answer.text)
     rationale = answer.text.strip()
     if grade is not None:
-      rationale = rationale[: rationale.rstrip().rfind("\n") + 1].strip()  # all but the grade line
+      rationale = rationale.rpartition("\n")[0].strip()  # all but the grade line
     row.update(grade=grade, grade_rationale=rationale)
   grades = [r["grade"] for r in rows if r["grade"] is not None]
   llm_summary = client.summary()

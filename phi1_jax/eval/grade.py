@@ -37,7 +37,8 @@ GRADE_LINE = re.compile(r"Grade: (10|[0-9])")
 def add_args(parser) -> None:
   """The --grader_* flags: the LLM client's, prefixed, and the rubric's."""
   group = llm_lib.add_args(parser, prefix=PREFIX)
-  group.description = "LLM grading: on when --grader_base_url is given (then --grader_model too)"
+  group.title = "LLM grading"
+  group.description = "on when --grader_base_url is given (then --grader_model too); see phi1_jax/eval/grade.py"
   group.add_argument(
     "--grader_prompt", default=None, help="rubric template (default: phi1_jax/eval/data/grader_prompt.txt)"
   )

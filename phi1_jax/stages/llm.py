@@ -558,7 +558,7 @@ class LLM:
 def add_args(parser: argparse.ArgumentParser, prefix: str = ""):
   """The flags every LLM-calling stage takes, in an argument group it returns. With a `prefix` (eval's
   "grader_") each flag is --{prefix}NAME, and --{prefix}base_url, --{prefix}model are optional."""
-  group = parser.add_argument_group(f"LLM endpoint{' (--' + prefix + '*)' if prefix else ''}")
+  group = parser.add_argument_group("LLM endpoint")
 
   def flag(name, **kw):
     group.add_argument(f"--{prefix}{name}", **kw)

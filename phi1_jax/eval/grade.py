@@ -181,5 +181,5 @@ def grade_rows(rows: list[dict], problems: dict, args, out: Path, settings: dict
   why = stopped or llm_lib.describe_failures(llm_summary["failures"])
   return (
     part,
-    f"{part['grade_missing']} of {len(rows)} samples not graded ({why}); rerun the same command to grade them",
+    f"{part['grade_missing']} of {len(rows)} samples not graded ({why}); a rerun asks for those again",
   )

@@ -91,8 +91,11 @@ def test_grader_prompt_shows_problem_reference_completion_and_outcome():
   assert problem.prompt + "  return x + {outcome}" in text  # a placeholder inside a completion stays as written
   assert "tests on the student's solution: failed: AssertionError" in text
   assert text.rstrip().endswith("Grade: N")
-  austin = Problem("T/2", "You are an expert...\n[BEGIN]\n", "assert f(2) == 4", None, "def f(x): return 2*x", False)
-  assert "def f(x): return 2*x" in grade.grader_prompt(template, austin, "", "passed")
+  shots = "Task: add.\n[BEGIN]\ndef add(a, b): return a + b\n[DONE]\n"
+  austin = Problem("T/2", shots + "Task: double.\n[BEGIN]\n", "assert f(2) == 4", None, "def f(x): return 2*x", False)
+  text = grade.grader_prompt(template, austin, "def f(x): return x", "passed")
+  assert "Task: double.\n[BEGIN]\n" in text and "Task: add" not in text  # the task, not the shots
+  assert "def f(x): return 2*x" in text and "def f(x): return x\n" in text  # code that stands alone
 
 
 def test_humaneval_reference_passes_every_problem(tmp_path):

@@ -6,7 +6,8 @@ The prompt (`--grader_prompt=FILE`, default the shipped rubric data/grader_promp
 approach, clarity) holds the problem, the reference solution, the completion and the test outcome
 ("passed" or the failure, e.g. "failed: AssertionError"), in the placeholders {problem},
 {reference}, {completion}, {outcome}. Where the problem's prompt is code the completion continues
-(HumanEval, MBPP's docstring format), reference and completion are shown with the prompt before them.
+(HumanEval, MBPP's docstring format), reference and completion are shown with the prompt before them;
+of a few-shot prompt (MBPP's austin3shot) the problem is the task after the shots.
 The answer's last non-empty line must be exactly `Grade: N`, N an integer 0..10; anything else is no
 grade (null, counted as `ungraded`). Requests go through phi1_jax.stages.llm (retries, caps, the
 cache under --out), so a killed evaluation, rerun, pays for no grade twice.
@@ -117,8 +118,10 @@ def grader_prompt(template: str, problem, completion: str, outcome: str) -> str:
   def code(body: str) -> str:
     return problem.prompt + body if problem.prompt_in_program else body
 
+  # a few-shot prompt (MBPP's austin3shot) ends with the task after its shots' last [DONE]
+  task = problem.prompt if problem.prompt_in_program else problem.prompt.rpartition("[DONE]\n")[2]
   fills = {
-    "{problem}": problem.prompt,
+    "{problem}": task,
     "{reference}": code(problem.canonical_solution),
     "{completion}": code(completion),
     "{outcome}": outcome,

@@ -25,7 +25,7 @@ from phi1_jax.eval import grade
 from phi1_jax.eval import __main__ as eval_cli
 from phi1_jax.eval.problems import Problem, load_humaneval
 
-MBPP_PATH = REPO.parent.parent / "shared/data/mbpp/mbpp.jsonl"
+MBPP_PATH = REPO.parent / "shared/data/mbpp/mbpp.jsonl"  # as tests/test_problems.py finds it
 needs_mbpp = pytest.mark.skipif(not MBPP_PATH.is_file(), reason=f"MBPP file absent: {MBPP_PATH}")
 HUMANEVAL = load_humaneval()
 # The grader's answer for each of the first 8 problems: 4 with a valid last line, 4 without one.

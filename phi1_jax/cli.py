@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import signal
@@ -22,8 +23,35 @@ def fail(prog: str, message: object) -> NoReturn:
   sys.exit(2)
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """--help as written (descriptions keep their line breaks), every flag that has a default showing it."""
+
+  def _format_action(self, action):
+    if action.option_strings and not action.help and _shown_default(action):
+      action = copy.copy(action)  # a flag with no help text still shows its default
+      action.help = "(default: %(default)s)"
+    return super()._format_action(action)
+
+  def _get_help_string(self, action):
+    help_text = action.help or ""
+    if action.option_strings and _shown_default(action) and "default" not in help_text:
+      help_text += " (default: %(default)s)"
+    return help_text
+
+
+def _shown_default(action: argparse.Action) -> bool:
+  """A default worth printing: a value, not 'unset' (None, [], '') nor an on/off flag's False."""
+  return (
+    action.nargs != 0 and action.default not in (None, argparse.SUPPRESS, "", []) and action.help != argparse.SUPPRESS
+  )
+
+
 class OneLineParser(argparse.ArgumentParser):
-  """argparse that reports a bad flag in one line (no usage block), exit code 2."""
+  """argparse that reports a bad flag in one line (no usage block), exit code 2; --help shows the defaults."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+    super().__init__(*args, **kwargs)
 
   def parse_known_args(self, args=None, namespace=None):
     self._arg_strings = sys.argv[1:] if args is None else list(args)  # for error() to look at again

@@ -17,10 +17,16 @@ class UserError(Exception):
   """A mistake in the user's input (a flag, a path, a file's contents): one line, exit code 2."""
 
 
+def report_error(prog: str, message: object) -> int:
+  """Prints the one line every command reports a user mistake with, `<prog>: error: <message>`; returns 2,
+  the exit code, for a main() that returns its code."""
+  print(f"{prog}: error: {message}".replace("\n", " "), file=sys.stderr, flush=True)
+  return 2
+
+
 def fail(prog: str, message: object) -> NoReturn:
   """Ends a command the way every command reports a user mistake: `<prog>: error: <message>`, exit 2."""
-  print(f"{prog}: error: {message}".replace("\n", " "), file=sys.stderr, flush=True)
-  sys.exit(2)
+  sys.exit(report_error(prog, message))
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):

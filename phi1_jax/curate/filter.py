@@ -26,7 +26,8 @@ from types import SimpleNamespace
 
 from phi1_jax.stages import executors
 from phi1_jax.curate import documents
-from phi1_jax.curate.common import UserError, check_config, write_json_atomic
+from phi1_jax.cli import UserError
+from phi1_jax.curate.common import check_config, write_json_atomic
 
 FORMAT = "phi1_jax.filtered/v1"
 STAGES = ("score", "sig", "buckets", "cluster", "write")

@@ -18,10 +18,9 @@ from __future__ import annotations
 import os
 import sys
 
+from phi1_jax import cli
 
-def _usage_error(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+PROG = "python -m phi1_jax.plan"
 
 
 def _flag_value(argv, name: str) -> str | None:
@@ -41,7 +40,7 @@ def _simulate_devices(argv) -> None:
   if n is None:
     return
   if not n.isdigit():
-    _usage_error(f"--devices={n}: expected a number of devices >= 1 (0: the devices present)")
+    cli.fail(PROG, f"--devices={n}: expected a number of devices >= 1 (0: the devices present)")
   if int(n) > 0:
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
@@ -77,7 +76,7 @@ def parse_mesh(text: str) -> dict[str, int]:
   for item in text.split(","):
     name, _, value = item.partition("=")
     if name.strip() not in sizes or not value.strip().lstrip("-").isdigit():
-      raise train.UserError(f"--mesh item {item!r}: expected one of {'/'.join(sharding.MESH_AXES)}=INT")
+      raise cli.UserError(f"--mesh item {item!r}: expected one of {'/'.join(sharding.MESH_AXES)}=INT")
     sizes[name.strip()] = int(value)
   return sizes
 
@@ -89,12 +88,12 @@ def plan(config) -> dict:
   try:
     mesh = sharding.make_mesh(config.mesh)
   except ValueError as e:
-    raise train.UserError(f"{e} (on CPU, --devices=N simulates N devices)") from None
+    raise cli.UserError(f"{e} (on CPU, --devices=N simulates N devices)") from None
   G = config.grad_accum_steps
   micro = config.batch_size // G
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if micro % n_batch_shards:
-    raise train.UserError(
+    raise cli.UserError(
       f"microbatch of {micro} sequences (batch_size / grad_accum_steps) does not split "
       f"over data x fsdp = {n_batch_shards} devices"
     )
@@ -184,16 +183,16 @@ def parse_flags(argv):
     return train.parse_flags(argv)
   config_arg = _flag_value(argv[1:], "config")
   if config_arg is None:
-    _usage_error("--config is required, e.g. --config=configs/phi1.py")
+    cli.fail(PROG, "--config is required, e.g. --config=configs/phi1.py")
   config_file = config_arg.split(":", 1)[0]  # "file.py:arg" passes arg to get_config
   if not os.path.isfile(config_file):
-    _usage_error(
-      f"--config={config_arg}: {'is a folder, not a' if os.path.isdir(config_file) else 'no such'} config file"
+    cli.fail(
+      PROG, f"--config={config_arg}: {'is a folder, not a' if os.path.isdir(config_file) else 'no such'} config file"
     )
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 (a bad flag, the config file's own code, an unknown override)
-    _usage_error(_flag_problem(e, config_arg, config_file))
+    cli.fail(PROG, _flag_problem(e, config_arg, config_file))
 
 
 def _flag_problem(error: Exception, config_arg: str, config_file: str) -> str:
@@ -227,16 +226,15 @@ def _flag_problem(error: Exception, config_arg: str, config_file: str) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(PROG, f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # jax logs its backend search at INFO
   config = _CONFIG.value
   try:
     if _MESH.value:
       config.mesh.update(parse_mesh(_MESH.value))
     print(report(plan(config)), flush=True)
-  except train.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except cli.UserError as e:  # the trainer's config checks raise it too
+    cli.fail(PROG, e)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,20 @@ class OneLineParser(argparse.ArgumentParser):
   def __init__(self, *args, **kwargs):
     kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
     super().__init__(*args, **kwargs)
+    self._old_names: dict[str, str] = {}
+
+  def add_old_name(self, old: str, new: str) -> None:
+    """Accepts the flag `old` as `new` (a renamed flag keeps working), without showing it in --help."""
+    self._old_names[old] = new
 
   def parse_known_args(self, args=None, namespace=None):
-    self._arg_strings = sys.argv[1:] if args is None else list(args)  # for error() to look at again
+    args = [self._renamed(a) for a in (sys.argv[1:] if args is None else args)]
+    self._arg_strings = args  # for error() to look at again
     return super().parse_known_args(args, namespace)
+
+  def _renamed(self, arg: str) -> str:
+    name, eq, value = arg.partition("=")
+    return self._old_names[name] + eq + value if name in self._old_names else arg
 
   def error(self, message):
     if message.startswith("the following arguments are required") and not getattr(self, "_probing", False):

@@ -70,7 +70,7 @@ _MAX_REPORTED_BAD = 1000
 JSONL = (".jsonl", ".jsonl.gz")
 
 
-class PackError(Exception):
+class PackError(cli.UserError):
   """A user error: bad flag, unusable input or output folder, too many bad items."""
 
 
@@ -614,8 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       workers=args.workers,
     )
   except PackError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.report_error(parser.prog, e)
   r = m["records"]
   print(
     f"{args.out}: {m['documents']} documents, {m['tokens']} tokens, {r['train']} train + "

@@ -26,11 +26,12 @@ from pathlib import Path
 from phi1_jax import cli, paths
 from phi1_jax.eval import sandbox as sandbox_lib
 
+PROG = "python -m phi1_jax.eval"
 PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, batch by batch, while sampling
 
 
 def _parse_args(argv):
-  parser = cli.OneLineParser(prog="python -m phi1_jax.eval", description=__doc__.split("\n")[0])
+  parser = cli.OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
   parser.add_argument("--out", required=True, help="folder for samples.jsonl, its _results.jsonl and summary.json")
@@ -220,8 +221,7 @@ def main(argv=None) -> int:
       print(json.dumps({k: v for k, v in summary.items() if k.startswith("pass@")}))
       return 0
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.report_error(PROG, e)
 
   import tqdm
   from phi1_jax.inference import sampler as sample
@@ -231,14 +231,11 @@ def main(argv=None) -> int:
   try:
     model = _load_model(ckpt, kind)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.report_error(PROG, e)
   if tokenizer.vocab_size > model.cfg.vocab_size:
-    print(
-      f"error: tokenizer {tok_path} has {tokenizer.vocab_size} tokens, the model only {model.cfg.vocab_size}",
-      file=sys.stderr,
+    return cli.report_error(
+      PROG, f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens, the model only {model.cfg.vocab_size}"
     )
-    return 2
   load_s = time.perf_counter() - start
   cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
   print(f"loaded {ckpt} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)

@@ -49,7 +49,7 @@ import time
 
 import numpy as np
 
-from phi1_jax.cli import OneLineParser
+from phi1_jax.cli import OneLineParser, report_error
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval import sandbox as sandbox_lib
 
@@ -632,8 +632,11 @@ def _read_samples(path: str) -> list[dict]:
   return samples
 
 
+PROG = "python -m phi1_jax.eval.execute"
+
+
 def _parse_args(argv):
-  parser = OneLineParser(prog="python -m phi1_jax.eval.execute", description=__doc__.split("\n\n")[0])
+  parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
   parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
   parser.add_argument("--samples", required=True, help="JSONL rows of task_id, completion")
   parser.add_argument("--mbpp_path", help="MBPP JSONL file (required for --benchmark=mbpp)")
@@ -659,8 +662,7 @@ def main(argv=None) -> int:
     if any(k < 1 for k in ks):
       raise ValueError
   except ValueError:
-    print(f"error: --k must be comma-separated positive integers, got {args.k!r}", file=sys.stderr)
-    return 2
+    return report_error(PROG, f"--k must be comma-separated positive integers, got {args.k!r}")
   try:
     if args.benchmark == "mbpp":
       if not args.mbpp_path:
@@ -680,8 +682,7 @@ def main(argv=None) -> int:
       raise ValueError("--timeout, --memory_mb and --workers must be positive")
     sandbox_lib.check(args.sandbox)
   except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+    return report_error(PROG, error)
   rows, summary = evaluate_samples(
     args.benchmark,
     samples,

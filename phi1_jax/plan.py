@@ -66,6 +66,7 @@ from phi1_jax.train.metrics import flops_per_token  # noqa: E402
 _CONFIG = train._CONFIG  # the trainer's --config flag (and its --config.* overrides)
 _MESH = flags.DEFINE_string("mesh", "", "data=D,fsdp=F,tensor=T (one may be -1); default: the config's mesh.")
 flags.DEFINE_integer("devices", 0, "Simulated CPU devices (read before jax starts); 0: the devices present.")
+flags.declare_key_flag("config")  # --help lists the trainer's --config beside plan's own flags
 
 GiB = 2**30
 
@@ -76,7 +77,7 @@ def parse_mesh(text: str) -> dict[str, int]:
   for item in text.split(","):
     name, _, value = item.partition("=")
     if name.strip() not in sizes or not value.strip().lstrip("-").isdigit():
-      raise cli.UserError(f"--mesh item {item!r}: expected one of {'/'.join(sharding.MESH_AXES)}=INT")
+      raise train.UserError(f"--mesh item {item!r}: expected one of {'/'.join(sharding.MESH_AXES)}=INT")
     sizes[name.strip()] = int(value)
   return sizes
 
@@ -88,12 +89,12 @@ def plan(config) -> dict:
   try:
     mesh = sharding.make_mesh(config.mesh)
   except ValueError as e:
-    raise cli.UserError(f"{e} (on CPU, --devices=N simulates N devices)") from None
+    raise train.UserError(f"{e} (on CPU, --devices=N simulates N devices)") from None
   G = config.grad_accum_steps
   micro = config.batch_size // G
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if micro % n_batch_shards:
-    raise cli.UserError(
+    raise train.UserError(
       f"microbatch of {micro} sequences (batch_size / grad_accum_steps) does not split "
       f"over data x fsdp = {n_batch_shards} devices"
     )
@@ -233,7 +234,7 @@ def main(argv):
     if _MESH.value:
       config.mesh.update(parse_mesh(_MESH.value))
     print(report(plan(config)), flush=True)
-  except cli.UserError as e:  # the trainer's config checks raise it too
+  except train.UserError as e:
     cli.fail(PROG, e)
 
 

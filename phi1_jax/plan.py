@@ -181,7 +181,10 @@ def parse_flags(argv):
   --config's file is checked first: ml_collections defers a missing file's error to its first use,
   as two chained tracebacks; an error in the file's own code is named with its line."""
   if any(a.split("=")[0] in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-    return train.parse_flags(argv)
+    try:
+      return train.parse_flags(argv)
+    except SystemExit as stop:  # absl ends its help with exit code 1; help that was asked for is no failure
+      sys.exit(0 if stop.code == 1 else stop.code)
   config_arg = _flag_value(argv[1:], "config")
   if config_arg is None:
     cli.fail(PROG, "--config is required, e.g. --config=configs/phi1.py")

@@ -78,10 +78,7 @@ def _check_flags(args) -> list[str]:
   for name in ("tasks", "workers", "embed_max_len"):
     if getattr(args, name) is not None and getattr(args, name) < 1:
       raise UserError(f"--{name}={getattr(args, name)}: must be >= 1")
-  try:
-    executors.check(args)
-  except executors.ExecutorError as e:
-    raise UserError(str(e)) from None
+  executors.check(args)
   return names
 
 
@@ -233,11 +230,8 @@ def run(argv=None, embedder=None) -> dict:
     total_bytes=sum(i["bytes"] for i in described),
   )
   stage = executors.Stage("scan", steps, args.tasks, out / "work" / "logs")
-  try:
-    if not executors.run(args, [stage], args.workers, "decontam", stage.logging_dir, log=_log):
-      return {}  # submitted to SLURM: the message says how to follow the jobs
-  except executors.ExecutorError as e:
-    raise UserError(str(e)) from None
+  if not executors.run(args, [stage], args.workers, "decontam", stage.logging_dir, log=_log):
+    return {}  # submitted to SLURM: the message says how to follow the jobs
   report = report_lib.build(out, args.tasks, index, bench_info, flags, args.results)
   counts = report["counts"]
   kept_by_input = counts.get("kept_by_input", {})

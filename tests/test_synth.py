@@ -92,7 +92,7 @@ def test_sampler_is_a_function_of_seed_and_index_and_covers_the_lists():
 def test_topics_file_errors_name_the_line(tmp_path):
   bad = tmp_path / "topics.txt"
   bad.write_text("## area\nGood topic: a; b\nno colon here\n")
-  with pytest.raises(prompts.TopicsError, match=r"topics.txt:3"):
+  with pytest.raises(cli.UserError, match=r"topics.txt:3"):
     prompts.load_topics(bad)
 
 

@@ -21,7 +21,7 @@ def _cli(*args):
 
 
 def _one_error_line(stderr: str) -> str:
-  errors = [l for l in stderr.splitlines() if l.startswith("error:")]
+  errors = [l for l in stderr.splitlines() if l.startswith("python -m phi1_jax.data.pack: error:")]
   assert len(errors) == 1, stderr
   return errors[0]
 

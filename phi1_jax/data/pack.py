@@ -56,7 +56,7 @@ import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from phi1_jax import cli
-from phi1_jax.cli import UserError, out_dir_problem
+from phi1_jax.cli import out_dir_problem
 from phi1_jax.data.sources import check_bad, describe_inputs, parse_line, read_source, work_units
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
@@ -66,7 +66,7 @@ RECORDS_PER_SHARD = 32768  # 256 MiB shards at seq_len 2048
 _MAX_REPORTED_BAD = 1000
 
 
-class PackError(UserError):
+class PackError(cli.UserError):
   """A user error: bad flag, unusable output folder (the inputs' errors are sources' UserErrors)."""
 
 
@@ -486,9 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       max_bad_fraction=args.max_bad_fraction,
       workers=args.workers,
     )
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except cli.UserError as e:
+    return cli.report_error(parser.prog, e)
   r = m["records"]
   print(
     f"{args.out}: {m['documents']} documents, {m['tokens']} tokens, {r['train']} train + "

@@ -30,11 +30,12 @@ from pathlib import Path
 from phi1_jax import cli, paths
 from phi1_jax.eval import grade, sandbox as sandbox_lib
 
+PROG = "python -m phi1_jax.eval"
 PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, batch by batch, while sampling
 
 
 def _parse_args(argv):
-  parser = cli.OneLineParser(prog="python -m phi1_jax.eval", description=__doc__.split("\n")[0])
+  parser = cli.OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   parser.add_argument("--reference", action="store_true", help="score the canonical solutions (no --checkpoint)")
   parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
@@ -238,8 +239,7 @@ def main(argv=None) -> int:
       print(json.dumps(_headline(summary)))
       return 0
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.report_error(PROG, e)
   if args.reference:
     cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
     samples = [{"task_id": t, "completion": p.canonical_solution} for t, p in problems.items()]
@@ -253,14 +253,11 @@ def main(argv=None) -> int:
   try:
     model = _load_model(ckpt, kind)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.report_error(PROG, e)
   if tokenizer.vocab_size > model.cfg.vocab_size:
-    print(
-      f"error: tokenizer {tok_path} has {tokenizer.vocab_size} tokens, the model only {model.cfg.vocab_size}",
-      file=sys.stderr,
+    return cli.report_error(
+      PROG, f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens, the model only {model.cfg.vocab_size}"
     )
-    return 2
   load_s = time.perf_counter() - start
   cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
   print(f"loaded {ckpt} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
@@ -378,7 +375,7 @@ def _grade_and_write(args, out: Path, problems: dict, rows: list[dict], summary:
   print(f"wrote {out / 'samples.jsonl'}, its _results.jsonl and {out / 'summary.json'}", file=sys.stderr)
   print(json.dumps(_headline(summary)))
   if missing:
-    print(f"error: {missing}", file=sys.stderr)
+    print(f"{PROG}: error: {missing}", file=sys.stderr)
     return 1
   return 0
 

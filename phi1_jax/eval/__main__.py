@@ -101,38 +101,6 @@ def _load_problems(args) -> dict:
   return {t: problems[t] for t in ids}
 
 
-def _checkpoint_kind(path) -> tuple[str, str]:
-  """('hf' or 'params', the weights folder read); ValueError if `path` is neither (nothing is loaded).
-
-  The weights folder of a trainer workdir is its latest step's, so a rerun after more training
-  is a new evaluation, not "nothing to do"."""
-  problem = paths.bucket_problem(path)
-  if problem:
-    raise ValueError(f"--checkpoint={path}: {problem}")
-  if not path.exists():
-    raise ValueError(f"--checkpoint={path}: not found")
-  if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
-    return "hf", str(path)
-  from phi1_jax.model import hf as convert
-
-  params_dir, _ = convert.find_params_checkpoint(path)  # raises ValueError naming what is missing
-  return "params", str(params_dir)
-
-
-def _tokenizer_path(args, ckpt: Path) -> Path:
-  from phi1_jax.data.tokenizer import checkpoint_tokenizer, tokenizer_file
-
-  if args.tokenizer:
-    try:
-      return tokenizer_file(args.tokenizer)
-    except FileNotFoundError as e:
-      raise ValueError(f"--tokenizer: {e}") from None
-  found = checkpoint_tokenizer(ckpt)
-  if found:
-    return found
-  raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); pass --tokenizer=PATH")
-
-
 def _settings(args, weights: str, tok_path: Path, ks: list[int]) -> dict:
   """What decides the samples and the scores (not --workers or --check_every)."""
   names = (
@@ -192,14 +160,6 @@ def _read_partial(path: Path, ids: list[str]) -> dict[int, str]:
   return done
 
 
-def _load_model(ckpt: Path, kind: str):
-  from phi1_jax.model import hf as convert
-
-  if kind == "hf":
-    return convert.load_hf(ckpt)[1]
-  return convert.model_from_params(*convert.load_params(ckpt))
-
-
 def main(argv=None) -> int:
   from phi1_jax.data.tokenizer import load_tokenizer
 
@@ -209,8 +169,11 @@ def main(argv=None) -> int:
   try:  # every user mistake ends here, before the model is loaded
     ks = _check_args(args)
     problems = _load_problems(args)
-    kind, weights = _checkpoint_kind(ckpt)
-    tok_path = _tokenizer_path(args, ckpt)
+    from phi1_jax.model import checkpoint as checkpoint_lib  # jax: imported once the flags are good
+
+    checkpoint = checkpoint_lib.resolve(args.checkpoint, "--checkpoint")  # reads no weights
+    kind, weights = checkpoint.kind, str(checkpoint.weights)  # a workdir's latest step: more training, a new eval
+    tok_path = checkpoint.tokenizer_file(args.tokenizer)
     tokenizer = load_tokenizer(tok_path)
     sandbox_lib.check(args.sandbox)  # after the flags: where bubblewrap is missing, other mistakes show first
     settings = _settings(args, weights, tok_path, ks)
@@ -229,7 +192,7 @@ def main(argv=None) -> int:
 
   start = time.perf_counter()
   try:
-    model = _load_model(ckpt, kind)
+    model = checkpoint.load_model()
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -260,3 +260,49 @@ def count_params(cfg: ModelConfig) -> int:
   """Parameter count, computed abstractly."""
   state = nnx.state(abstract_model(cfg), nnx.Param)
   return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+# ----------------------------------------------------------------------------- parameters as a pure dict
+
+
+def flatten_params(tree: dict, prefix: str = "") -> dict:
+  """A nested dict of arrays as {"a/b/c": array}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten_params(value, f"{prefix}{key}/"))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+  """Every parameter as a '/'-joined path, with its shape (computed abstractly)."""
+  state = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+  return {path: tuple(x.shape) for path, x in flatten_params(state).items()}
+
+
+def check_shapes(expected: dict[str, tuple], found: dict[str, tuple], where: str) -> None:
+  """Raises a one-line ValueError on the first missing, extra or wrongly shaped tensor."""
+  problems = []
+  for name in sorted(set(expected) | set(found)):
+    want, got = expected.get(name), found.get(name)
+    if want is None:
+      problems.append(f"{name}: unexpected tensor (expected shape none, found {got})")
+    elif got is None:
+      problems.append(f"{name}: missing tensor (expected shape {want}, found none)")
+    elif tuple(want) != tuple(got):
+      problems.append(f"{name}: wrong shape (expected {tuple(want)}, found {tuple(got)})")
+  if problems:
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    raise ValueError(f"{where}: {problems[0]}{more}")
+
+
+def model_from_params(cfg: ModelConfig, pure_params: dict) -> Phi:
+  """A ready-to-call Phi holding `pure_params` (shapes checked; no random init is computed)."""
+  check_shapes(param_shapes(cfg), {k: jnp.shape(v) for k, v in flatten_params(pure_params).items()}, "phi1_jax params")
+  model = abstract_model(cfg)
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure_params))
+  nnx.update(model, state)
+  return model

@@ -258,6 +258,25 @@ def test_resolve_refuses_other_folders(tmp_path):
   assert "model_config.json" in message
 
 
+def test_resolve_tells_the_kinds_apart_by_one_rule(trainer_workdir, tmp_path):
+  """config.json alone is a Hugging Face folder; a trainer workdir (config.json beside
+  model_config.json) is not; the tokenizer kept with a step folder is its workdir's."""
+  hf_like = tmp_path / "hf"
+  hf_like.mkdir()
+  (hf_like / "config.json").write_text("{}")
+  found = checkpoint.resolve(hf_like)
+  assert (found.kind, found.weights, found.tokenizer) == ("hf", hf_like, None)
+  assert "no *.safetensors files" in _one_line_error(found.load_params)
+  assert "pass --tokenizer" in _one_line_error(found.tokenizer_file)
+  (hf_like / "model_config.json").write_text("{}")  # a trainer workdir before its first checkpoint
+  assert "not a checkpoint" in _one_line_error(checkpoint.resolve, hf_like)
+  step = checkpoint.resolve(trainer_workdir / "checkpoints" / "5")
+  assert step.kind == "phi1_jax" and step.tokenizer == trainer_workdir / "tokenizer.json"
+  assert step.config == trainer_workdir / "model_config.json"
+  missing = tmp_path / "nope"
+  assert _one_line_error(checkpoint.resolve, missing, "--checkpoint") == f"--checkpoint={missing}: not found"
+
+
 def test_load_params_also_reads_a_transformers_folder(hf_dir, hf_files):
   cfg, params = checkpoint.load_params(hf_dir)
   expected_cfg, expected = convert.hf_to_params(*hf_files)

@@ -159,14 +159,14 @@ def load_params(path) -> tuple[ModelConfig, dict]:
 def load_model_and_tokenizer(path, tokenizer=None, dtype: str | None = None, flag: str = "--checkpoint"):
   """(Phi, Tokenizer) from any checkpoint `resolve` takes, compute dtype overridden by `dtype`.
   ValueError (one line) for a bad checkpoint, a missing tokenizer or a tokenizer larger than the
-  model's vocabulary; the tokenizer is checked before the weights are read."""
+  model's vocabulary, found before the weights are read."""
   checkpoint = resolve(path, flag)
   tok_path = checkpoint.tokenizer_file(tokenizer)
   tok = load_tokenizer(tok_path)
-  model = checkpoint.load_model(dtype)
-  if tok.vocab_size > model.cfg.vocab_size:
-    raise ValueError(f"tokenizer {tok_path} has {tok.vocab_size} tokens, the model only {model.cfg.vocab_size}")
-  return model, tok
+  vocab_size = checkpoint.model_config().vocab_size
+  if tok.vocab_size > vocab_size:
+    raise ValueError(f"tokenizer {tok_path} has {tok.vocab_size} tokens, the model only {vocab_size}")
+  return checkpoint.load_model(dtype), tok
 
 
 class _DropMissingMetadataWarning(logging.Filter):

@@ -312,7 +312,7 @@ def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_pa
     assert row["source"] == "synthetic_exercise" and "assert" not in row["text"]
     assert row["text"][: meta["prompt_chars"]].endswith('"""\n') and f"def {meta['function_name']}(" in row["text"]
   programs = [row["text"] + "\n" + row["meta"]["tests"] for row in rows]
-  assert all(r.passed for r in validate.execute.execute_programs(programs, timeout_s=2, workers=2))
+  assert all(r.passed for r in validate.runner.execute_programs(programs, timeout_s=2, workers=2))
   manifest = json.loads((out / "manifest.json").read_text())
   assert {"syntax_error", "tests_failed"} <= set(manifest["counts"]["rejected"])
   assert manifest["exercises"]["passed_own_tests"] == 10 + manifest["counts"]["rejected"].get("near_duplicate", 0)

@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from phi1_jax import cli
 from phi1_jax.curate.common import UserError
-from phi1_jax.data.pack import PackError, _describe_inputs, parse_line, read_source
-from phi1_jax.data.pack import check_bad as pack_check_bad
+from phi1_jax.data import sources
+from phi1_jax.data.sources import parse_line, read_source
 
 
 class InputError(UserError):
@@ -27,8 +28,8 @@ class InputError(UserError):
 def describe_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
   """Each input with its files, bytes and a sha256 (pack's description), for manifests."""
   try:
-    described = _describe_inputs(inputs)
-  except PackError as e:
+    described = sources.describe_inputs(inputs)
+  except cli.UserError as e:
     raise InputError(str(e)) from None
   return described
 
@@ -107,8 +108,8 @@ def check_bad(bad: list[str], documents: int, max_bad_fraction: float, log=print
   if len(bad) > 3:
     log(f"warning: {len(bad) - 3} more bad items")
   try:
-    pack_check_bad(bad, documents, max_bad_fraction)
-  except PackError as e:
+    sources.check_bad(bad, documents, max_bad_fraction)
+  except cli.UserError as e:
     raise InputError(str(e)) from None
 
 

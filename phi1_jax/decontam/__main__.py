@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from phi1_jax.stages import executors
-from phi1_jax.cli import OneLineParser
+from phi1_jax.cli import OneLineParser, UserError
 
 FORMAT = "phi1_jax.decontam/v1"
 
@@ -167,11 +167,11 @@ def run(argv=None, embedder=None) -> dict:
   names = _check_flags(args)
   if args.embed_max_l2 is not None and args.embed_checkpoint is None and embedder is None:
     raise DecontamError("--embed_max_l2 needs --embed_checkpoint")
-  from phi1_jax.data import pack as pack_lib
+  from phi1_jax.data import sources
 
   try:
-    described = pack_lib._describe_inputs(args.input)
-  except pack_lib.PackError as e:
+    described = sources.describe_inputs(args.input)
+  except UserError as e:
     raise DecontamError(str(e)) from None
   from phi1_jax.decontam import benchmarks as bench_lib, index as index_lib, pipeline, report as report_lib
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from phi1_jax.cli import OneLineParser
 from phi1_jax.decontam import benchmarks as bench_lib
-from phi1_jax.decontam.tree import _names, parse_quietly
+from phi1_jax.decontam.tree import names_written_and_read, parse_quietly
 
 _PROSE_BEFORE = (
   "Working through small problems is the fastest way to learn a language. The exercise below "
@@ -124,7 +124,7 @@ def _swap_independent(module: ast.Module) -> bool:
         a, b = stmts[i], stmts[i + 1]
         if not (isinstance(a, _ASSIGNMENTS) and isinstance(b, _ASSIGNMENTS)):
           continue
-        (wa, ra), (wb, rb) = _names(a), _names(b)
+        (wa, ra), (wb, rb) = names_written_and_read(a), names_written_and_read(b)
         if not (wa & (wb | rb)) and not (wb & ra) and ast.dump(a) != ast.dump(b):
           stmts[i], stmts[i + 1] = b, a
           return True
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     from phi1_jax.data import stdlib_corpus
 
     files = stdlib_corpus.stdlib_files(args.stdlib_bytes)
-    stdlib_corpus._write_corpus(files, Path(args.stdlib_corpus))
+    stdlib_corpus.write_corpus(files, Path(args.stdlib_corpus))
     print(f"{args.stdlib_corpus}: {len(files)} stdlib files")
   return 0
 

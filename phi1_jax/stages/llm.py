@@ -24,7 +24,7 @@
   never answers takes `timeout_s` more.)
 - Failed requests: the first few distinct reasons are logged as they happen; `summary()["failures"]`
   counts them by reason and `describe_failures` makes the one line every stage prints.
-- Cache: SQLite in WAL mode keyed by sha256 of (endpoint, the full JSON body: model, messages or
+- Cache (phi1_jax.stages.llm_cache): SQLite in WAL mode keyed by sha256 of (endpoint, the full JSON body: model, messages or
   prompt, every sampling parameter, seed). An answer is committed the moment it arrives, before
   `ask` returns it, so a rerun, or a resume after SIGKILL at any moment, never pays for an answer it
   received. Identical requests in flight at once are sent once. The base URL is not in the key:
@@ -46,19 +46,19 @@ import asyncio
 import collections
 import dataclasses
 import email.utils
-import hashlib
 import json
 import os
 import random
 import re
 import socket
-import sqlite3
 import sys
 import time
 import urllib.parse
 from pathlib import Path
 
 import openai
+
+from phi1_jax.stages.llm_cache import Cache, request_key
 
 ENDPOINTS = {"chat": "/chat/completions", "completion": "/completions"}
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
@@ -104,13 +104,6 @@ class Answer:
   response: dict  # the endpoint's whole JSON answer
   usage: dict  # {"prompt_tokens", "completion_tokens"}
   cached: bool  # served from the cache (paid by an earlier run or request)
-
-
-def request_key(endpoint: str, body: dict) -> str:
-  canonical = json.dumps(
-    {"endpoint": endpoint, "body": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":")
-  )
-  return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def chat_request(model: str, messages: list[dict], **params) -> Request:
@@ -188,48 +181,6 @@ def parse_answer(endpoint: str, raw_text: str) -> tuple[dict, str, dict]:
   usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
   usage = {name: int(usage.get(name) or 0) for name in ("prompt_tokens", "completion_tokens")}
   return response, text, usage
-
-
-class Cache:
-  """Answers by request key in SQLite (WAL): each answer committed on its own, at once.
-
-  WAL with synchronous=NORMAL keeps every committed answer when the process is killed (only a
-  power loss could drop the last few). Several processes may share one file.
-  """
-
-  def __init__(self, path: str | os.PathLike):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
-    self.db.execute("PRAGMA journal_mode=WAL")
-    self.db.execute("PRAGMA synchronous=NORMAL")
-    self.db.execute(
-      "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, endpoint TEXT, request TEXT, "
-      "response TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
-    )
-
-  def get(self, key: str) -> tuple[str, str] | None:
-    """(endpoint, response JSON) or None."""
-    return self.db.execute("SELECT endpoint, response FROM answers WHERE key = ?", (key,)).fetchone()
-
-  def put(self, request: Request, response: dict, usage: dict) -> None:
-    self.db.execute(
-      "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-      (
-        request.key,
-        request.endpoint,
-        json.dumps(request.body, sort_keys=True),
-        json.dumps(response),
-        usage["prompt_tokens"],
-        usage["completion_tokens"],
-        time.time(),
-      ),
-    )
-
-  def __len__(self) -> int:
-    return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-
-  def close(self) -> None:
-    self.db.close()
 
 
 def _api_key(base_url: str, api_key_env: str) -> str:

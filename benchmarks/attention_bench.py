@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from phi1_jax.model import flash  # noqa: E402
-from phi1_jax.model.phi import attention  # noqa: E402
+from phi1_jax.model.attention import attention  # noqa: E402
 
 DEFAULT_TILES = (
   "128,64,64,64,4,4,2",

@@ -36,6 +36,7 @@ def compare(args, tmp: Path):
   import torch
   from transformers import PhiConfig, PhiForCausalLM
 
+  from phi1_jax.model import checkpoint
   from phi1_jax.model import hf as convert
   from phi1_jax.data.tokenizer import train_tokenizer
   from phi1_jax.stages.embed import Embedder
@@ -57,7 +58,7 @@ def compare(args, tmp: Path):
   hf = PhiForCausalLM(hf_cfg).eval()
   tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
   cfg, params = convert.hf_to_params(hf_cfg.to_dict(), tensors)
-  convert.save_params(tmp / "ckpt", cfg, params)
+  checkpoint.save_params(tmp / "ckpt", cfg, params)
   train_tokenizer([Path(os.__file__).parent / "json"], 400, tmp / "ckpt")  # Embedder wants one; ids are given
   embedder = Embedder(tmp / "ckpt", max_len=args.max_len, batch_size=args.batch)
   device = torch.device(args.torch_device)

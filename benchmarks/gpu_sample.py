@@ -6,6 +6,7 @@ Prompts of 100-400 random tokens, left-padded; the first call (compilation) is n
 """
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -13,8 +14,8 @@ import numpy as np
 from flax import nnx
 
 from phi1_jax.inference import sampler as sample
-from phi1_jax.config import PHI1_MODEL
-from phi1_jax.model.phi import ModelConfig, Phi
+from phi1_jax.model.config import PHI1
+from phi1_jax.model.phi import Phi
 
 
 def main():
@@ -23,7 +24,7 @@ def main():
   ap.add_argument("--new_tokens", type=int, default=256)
   ap.add_argument("--dtype", default="bfloat16")
   args = ap.parse_args()
-  cfg = ModelConfig(**PHI1_MODEL, dtype=args.dtype)
+  cfg = dataclasses.replace(PHI1, dtype=args.dtype)
   model = Phi(cfg, rngs=nnx.Rngs(0))
   rng = np.random.RandomState(0)
   prompts = [rng.randint(1, 50000, n).tolist() for n in rng.randint(100, 401, args.batch)]

@@ -36,6 +36,7 @@ def main():
   from transformers import PhiConfig, PhiForCausalLM
 
   from phi1_jax.model import hf as convert
+  from phi1_jax.model.phi import model_from_params
   from phi1_jax.inference.sampler import generate
 
   if jax.default_backend() != "cpu":  # torch computes float32 matmuls in full float32 by default
@@ -56,7 +57,7 @@ def main():
   hf = PhiForCausalLM(hf_cfg).eval()
   tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
   cfg, params = convert.hf_to_params(hf_cfg.to_dict(), tensors)
-  model = convert.model_from_params(cfg, params)
+  model = model_from_params(cfg, params)
 
   rng = np.random.RandomState(0)
   lengths = rng.randint(args.min_prompt, args.max_prompt + 1, args.batch)

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _make_checkpoint(out: Path, args) -> None:
   from flax import nnx
 
-  from phi1_jax.model import hf as convert
+  from phi1_jax.model import checkpoint
   from phi1_jax.data.tokenizer import train_tokenizer
   from phi1_jax.model.phi import ModelConfig, Phi
 
@@ -61,7 +61,7 @@ def _make_checkpoint(out: Path, args) -> None:
     dtype=args.dtype,
     scan_layers=args.n_layers > 8,
   )
-  convert.save_params(out / "ckpt", cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+  checkpoint.save_params(out / "ckpt", cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
   (out / "ckpt" / "tokenizer.model").write_bytes((out / "tok" / "tokenizer.model").read_bytes())
 
 
@@ -123,10 +123,11 @@ def main():
   import openai
 
   from phi1_jax.inference import sampler as sample
+  from phi1_jax.model import checkpoint
 
   work = Path(tempfile.mkdtemp(prefix="serve_bench_"))
   _make_checkpoint(work, args)
-  model, tok = sample.load_model_and_tokenizer(work / "ckpt")
+  model, tok = checkpoint.load_model_and_tokenizer(work / "ckpt")
   rng = np.random.RandomState(0)
   prompts = [
     rng.randint(1, tok.vocab_size, n).tolist() for n in rng.randint(args.min_prompt, args.max_prompt + 1, args.clients)

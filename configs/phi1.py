@@ -5,8 +5,9 @@ residual dropout 0.1, 36,000 steps (phi-1-base is the 24,000-step checkpoint). S
 --config.data.mixture=/data/code_filtered:0.87,/data/textbooks:0.13
 """
 
-from phi1_jax.config import PHI1_MODEL, paper_pretrain_config
+from phi1_jax.config import paper_pretrain_config
+from phi1_jax.model.config import PHI1
 
 
 def get_config():
-  return paper_pretrain_config(PHI1_MODEL, remat="save_dots")
+  return paper_pretrain_config(PHI1, remat="save_dots")

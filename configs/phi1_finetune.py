@@ -8,11 +8,12 @@ context length) come from the init_from checkpoint; dropout and numerics are thi
 
 from ml_collections import config_dict
 
-from phi1_jax.config import PHI1_MODEL, paper_pretrain_config, unset_architecture
+from phi1_jax.config import paper_pretrain_config, unset_architecture
+from phi1_jax.model.config import PHI1
 
 
 def get_config():
-  c = paper_pretrain_config(PHI1_MODEL, remat="save_dots")
+  c = paper_pretrain_config(PHI1, remat="save_dots")
   c.model = unset_architecture(c.model)
   c.seq_len = config_dict.placeholder(int)
   c.batch_size = 256

@@ -4,22 +4,12 @@ python -m phi1_jax.train --config=configs/tiny.py --workdir=runs/tiny
 """
 
 from phi1_jax.config import base_config, model_config
+from phi1_jax.model.config import TINY
 
 
 def get_config():
   c = base_config()
-  c.model = model_config(
-    vocab_size=4096,
-    d_model=128,
-    n_layers=4,
-    n_heads=4,
-    head_dim=32,
-    mlp_dim=512,
-    rotary_dim=16,
-    max_seq_len=128,
-    eos_id=0,
-    scan_layers=False,
-  )  # 4 small layers: unrolled runs faster
+  c.model = model_config(TINY)
   c.data.stdlib_vocab_size = 4096
   c.seq_len = 128
   c.batch_size = 16

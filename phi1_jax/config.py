@@ -5,70 +5,23 @@ Field names that users, sweeps and scripts rely on are kept stable: total_steps,
 init_from.
 """
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
 
-PHI1_MODEL = dict(
-  vocab_size=51200,
-  d_model=2048,
-  n_layers=24,
-  n_heads=32,
-  head_dim=64,
-  mlp_dim=8192,
-  rotary_dim=32,
-  rope_theta=10000.0,
-  max_seq_len=2048,
-)
-PHI1_SMALL_MODEL = dict(PHI1_MODEL, d_model=1024, n_layers=20, n_heads=16, mlp_dim=4096)
+from phi1_jax.model.config import ARCHITECTURE_FIELDS, PHI1, ModelConfig
 
 
-def model_config(**fields) -> ml_collections.ConfigDict:
-  """All `phi1_jax.model.phi.ModelConfig` fields, so overrides of any of them type-check."""
-  base = dict(
-    vocab_size=51200,
-    d_model=2048,
-    n_layers=24,
-    n_heads=32,
-    head_dim=64,
-    mlp_dim=8192,
-    rotary_dim=32,
-    rope_theta=10000.0,
-    max_seq_len=2048,
-    ln_eps=1e-5,
-    embd_dropout=0.0,
-    attn_dropout=0.0,
-    resid_dropout=0.0,
-    dtype="float32",
-    attention_impl="xla",
-    doc_mask=False,
-    eos_id=50256,
-    remat="none",
-    scan_layers=True,
-    init_std=0.02,
-  )
+def model_config(preset: ModelConfig = PHI1, **fields) -> ml_collections.ConfigDict:
+  """Every `phi1_jax.model.config.ModelConfig` field, from `preset` (a ModelConfig, e.g. one of
+  `phi1_jax.model.config.PRESETS`) with `fields` changed, so overrides of any of them type-check."""
+  base = dataclasses.asdict(preset)
   unknown = set(fields) - set(base)
   if unknown:
     raise ValueError(f"unknown model field(s): {sorted(unknown)}")
   base.update(fields)
   return ml_collections.ConfigDict(base)
-
-
-# What fixes the function a checkpoint computes. A finetuning config leaves them unset and the
-# trainer takes them from config.init_from; dropout, dtype, attention_impl, remat, scan_layers,
-# doc_mask and init_std are training settings, taken from the config.
-ARCHITECTURE_FIELDS = (
-  "vocab_size",
-  "d_model",
-  "n_layers",
-  "n_heads",
-  "head_dim",
-  "mlp_dim",
-  "rotary_dim",
-  "rope_theta",
-  "max_seq_len",
-  "ln_eps",
-  "eos_id",
-)
 
 
 def unset_architecture(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -137,13 +90,13 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def paper_pretrain_config(model_fields: dict, remat: str) -> ml_collections.ConfigDict:
-  """The paper's pretraining recipe on CodeTextbook for a model shape: effective batch
+def paper_pretrain_config(preset: ModelConfig, remat: str) -> ml_collections.ConfigDict:
+  """The paper's pretraining recipe on CodeTextbook for a model shape (a preset): effective batch
   1024 x 2048, peak lr 1e-3, warmup 750, weight decay 0.1, attention and residual dropout 0.1,
   36,000 steps. `data.mixture` must be set to packed folders."""
   c = base_config()
   c.model = model_config(
-    **model_fields, attn_dropout=0.1, resid_dropout=0.1, dtype="bfloat16", attention_impl="auto", remat=remat
+    preset, attn_dropout=0.1, resid_dropout=0.1, dtype="bfloat16", attention_impl="auto", remat=remat
   )
   c.seq_len = 2048
   c.batch_size = 1024

@@ -1,4 +1,4 @@
-"""`python -m phi1_jax.convert`: Hugging Face folder <-> phi1_jax checkpoint (the machinery is phi1_jax.model.hf)."""
+"""`python -m phi1_jax.convert`: Hugging Face folder <-> phi1_jax checkpoint (machinery: phi1_jax.model.checkpoint)."""
 
 import json
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from phi1_jax import paths
 from phi1_jax.cli import OneLineParser, report_error
-from phi1_jax.model.hf import hf_to_orbax, orbax_to_hf
+from phi1_jax.model.checkpoint import hf_to_orbax, orbax_to_hf
 
 PROG = "python -m phi1_jax.convert"
 

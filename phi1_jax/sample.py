@@ -4,7 +4,8 @@ import sys
 import time
 
 from phi1_jax.cli import OneLineParser, report_error
-from phi1_jax.inference.sampler import load_model_and_tokenizer, sample_texts
+from phi1_jax.inference.sampler import sample_texts
+from phi1_jax.model.checkpoint import load_model_and_tokenizer
 
 PROG = "python -m phi1_jax.sample"
 

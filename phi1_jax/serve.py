@@ -3,8 +3,8 @@
   python -m phi1_jax.serve --checkpoint=CKPT [--host=127.0.0.1] [--port=8000] [--model_name=NAME]
       [--max_batch=16] [--max_queue=256] [--max_seq_len=N] [--dtype=float32|bfloat16] [--tokenizer=PATH]
 
-CKPT is anything `phi1_jax.model.hf.load_params` reads (trainer workdir or step folder, converter
-output, transformers folder); the tokenizer is found beside it (`sample.find_tokenizer`).
+CKPT is anything `phi1_jax.model.checkpoint.resolve` takes (trainer workdir or step folder, converter
+output, transformers folder); the tokenizer is the one kept with it unless --tokenizer names one.
 Endpoints: GET /health (503 while the shapes compile, then 200 with slot and queue counts),
 GET /v1/models, POST /v1/completions, POST /v1/chat/completions (`stream=true` for server-sent
 events). The HTTP stack is FastAPI on uvicorn; the batching is `phi1_jax.inference.engine` (a thread);
@@ -90,15 +90,14 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
   for name in ("absl", "jax._src.xla_bridge"):  # orbax's restore chatter, "no TPU here"
     logging.getLogger(name).setLevel(logging.WARNING)
-  from phi1_jax.inference import sampler as sample
+  from phi1_jax.model import checkpoint
 
   start = time.perf_counter()
   try:  # every user mistake ends here, in one line, before anything compiles
     _check_args(args)
-    sample.check_checkpoint(args.checkpoint)
-    sample.find_tokenizer(args.checkpoint, args.tokenizer)
+    checkpoint.resolve(args.checkpoint, "--checkpoint").tokenizer_file(args.tokenizer)  # before the port
     sock = _bind(args.host, args.port)
-    model, tokenizer = sample.load_model_and_tokenizer(args.checkpoint, args.tokenizer, args.dtype)
+    model, tokenizer = checkpoint.load_model_and_tokenizer(args.checkpoint, args.tokenizer, args.dtype)
     max_seq_len = args.max_seq_len or model.cfg.max_seq_len
     if max_seq_len > model.cfg.max_seq_len:
       raise ValueError(f"--max_seq_len={max_seq_len} exceeds the model's context of {model.cfg.max_seq_len}")

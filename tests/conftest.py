@@ -59,7 +59,7 @@ def tiny_checkpoint(stdlib_cache, tmp_path_factory) -> Path:
 
   from flax import nnx
 
-  from phi1_jax.model import hf as convert
+  from phi1_jax.model import checkpoint
   from phi1_jax.data import stdlib_corpus
   from phi1_jax.model.phi import ModelConfig, Phi
 
@@ -78,7 +78,7 @@ def tiny_checkpoint(stdlib_cache, tmp_path_factory) -> Path:
     scan_layers=False,
   )
   path = tmp_path_factory.mktemp("served") / "tiny-phi"
-  convert.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+  checkpoint.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
   shutil.copy(Path(tok_dir) / "tokenizer.model", path / "tokenizer.model")
   return path
 

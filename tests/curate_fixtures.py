@@ -9,8 +9,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from phi1_jax.model import hf as convert
 from phi1_jax.data.tokenizer import train_tokenizer
+from phi1_jax.model import checkpoint
 from phi1_jax.model.phi import ModelConfig, Phi
 
 STDLIB = Path(os.__file__).resolve().parent
@@ -22,7 +22,7 @@ TINY = ModelConfig(
 def make_checkpoint(d: Path, cfg: ModelConfig = TINY) -> Path:
   """A converter-layout checkpoint of a random tiny Phi with a tokenizer.model beside it."""
   params = nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param))
-  convert.save_params(d, cfg, jax.tree.map(np.asarray, params))
+  checkpoint.save_params(d, cfg, jax.tree.map(np.asarray, params))
   train_tokenizer([STDLIB / "json"], 400, d)
   return d
 

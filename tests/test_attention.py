@@ -1,6 +1,7 @@
-"""phi1_jax.model.flash: the fused dropout kernel against the unfused path, and the dropout mask's
-statistics. On CPU the kernel runs in Pallas' interpreter; on a GPU (benchmarks/gpu_check.sh) the
-same tests run it compiled by Triton, where float32 dots are TF32 (hence the looser tolerance)."""
+"""phi1_jax.model.flash: the fused dropout kernel against the unfused path (phi1_jax.model.attention),
+and the dropout mask's statistics. On CPU the kernel runs in Pallas' interpreter; on a GPU
+(benchmarks/gpu_check.sh) the same tests run it compiled by Triton, where float32 dots are TF32
+(hence the looser tolerance)."""
 
 import os
 import subprocess
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from phi1_jax.model import flash as A
+from phi1_jax.model.attention import attention_reference
 
 B, L, N, H = 2, 64, 2, 16
 # Forward and backward tiled differently: matching gradients show that the backward kernel
@@ -50,7 +52,7 @@ def test_kernel_matches_unfused_attention_forward_and_gradients(rate, dtype):
   kernel = lambda q, k, v: A.flash_attention(q, k, v, SEED, rate, blocks=BLOCKS).astype(jnp.float32)
   out, grads = _value_and_grads(kernel, q, k, v)
   with jax.default_matmul_precision("highest"):
-    reference = lambda q, k, v: A.attention_reference(q, k, v, SEED, rate)
+    reference = lambda q, k, v: attention_reference(q, k, v, SEED, rate)
     ref_out, ref_grads = _value_and_grads(reference, *(x.astype(jnp.float32) for x in (q, k, v)))
   rtol = F32_RTOL if dtype == "float32" else 2e-2
   _assert_close(out, ref_out, rtol)
@@ -59,7 +61,7 @@ def test_kernel_matches_unfused_attention_forward_and_gradients(rate, dtype):
   if rate == 0.0:
     _assert_close(out, jax.nn.dot_product_attention(q, k, v, is_causal=True), rtol)
   else:
-    assert float(jnp.linalg.norm(out - A.attention_reference(q, k, v, SEED, 0.0))) > 1.0  # it did drop
+    assert float(jnp.linalg.norm(out - attention_reference(q, k, v, SEED, 0.0))) > 1.0  # it did drop
 
 
 def test_kernel_output_is_unbiased_under_dropout():
@@ -113,7 +115,7 @@ def test_kernel_lowers_for_cuda():
 def test_model_attention_pallas_and_unfused_paths_drop_the_same_positions():
   """model.attention with impl "pallas" (the kernel) and "xla" (probabilities written out) agree
   under the same dropout key; "auto" is the kernel on GPU, the unfused path elsewhere."""
-  from phi1_jax.model.phi import attention
+  from phi1_jax.model.attention import attention
 
   q, k, v = _qkv(2, (2, 32, 2, 16))
   key = jax.random.key(5)
@@ -124,7 +126,7 @@ def test_model_attention_pallas_and_unfused_paths_drop_the_same_positions():
   pallas, xla = run(q, k, v, "pallas"), run(q, k, v, "xla")
   _assert_close(pallas, xla, F32_RTOL)
   np.testing.assert_array_equal(run(q, k, v, "auto"), pallas if ON_GPU else xla)
-  assert float(jnp.abs(xla - A.attention_reference(q, k, v, SEED, 0.0)).max()) > 0.1  # dropout acted
+  assert float(jnp.abs(xla - attention_reference(q, k, v, SEED, 0.0)).max()) > 0.1  # dropout acted
 
 
 SHARDED_CHECK = """
@@ -133,11 +135,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 from phi1_jax.model import flash as A
 from phi1_jax.model import sharding
+from phi1_jax.model.attention import attention_reference
 blocks = A.Blocks(block_q=16, block_k=16, bwd_outer=16, bwd_inner=16)
 rng = np.random.RandomState(0)
 q, k, v = (jnp.asarray(rng.normal(size=(2, 16, 2, 16)).astype(np.float32)) for _ in range(3))
 seed = jnp.array([3, 4], jnp.uint32)
-ref, ref_grad = jax.value_and_grad(lambda q: A.attention_reference(q, k, v, seed, 0.3).sum())(q)
+ref, ref_grad = jax.value_and_grad(lambda q: attention_reference(q, k, v, seed, 0.3).sum())(q)
 mesh = sharding.make_mesh(ConfigDict(dict(data=1, fsdp=2, tensor=2)))
 f = sharding.on_mesh(lambda q, k, v: A.flash_attention(q, k, v, seed, 0.3, blocks=blocks), mesh)
 qs, ks, vs = (jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))) for x in (q, k, v))

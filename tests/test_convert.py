@@ -15,8 +15,9 @@ import safetensors.numpy
 import torch
 import transformers
 
-from phi1_jax.model import hf as convert
 from phi1_jax import convert as convert_cli
+from phi1_jax.model import checkpoint
+from phi1_jax.model import hf as convert
 from phi1_jax.model.phi import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,11 +198,11 @@ def test_non_empty_out_is_refused_empty_out_is_used(hf_dir, tmp_path):
 
 def test_orbax_shape_mismatch_is_refused_before_writing(hf_dir, tmp_path):
   ckpt = tmp_path / "ckpt"
-  cfg = convert.hf_to_orbax(hf_dir, ckpt)
+  cfg = checkpoint.hf_to_orbax(hf_dir, ckpt)
   # A model_config.json that no longer matches the stored arrays.
   (ckpt / "model_config.json").write_text(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, vocab_size=40))))
   out = tmp_path / "hf_out"
-  message = _one_line_error(convert.orbax_to_hf, ckpt, out)
+  message = _one_line_error(checkpoint.orbax_to_hf, ckpt, out)
   assert "embed" in message and "(40, 24)" in message and "(37, 24)" in message
   assert not out.exists()
 
@@ -235,11 +236,10 @@ def test_trainer_checkpoints_are_found_and_exported(hf_files, tmp_path, item):
   manager.wait_until_finished()
   manager.close()
 
-  params_dir, config_path = convert.find_params_checkpoint(workdir)
-  assert params_dir == workdir / "checkpoints" / "12" / item and config_path == workdir / "model_config.json"
-  params_dir, _ = convert.find_params_checkpoint(workdir / "checkpoints" / "3")
-  assert params_dir == workdir / "checkpoints" / "3" / item
-  _, step3 = convert.load_params(workdir / "checkpoints" / "3")
+  found = checkpoint.resolve(workdir)
+  assert found.weights == workdir / "checkpoints" / "12" / item and found.config == workdir / "model_config.json"
+  assert checkpoint.resolve(workdir / "checkpoints" / "3").weights == workdir / "checkpoints" / "3" / item
+  _, step3 = checkpoint.load_params(workdir / "checkpoints" / "3")
   assert not np.any(step3["embed"])
 
   out = tmp_path / "exported"
@@ -251,16 +251,35 @@ def test_trainer_checkpoints_are_found_and_exported(hf_files, tmp_path, item):
   assert all(np.array_equal(exported[k], original[k]) for k in original)
 
 
-def test_find_params_checkpoint_refuses_other_folders(tmp_path):
-  message = _one_line_error(convert.find_params_checkpoint, tmp_path)
-  assert str(tmp_path) in message
+def test_resolve_refuses_other_folders(tmp_path):
+  message = _one_line_error(checkpoint.resolve, tmp_path)
+  assert str(tmp_path) in message and "not a checkpoint" in message
   (tmp_path / "params").mkdir()
-  message = _one_line_error(convert.find_params_checkpoint, tmp_path)
+  message = _one_line_error(checkpoint.resolve, tmp_path)
   assert "model_config.json" in message
 
 
+def test_resolve_tells_the_kinds_apart_by_one_rule(trainer_workdir, tmp_path):
+  """config.json alone is a Hugging Face folder; a trainer workdir (config.json beside
+  model_config.json) is not; the tokenizer kept with a step folder is its workdir's."""
+  hf_like = tmp_path / "hf"
+  hf_like.mkdir()
+  (hf_like / "config.json").write_text("{}")
+  found = checkpoint.resolve(hf_like)
+  assert (found.kind, found.weights, found.tokenizer) == ("hf", hf_like, None)
+  assert "no *.safetensors files" in _one_line_error(found.load_params)
+  assert "pass --tokenizer" in _one_line_error(found.tokenizer_file)
+  (hf_like / "model_config.json").write_text("{}")  # a trainer workdir before its first checkpoint
+  assert "not a checkpoint" in _one_line_error(checkpoint.resolve, hf_like)
+  step = checkpoint.resolve(trainer_workdir / "checkpoints" / "5")
+  assert step.kind == "phi1_jax" and step.tokenizer == trainer_workdir / "tokenizer.json"
+  assert step.config == trainer_workdir / "model_config.json"
+  missing = tmp_path / "nope"
+  assert _one_line_error(checkpoint.resolve, missing, "--checkpoint") == f"--checkpoint={missing}: not found"
+
+
 def test_load_params_also_reads_a_transformers_folder(hf_dir, hf_files):
-  cfg, params = convert.load_params(hf_dir)
+  cfg, params = checkpoint.load_params(hf_dir)
   expected_cfg, expected = convert.hf_to_params(*hf_files)
   assert cfg == expected_cfg
   assert all(np.array_equal(params["blocks"][k], v) for k, v in expected["blocks"].items())
@@ -367,10 +386,10 @@ def test_exported_weights_follow_a_strict_umask(tmp_path):
 def test_the_metadata_filter_drops_only_that_warning(caplog):
   import logging
 
-  convert.quiet_orbax_metadata_warning()
-  convert.quiet_orbax_metadata_warning()  # idempotent
+  checkpoint.quiet_orbax_metadata_warning()
+  checkpoint.quiet_orbax_metadata_warning()  # idempotent
   absl_logger = logging.getLogger("absl")
-  assert absl_logger.filters.count(convert._ABSL_FILTER) == 1
+  assert absl_logger.filters.count(checkpoint.ABSL_FILTER) == 1
   with caplog.at_level(logging.WARNING, logger="absl"):
     absl_logger.warning("Metadata file does not exist: %s", "/x/_CHECKPOINT_METADATA")
     absl_logger.warning("something else")

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import REPO
 from curate_fixtures import STDLIB, make_checkpoint
-from phi1_jax.model import hf as convert
+from phi1_jax.model import checkpoint
+from phi1_jax.model.phi import model_from_params
 from phi1_jax.curate.embeddings import load_embeddings
 from phi1_jax.stages.embed import Embedder
 
@@ -29,7 +30,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(ckpt):
-  return convert.model_from_params(*convert.load_params(ckpt))
+  return model_from_params(*checkpoint.load_params(ckpt))
 
 
 def test_embeddings_are_the_models_pooled_hidden_states(ckpt, model):
@@ -50,7 +51,7 @@ def test_embeddings_are_the_models_pooled_hidden_states(ckpt, model):
 
 def test_a_hugging_face_folder_gives_the_same_vectors(ckpt, tmp_path):
   hf = tmp_path / "hf"
-  convert.orbax_to_hf(ckpt, hf)
+  checkpoint.orbax_to_hf(ckpt, hf)
   a = Embedder(ckpt, max_len=32).embed(TEXTS)
   b = Embedder(hf, ckpt, max_len=32)
   np.testing.assert_allclose(b.embed(TEXTS), a, rtol=1e-5, atol=1e-6)

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from phi1_jax.model import hf as convert
 from phi1_jax.decontam import report as report_lib
 from phi1_jax.decontam.index import METHODS
 from phi1_jax.data.tokenizer import load_tokenizer, train_tokenizer
 from phi1_jax.eval import __main__ as eval_cli
 from phi1_jax.eval import harness
 from phi1_jax.eval.problems import load_humaneval
-from phi1_jax.model.phi import ModelConfig, Phi
+from phi1_jax.model import checkpoint
+from phi1_jax.model.phi import ModelConfig, Phi, model_from_params
 from phi1_jax.inference.sampler import generate, sample_texts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,14 +42,14 @@ def ckpt(tmp_path_factory) -> Path:
   """A converter-layout checkpoint (params/ + model_config.json) with tokenizer.model beside it."""
   d = tmp_path_factory.mktemp("ckpt") / "tiny"
   params = nnx.to_pure_dict(nnx.state(Phi(CFG, rngs=nnx.Rngs(0)), nnx.Param))
-  convert.save_params(d, CFG, jax.tree.map(np.asarray, params))
+  checkpoint.save_params(d, CFG, jax.tree.map(np.asarray, params))
   train_tokenizer([STDLIB / "json"], 400, d)
   return d
 
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(ckpt):
-  return convert.model_from_params(*convert.load_params(ckpt)), load_tokenizer(ckpt)
+  return model_from_params(*checkpoint.load_params(ckpt)), load_tokenizer(ckpt)
 
 
 def test_eval_command_end_to_end(ckpt, tmp_path):
@@ -173,7 +173,7 @@ def test_generate_caps_each_row_to_its_own_limit(model_and_tokenizer):
 def test_harness_pass_at_1_caps_to_the_context(model_and_tokenizer):
   model, tok = model_and_tokenizer
   context = _short_context(tok, max_new=24)
-  short = convert.model_from_params(
+  short = model_from_params(
     dataclasses.replace(model.cfg, max_seq_len=context), nnx.to_pure_dict(nnx.state(model, nnx.Param))
   )
   got = harness.humaneval_pass_at_1(short, tok, limit=3, max_new_tokens=24, batch_size=2)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from phi1_jax.model.config import ARCHITECTURE_FIELDS, PRESETS
 from phi1_jax.model.phi import ModelConfig, abstract_model, count_params, rotary
 
 TINY = ModelConfig(
@@ -57,22 +58,25 @@ def _with(model, **changes):
   return variant
 
 
-@pytest.mark.parametrize(
-  "cfg, expected",
-  [
-    (
-      ModelConfig(n_layers=24, d_model=2048, mlp_dim=8192, n_heads=32, head_dim=64, rotary_dim=32, vocab_size=51200),
-      1_418_270_720,
-    ),
-    (
-      ModelConfig(n_layers=20, d_model=1024, mlp_dim=4096, n_heads=16, head_dim=64, rotary_dim=32, vocab_size=51200),
-      356_794_368,
-    ),
-  ],
-  ids=["phi1", "phi1_small"],
-)
-def test_parameter_counts_match_transformers(cfg, expected):
-  assert count_params(cfg) == expected  # abstract: nothing of that size is allocated
+@pytest.mark.parametrize("preset, expected", [("phi1", 1_418_270_720), ("phi1_small", 356_794_368)])
+def test_parameter_counts_match_transformers(preset, expected):
+  assert count_params(PRESETS[preset]) == expected  # abstract: nothing of that size is allocated
+
+
+@pytest.mark.parametrize("name, preset", [("tiny", "tiny"), ("phi1", "phi1"), ("phi1_small", "phi1_small")])
+def test_configs_build_their_preset(name, preset):
+  """configs/*.py take their model from model.config's presets: the architecture is the preset's."""
+  import importlib.util
+  from pathlib import Path
+
+  spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  built = ModelConfig.from_dict(module.get_config().model)
+  assert {f: getattr(built, f) for f in ARCHITECTURE_FIELDS} == {
+    f: getattr(PRESETS[preset], f) for f in ARCHITECTURE_FIELDS
+  }
+  assert name != "tiny" or built == PRESETS["tiny"]
 
 
 def test_rotary_touches_exactly_rotary_dim():

@@ -15,7 +15,9 @@ import torch
 import transformers
 from flax import nnx
 
+from phi1_jax.model import checkpoint
 from phi1_jax.model import hf as convert
+from phi1_jax.model.phi import model_from_params
 
 TOL = 1e-4  # max |logits difference| in float32
 
@@ -126,31 +128,31 @@ def test_case_is_what_it_claims(case):
 
 
 def test_hf_to_orbax_logits_match_transformers(case):
-  """Also checks load_hf gives the same parameters (no second compile needed)."""
+  """Also checks that the HF folder itself loads to the same parameters (no second compile needed)."""
   ckpt = case["tmp"] / "orbax"
-  cfg = convert.hf_to_orbax(case["hf_dir"], ckpt)
+  cfg = checkpoint.hf_to_orbax(case["hf_dir"], ckpt)
   head_dim = case["reference"].config.hidden_size // case["reference"].config.num_attention_heads
   assert cfg.rotary_dim == int(case["reference"].config.rope_parameters["partial_rotary_factor"] * head_dim)
-  loaded_cfg, params = convert.load_params(ckpt)
+  loaded_cfg, params = checkpoint.load_params(ckpt)
   assert loaded_cfg == cfg
-  model = convert.model_from_params(cfg, params)
+  model = model_from_params(cfg, params)
   ours = np.asarray(_logits(model, jnp.asarray(case["tokens"])))
   ref = _hf_logits(case["reference"], case["tokens"])
   diff = np.abs(ours - ref).max()
   print(f"{case['name']}: max |logits diff| {diff:.2e}, max |logits| {np.abs(ref).max():.1f}")
   assert np.abs(ref).max() > 1.0
   assert diff <= TOL
-  hf_cfg, hf_model = convert.load_hf(case["hf_dir"])
+  hf_cfg, hf_params = checkpoint.load_params(case["hf_dir"])
   assert hf_cfg == cfg
-  for a, b in zip(jax.tree.leaves(nnx.state(hf_model, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))):
+  for a, b in zip(jax.tree.leaves(hf_params), jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))):
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_orbax_to_hf_loads_in_transformers_bit_exact(case):
   ckpt = case["tmp"] / "orbax_for_export"
-  convert.hf_to_orbax(case["hf_dir"], ckpt)
+  checkpoint.hf_to_orbax(case["hf_dir"], ckpt)
   out = case["tmp"] / "exported"
-  convert.orbax_to_hf(ckpt, out)
+  checkpoint.orbax_to_hf(ckpt, out)
   exported, info = transformers.PhiForCausalLM.from_pretrained(out, output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
   exported.eval()

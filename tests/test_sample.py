@@ -142,7 +142,7 @@ def test_bad_arguments():
 def test_sample_command_prints_greedy_completion(tiny_checkpoint):
   """`python -m phi1_jax.sample` prints what generate gives (greedy); --n draws several."""
   from conftest import run_module
-  from phi1_jax.inference.sampler import load_model_and_tokenizer
+  from phi1_jax.model.checkpoint import load_model_and_tokenizer
 
   model, tok = load_model_and_tokenizer(tiny_checkpoint)
   prompt = "def fib(n):\n"

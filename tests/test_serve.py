@@ -25,6 +25,7 @@ import pytest
 from conftest import serve_process
 from phi1_jax.inference import sampler as sample
 from phi1_jax.inference.openai_api import CHAT_STOPS, chat_prompt
+from phi1_jax.model import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BATCH, MAX_QUEUE = 8, 24
@@ -82,7 +83,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
   """The same checkpoint loaded in this process: (model, tokenizer)."""
-  return sample.load_model_and_tokenizer(tiny_checkpoint)
+  return checkpoint.load_model_and_tokenizer(tiny_checkpoint)
 
 
 def _prompts(n):

@@ -130,7 +130,7 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(
 def save_tiny_checkpoint(path, **fields):
   from flax import nnx
 
-  from phi1_jax.model import hf as convert
+  from phi1_jax.model import checkpoint
   from phi1_jax.model.phi import ModelConfig, Phi
 
   cfg = ModelConfig(
@@ -149,7 +149,7 @@ def save_tiny_checkpoint(path, **fields):
       **fields,
     }
   )
-  convert.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+  checkpoint.save_params(path, cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
 
 
 @pytest.mark.slow

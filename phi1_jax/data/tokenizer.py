@@ -133,23 +133,6 @@ def tokenizer_file(path: str | os.PathLike) -> Path:
   return p
 
 
-def checkpoint_tokenizer(path: str | os.PathLike) -> Path | None:
-  """The tokenizer kept with a checkpoint, or None: tokenizer.model / tokenizer.json in its folder or
-  its tokenizer/ subfolder (the trainer copies it into the workdir); a trainer step folder
-  (WORKDIR/checkpoints/<step>) uses its workdir's."""
-  p = paths.as_path(path)
-  bases = [p]
-  if p.name.isdigit() and p.parent.name == "checkpoints":
-    bases.append(p.parent.parent)
-  for folder in (f for base in bases for f in (base, base / "tokenizer")):
-    if folder.is_dir():
-      try:
-        return tokenizer_file(folder)
-      except FileNotFoundError:
-        pass
-  return None
-
-
 def spm_as_hf_tokenizer(model_file: str | os.PathLike):
   """A `tokenizers.Tokenizer` giving the ids of a SentencePiece model made by `train_tokenizer`.
 

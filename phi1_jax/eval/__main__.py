@@ -112,38 +112,6 @@ def _load_problems(args) -> dict:
   return {t: problems[t] for t in ids}
 
 
-def _checkpoint_kind(path) -> tuple[str, str]:
-  """('hf' or 'params', the weights folder read); ValueError if `path` is neither (nothing is loaded).
-
-  The weights folder of a trainer workdir is its latest step's, so a rerun after more training
-  is a new evaluation, not "nothing to do"."""
-  problem = paths.bucket_problem(path)
-  if problem:
-    raise ValueError(f"--checkpoint={path}: {problem}")
-  if not path.exists():
-    raise ValueError(f"--checkpoint={path}: not found")
-  if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
-    return "hf", str(path)
-  from phi1_jax.model import hf as convert
-
-  params_dir, _ = convert.find_params_checkpoint(path)  # raises ValueError naming what is missing
-  return "params", str(params_dir)
-
-
-def _tokenizer_path(args, ckpt: Path) -> Path:
-  from phi1_jax.data.tokenizer import checkpoint_tokenizer, tokenizer_file
-
-  if args.tokenizer:
-    try:
-      return tokenizer_file(args.tokenizer)
-    except FileNotFoundError as e:
-      raise ValueError(f"--tokenizer: {e}") from None
-  found = checkpoint_tokenizer(ckpt)
-  if found:
-    return found
-  raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); pass --tokenizer=PATH")
-
-
 def _settings(args, weights: str | None, tok_path: Path | None, ks: list[int]) -> dict:
   """What decides the samples and the scores (not --workers or --check_every, nor the grader)."""
   names = (
@@ -205,14 +173,6 @@ def _read_partial(path: Path, ids: list[str]) -> dict[int, str]:
   return done
 
 
-def _load_model(ckpt: Path, kind: str):
-  from phi1_jax.model import hf as convert
-
-  if kind == "hf":
-    return convert.load_hf(ckpt)[1]
-  return convert.model_from_params(*convert.load_params(ckpt))
-
-
 def main(argv=None) -> int:
   from phi1_jax.data.tokenizer import load_tokenizer
 
@@ -222,11 +182,13 @@ def main(argv=None) -> int:
     ks = _check_args(args)
     grader = grade.check_args(args)
     problems = _load_problems(args)
-    ckpt = kind = weights = tok_path = None
+    checkpoint = kind = weights = tok_path = None
     if not args.reference:
-      ckpt = paths.as_path(args.checkpoint)
-      kind, weights = _checkpoint_kind(ckpt)
-      tok_path = _tokenizer_path(args, ckpt)
+      from phi1_jax.model import checkpoint as checkpoint_lib  # jax: imported once the flags are good
+
+      checkpoint = checkpoint_lib.resolve(args.checkpoint, "--checkpoint")  # reads no weights
+      kind, weights = checkpoint.kind, str(checkpoint.weights)  # a workdir's latest step: more training, a new eval
+      tok_path = checkpoint.tokenizer_file(args.tokenizer)
       tokenizer = load_tokenizer(tok_path)
     sandbox_lib.check(args.sandbox)  # after the flags: where bubblewrap is missing, other mistakes show first
     settings = _settings(args, weights, tok_path, ks)
@@ -251,7 +213,7 @@ def main(argv=None) -> int:
 
   start = time.perf_counter()
   try:
-    model = _load_model(ckpt, kind)
+    model = checkpoint.load_model()
   except ValueError as e:
     return cli.report_error(PROG, e)
   if tokenizer.vocab_size > model.cfg.vocab_size:
@@ -260,7 +222,7 @@ def main(argv=None) -> int:
     )
   load_s = time.perf_counter() - start
   cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
-  print(f"loaded {ckpt} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
+  print(f"loaded {paths.as_path(args.checkpoint)} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
 
   if args.benchmark == "humaneval":
     stops = problems_lib.STOP_SEQUENCES
@@ -320,7 +282,7 @@ def main(argv=None) -> int:
   sample_s = time.perf_counter() - start
 
   extra = {
-    "checkpoint": str(ckpt),
+    "checkpoint": str(paths.as_path(args.checkpoint)),
     "tokenizer": str(tok_path),
     "n_samples_per_problem": args.n_samples,
     "temperature": args.temperature,

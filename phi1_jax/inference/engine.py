@@ -207,7 +207,7 @@ class Engine:
       return lambda leaves, *args: fn(graphdef, jax.tree.unflatten(treedef, leaves), *args)
 
     self._prefill_fn = jax.jit(bind(_prefill), donate_argnums=(2,))
-    self._decode_fn = sample._jit(bind(_decode_step), donate_argnums=(2,))
+    self._decode_fn = sample.decode_jit(bind(_decode_step), donate_argnums=(2,))
     self._prompt_logprobs_fn = jax.jit(bind(_prompt_logprobs))
     self._layers = model.unstacked_layers()  # per-layer copies, as sample.generate uses them
     B, S = max_batch, max_seq_len

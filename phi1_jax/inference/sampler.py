@@ -25,14 +25,13 @@ Command (one prompt, printed completions):
   python -m phi1_jax.sample --checkpoint=CKPT --prompt='def fib(n):' [--max_tokens=128]
       [--temperature=0 --top_p=1 --top_k=0 --seed=0 --n=1 --stop=STR ... --tokenizer=PATH]
 
-CKPT is anything `phi1_jax.model.hf.load_params` reads; the tokenizer is found beside it
-(`find_tokenizer`). `--prompt=-` reads the prompt from stdin.
+CKPT is anything `phi1_jax.model.checkpoint.resolve` takes; the tokenizer is the one kept with it
+unless --tokenizer names one. `--prompt=-` reads the prompt from stdin.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
@@ -40,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from phi1_jax import paths
 
 PAD_OUT = -1  # marks "no token" in the output buffer (after eos or a host stop)
 
@@ -128,7 +126,7 @@ def _decode_options(backend: str) -> dict | None:
   return _CPU_DECODE_OPTIONS
 
 
-def _jit(fn, **kwargs):
+def decode_jit(fn, **kwargs):
   """jax.jit with the CPU decode options when the default backend is the CPU."""
   cache = {}
 
@@ -181,7 +179,7 @@ def _prefill(
   }
 
 
-@functools.partial(_jit, static_argnames=("graphdef", "prompt_len", "sampling"), donate_argnames=("state",))
+@functools.partial(decode_jit, static_argnames=("graphdef", "prompt_len", "sampling"), donate_argnames=("state",))
 def _decode(graphdef, params, layers, state, done_B, step_end, eos_id, *, prompt_len, sampling):
   """Decodes until every row is done or out[:, step_end] is written (one compiled while_loop).
 
@@ -389,68 +387,3 @@ def sample_texts(
     if progress is not None:
       progress(len(idx))
   return results
-
-
-# ---------------------------------------------------------------- checkpoint + tokenizer, command line
-
-
-def find_tokenizer(ckpt, tokenizer=None) -> Path:
-  """The tokenizer file for checkpoint `ckpt`: `tokenizer` if given, else a tokenizer.model /
-  tokenizer.json in the checkpoint folder or its tokenizer/ subfolder (for a trainer step folder,
-  also in the workdir). ValueError naming what is missing."""
-  from phi1_jax.data.tokenizer import tokenizer_file
-
-  if tokenizer:
-    try:
-      return tokenizer_file(tokenizer)
-    except FileNotFoundError as e:
-      raise ValueError(f"--tokenizer: {e}") from None
-  ckpt = paths.as_path(ckpt)
-  bases = [ckpt]
-  if ckpt.name.isdigit() and ckpt.parent.name == "checkpoints":
-    bases.append(ckpt.parent.parent)  # trainer step folder: the workdir keeps the tokenizer
-  for base in bases:
-    for folder in (base, base / "tokenizer"):
-      try:
-        return tokenizer_file(folder)
-      except FileNotFoundError:
-        pass
-  raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); pass --tokenizer=PATH")
-
-
-def check_checkpoint(ckpt) -> None:
-  """ValueError naming the problem when `ckpt` is no checkpoint convert.load_params reads (nothing loaded)."""
-  from phi1_jax.model import hf as convert
-
-  problem = paths.bucket_problem(ckpt)
-  if problem:
-    raise ValueError(f"checkpoint {ckpt}: {problem}")
-  ckpt = paths.as_path(ckpt)
-  if not ckpt.exists():
-    raise ValueError(f"checkpoint {ckpt}: not found")
-  if (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
-    return  # a transformers folder
-  convert.find_params_checkpoint(ckpt)
-
-
-def load_model_and_tokenizer(ckpt, tokenizer=None, dtype: str | None = None):
-  """(Phi, Tokenizer) from any checkpoint convert.load_params reads, compute dtype overridden by
-  `dtype`. ValueError (one line) for a bad checkpoint, a missing tokenizer or a tokenizer larger
-  than the model's vocabulary."""
-  import dataclasses
-
-  from phi1_jax.model import hf as convert
-  from phi1_jax.data.tokenizer import load_tokenizer
-
-  check_checkpoint(ckpt)
-  tok_path = find_tokenizer(ckpt, tokenizer)
-  tok = load_tokenizer(tok_path)
-  try:
-    cfg, params = convert.load_params(ckpt)
-  except (OSError, KeyError) as e:
-    raise ValueError(f"checkpoint {ckpt}: cannot be read ({type(e).__name__}: {e})") from None
-  if dtype:
-    cfg = dataclasses.replace(cfg, dtype=dtype)
-  if tok.vocab_size > cfg.vocab_size:
-    raise ValueError(f"tokenizer {tok_path} has {tok.vocab_size} tokens, the model only {cfg.vocab_size}")
-  return convert.model_from_params(cfg, params), tok

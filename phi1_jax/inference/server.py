@@ -3,8 +3,8 @@
   python -m phi1_jax.serve --checkpoint=CKPT [--host=127.0.0.1] [--port=8000] [--model_name=NAME]
       [--max_batch=16] [--max_queue=256] [--max_seq_len=N] [--dtype=float32|bfloat16] [--tokenizer=PATH]
 
-CKPT is anything `phi1_jax.model.hf.load_params` reads (trainer workdir or step folder, converter
-output, transformers folder); the tokenizer is found beside it (`sample.find_tokenizer`).
+CKPT is anything `phi1_jax.model.checkpoint.resolve` takes (trainer workdir or step folder, converter
+output, transformers folder); the tokenizer is the one kept with it (`Checkpoint.tokenizer_file`).
 Endpoints: GET /health (503 while the shapes compile, then 200 with slot and queue counts),
 GET /v1/models, POST /v1/completions, POST /v1/chat/completions (`stream=true` for server-sent
 events). The HTTP stack is FastAPI on uvicorn; the batching is `phi1_jax.inference.engine` (a thread);

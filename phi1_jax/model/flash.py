@@ -14,13 +14,13 @@ unfused path, which therefore drops exactly what the kernel drops. The seed come
 training step's dropout key, so the same seed and step give the same mask (exact resume).
 
     flash_attention(q, k, v, seed, rate=0.1)   # q, k, v [B, L, N, H]; seed uint32[2]
-    attention_reference(q, k, v, seed, rate)   # the same function, unfused (XLA)
+    phi1_jax.model.attention.attention_reference(q, k, v, seed, rate)   # the same, unfused (XLA)
 
 `interpret=None` runs the kernel compiled on GPU and in Pallas' interpreter elsewhere (tests).
 Tiles: `Blocks`; the environment variable PHI1_FLASH_BLOCKS="128,64,64,64,4,4,2" (the fields in
 order) replaces the defaults, so a benchmark's best tiling can be tried in a training run.
 `fits()` says where the kernel applies (causal, no mask array, head dim a power of 2 from 16 to
-128, lengths divisible by the blocks); model.attention falls back to the unfused path elsewhere.
+128, lengths divisible by the blocks); phi1_jax.model.attention.attention falls back to the unfused path elsewhere.
 """
 
 from __future__ import annotations
@@ -120,22 +120,6 @@ def dropout_keep(seed, B: int, N: int, L: int, S: int, rate: float, batch_offset
   q_pos = jnp.arange(L, dtype=jnp.int32)[:, None] + (S - L)
   k_pos = jnp.arange(S, dtype=jnp.int32)[None, :]
   return _keep(key_BxN[:, :, None, None], q_pos, k_pos, S, rate)
-
-
-def attention_reference(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, seed, rate: float):
-  """Causal attention, softmax in float32, the kernel's dropout mask (unfused: for tests and for
-  devices without the kernel). rate 0 is plain causal attention."""
-  B, L, N, H = q_BxLxNxH.shape
-  S = k_BxSxNxH.shape[1]
-  logits = jnp.einsum("blnh,bsnh->bnls", q_BxLxNxH, k_BxSxNxH, preferred_element_type=jnp.float32)
-  logits = logits / math.sqrt(H)
-  causal = jnp.arange(L)[:, None] + (S - L) >= jnp.arange(S)[None, :]
-  probs = jax.nn.softmax(jnp.where(causal, logits, MASK_VALUE), axis=-1)
-  if rate > 0:
-    probs = jnp.where(dropout_keep(seed, B, N, L, S, rate), probs / (1.0 - rate), 0.0)
-  return jnp.einsum(
-    "bnls,bsnh->blnh", probs.astype(v_BxSxNxH.dtype), v_BxSxNxH, preferred_element_type=jnp.float32
-  ).astype(q_BxLxNxH.dtype)
 
 
 # --- the kernels --------------------------------------------------------------------------------

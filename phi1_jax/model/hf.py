@@ -1,41 +1,31 @@
-"""Converts Phi checkpoints between Hugging Face (config.json + safetensors) and phi1_jax (Orbax).
+"""Phi checkpoints in Hugging Face's layout (config.json + safetensors) <-> phi1_jax parameters.
 
-  python -m phi1_jax.convert hf-to-orbax --hf_dir DIR --out CKPT_DIR
-  python -m phi1_jax.convert orbax-to-hf --checkpoint CKPT_DIR --out DIR
+`hf_to_params` and `params_to_hf` map a transformers `PhiForCausalLM` checkpoint to the pure dict
+`nnx.to_pure_dict(nnx.state(model, nnx.Param))` and back, exactly (reshapes and transposes only);
+`read_hf_dir` and `write_hf_dir` read and write save_pretrained folders. Reading any checkpoint by
+its path, and the converter commands, are `phi1_jax.model.checkpoint`'s.
 
-A phi1_jax checkpoint is `CKPT_DIR/params` (an Orbax checkpoint of the pure dict
-`nnx.to_pure_dict(nnx.state(model, nnx.Param))`) plus `CKPT_DIR/model_config.json`
-(`dataclasses.asdict(ModelConfig)`). `--checkpoint` also takes a trainer step folder
-(`WORKDIR/checkpoints/<step>`, Orbax item `params`, or `state` holding "params") or a trainer
-workdir (latest step).
-
-Everything is validated (config, every tensor name and shape) before the output folder is
-created, and a non-empty output folder is never written into.
+Everything is validated (config, every tensor name and shape) before an output folder is created,
+and a non-empty output folder is never written into.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
-import sys
 from pathlib import Path
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-import orbax.checkpoint as ocp
 import safetensors
 import safetensors.numpy
-from flax import nnx
 
 from phi1_jax import paths
 from phi1_jax.cli import out_dir_problem
-from phi1_jax.data.tokenizer import EOS_TOKEN
-from phi1_jax.model.phi import ModelConfig, Phi, abstract_model
+from phi1_jax.model.config import ModelConfig
+from phi1_jax.model.phi import check_shapes, flatten_params, param_shapes
 
 HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU with the tanh approximation
 # Buffers some transformers versions store although they follow from the config.
@@ -84,6 +74,7 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
   theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
   factor = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))
   head_dim = d_model // n_heads
+  eos = hf.get("eos_token_id")  # phi-1's file has none (its <|endoftext|> is the default 50256)
   return ModelConfig(
     vocab_size=need("vocab_size"),
     d_model=d_model,
@@ -99,6 +90,7 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
     attn_dropout=hf.get("attention_dropout", 0.0),
     resid_dropout=hf.get("resid_pdrop", 0.0),
     init_std=hf.get("initializer_range", 0.02),
+    **({"eos_id": eos} if isinstance(eos, int) and not isinstance(eos, bool) else {}),
   )
 
 
@@ -201,38 +193,6 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
   return shapes
 
 
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-  """Every phi1_jax parameter as a '/'-joined path, with its shape (computed abstractly)."""
-  state = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
-  return {path: tuple(x.shape) for path, x in _flatten(state).items()}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}/"))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def check_shapes(expected: dict[str, tuple], found: dict[str, tuple], where: str) -> None:
-  """Raises a one-line ValueError on the first missing, extra or wrongly shaped tensor."""
-  problems = []
-  for name in sorted(set(expected) | set(found)):
-    want, got = expected.get(name), found.get(name)
-    if want is None:
-      problems.append(f"{name}: unexpected tensor (expected shape none, found {got})")
-    elif got is None:
-      problems.append(f"{name}: missing tensor (expected shape {want}, found none)")
-    elif tuple(want) != tuple(got):
-      problems.append(f"{name}: wrong shape (expected {tuple(want)}, found {tuple(got)})")
-  if problems:
-    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-    raise ValueError(f"{where}: {problems[0]}{more}")
-
-
 # ---------------------------------------------------------------- HF <-> pure params
 
 
@@ -256,7 +216,7 @@ def hf_to_params(config_json: dict, tensors: dict[str, np.ndarray]) -> tuple[Mod
 def params_to_hf(cfg: ModelConfig, pure_params: dict) -> tuple[dict, dict[str, np.ndarray]]:
   """(PhiConfig dict, HF tensors as contiguous float32 numpy arrays) from phi1_jax parameters."""
   hf_config = model_config_to_hf_config(cfg)
-  flat = _flatten(pure_params)
+  flat = flatten_params(pure_params)
   check_shapes(param_shapes(cfg), {k: np.shape(v) for k, v in flat.items()}, "phi1_jax params")
 
   def out(x):
@@ -347,7 +307,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def write_hf_dir(out_dir, hf_config: dict, tensors: dict[str, np.ndarray]) -> None:
   """config.json + model.safetensors into a new (or empty) folder."""
-  out_dir = _fresh_dir(out_dir)
+  out_dir = make_out_dir(out_dir)
   safetensors.numpy.save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
   # safetensors creates the file 0600; give it the mode any new file gets (0666 less the umask).
   os.chmod(out_dir / "model.safetensors", 0o666 & ~_umask())
@@ -360,137 +320,7 @@ def _umask() -> int:
   return mask
 
 
-# ---------------------------------------------------------------- Orbax files
-
-
-# A trainer step folder holds either an item `params` (the pure dict) or an item `state` whose tree is
-# {"params": <pure dict>, "opt_state": ..., "step": ...}; only the params are read from it.
-_TRAINER_ITEMS = ("params", "state")
-
-
-def _trainer_item(step_dir):
-  return next((step_dir / name for name in _TRAINER_ITEMS if (step_dir / name).is_dir()), None)
-
-
-def find_params_checkpoint(path):
-  """(params_dir, model_config_path) for a converter output, a trainer step folder or workdir,
-  on a disk or in a bucket (epath paths).
-
-  params_dir is the Orbax item folder: `params`, or a trainer `state` item holding "params".
-  """
-  path = paths.absolute(path)
-  if path.name.isdigit() and path.parent.name == "checkpoints" and _trainer_item(path):
-    if not ocp.utils.is_checkpoint_finalized(path):  # in a bucket, a save cut short keeps its name
-      raise ValueError(f"{path}: an unfinished save (no commit_success.txt)")
-    params_dir, config_path = _trainer_item(path), path.parent.parent / "model_config.json"  # trainer step
-  elif (path / "params").is_dir():
-    params_dir, config_path = path / "params", path / "model_config.json"  # converter output
-  elif (path / "checkpoints").is_dir():  # trainer workdir: latest finalized step
-    steps = [
-      s for s in ocp.utils.checkpoint_steps(path / "checkpoints") if _trainer_item(path / "checkpoints" / str(s))
-    ]
-    if not steps:
-      raise ValueError(f"{path / 'checkpoints'}: no finished step folder with a params or state item")
-    params_dir, config_path = _trainer_item(path / "checkpoints" / str(max(steps))), path / "model_config.json"
-  else:
-    raise ValueError(
-      f"{path}: not a checkpoint (expected params/ + model_config.json, "
-      "a trainer step folder checkpoints/<step>, or a trainer workdir)"
-    )
-  if not config_path.is_file():
-    raise ValueError(f"{config_path}: not found (needed beside the checkpoint for {path})")
-  return params_dir, config_path
-
-
-class _DropMissingMetadataWarning(logging.Filter):
-  """Orbax warns on every restore of an item folder, which never holds _CHECKPOINT_METADATA (its
-  step folder does); only that one message is dropped, other absl warnings still show."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Metadata file does not exist")
-
-
-_ABSL_FILTER = _DropMissingMetadataWarning()
-
-
-def quiet_orbax_metadata_warning() -> None:
-  """Installs the filter on absl's logger (idempotent): call where a checkpoint is read."""
-  absl_logger = logging.getLogger("absl")
-  if _ABSL_FILTER not in absl_logger.filters:
-    absl_logger.addFilter(_ABSL_FILTER)
-
-
-def load_params(ckpt_path) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, pure params of float32 numpy arrays) from any folder find_params_checkpoint takes.
-
-  A transformers save_pretrained folder (config.json + safetensors) is read through hf_to_params.
-  """
-  path = paths.as_path(ckpt_path)
-  if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-    return hf_to_params(*read_hf_dir(path))
-  params_dir, config_path = find_params_checkpoint(path)
-  quiet_orbax_metadata_warning()
-  try:
-    cfg = ModelConfig.from_dict(read_json(config_path))
-  except TypeError as e:  # a field of the wrong kind
-    raise ValueError(f"{config_path}: {e}") from None
-  expected = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
-  if not any(params_dir.iterdir()):
-    raise ValueError(f"{params_dir}: empty folder, not an Orbax checkpoint (an unfinished save?)")
-  try:
-    metadata = ocp.StandardCheckpointer().metadata(params_dir)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"{params_dir}: not a readable Orbax checkpoint ({str(e).splitlines()[0]})") from None
-  tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
-  if not isinstance(tree, dict):
-    raise ValueError(f"{params_dir}: not a readable Orbax checkpoint (no array metadata; an unfinished save?)")
-  stored = dict(tree)
-  nested = "params" in stored and "embed" not in stored  # a trainer `state` item
-  found = dict(stored["params"]) if nested else stored
-  check_shapes(
-    {k: tuple(v.shape) for k, v in _flatten(expected).items()},
-    {k: tuple(v.shape) for k, v in _flatten(found).items()},
-    str(params_dir),
-  )
-  # Restore onto one host device whatever sharding the trainer saved with.
-  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=cpu), expected)
-  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=cpu, dtype=jnp.float32), expected)
-  if nested:
-    target, restore_args = {"params": target}, {"params": restore_args}
-  restored = ocp.PyTreeCheckpointer().restore(
-    params_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=nested)
-  )  # skips opt_state and step
-  return cfg, jax.tree.map(np.asarray, restored["params"] if nested else restored)
-
-
-def save_params(out_dir, cfg: ModelConfig, pure_params: dict) -> None:
-  """Writes out_dir/params (Orbax) and out_dir/model_config.json into a new (or empty) folder."""
-  check_shapes(param_shapes(cfg), {k: np.shape(v) for k, v in _flatten(pure_params).items()}, "phi1_jax params")
-  out_dir = _fresh_dir(out_dir)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(out_dir.absolute() / "params", pure_params)
-  checkpointer.wait_until_finished()
-  (out_dir / "model_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-
-
-def model_from_params(cfg: ModelConfig, pure_params: dict) -> Phi:
-  """A ready-to-call Phi holding `pure_params` (shapes checked; no random init is computed)."""
-  check_shapes(param_shapes(cfg), {k: np.shape(v) for k, v in _flatten(pure_params).items()}, "phi1_jax params")
-  model = abstract_model(cfg)
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure_params))
-  nnx.update(model, state)
-  return model
-
-
-def load_hf(hf_dir) -> tuple[ModelConfig, Phi]:
-  """(ModelConfig, Phi) from a transformers save_pretrained folder."""
-  cfg, params = hf_to_params(*read_hf_dir(hf_dir))
-  return cfg, model_from_params(cfg, params)
-
-
-def _ensure_writable(out_dir) -> None:
+def check_out_dir(out_dir) -> None:
   """Refuses a non-empty output folder, so nothing the user made is overwritten."""
   if paths.is_remote(out_dir):
     raise ValueError(f"--out {out_dir}: write to a local folder (then copy it up: gcloud storage cp -r)")
@@ -502,80 +332,9 @@ def _ensure_writable(out_dir) -> None:
     raise ValueError(f"--out {out_dir}: {problem}")
 
 
-def _fresh_dir(out_dir) -> Path:
-  _ensure_writable(out_dir)
+def make_out_dir(out_dir) -> Path:
+  """`out_dir` created, after check_out_dir."""
+  check_out_dir(out_dir)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   return out_dir
-
-
-# ---------------------------------------------------------------- command line
-
-
-def hf_to_orbax(hf_dir, out_dir) -> ModelConfig:
-  """The hf-to-orbax command: validates everything, then writes out_dir."""
-  _ensure_writable(out_dir)
-  cfg, params = hf_to_params(*read_hf_dir(hf_dir))
-  tokenizer = paths.as_path(hf_dir) / "tokenizer.json"  # kept beside the params, where eval and sample look
-  if tokenizer.is_file():
-    from phi1_jax.data.tokenizer import load_tokenizer
-
-    try:
-      load_tokenizer(tokenizer)
-    except ValueError as e:
-      print(f"note: tokenizer not copied: {e}", file=sys.stderr)
-      tokenizer = None
-  save_params(out_dir, cfg, params)
-  if tokenizer and tokenizer.is_file():
-    paths.copy(tokenizer, Path(out_dir) / "tokenizer.json")
-  return cfg
-
-
-def orbax_to_hf(ckpt, out_dir, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> ModelConfig:
-  """The orbax-to-hf command: validates everything, then writes out_dir (with the tokenizer, when it can)."""
-  _ensure_writable(out_dir)
-  cfg, params = load_params(ckpt)
-  hf_config, tensors = params_to_hf(cfg, params)
-  tokenizer = hf_tokenizer_files(ckpt, cfg, log)
-  if tokenizer and tokenizer["eos_id"] != hf_config["eos_token_id"]:
-    log(
-      f"note: the tokenizer's {EOS_TOKEN} is id {tokenizer['eos_id']}, model_config.json's eos_id "
-      f"{cfg.eos_id}; config.json takes the tokenizer's"
-    )
-    hf_config.update(bos_token_id=tokenizer["eos_id"], eos_token_id=tokenizer["eos_id"])
-  write_hf_dir(out_dir, hf_config, tensors)
-  for name, text in (tokenizer or {}).get("files", {}).items():
-    (Path(out_dir) / name).write_text(text)
-  return cfg
-
-
-def hf_tokenizer_files(ckpt, cfg: ModelConfig, log) -> dict | None:
-  """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, from the tokenizer kept with the
-  checkpoint (a tokenizer.json as it is; a train_tokenizer SentencePiece model converted, same ids);
-  None, after one line saying why, when there is none or it cannot be converted."""
-  from phi1_jax.data.tokenizer import checkpoint_tokenizer, load_tokenizer, spm_as_hf_tokenizer
-
-  path = checkpoint_tokenizer(ckpt)
-  if path is None:
-    log(f"note: no tokenizer.model or tokenizer.json kept with {ckpt}; exported the model only")
-    return None
-  try:
-    if path.suffix == ".json":
-      eos_id, text = load_tokenizer(path).eos_id, path.read_text()
-    else:
-      hf = spm_as_hf_tokenizer(path)
-      eos_id, text = hf.token_to_id(EOS_TOKEN), hf.to_str()
-  except ValueError as e:
-    log(f"note: tokenizer not exported, AutoTokenizer will not load the folder: {e}")
-    return None
-  config = {
-    "tokenizer_class": "PreTrainedTokenizerFast",
-    "bos_token": EOS_TOKEN,
-    "eos_token": EOS_TOKEN,
-    "model_max_length": cfg.max_seq_len,
-    "clean_up_tokenization_spaces": False,
-  }
-  return {
-    "eos_id": eos_id,
-    "files": {"tokenizer.json": text, "tokenizer_config.json": json.dumps(config, indent=2) + "\n"},
-  }

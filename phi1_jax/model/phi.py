@@ -14,7 +14,6 @@ F mlp dim, V vocab, Y layers.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -22,60 +21,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from phi1_jax.model import flash
+from phi1_jax.model.attention import attention, cached_attention, document_mask
+from phi1_jax.model.config import ModelConfig
 from phi1_jax.model.sharding import constrain
 
-REMAT_POLICIES = {
+REMAT_POLICIES = {  # ModelConfig.remat's names (model.config.REMAT_NAMES) -> jax's policies
   "none": None,
   "full": jax.checkpoint_policies.nothing_saveable,
   "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "auto")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Shape and numerics of a Phi model. Defaults are phi-1 (1.3B)."""
-
-  vocab_size: int = 51200
-  d_model: int = 2048
-  n_layers: int = 24
-  n_heads: int = 32
-  head_dim: int = 64
-  mlp_dim: int = 8192
-  rotary_dim: int = 32
-  rope_theta: float = 10000.0
-  max_seq_len: int = 2048
-  ln_eps: float = 1e-5
-  embd_dropout: float = 0.0
-  attn_dropout: float = 0.0
-  resid_dropout: float = 0.0
-  dtype: str = "float32"  # compute dtype; parameters stay float32
-  # "xla", "cudnn" (fused kernel on GPU, no dropout), "pallas" (phi1_jax.model.flash's kernel, dropout
-  # inside; interpreted off GPU) or "auto" (on GPU: pallas with attention dropout, else cudnn)
-  attention_impl: str = "xla"
-  doc_mask: bool = False  # forbid attention across <|endoftext|> in packed sequences
-  eos_id: int = 50256  # the <|endoftext|> id, used by doc_mask
-  remat: str = "none"  # "none", "full" or "save_dots"
-  scan_layers: bool = True  # False unrolls the layers: longer compiles, a faster step on small models
-  init_std: float = 0.02
-
-  def __post_init__(self):
-    if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.head_dim:
-      raise ValueError(f"model.rotary_dim={self.rotary_dim} must be even and in [0, head_dim={self.head_dim}]")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
-    jnp.dtype(self.dtype)  # raises on an unknown dtype name
-
-  @classmethod
-  def from_dict(cls, d) -> "ModelConfig":
-    d = dict(d)
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f"unknown model config field(s): {sorted(unknown)}")
-    return cls(**d)
 
 
 def _param(key, shape, axes, std):
@@ -89,7 +43,7 @@ def _param(key, shape, axes, std):
   return nnx.Param(value, logical_axes=axes)
 
 
-class Blocks(nnx.Module):
+class StackedBlocks(nnx.Module):
   """All transformer blocks, parameters stacked along the leading `layers` axis."""
 
   def __init__(self, cfg: ModelConfig, key):
@@ -137,80 +91,6 @@ def _dropout(x, rate, key):
     return x
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask_BxLxS, *, is_causal, impl, dropout_rate=0.0, key=None):
-  """Scaled dot-product attention with the softmax in float32.
-
-  Without attention dropout this is `jax.nn.dot_product_attention`, so XLA or cuDNN can fuse it.
-  With dropout, causal and no mask array, "pallas" (and "auto" on GPU) runs `phi1_jax.model.flash`'s
-  fused kernel; otherwise the probabilities are written out and dropped here. Both paths drop the
-  same positions: the mask is a hash of (key, batch, head, query, key position).
-  """
-  kernel_fits = (
-    mask_BxLxS is None
-    and is_causal
-    and flash.fits(q_BxLxNxH, k_BxSxNxH)
-    and (impl == "pallas" or (impl == "auto" and jax.default_backend() == "gpu"))
-  )
-  if dropout_rate > 0.0 and key is not None:
-    seed = flash.seed_from_key(key)
-    if kernel_fits:
-      return flash.flash_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, seed, dropout_rate)
-    B, L, N, H = q_BxLxNxH.shape
-    S = k_BxSxNxH.shape[1]
-    scale = 1.0 / math.sqrt(H)
-    logits_BxNxLxS = jnp.einsum("blnh,bsnh->bnls", q_BxLxNxH, k_BxSxNxH, preferred_element_type=jnp.float32) * scale
-    allowed = jnp.ones((1, 1, L, S), bool)
-    if is_causal:
-      allowed = allowed & jnp.tril(jnp.ones((L, S), bool))[None, None]
-    if mask_BxLxS is not None:
-      allowed = allowed & mask_BxLxS[:, None]
-    logits_BxNxLxS = jnp.where(allowed, logits_BxNxLxS, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits_BxNxLxS, axis=-1)
-    keep = flash.dropout_keep(seed, B, N, L, S, dropout_rate)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(v_BxSxNxH.dtype)
-    return jnp.einsum("bnls,bsnh->blnh", probs, v_BxSxNxH)
-  if impl == "pallas" and kernel_fits:  # the kernel without dropout: for comparisons
-    return flash.flash_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, jnp.zeros((2,), jnp.uint32), 0.0)
-  mask = None if mask_BxLxS is None else mask_BxLxS[:, None]
-  if impl in ("auto", "pallas"):  # jax's own default (None) is always XLA, so choose here
-    impl = "cudnn" if _cudnn_fits(q_BxLxNxH, mask) else "xla"
-  return jax.nn.dot_product_attention(
-    q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=is_causal, implementation=impl
-  )
-
-
-def _cudnn_fits(q_BxLxNxH, mask) -> bool:
-  """cuDNN's fused attention: a GPU, 16-bit inputs, head dim a multiple of 8 up to 128, no mask
-  array (causality goes as a flag)."""
-  H = q_BxLxNxH.shape[-1]
-  return (
-    jax.default_backend() == "gpu"
-    and q_BxLxNxH.dtype in (jnp.bfloat16, jnp.float16)
-    and H % 8 == 0
-    and H <= 128
-    and mask is None
-  )
-
-
-def cached_attention(q_BxLxNxH, k_BxNxSxH, v_BxNxSxH, mask_BxLxS):
-  """Attention over a KV cache kept as [B, N, S, H], so that no step transposes the cache; the
-  softmax in float32."""
-  scale = 1.0 / math.sqrt(q_BxLxNxH.shape[-1])
-  logits_BxNxLxS = (
-    jnp.einsum("blnh,bnsh->bnls", q_BxLxNxH, k_BxNxSxH.astype(q_BxLxNxH.dtype), preferred_element_type=jnp.float32)
-    * scale
-  )
-  logits_BxNxLxS = jnp.where(mask_BxLxS[:, None], logits_BxNxLxS, jnp.finfo(jnp.float32).min)
-  probs_BxNxLxS = jax.nn.softmax(logits_BxNxLxS, axis=-1).astype(q_BxLxNxH.dtype)
-  return jnp.einsum("bnls,bnsh->blnh", probs_BxNxLxS, v_BxNxSxH.astype(q_BxLxNxH.dtype))
-
-
-def document_mask(tokens_BxL, eos_id):
-  """True where query and key lie in the same packed document (an eos ends its document)."""
-  doc_BxL = jnp.cumsum(tokens_BxL == eos_id, axis=1) - (tokens_BxL == eos_id)
-  return doc_BxL[:, :, None] == doc_BxL[:, None, :]
 
 
 def _block(cfg: ModelConfig, p: dict, x_BxLxD, positions_BxL, mask_BxLxS, key, cache_kv=None, cache_index=None):
@@ -271,7 +151,7 @@ class Phi(nnx.Module):
     self.cfg = cfg
     V, D, s = cfg.vocab_size, cfg.d_model, cfg.init_std
     self.embed = _param(rngs.params(), (V, D), ("vocab", "embed"), s)
-    self.blocks = Blocks(cfg, rngs.params())
+    self.blocks = StackedBlocks(cfg, rngs.params())
     self.final_ln_scale = _param(None, (D,), ("embed",), None)
     self.final_ln_bias = _param(None, (D,), ("embed",), 0)
     self.lm_head_kernel = _param(rngs.params(), (D, V), ("embed", "vocab"), s)
@@ -380,3 +260,49 @@ def count_params(cfg: ModelConfig) -> int:
   """Parameter count, computed abstractly."""
   state = nnx.state(abstract_model(cfg), nnx.Param)
   return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+# ----------------------------------------------------------------------------- parameters as a pure dict
+
+
+def flatten_params(tree: dict, prefix: str = "") -> dict:
+  """A nested dict of arrays as {"a/b/c": array}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten_params(value, f"{prefix}{key}/"))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+  """Every parameter as a '/'-joined path, with its shape (computed abstractly)."""
+  state = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+  return {path: tuple(x.shape) for path, x in flatten_params(state).items()}
+
+
+def check_shapes(expected: dict[str, tuple], found: dict[str, tuple], where: str) -> None:
+  """Raises a one-line ValueError on the first missing, extra or wrongly shaped tensor."""
+  problems = []
+  for name in sorted(set(expected) | set(found)):
+    want, got = expected.get(name), found.get(name)
+    if want is None:
+      problems.append(f"{name}: unexpected tensor (expected shape none, found {got})")
+    elif got is None:
+      problems.append(f"{name}: missing tensor (expected shape {want}, found none)")
+    elif tuple(want) != tuple(got):
+      problems.append(f"{name}: wrong shape (expected {tuple(want)}, found {tuple(got)})")
+  if problems:
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    raise ValueError(f"{where}: {problems[0]}{more}")
+
+
+def model_from_params(cfg: ModelConfig, pure_params: dict) -> Phi:
+  """A ready-to-call Phi holding `pure_params` (shapes checked; no random init is computed)."""
+  check_shapes(param_shapes(cfg), {k: jnp.shape(v) for k, v in flatten_params(pure_params).items()}, "phi1_jax params")
+  model = abstract_model(cfg)
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure_params))
+  nnx.update(model, state)
+  return model

@@ -27,9 +27,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from phi1_jax import paths
-from phi1_jax.model import hf as convert
+from phi1_jax.data.tokenizer import file_sha256, load_tokenizer
 from phi1_jax.inference import sampler as sample
-from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
+from phi1_jax.model import checkpoint as checkpoint_lib
+from phi1_jax.model.phi import flatten_params, model_from_params
 
 POOLINGS = ("mean", "last")
 _SORT_CHUNK_BATCHES = 8  # documents sorted by length within 8 batches at a time
@@ -38,7 +39,7 @@ _SORT_CHUNK_BATCHES = 8  # documents sorted by length within 8 batches at a time
 def params_digest(params: dict) -> str:
   """sha256 over every parameter's path, shape, dtype and bytes (float32), in path order."""
   h = hashlib.sha256()
-  for path, x in sorted(convert._flatten(params).items()):
+  for path, x in sorted(flatten_params(params).items()):
     x = np.ascontiguousarray(np.asarray(x, np.float32))
     h.update(f"{path}\0{x.shape}\0".encode())
     h.update(x.tobytes())
@@ -65,12 +66,9 @@ class Embedder:
       raise ValueError(f"--pooling={pooling!r} is not one of {POOLINGS}")
     if max_len < 1 or batch_size < 1:
       raise ValueError(f"--max_len={max_len} and --batch_size={batch_size} must be positive")
-    checkpoint = paths.as_path(checkpoint)
-    try:
-      tok_path = tokenizer_file(tokenizer or checkpoint)
-    except FileNotFoundError as e:
-      raise ValueError(f"{e} (pass --tokenizer)") from None
-    cfg, params = convert.load_params(checkpoint)
+    found = checkpoint_lib.resolve(checkpoint)
+    tok_path = found.tokenizer_file(tokenizer)
+    cfg, params = found.load_params()
     if max_len > cfg.max_seq_len:
       raise ValueError(f"--max_len={max_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
     self.tokenizer = load_tokenizer(tok_path)
@@ -91,7 +89,7 @@ class Embedder:
     )
     self.cfg, self.max_len, self.pooling, self.batch_size = cfg, max_len, pooling, batch_size
     self.identity = {
-      "checkpoint": str(paths.absolute(checkpoint)),
+      "checkpoint": str(found.path),
       "params_sha256": params_digest(params),
       "tokenizer": str(paths.absolute(tok_path)),
       "tokenizer_sha256": file_sha256(paths.local_copy(tok_path)),
@@ -102,7 +100,7 @@ class Embedder:
     }
     self.mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
-    model = convert.model_from_params(cfg, params)
+    model = model_from_params(cfg, params)
     self._graphdef, state = nnx.split(model)
     self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
     self._buckets = sample.pow2_buckets(max_len)

@@ -164,7 +164,7 @@ def make_eval_step(graphdef, config):
 
 def checkpoint_model_config(path: str) -> ModelConfig:
   """The ModelConfig of an init_from checkpoint (phi1_jax or Hugging Face), read without its weights."""
-  from phi1_jax.model import hf as convert
+  from phi1_jax.model import checkpoint
 
   problem = paths.bucket_problem(path)
   if problem:
@@ -173,13 +173,7 @@ def checkpoint_model_config(path: str) -> ModelConfig:
   if not folder.exists():
     raise UserError(f"init_from {path} does not exist")
   try:
-    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):  # as convert.load_params
-      hf = convert.read_json(folder / "config.json")
-      cfg = convert.hf_config_to_model_config(hf)
-      # hf_config_to_model_config keeps phi-1's eos id (50256); a small vocabulary's is in the file
-      eos = hf.get("eos_token_id")
-      return dataclasses.replace(cfg, eos_id=eos) if isinstance(eos, int) else cfg
-    return ModelConfig.from_dict(convert.read_json(convert.find_params_checkpoint(folder)[1]))
+    return checkpoint.resolve(folder).model_config()
   except (ValueError, TypeError, FileNotFoundError) as e:
     raise UserError(f"init_from {path}: {e}") from None
 
@@ -544,10 +538,10 @@ def prepare_workdir(workdir, config, model_cfg: ModelConfig, tokenizer: str, log
 
 def init_from_pretrained(path: str):
   """Parameters of a phi1_jax checkpoint or a Hugging Face folder (take_architecture checked its config)."""
-  from phi1_jax.model import hf as convert
+  from phi1_jax.model import checkpoint
 
   try:
-    _, params = convert.load_params(path)
+    _, params = checkpoint.load_params(path)
   except (ValueError, FileNotFoundError) as e:
     raise UserError(f"init_from {path}: {e}") from None
   return params

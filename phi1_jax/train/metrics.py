@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from phi1_jax.model.phi import ModelConfig
+from phi1_jax.model.config import ModelConfig
 
 # Dense bf16 peak FLOP/s per device (vendor data sheets), looked up by jax's `device_kind`.
 PEAK_BF16_FLOPS = {

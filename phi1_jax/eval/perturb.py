@@ -74,7 +74,11 @@ _NEW_VARIABLE_NAMES = (
   "k",
 )
 _VERB_PREFIXES = ("get_", "compute_", "find_", "calc_")
-_DEAD_CODE = ("if False:\n{i}    pass\n", "while False:\n{i}    break\n", "for _ in range(0):\n{i}    pass\n")
+_DEAD_CODE = (
+  "{i}if False:\n{i}    pass\n",
+  "{i}while False:\n{i}    break\n",
+  "{i}for {v} in range(0):\n{i}    pass\n",
+)
 _SWAPPED = {ast.Lt: ">", ast.Gt: "<", ast.LtE: ">=", ast.GtE: "<=", ast.Eq: "==", ast.NotEq: "!="}
 _SIMPLE_OPERANDS = (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.Call, ast.List, ast.Tuple, ast.Dict)
 
@@ -106,7 +110,7 @@ class _Text:
 
   @functools.cached_property
   def lines(self) -> list[str]:
-    return self.text.splitlines(keepends=True)
+    return re.findall(r"[^\n]*\n|[^\n]+$", self.text)  # split at "\n" only, as the AST's line numbers are
 
   @functools.cached_property
   def line_starts(self) -> list[int]:
@@ -294,10 +298,9 @@ def _var_name(problem: Problem, src: _Source, rng: random.Random) -> Problem:
       if isinstance(node, ast.arg) and node.arg == old:
         start = src.offset(node.lineno, node.col_offset)
         edits.append((start, start + len(old), new))
-      elif isinstance(node, ast.keyword) and node.arg == old:
-        if isinstance(node.value, ast.AST) and _calls_entry_point(src.fn, node, problem.entry_point):
-          start = src.offset(node.lineno, node.col_offset)
-          edits.append((start, start + len(old), new))
+      elif isinstance(node, ast.keyword) and node.arg == old and _calls_entry_point(src.fn, node, problem.entry_point):
+        start = src.offset(node.lineno, node.col_offset)
+        edits.append((start, start + len(old), new))
     edits += src.renamed(src.fn, old, new) + _doc_mentions(src, old, new)
   return _edited(problem, src, edits)
 
@@ -313,10 +316,8 @@ def _calls_entry_point(fn: ast.AST, keyword_node: ast.keyword, entry_point: str)
 def _dead_code(problem: Problem, src: _Source, rng: random.Random) -> Problem:
   indent = " " * src.fn.body[0].col_offset
   where = src.line_starts[src.doc.end_lineno] if src.doc is not None else src.split
-  block = rng.choice(_DEAD_CODE)
-  if "for _ in" in block:
-    block = block.replace("_ in", f"{src.free_name('_unused')} in")
-  return _edited(problem, src, [(where, where, indent + block.format(i=indent))])
+  block = rng.choice(_DEAD_CODE).format(i=indent, v=src.free_name("_unused"))
+  return _edited(problem, src, [(where, where, block)])
 
 
 def _in_fstring(tree: ast.AST) -> set[int]:
@@ -373,12 +374,10 @@ def _doc_indent(problem: Problem, src: _Source, rng: random.Random) -> Problem:
 
 def _signature_split(problem: Problem, src: _Source, rng: random.Random) -> Problem:
   def_start = src.offset(src.fn.lineno, src.fn.col_offset)
-  tokens = tokenize.generate_tokens(io.StringIO(src.text[def_start:]).readline)
-  line_offsets = [0] + [len(line) for line in src.text[def_start:].splitlines(keepends=True)]
-  line_offsets = [sum(line_offsets[: i + 1]) for i in range(len(line_offsets))]
+  rest = _Text(src.text[def_start:])
   depth, opened, commas = 0, None, []
-  for token in tokens:
-    at = def_start + line_offsets[token.start[0] - 1] + token.start[1]
+  for token in tokenize.generate_tokens(io.StringIO(rest.text).readline):
+    at = def_start + rest.line_starts[token.start[0] - 1] + token.start[1]
     if token.type == tokenize.OP and token.string in "([{":
       depth += 1
       opened = at if opened is None else opened
@@ -408,6 +407,17 @@ def _code_dump(problem: Problem) -> str:
   return ast.dump(tree)
 
 
+_BUILDERS = {
+  "func_name": _func_name,
+  "var_name": _var_name,
+  "dead_code": _dead_code,
+  "operand_swap": _operand_swap,
+  "blank_lines": _blank_lines,
+  "doc_indent": _doc_indent,
+  "signature_split": _signature_split,
+}
+
+
 def perturb(problem: Problem, kind: str, seed: int) -> Problem:
   """The problem under one perturbation `kind` (KINDS), the same for the same seed; task_id unchanged."""
   if kind not in KINDS:
@@ -417,7 +427,7 @@ def perturb(problem: Problem, kind: str, seed: int) -> Problem:
   if FAMILY_OF[kind] == "docstring":
     new = _docstring_kind(problem, src, rng, kind)
   else:
-    new = globals()[f"_{kind}"](problem, src, rng)
+    new = _BUILDERS[kind](problem, src, rng)
   if FAMILY_OF[kind] in ("docstring", "format") and _code_dump(new) != _code_dump(problem):
     raise AssertionError(f"{problem.task_id}: perturbation {kind} changed the code")
   return new

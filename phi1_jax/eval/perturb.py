@@ -159,11 +159,9 @@ class _Source(_Text):
     fn = [n for n in fn if n.name == problem.entry_point][-1]
     docs = [s.value for s in fn.body if isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)]
     doc = next((d for d in docs if isinstance(d.value, str)), None)
-    names = set(dir(builtins)) | set(keyword.kwlist) | _PROTECTED_WORDS
-    for node in ast.walk(ast.Module(body=tree.body + ast.parse(problem.test_program).body, type_ignores=[])):
-      for field in ("id", "arg", "name", "attr"):
-        if isinstance(getattr(node, field, None), str):
-          names.add(getattr(node, field))
+    names = (
+      set(dir(builtins)) | set(keyword.kwlist) | _PROTECTED_WORDS | _names_in(text) | _names_in(problem.test_program)
+    )
     return cls(text, len(problem.prompt), tree, fn, doc, names)
 
   def free_name(self, wanted: str) -> str:
@@ -398,9 +396,19 @@ def _signature_split(problem: Problem, src: _Source, rng: random.Random) -> Prob
   return _edited(problem, src, [(opened, closed + 1, new)])
 
 
-def _code_dump(problem: Problem) -> str:
-  """The AST of the program with every docstring (statement-level string) emptied."""
-  tree = ast.parse(problem.prompt + problem.canonical_solution + "\n" + problem.test_program)
+@functools.lru_cache(maxsize=4096)
+def _names_in(text: str) -> frozenset[str]:
+  """Every identifier in the code (names, parameters, definitions, attributes)."""
+  fields = ("id", "arg", "name", "attr")
+  return frozenset(
+    getattr(n, f) for n in ast.walk(ast.parse(text)) for f in fields if isinstance(getattr(n, f, None), str)
+  )
+
+
+@functools.lru_cache(maxsize=4096)
+def _code_dump(text: str) -> str:
+  """The AST of the code with every docstring (statement-level string) emptied."""
+  tree = ast.parse(text)
   for node in ast.walk(tree):
     if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
       node.value.value = ""
@@ -428,8 +436,10 @@ def perturb(problem: Problem, kind: str, seed: int) -> Problem:
     new = _docstring_kind(problem, src, rng, kind)
   else:
     new = _BUILDERS[kind](problem, src, rng)
-  if FAMILY_OF[kind] in ("docstring", "format") and _code_dump(new) != _code_dump(problem):
-    raise AssertionError(f"{problem.task_id}: perturbation {kind} changed the code")
+  if FAMILY_OF[kind] in ("docstring", "format"):  # these may change the prompt's text, never its code
+    before, after = (_code_dump(p.prompt + p.canonical_solution) for p in (problem, new))
+    if before != after or new.test_program != problem.test_program:
+      raise AssertionError(f"{problem.task_id}: perturbation {kind} changed the code")
   return new
 
 

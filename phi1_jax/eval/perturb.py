@@ -235,7 +235,7 @@ def _docstring_kind(problem: Problem, src: _Source, rng: random.Random, kind: st
       how = rng.choice(("add", "remove", "punctuation"))
       if how == "remove" and src.text[start - 1] == " " and src.text[start - 2].isalpha():
         edits.append((start - 1, end, word))
-      elif how == "punctuation":
+      elif how == "punctuation" and src.text[end] in " \n":
         edits.append((start, end, word + rng.choice(",;:")))
       else:
         edits.append((start, end, " " + word))

@@ -174,3 +174,27 @@ def test_eval_command_keeps_each_perturbed_prompt_and_reports_robust_pass_at_k(c
     "names": {"nominal_pass@1": 0.0, "robust_pass@1": 0.0},
   }
   assert summary["robustness"]["kinds"]["typo"]["variants"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("--reference" not in (REPO / "phi1_jax/eval/__main__.py").read_text(), reason="no --reference yet")
+def test_eval_reference_under_every_perturbation_passes_all_164_humaneval_problems(tmp_path):
+  out = tmp_path / "recode"
+  cmd = [sys.executable, "-m", "phi1_jax.eval", "--benchmark=humaneval", "--perturb=all", "--reference", f"--out={out}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in (out / "samples.jsonl_results.jsonl").read_text().splitlines()]
+  assert len(rows) == 164 * (1 + len(perturb.KINDS)) and all(row["passed"] for row in rows)
+  assert {row["perturbation"] for row in rows} == {None, *perturb.KINDS}
+  robustness = json.loads((out / "summary.json").read_text())["robustness"]
+  assert summary_pass_at_1_is_one(robustness)
+
+
+def summary_pass_at_1_is_one(robustness: dict) -> bool:
+  kinds, families = robustness["kinds"], robustness["families"]
+  return (
+    set(kinds) == set(perturb.KINDS)
+    and set(families) == set(perturb.FAMILIES)
+    and all(part["pass@1"] == part["robust_pass@1"] == 1.0 for part in kinds.values())
+    and all(part["nominal_pass@1"] == part["robust_pass@1"] == 1.0 for part in families.values())
+  )

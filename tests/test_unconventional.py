@@ -92,3 +92,13 @@ def test_decontamination_against_humaneval_and_mbpp_removes_none_of_the_set(tmp_
   counts = json.loads((out / "report.json").read_text())["counts"]
   assert (counts["documents"], counts["kept"], counts["removed"]) == (len(problems), len(problems), 0)
   assert counts["flagged_by"] == {"exact": 0, "ngram": 0, "ast": 0, "embed": 0}
+
+
+@pytest.mark.skipif("--reference" not in (REPO / "phi1_jax/eval/__main__.py").read_text(), reason="no --reference yet")
+def test_eval_reference_passes_every_problem_of_the_set(tmp_path):
+  done = run_module(
+    "phi1_jax.eval", "--benchmark=unconventional", "--reference", f"--out={tmp_path / 'ref'}", timeout=300
+  )
+  assert done.returncode == 0, done.stderr
+  summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+  assert summary["pass@1"] == 1.0 and summary["n_passed"] == summary["n_problems"] == 50

@@ -2,6 +2,7 @@
 passing, run in the sandbox), renames reaching prompt, solution and tests, Robust pass@k, and `--perturb` in the eval
 command end to end on a tiny random model."""
 
+import dataclasses
 import json
 import os
 import re
@@ -77,6 +78,12 @@ def test_renames_reach_the_prompt_the_solution_and_the_tests():
   new = variables.prompt.split("def fib(")[1].split(":")[0]
   assert new != "n" and f"Return {new}-th Fibonacci" in variables.prompt
   assert f"fib({new} - 1)" in variables.canonical_solution and variables.test_program == fib.test_program
+  # tests that call by keyword: the keywords follow the parameters' new names
+  by_keyword = "assert fib(n=10) == 55\ndef again(candidate):\n    assert candidate(n=1) == 1\nagain(fib)\n"
+  keyworded = dataclasses.replace(fib, test_program=by_keyword + fib.test_program)
+  renamed = perturb.perturb(keyworded, "var_name", 0)
+  assert f"fib({new}=10)" in renamed.test_program and f"candidate({new}=1)" in renamed.test_program
+  assert execute.execute_programs([problems_lib.build_program(renamed, renamed.canonical_solution)])[0].passed
 
 
 def test_every_kind_keeps_canonicals_passing_on_a_few_problems_of_each_set():

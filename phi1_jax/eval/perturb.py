@@ -288,7 +288,9 @@ def _new_variable_name(old: str, taken: set[str], rng: random.Random) -> str:
 def _var_name(problem: Problem, src: _Source, rng: random.Random) -> Problem:
   args = src.fn.args
   params = [a for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg] if a is not None]
-  edits = []
+  test = _Text(problem.test_program)
+  test_tree = ast.parse(test.text)
+  edits, test_edits = [], []
   for param in params:
     old = param.arg
     new = src.free_name(_new_variable_name(old, src.names, rng))
@@ -296,19 +298,19 @@ def _var_name(problem: Problem, src: _Source, rng: random.Random) -> Problem:
       if isinstance(node, ast.arg) and node.arg == old:
         start = src.offset(node.lineno, node.col_offset)
         edits.append((start, start + len(old), new))
-      elif isinstance(node, ast.keyword) and node.arg == old and _calls_entry_point(src.fn, node, problem.entry_point):
-        start = src.offset(node.lineno, node.col_offset)
-        edits.append((start, start + len(old), new))
     edits += src.renamed(src.fn, old, new) + _doc_mentions(src, old, new)
-  return _edited(problem, src, edits)
+    edits += _keyword_edits(src, src.fn, (problem.entry_point,), old, new)  # recursion by keyword
+    test_edits += _keyword_edits(test, test_tree, (problem.entry_point, "candidate"), old, new)
+  return _edited(problem, src, edits, test_program=test.edited(test_edits))
 
 
-def _calls_entry_point(fn: ast.AST, keyword_node: ast.keyword, entry_point: str) -> bool:
-  """Whether `keyword_node` is an argument of a call of the entry point itself (recursion by keyword)."""
-  return any(
-    isinstance(n, ast.Call) and keyword_node in n.keywords and isinstance(n.func, ast.Name) and n.func.id == entry_point
-    for n in ast.walk(fn)
-  )
+def _keyword_edits(text: _Text, tree: ast.AST, callees, old: str, new: str) -> list[tuple[int, int, str]]:
+  """Edits renaming keyword arguments `old=` of calls of the named functions under `tree`."""
+  calls = [
+    n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in callees
+  ]
+  starts = [text.offset(k.lineno, k.col_offset) for call in calls for k in call.keywords if k.arg == old]
+  return [(start, start + len(old), new) for start in starts]
 
 
 def _dead_code(problem: Problem, src: _Source, rng: random.Random) -> Problem:

@@ -8,14 +8,15 @@ Families and their kinds:
   or more letters in the entry point's docstring, before its examples, change; never a name the code uses, a
   builtin, a keyword or true/false/none/yes/no/null.
 - names: `func_name` (the entry point renamed: synonyms of its parts, else camelCase, else a verb prefix) and
-  `var_name` (its parameters renamed), through the AST in the prompt's code, the canonical solution and the tests,
-  and as whole words in the docstring.
+  `var_name` (its parameters renamed), through the AST in the prompt's code, the canonical solution and the tests
+  (the entry point's name; keyword arguments naming a parameter), and as whole words in the docstring.
 - syntax: `dead_code` (an unreachable block after the docstring), `operand_swap` (comparisons in the prompt's code
   written the other way round: `a < b` becomes `b > a`; most HumanEval prompts have none).
 - format: `blank_lines` (empty lines between lines of the prompt), `doc_indent` (the docstring's lines indented
   further), `signature_split` (one parameter per line).
 
-perturb(problem, kind, seed) gives the same Problem for the same arguments. Docstring and format kinds are checked to
+perturb(problem, kind, seed) gives the same Problem for the same arguments; expand() adds each variant to a benchmark's
+problems under its own task id (`HumanEval/0@typo.1`), so sampling, execution and grading treat it as one more problem. Docstring and format kinds are checked to
 leave the program's code unchanged (its AST, docstrings aside); every kind keeps the canonical solution passing.
 
 Robust pass@k (ReCode): with s perturbed variants of a problem, a sample index counts as correct only if it is correct

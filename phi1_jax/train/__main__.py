@@ -2,6 +2,6 @@
 
 from absl import app
 
-from phi1_jax.train import loop
+from phi1_jax.train import main
 
-app.run(loop.main, flags_parser=loop.parse_flags)
+app.run(main.main, flags_parser=main.parse_flags)

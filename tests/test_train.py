@@ -165,7 +165,7 @@ def test_missing_data_path(tmp_path, stdlib_cache):
     "phi1_jax.train", *train_args(tmp_path / "w", stdlib_cache, f"--config.data.mixture={tmp_path}/nope:1.0")
   )
   line = _single_error_line(out)
-  assert line.startswith("error:") and "nope" in line and "does not exist" in line
+  assert line.startswith("python -m phi1_jax.train: error:") and "nope" in line and "does not exist" in line
   assert not (tmp_path / "w").exists()
 
 

@@ -10,20 +10,19 @@ import sys
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from phi1_jax import paths
-from phi1_jax.cli import UserError
+from phi1_jax.cli import UserError, fail
 from phi1_jax.train.checkpoints import DiskFull
 from phi1_jax.train.checks import end_step_of
 from phi1_jax.train.inputs import ensure_stdlib
 from phi1_jax.train.loop import train
 from phi1_jax.train.workdir import finished_message
 
+PROG = "python -m phi1_jax.train"
 CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file (configs/*.py).")
-
-
 WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, config.")
 
 
@@ -38,16 +37,14 @@ def init_distributed(config):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    fail(PROG, f"unexpected arguments: {' '.join(argv[1:])}")
   if CONFIG.value is None or WORKDIR.value is None:
-    print("error: --config and --workdir are required", file=sys.stderr)
-    sys.exit(2)
+    fail(PROG, "--config and --workdir are required")
   config = CONFIG.value
   try:
     config.distributed  # ml_collections defers a config file's load error to the first access
   except OSError as e:
-    print(f"error: --config: {str(e).splitlines()[0]}", file=sys.stderr)
-    sys.exit(2)
+    fail(PROG, f"--config: {str(e).splitlines()[0]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   try:
     distributed = config.distributed.coordinator_address or config.distributed.auto
@@ -65,12 +62,11 @@ def main(argv):
     # jax's shutdown, which waits for the other processes, end in a failure exit.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(PROG, e)
   except FloatingPointError:
     sys.exit(1)
   except DiskFull as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
+    print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)  # exit 1: not a user mistake
     sys.stdout.flush()
     os._exit(1)  # Orbax's writer threads and event loops, cut short, print pages at interpreter exit
 
@@ -79,26 +75,20 @@ def parse_flags(argv):
   """absl flag parsing with a one-line error (a bad override names the key and the problem)."""
   path = config_path(argv)
   if path is not None and not Path(path).is_file():  # ml_collections would bury this in two tracebacks
-    print(
-      f"error: --config {path}: " + ("a folder, not a config file" if Path(path).is_dir() else "no such file"),
-      file=sys.stderr,
-    )
-    sys.exit(2)
+    fail(PROG, f"--config {path}: " + ("a folder, not a config file" if Path(path).is_dir() else "no such file"))
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(PROG, e)
   except (AttributeError, KeyError) as e:  # ml_collections: an override key the config lacks
     text = str(e).encode().decode("unicode_escape")
     key = re.search(r"'(\w+)'", text)
     hint = re.search(r'Did you mean "(\w+)"', text)
-    print(
-      f"error: unknown config key {key.group(1) if key else text!r} in the overrides"
+    fail(
+      PROG,
+      f"unknown config key {key.group(1) if key else text!r} in the overrides"
       + (f" (did you mean {hint.group(1)!r}?)" if hint else ""),
-      file=sys.stderr,
     )
-    sys.exit(2)
 
 
 def config_path(argv) -> str | None:

@@ -4,7 +4,7 @@ r"""Input-pipeline throughput: packed ArrayRecord shards through the trainer's g
     python benchmarks/loader_throughput.py --trainer_tok_s=49450  # and the ratio to a trainer figure
     python benchmarks/loader_throughput.py --data=/data/code:0.87,/data/textbooks:0.13
 
-What is timed is what the trainer does for every step (phi1_jax/train/loop.py `next_batch`):
+What is timed is what the trainer does for every step (phi1_jax/train/inputs.py `next_global_batch`):
 `next()` on `pipeline.make_train_dataset` (per-source shuffle, weighted mixture, global batch
 order, ArrayRecord reads, decoding), the int32 array reshaped to [G, B/G, L+1] and put on the
 devices with `sharding.global_batch`. Without --data, a packed folder of random tokens (the
@@ -130,7 +130,7 @@ def main() -> int:
     it = iter(ds)
     G = args.grad_accum
 
-    def next_batch():  # phi1_jax/train/loop.py's next_batch
+    def next_batch():  # phi1_jax/train/inputs.py's next_global_batch
       tokens = np.asarray(next(it)["tokens"], np.int32)
       return sharding.global_batch(tokens.reshape(G, args.batch // G, tokens.shape[-1]), mesh, leading_dims=1)
 

@@ -8,7 +8,7 @@ The `attention` column says which attention ran: "pallas" (phi1_jax.model.flash'
 dropout inside, tiles from PHI1_FLASH_BLOCKS or the defaults), "cudnn" (jax's cuDNN fused
 attention, no dropout) or "xla" (unfused; with dropout the probabilities are written out).
 
-The trainer's own state creation and jitted step (`train.state_shardings`, `create_state`,
+The trainer's own state creation and jitted step (`state_shardings`, `create_state`,
 `jit_train_step`) on a mesh of all devices (data=1, fsdp=all), one microbatch per step. The
 microbatch per device is the largest of --microbatches that compiles and runs (an out-of-memory
 error moves to the next). Warm-up steps (compilation included) are not timed. MFU counts
@@ -35,8 +35,10 @@ sys.path.insert(0, str(REPO / "configs"))
 
 from phi1_jax.model import flash
 from phi1_jax.model import sharding
-from phi1_jax.train import loop as train  # noqa: E402
-from phi1_jax.train.metrics import flops_per_token, peak_flops  # noqa: E402
+from phi1_jax.train.checks import model_config_of  # noqa: E402
+from phi1_jax.train.flops import flops_per_token, peak_flops  # noqa: E402
+from phi1_jax.train.state import create_state, state_shardings  # noqa: E402
+from phi1_jax.train.step import jit_train_step  # noqa: E402
 
 SMALL_SHAPES = dict(n_layers=2, d_model=256, n_heads=4, head_dim=64, mlp_dim=1024, vocab_size=4096)
 
@@ -71,9 +73,9 @@ def measure(config, micro_per_device: int, warmup: int, steps: int) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   n = jax.device_count()
   config.batch_size = micro_per_device * n
-  graphdef, _, state_shard, tx, _ = train.state_shardings(config, mesh)
-  state = train.create_state(config, tx, state_shard)
-  step = train.jit_train_step(graphdef, tx, config, mesh, state_shard)
+  graphdef, _, state_shard, tx, _ = state_shardings(config, mesh)
+  state = create_state(config, tx, state_shard)
+  step = jit_train_step(graphdef, tx, config, mesh, state_shard)
   rows = config.batch_size // jax.process_count()
   rng = np.random.default_rng(jax.process_index())
   tokens = rng.integers(0, config.model.vocab_size, (1, rows, config.seq_len + 1), dtype=np.int32)
@@ -87,7 +89,7 @@ def measure(config, micro_per_device: int, warmup: int, steps: int) -> dict:
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t0) / steps
   tokens_per_step = config.batch_size * config.seq_len
-  model_cfg = train.model_config_of(config)
+  model_cfg = model_config_of(config)
   peak = peak_flops(jax.devices()[0])
   flops_s = flops_per_token(model_cfg, config.seq_len) * tokens_per_step / step_s
   return {
@@ -160,7 +162,7 @@ def main() -> int:
   for name, dropout, remat, impl in itertools.product(args.configs.split(","), dropouts, remats, impls):
     for micro in candidates:
       config = load_config(name, seq_len, args.small, dropout, remat, impl)
-      used = attention_used(train.model_config_of(config), seq_len)
+      used = attention_used(model_config_of(config), seq_len)
       row = f"{name:<12} {config.model.remat:<10} {config.model.attn_dropout:>9g} {used:>9} {micro:>9}"
       try:
         r = measure(config, micro, args.warmup, args.steps)

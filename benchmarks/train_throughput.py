@@ -41,7 +41,8 @@ from flax import nnx
 from phi1_jax.model import hf as convert
 from phi1_jax.config import base_config, model_config
 from phi1_jax.model.phi import ModelConfig, Phi
-from phi1_jax.train.loop import decay_mask, make_optimizer, make_train_step
+from phi1_jax.train.state import decay_mask, make_optimizer
+from phi1_jax.train.step import make_train_step
 
 
 def make_config(args):
@@ -185,7 +186,7 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     ref = TorchSide(config, params, os.path.join(tmp, "hf"), args.torch_device, args.dtype)
   n_decayed = sum(x.size for x, keep in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if keep)
-  assert ref.n_decayed == n_decayed, "torch weight-decay groups differ from phi1_jax.train.loop.decay_mask"
+  assert ref.n_decayed == n_decayed, "torch weight-decay groups differ from phi1_jax.train.state.decay_mask"
 
   print(
     f"Phi {n_params / 1e6:.2f}M params: d_model {args.d_model}, {args.layers} layers, {args.heads} heads x "

@@ -3,7 +3,7 @@ r"""Compile the real train step for a target mesh without allocating it; report 
     python -m phi1_jax.plan --config=configs/phi1.py --mesh=data=1,fsdp=8,tensor=1 --devices=8
 
 The state and batch are `jax.ShapeDtypeStruct`s carrying the mesh's shardings (from
-`train.state_shardings`, the trainer's own), so no weights exist; the step is `train.jit_train_step`
+`state_shardings`, the trainer's own), so no weights exist; the step is the trainer's `jit_train_step`
 lowered and compiled by XLA. Printed per device: arguments (state + batch), outputs, temporaries,
 generated code, and their peak estimate; per step: global batch, tokens and FLOPs.
 
@@ -59,11 +59,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from phi1_jax.model import sharding
-from phi1_jax.train import loop as train  # noqa: E402
-from phi1_jax.train.metrics import flops_per_token  # noqa: E402
+from phi1_jax.cli import UserError  # noqa: E402
+from phi1_jax.model import sharding  # noqa: E402
+from phi1_jax.train import checks  # noqa: E402
+from phi1_jax.train import main as train_main  # noqa: E402
+from phi1_jax.train.flops import flops_per_token  # noqa: E402
+from phi1_jax.train.state import state_shardings  # noqa: E402
+from phi1_jax.train.step import jit_train_step  # noqa: E402
 
-_CONFIG = train._CONFIG  # the trainer's --config flag (and its --config.* overrides)
+_CONFIG = train_main.CONFIG  # the trainer's --config flag (and its --config.* overrides)
 _MESH = flags.DEFINE_string("mesh", "", "data=D,fsdp=F,tensor=T (one may be -1); default: the config's mesh.")
 flags.DEFINE_integer("devices", 0, "Simulated CPU devices (read before jax starts); 0: the devices present.")
 flags.declare_key_flag("config")  # --help lists the trainer's --config beside plan's own flags
@@ -77,31 +81,31 @@ def parse_mesh(text: str) -> dict[str, int]:
   for item in text.split(","):
     name, _, value = item.partition("=")
     if name.strip() not in sizes or not value.strip().lstrip("-").isdigit():
-      raise train.UserError(f"--mesh item {item!r}: expected one of {'/'.join(sharding.MESH_AXES)}=INT")
+      raise UserError(f"--mesh item {item!r}: expected one of {'/'.join(sharding.MESH_AXES)}=INT")
     sizes[name.strip()] = int(value)
   return sizes
 
 
 def plan(config) -> dict:
   """Lowers and compiles the train step for config.mesh on this process's devices; returns the figures."""
-  train.check_config(config)
-  model_cfg = train.model_config_of(config)
+  checks.check_config(config)
+  model_cfg = checks.model_config_of(config)
   try:
     mesh = sharding.make_mesh(config.mesh)
   except ValueError as e:
-    raise train.UserError(f"{e} (on CPU, --devices=N simulates N devices)") from None
+    raise UserError(f"{e} (on CPU, --devices=N simulates N devices)") from None
   G = config.grad_accum_steps
   micro = config.batch_size // G
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if micro % n_batch_shards:
-    raise train.UserError(
+    raise UserError(
       f"microbatch of {micro} sequences (batch_size / grad_accum_steps) does not split "
       f"over data x fsdp = {n_batch_shards} devices"
     )
-  graphdef, abstract_state, state_shard, tx, _ = train.state_shardings(config, mesh)
+  graphdef, abstract_state, state_shard, tx, _ = state_shardings(config, mesh)
   tokens = jax.ShapeDtypeStruct((G, micro, config.seq_len + 1), jnp.int32, sharding=sharding.batch_sharding(mesh, 1))
   t0 = time.perf_counter()
-  lowered = train.jit_train_step(graphdef, tx, config, mesh, state_shard).lower(abstract_state, tokens)
+  lowered = jit_train_step(graphdef, tx, config, mesh, state_shard).lower(abstract_state, tokens)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
@@ -182,7 +186,7 @@ def parse_flags(argv):
   as two chained tracebacks; an error in the file's own code is named with its line."""
   if any(a.split("=")[0] in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
     try:
-      return train.parse_flags(argv)
+      return train_main.parse_flags(argv)
     except SystemExit as stop:  # absl ends its help with exit code 1; help that was asked for is no failure
       sys.exit(0 if stop.code == 1 else stop.code)
   config_arg = _flag_value(argv[1:], "config")
@@ -237,7 +241,7 @@ def main(argv):
     if _MESH.value:
       config.mesh.update(parse_mesh(_MESH.value))
     print(report(plan(config)), flush=True)
-  except train.UserError as e:
+  except UserError as e:
     cli.fail(PROG, e)
 
 

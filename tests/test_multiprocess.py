@@ -75,7 +75,9 @@ def worker(mode: str, ckpt_dir: str, out: str, dist_flags: list[str]) -> None:
   import orbax.checkpoint as ocp
 
   from phi1_jax.model import sharding
-  from phi1_jax.train import loop as train
+  from phi1_jax.train.main import init_distributed
+  from phi1_jax.train.state import create_state, state_shardings
+  from phi1_jax.train.step import jit_train_step
 
   sys.path.insert(0, str(REPO / "configs"))
   import tiny
@@ -86,10 +88,10 @@ def worker(mode: str, ckpt_dir: str, out: str, dist_flags: list[str]) -> None:
   for flag in dist_flags:  # appended by launch/local.py
     key, _, value = flag[len("--config.distributed.") :].partition("=")
     config.distributed[key] = type(config.distributed[key])(value)
-  train.init_distributed(config)
+  init_distributed(config)
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
-  graphdef, abstract_state, state_shard, tx, _ = train.state_shardings(config, mesh)
-  step_fn = train.jit_train_step(graphdef, tx, config, mesh, state_shard)
+  graphdef, abstract_state, state_shard, tx, _ = state_shardings(config, mesh)
+  step_fn = jit_train_step(graphdef, tx, config, mesh, state_shard)
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, config.model.vocab_size, (1, 8, 33), dtype=np.int32) for _ in range(6)]
   rows = 8 // jax.process_count()
@@ -104,7 +106,7 @@ def worker(mode: str, ckpt_dir: str, out: str, dist_flags: list[str]) -> None:
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=True))
   result = {"processes": jax.process_count(), "devices": jax.device_count()}
   losses = []
-  state = run(train.create_state(config, tx, state_shard), range(3), losses)
+  state = run(create_state(config, tx, state_shard), range(3), losses)
   if mode == "mp":
     mngr.save(3, args=ocp.args.StandardSave(state))
     state = run(state, range(3, 6), losses)
@@ -169,7 +171,7 @@ def _final_params(workdir: Path, step: int = 6):
   from ml_collections import config_dict
 
   from phi1_jax.model import sharding
-  from phi1_jax.train import loop as train
+  from phi1_jax.train.state import state_shardings
 
   sys.path.insert(0, str(REPO / "configs"))
   import tiny
@@ -177,7 +179,7 @@ def _final_params(workdir: Path, step: int = 6):
   config = tiny.get_config()
   config.model.n_layers = 2
   mesh = sharding.make_mesh(config_dict.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
-  _, abstract_state, *_ = train.state_shardings(config, mesh)
+  _, abstract_state, *_ = state_shardings(config, mesh)
   with ocp.StandardCheckpointer() as ckptr:
     state = ckptr.restore((workdir / "checkpoints" / str(step) / "state").absolute(), abstract_state)
   return jax.device_get(state["params"])

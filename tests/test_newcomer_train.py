@@ -77,18 +77,20 @@ def test_tiny_demo_eval_tracks_train_then_rerun_and_continue(tmp_path, stdlib_ca
 def _one_error_line(out) -> str:
   assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-2000:])
   lines = [line for line in out.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("python -m phi1_jax.train: error: "), out.stderr[-3000:]
   return lines[0]
 
 
 def test_missing_config_file_and_file_as_workdir(tmp_path):
   out = run_module("phi1_jax.train", "--config=configs/tiyn.py", f"--workdir={tmp_path}", "--config.total_steps=5")
-  assert _one_error_line(out) == "error: --config configs/tiyn.py: no such file"
+  assert _one_error_line(out) == "python -m phi1_jax.train: error: --config configs/tiyn.py: no such file"
   a_file = tmp_path / "notes.txt"
   a_file.write_text("mine")
   for workdir in (a_file, a_file / "run"):
     out = run_module("phi1_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}")
-    assert _one_error_line(out) == f"error: --workdir {workdir}: {a_file} is a file, not a folder"
+    assert (
+      _one_error_line(out) == f"python -m phi1_jax.train: error: --workdir {workdir}: {a_file} is a file, not a folder"
+    )
   assert a_file.read_text() == "mine"
 
 

@@ -18,7 +18,8 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from ml_collections import config_dict
     from phi1_jax.model import sharding
-    from phi1_jax.train import loop as train
+    from phi1_jax.train.state import create_state, state_shardings
+    from phi1_jax.train.step import jit_train_step
     sys.path.insert(0, "configs")
     import tiny
 
@@ -32,9 +33,9 @@ SCRIPT = textwrap.dedent("""
     def run(mesh_sizes, devices):
       config.mesh = config_dict.ConfigDict(dict(zip(("data", "fsdp", "tensor"), mesh_sizes)))
       mesh = sharding.make_mesh(config.mesh, devices)
-      graphdef, _, state_shard, tx, _ = train.state_shardings(config, mesh)
-      state = train.create_state(config, tx, state_shard)
-      step = train.jit_train_step(graphdef, tx, config, mesh, state_shard)
+      graphdef, _, state_shard, tx, _ = state_shardings(config, mesh)
+      state = create_state(config, tx, state_shard)
+      step = jit_train_step(graphdef, tx, config, mesh, state_shard)
       losses = []
       for tokens in batches:
         state, metrics = step(state, sharding.global_batch(tokens, mesh, leading_dims=1))

@@ -132,6 +132,19 @@ def test_random_search_plan_is_seeded_named_and_in_bounds():
   assert [t["overrides"] for t in other["trials"]] != [t["overrides"] for t in trials]
 
 
+def test_sweep_and_training_metrics_import_no_jax():
+  # the sweep's driver and its reports use the trainer's duration format without paying for JAX
+  code = (
+    "import sys; import phi1_jax.sweep.local, phi1_jax.sweep.report, phi1_jax.train.metrics; "
+    "print(sorted(m for m in ('jax', 'flax', 'phi1_jax.model.phi') if m in sys.modules))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout
+  from phi1_jax.train.metrics import duration
+
+  assert (duration(185), duration(3725)) == ("3m05s", "1h02m")
+
+
 def test_parallel_slots_get_their_own_gpus_or_a_share_of_one():
   from phi1_jax.sweep.local import slot_envs
 

@@ -165,7 +165,7 @@ def test_missing_data_path(tmp_path, stdlib_cache):
     "phi1_jax.train", *train_args(tmp_path / "w", stdlib_cache, f"--config.data.mixture={tmp_path}/nope:1.0")
   )
   line = _single_error_line(out)
-  assert line.startswith("error:") and "nope" in line and "does not exist" in line
+  assert line.startswith("python -m phi1_jax.train: error:") and "nope" in line and "does not exist" in line
   assert not (tmp_path / "w").exists()
 
 
@@ -224,12 +224,12 @@ def test_humaneval_metrics_during_training(tmp_path, stdlib_cache):
 
 def test_schedule_and_weight_decay_mask():
   import ml_collections
-  from phi1_jax.train import loop as train
+  from phi1_jax.train.state import decay_mask, lr_schedule
 
   opt = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=10, end_lr=0.1))
-  lr = train.lr_schedule(opt, total_steps=100)
+  lr = lr_schedule(opt, total_steps=100)
   assert np.allclose([lr(0), lr(5), lr(10), lr(55), lr(100)], [0.0, 0.5, 1.0, 0.55, 0.1])
-  mask = train.decay_mask(
+  mask = decay_mask(
     {
       "embed": 0,
       "blocks": {"q_kernel": 0, "q_bias": 0, "ln_scale": 0, "ln_bias": 0},

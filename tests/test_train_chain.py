@@ -84,7 +84,7 @@ def test_mixture_eval_weighs_every_source_on_its_own_cadence(tmp_path, stdlib_ca
   )
   assert out.returncode == 2
   assert out.stderr.strip() == (
-    f"error: no held-out split holds one eval batch of batch_size=8 records ({textbooks} has 4); "
+    f"python -m phi1_jax.train: error: no held-out split holds one eval batch of batch_size=8 records ({textbooks} has 4); "
     "pack the data with a larger --eval_fraction or set --config.data.eval_path to a folder with more"
   )
 
@@ -111,7 +111,7 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(
     second = run_module("phi1_jax.train", *args, timeout=120)
     assert second.returncode == 2
     assert second.stderr.strip() == (
-      f"error: workdir {tmp_path} is in use by another trainer (host {socket.gethostname()}, "
+      f"python -m phi1_jax.train: error: workdir {tmp_path} is in use by another trainer (host {socket.gethostname()}, "
       f"pid {first.pid}); wait for it to end, or stop it, or choose another --workdir"
     )
     assert first.poll() is None
@@ -176,15 +176,18 @@ def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, 
     "--config.model.d_model=64",
   )  # d_model agrees with the checkpoint
   assert out.returncode == 2 and out.stderr.strip() == (
-    f"error: init_from {tiny} was trained with another architecture: model.rotary_dim=32 (checkpoint: 16), "
+    f"python -m phi1_jax.train: error: init_from {tiny} was trained with another architecture: model.rotary_dim=32 (checkpoint: 16), "
     "model.max_seq_len=2048 (checkpoint: 128); leave these unset to take the checkpoint's"
   )
   out = run_module("phi1_jax.train", *[a for a in finetune if not a.startswith("--config.init_from")])
   assert out.returncode == 2 and out.stderr.strip() == (
-    "error: config.seq_len is unset: give it, or --config.init_from a checkpoint to take it from"
+    "python -m phi1_jax.train: error: config.seq_len is unset: give it, or --config.init_from a checkpoint to take it from"
   )
   out = run_module("phi1_jax.train", *finetune, "--config.seq_len=256")
-  assert out.returncode == 2 and out.stderr.strip() == "error: seq_len=256 exceeds model.max_seq_len=128"
+  assert (
+    out.returncode == 2
+    and out.stderr.strip() == "python -m phi1_jax.train: error: seq_len=256 exceeds model.max_seq_len=128"
+  )
   assert not ft.exists()
 
   other = tmp_path / "other-vocab"  # a checkpoint whose vocabulary the data's tokenizer does not fit
@@ -204,7 +207,7 @@ def test_finetune_takes_the_architecture_from_init_from(tmp_path, stdlib_cache, 
 
 
 def test_space_warning_before_a_save():
-  from phi1_jax.train.loop import space_warning
+  from phi1_jax.train.checkpoints import space_warning
 
   mb = 1_000_000
   assert space_warning("ck", 4, 6, need=7 * mb, free=20 * mb, deletes_one=False) is None  # room for two more
@@ -257,7 +260,7 @@ def test_full_disk_is_one_line_naming_the_step_and_the_last_good_checkpoint(smal
     re.M,
   ), out.stdout
   assert re.fullmatch(
-    rf"error: no space left on device for the checkpoint of step 6 in {ckpts}: it needs about [\d.]+ MB, "
+    rf"python -m phi1_jax.train: error: no space left on device for the checkpoint of step 6 in {ckpts}: it needs about [\d.]+ MB, "
     rf"[\d.]+ MB was free; the last good checkpoint is {ckpts}/4; free space and rerun the same "
     r"command to resume",
     out.stderr.strip(),
@@ -276,7 +279,7 @@ def test_architecture_of_a_hugging_face_init_from(tmp_path):
   from flax import nnx
 
   from phi1_jax.model import hf as convert
-  from phi1_jax.train import loop as train
+  from phi1_jax.train.checks import checkpoint_model_config
   from phi1_jax.config import ARCHITECTURE_FIELDS
   from phi1_jax.model.phi import ModelConfig, Phi
 
@@ -296,5 +299,5 @@ def test_architecture_of_a_hugging_face_init_from(tmp_path):
   convert.write_hf_dir(
     tmp_path, *convert.params_to_hf(cfg, nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
   )
-  read = dataclasses.asdict(train.checkpoint_model_config(str(tmp_path)))
+  read = dataclasses.asdict(checkpoint_model_config(str(tmp_path)))
   assert {k: read[k] for k in ARCHITECTURE_FIELDS} == {k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from phi1_jax.sweep import spec as spec_lib
 from phi1_jax.sweep import trials as trial_lib
-from phi1_jax.sweep.trials import duration
+from phi1_jax.train.metrics import duration
 
 TRAINER = [sys.executable, "-m", "phi1_jax.train"]
 _POLL_S = 0.2

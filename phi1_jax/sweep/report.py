@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from phi1_jax.sweep import trials as trial_lib
-from phi1_jax.sweep.trials import duration
+from phi1_jax.train.metrics import duration
 
 COLUMNS = ("status", "step", "final_eval_loss", "best_eval_loss", "final_loss", "tokens", "wall_s")
 

@@ -3,7 +3,7 @@ named trials, kept in ROOT/sweep.json.
 
 Every value goes through ml-collections' own override parser (the one the trainer uses), so a
 value the plan accepts is a value the trainer accepts; then each trial's whole config passes the
-trainer's own checks (`train.check_config`, the model shape, data paths) before anything runs.
+trainer's own checks (`phi1_jax.train.checks`, the model shape, data paths) before anything runs.
 """
 
 from __future__ import annotations
@@ -166,14 +166,14 @@ def _check_trial(config, name: str) -> None:
   import jax
 
   jax.config.update("jax_platforms", "cpu")  # this process never trains; leave accelerators to the trials
-  from phi1_jax.train import loop as train
+  from phi1_jax.train import checks, inputs
 
   try:
-    train.check_config(config)
-    train.model_config_of(config)
+    checks.check_config(config)
+    checks.model_config_of(config)
     if config.data.mixture.strip() != "stdlib":
-      train.resolve_data(config, log=lambda msg: None)
-  except train.UserError as e:
+      inputs.resolve_data(config, log=lambda msg: None)
+  except UserError as e:
     raise UserError(f"trial {name}: {e}") from None
 
 

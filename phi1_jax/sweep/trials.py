@@ -60,13 +60,6 @@ def attempt_log(root: Path, trial: dict, attempt: int) -> Path:
   return workdir(root, trial) / "sweep" / f"attempt-{attempt}.log"
 
 
-def duration(seconds: float) -> str:
-  """1h02m, 3m05s (as the trainer's progress line; not imported from it: that pulls in JAX)."""
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
-
-
 def wall_seconds(root: Path, trial: dict) -> float:
   """Time spent in attempts; a killed attempt (no end row) lasted until its log was last written."""
   total = 0.0

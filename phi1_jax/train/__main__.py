@@ -1,7 +1,8 @@
 """`python -m phi1_jax.train --config=configs/X.py --workdir=DIR [--config.FIELD=VALUE ...]`."""
 
-from absl import app
+from absl import app, flags
 
-from phi1_jax.train import loop
+from phi1_jax.train import main
 
-app.run(loop.main, flags_parser=loop.parse_flags)
+flags.adopt_module_key_flags(main)  # --help lists the trainer's flags, not only --helpfull
+app.run(main.main, flags_parser=main.parse_flags)

@@ -1,4 +1,4 @@
-"""Training metrics: the FLOPs formula, device peaks for MFU, JSONL + TensorBoard, a progress line."""
+"""Training metrics: JSONL + TensorBoard, a progress line, durations. Imports no JAX (the sweep uses `duration`)."""
 
 from __future__ import annotations
 
@@ -7,45 +7,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-
-from phi1_jax.model.config import ModelConfig
-
-# Dense bf16 peak FLOP/s per device (vendor data sheets), looked up by jax's `device_kind`.
-PEAK_BF16_FLOPS = {
-  "H200": 989e12,
-  "H100": 989e12,
-  "A100": 312e12,
-  "L40S": 362e12,
-  "A10G": 125e12,
-  "TPU v4": 275e12,
-  "TPU v5 lite": 197e12,
-  "TPU v5e": 197e12,
-  "TPU v5p": 459e12,
-  "TPU v6 lite": 918e12,
-  "TPU v6e": 918e12,
-}
-
-
-def peak_flops(device) -> float:
-  """Peak bf16 FLOP/s of one device, or 0.0 where unknown (CPU): MFU is then not reported."""
-  kind = getattr(device, "device_kind", "")
-  for name, flops in PEAK_BF16_FLOPS.items():
-    if name.lower() in kind.lower():
-      return flops
-  return 0.0
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: 6 x (parameters in matmuls) + attention scores and values.
-
-  Matmul parameters exclude the embedding lookup and include lm_head. Attention adds
-  12 x layers x heads x head_dim x seq_len (QK^T and AV, forward and backward: the PaLM
-  appendix B formula, counting the full square as most MFU reports do).
-  """
-  D, F, N, H, V, Y = cfg.d_model, cfg.mlp_dim, cfg.n_heads, cfg.head_dim, cfg.vocab_size, cfg.n_layers
-  per_layer = 4 * D * N * H + 2 * D * F  # q, k, v, dense + fc1, fc2
-  matmul_params = Y * per_layer + D * V
-  return 6 * matmul_params + 12 * Y * N * H * seq_len
 
 
 class MetricWriter:
@@ -105,7 +66,8 @@ class MetricWriter:
         shutil.rmtree(self.local, ignore_errors=True)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """1h02m, 3m05s: hours and minutes past an hour, else minutes and seconds."""
   seconds = int(seconds)
   h, rem = divmod(seconds, 3600)
   return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
@@ -126,7 +88,7 @@ class Progress:
       eta = "?"
     else:
       rate = (step - self.step0) / max(now - self.t0, 1e-9)
-      eta = _duration((self.end_step - step) / max(rate, 1e-9))
+      eta = duration((self.end_step - step) / max(rate, 1e-9))
     parts = [
       f"step {step}/{self.end_step}",
       f"loss {m['loss']:.4f}",

@@ -1,0 +1,109 @@
+"""The jitted train and eval steps: next-token loss (chunked over the vocabulary if asked),
+gradient accumulation over microbatches, and the per-device stop flags of a multi-process run."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from phi1_jax.model import sharding
+from phi1_jax.model.phi import Phi
+
+
+def loss_sums(model: Phi, tokens_BxL1, dropout_key, chunk_size: int):
+  """Sum of next-token cross-entropy over the batch, and the token count.
+
+  With chunk_size > 0 the logits are made chunk by chunk (and recomputed in the backward pass),
+  so a 51200-entry vocabulary never occupies [B, L, V] floats at once.
+  """
+  inputs_BxL, targets_BxL = tokens_BxL1[:, :-1], tokens_BxL1[:, 1:]
+  h_BxLxD, _ = model.hidden_states(inputs_BxL, dropout_key=dropout_key)
+  B, L, D = h_BxLxD.shape
+
+  def chunk_loss(h_BxCxD, t_BxC):
+    logits_BxCxV = model.logits(h_BxCxD)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, t_BxC).sum()
+
+  if chunk_size <= 0 or chunk_size >= L:
+    return chunk_loss(h_BxLxD, targets_BxL), B * L
+  if L % chunk_size:
+    raise ValueError(f"loss_chunk_size={chunk_size} must divide seq_len={L}")
+  n = L // chunk_size
+  h_NxBxCxD = h_BxLxD.reshape(B, n, chunk_size, D).swapaxes(0, 1)
+  t_NxBxC = targets_BxL.reshape(B, n, chunk_size).swapaxes(0, 1)
+  body = jax.checkpoint(lambda acc, xs: (acc + chunk_loss(*xs), None))
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_NxBxCxD, t_NxBxC))
+  return total, B * L
+
+
+def make_train_step(graphdef, tx, config):
+  """One optimizer step over `grad_accum_steps` microbatches: tokens [G, B/G, L+1]."""
+  base_key = jax.random.key(config.seed)
+
+  def loss_fn(params, tokens_BxL1, key):
+    total, count = loss_sums(nnx.merge(graphdef, params), tokens_BxL1, key, config.loss_chunk_size)
+    return total / count
+
+  def step(state, tokens_GxBxL1, stop_D=None):
+    step_key = jax.random.fold_in(base_key, state["step"])
+    G = tokens_GxBxL1.shape[0]
+    dropout_on = any(config.model[f] > 0 for f in ("embd_dropout", "attn_dropout", "resid_dropout"))
+
+    def micro(carry, xs):
+      grads_acc, loss_acc = carry
+      i, tokens_BxL1 = xs
+      key = jax.random.fold_in(step_key, i) if dropout_on else None
+      loss, grads = jax.value_and_grad(loss_fn)(state["params"], tokens_BxL1, key)
+      return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state["params"])
+    (grads, loss), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32)), (jnp.arange(G), tokens_GxBxL1))
+    grads = jax.tree.map(lambda g: g / G, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss / G, "grad_norm": optax.global_norm(grads)}
+    if stop_D is not None:  # any process's stop flag, read by every process with this step's metrics
+      metrics["stop"] = jnp.max(stop_D)
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return step
+
+
+def make_eval_step(graphdef, config):
+  def step(params, tokens_BxL1):
+    total, count = loss_sums(nnx.merge(graphdef, params), tokens_BxL1, None, config.loss_chunk_size)
+    return total, count
+
+  return step
+
+
+def jit_train_step(graphdef, tx, config, mesh, state_shard, stop_flags: bool = False):
+  """The jitted train step on `mesh`: (state, tokens [G, B/G, L+1]) -> (state, metrics); donates state.
+
+  With stop_flags it takes a third argument, `stop_flags_array`'s one flag per device, and its
+  metrics carry "stop": their max.
+  """
+  in_shardings = (state_shard, sharding.batch_sharding(mesh, 1))
+  if stop_flags:
+    in_shardings += (per_device_sharding(mesh),)
+  return jax.jit(
+    sharding.on_mesh(make_train_step(graphdef, tx, config), mesh),
+    in_shardings=in_shardings,
+    out_shardings=(state_shard, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
+
+
+def per_device_sharding(mesh):
+  """A vector of one element per device: each device holds its own."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+
+
+def stop_flags_array(stop: bool, mesh) -> jax.Array:
+  """This process's stop flag on each of its devices, as one global vector [n_devices]."""
+  return jax.make_array_from_callback(
+    (mesh.devices.size,), per_device_sharding(mesh), lambda _: np.full((1,), stop, np.int32)
+  )

@@ -15,7 +15,8 @@ lines, CR/CRLF and non-ASCII survive. How the SentencePiece model gets there:
 `<|endoftext|>` is a user-defined symbol with id 0 (`eos_id`); it is one id also when it appears
 in text. `<unk>` is 1 (never produced: byte_fallback), then the 256 byte pieces.
 
-Command:  python -m phi1_jax.data.tokenizer train --input PATH [PATH ...] --vocab_size N --out DIR
+Command:  python -m phi1_jax.data.tokenizer train --input PATH [PATH ...] [--text_key text] --vocab_size N --out DIR
+(inputs as every stage reads them: phi1_jax.data.sources)
 """
 
 from __future__ import annotations

@@ -159,6 +159,15 @@ def test_curate_filter_reads_parquet_files_as_documents(tmp_path):
   assert [(d["id"], d["text"]) for d, _ in read] == [(d["id"], d["text"]) for d in docs]
   offsets = [o for _, o in read]
   assert offsets == sorted(offsets) and offsets[-1] == stack.stat().st_size
+  unnamed = [d["id"] for d, _ in documents.read_file_offsets(file, root, "content", "no_such_column")]
+  assert unnamed[:6] == [
+    "python.parquet:1",
+    "python.parquet:2",
+    "python.parquet:3",
+    "python.parquet:4",
+    "python.parquet:5",
+    "python.parquet:7",
+  ]  # row 6 is null: skipped
 
 
 def test_tokenizer_trains_on_parquet_content(tmp_path):

@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss_chunk_size = 0  # >0: cross-entropy over chunks of this many positions (big vocab)
   c.log_every = 10
+  c.group_norms = True  # parameter, gradient and update norms per group (embedding, attention, ...) in the metrics
   c.eval_every = 200
   c.eval_batches = 8
   c.checkpoint_every = 500
@@ -87,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1, auto=False))
   c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device kind up
+  # a jax.profiler trace of steps start_step .. start_step + steps - 1 in workdir/profile/ (steps=0: off)
+  c.profile = ml_collections.ConfigDict(dict(start_step=10, steps=0, process=0))  # process -1: every process
   return c
 
 

@@ -1,5 +1,6 @@
 """The jitted train and eval steps: next-token loss (chunked over the vocabulary if asked),
-gradient accumulation over microbatches, and the per-device stop flags of a multi-process run."""
+gradient accumulation over microbatches, per-group norms, and the per-device stop flags of a
+multi-process run."""
 
 from __future__ import annotations
 
@@ -65,11 +66,48 @@ def make_train_step(graphdef, tx, config):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss / G, "grad_norm": optax.global_norm(grads)}
+    if config.group_norms:
+      metrics.update(group_norms(state["params"], grads, updates))
     if stop_D is not None:  # any process's stop flag, read by every process with this step's metrics
       metrics["stop"] = jnp.max(stop_D)
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   return step
+
+
+PARAM_GROUPS = ("embedding", "attention", "mlp", "layer_norm", "lm_head")
+
+
+def param_group(name: str) -> str:
+  """The group of a parameter by its name in the model: one of PARAM_GROUPS, or "other"."""
+  if name == "embed":
+    return "embedding"
+  if name.startswith("lm_head"):
+    return "lm_head"
+  if "ln_" in name:
+    return "layer_norm"
+  if name.split("_")[0] in ("q", "k", "v", "o"):
+    return "attention"
+  if name.startswith(("fc1", "fc2")):
+    return "mlp"
+  return "other"
+
+
+def group_norms(params, grads, updates) -> dict:
+  """L2 norms of the parameters, gradients (before clipping) and optimizer updates in each group and
+  overall, and each update/param ratio: `param_norm/attention`, `update_ratio/mlp`, `param_norm`...
+  (the overall gradient norm is the step's `grad_norm`). Computed on the device with the step, read
+  with its loss: no extra host sync."""
+  squares = {}  # (kind, group) -> sum of squares, in float32
+  for kind, tree in (("param", params), ("grad", grads), ("update", updates)):
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+      for group in (param_group(str(path[-1].key)), None):
+        squares[kind, group] = squares.get((kind, group), 0.0) + jnp.sum(jnp.square(x.astype(jnp.float32)))
+  norms = {f"{kind}_norm/{group}" if group else f"{kind}_norm": jnp.sqrt(v) for (kind, group), v in squares.items()}
+  del norms["grad_norm"]
+  for suffix in [f"/{g}" for kind, g in squares if kind == "param" and g] + [""]:
+    norms[f"update_ratio{suffix}"] = norms[f"update_norm{suffix}"] / norms[f"param_norm{suffix}"]
+  return norms
 
 
 def make_eval_step(graphdef, config):

@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss_chunk_size = 0  # >0: cross-entropy over chunks of this many positions (big vocab)
   c.log_every = 10
+  # skip the update of a step whose finite loss or gradient norm exceeds factor x its mean over the last
+  # `window` accepted steps (0: off; e.g. factor=2.0, window=100); the statistics are checkpointed
+  c.spike_guard = ml_collections.ConfigDict(dict(factor=0.0, window=100))
   c.group_norms = True  # parameter, gradient and update norms per group (embedding, attention, ...) in the metrics
   c.eval_every = 200
   c.eval_batches = 8

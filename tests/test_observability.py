@@ -1,15 +1,17 @@
-"""What a run shows besides its loss: the profiler window's trace, read back with jax's own xplane
-reader and TensorBoard's profile plugin (xprof) loader."""
+"""What a run shows besides its loss, and what it skips: the profiler window's trace, read back with
+jax's own xplane reader and TensorBoard's profile plugin (xprof) loader; the spike guard's skips
+across a SIGKILL and a resume."""
 
 import glob
 import gzip
 import json
 
 import jax
+import numpy as np
 import pytest
 
 from conftest import run_module
-from test_train import metric_rows, train_args
+from test_train import final_params, losses, metric_rows, sigkill_once_saved, train_args
 
 
 def step_annotations(xplane_path) -> list[int]:
@@ -46,7 +48,37 @@ def test_profile_window_traces_exactly_the_asked_steps(tmp_path, stdlib_cache):
   assert sorted(int(e["args"]["step_num"]) for e in events if e.get("name", "").startswith("train ")) == [3, 4]
 
 
-def test_profile_config_is_checked(tmp_path, stdlib_cache):
-  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.profile.start_step=0"))
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ("--config.profile.start_step=0", "config.profile: start_step=0 must be >= 1"),
+    ("--config.spike_guard.window=0", "config.spike_guard: factor=0.0 must be >= 0 (0: off) and window=0 >= 1"),
+  ],
+)
+def test_profile_and_spike_guard_config_are_checked(tmp_path, stdlib_cache, override, message):
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, override))
   assert out.returncode == 2
-  assert "train: error: config.profile: start_step=0 must be >= 1" in out.stderr.strip().splitlines()[-1]
+  assert f"train: error: {message}" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_spike_guard_resumes_exactly_after_sigkill(tmp_path, stdlib_cache):
+  """(The step-5 eval compiles after the checkpoint, so the run is still going when it is killed.)
+  With the guard on (factor 1 over 2 steps: the nearly flat losses of warmup spike often), 8 steps
+  straight == 4 steps, SIGKILL after the step-4 checkpoint, then resume to 8: same losses, same skips."""
+  steps = ["--config.total_steps=8", "--config.checkpoint_every=4", "--config.eval_every=5"]
+  steps += ["--config.spike_guard.factor=1.0", "--config.spike_guard.window=2"]
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  out = run_module("phi1_jax.train", *train_args(straight, stdlib_cache, *steps))
+  assert out.returncode == 0, out.stderr[-3000:]
+  skipped = {r["step"]: r["skipped_steps"] for r in metric_rows(straight)}
+  assert 0 < skipped[4] < skipped[8], skipped  # skips before the checkpoint and after it
+
+  sigkill_once_saved(train_args(killed, stdlib_cache, *steps), killed / "checkpoints" / "4" / "state")
+  out = run_module("phi1_jax.train", *train_args(killed, stdlib_cache, *steps))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resumed from" in out.stdout
+  assert losses(killed) == losses(straight)
+  assert {r["step"]: r["skipped_steps"] for r in metric_rows(killed)} == skipped
+  for x, y in zip(jax.tree.leaves(final_params(straight, 8)), jax.tree.leaves(final_params(killed, 8)), strict=True):
+    assert np.array_equal(np.asarray(x), np.asarray(y))

@@ -118,3 +118,50 @@ def test_group_norms_match_a_direct_computation():
     # the updates are differences of float32 parameters: their norms carry the rounding of those
     np.testing.assert_allclose(metrics[name], value, rtol=1e-4 if name.startswith(("param", "grad")) else 2e-3)
   assert all(metrics[f"update_ratio/{g}"] > 0 for g in GROUPS)
+
+
+def test_spike_guard_skips_a_random_batch_counts_it_and_resumes_exactly(tmp_path):
+  import orbax.checkpoint as ocp
+
+  config = tiny_config(grad_accum_steps=1, loss_chunk_size=0)
+  config.spike_guard.factor, config.spike_guard.window = 1.5, 3
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  graphdef, abstract_state, state_shard, tx, _ = state_shardings(config, mesh)
+  state = create_state(config, tx, state_shard)
+  step_fn = jit_train_step(graphdef, tx, config, mesh, state_shard)
+  length = config.seq_len + 1
+  periodic = np.tile((np.arange(length) % 7 + 1)[None], (config.batch_size, 1)).astype(np.int32)  # learnt fast
+  uniform = np.random.default_rng(0).integers(1, 512, (config.batch_size, length), dtype=np.int32)
+
+  def run(state, tokens_BxL1):
+    state, metrics = step_fn(state, sharding.global_batch(tokens_BxL1[None], mesh, leading_dims=1))
+    return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+  losses = []
+  for _ in range(6):  # the window fills (3 steps) and the loss falls: nothing is skipped
+    state, metrics = run(state, periodic)
+    losses.append(metrics["loss"])
+    assert metrics["skipped"] == 0 and metrics["skipped_steps"] == 0
+  assert losses[-1] < losses[0] / 2, losses
+
+  before = jax.device_get({k: state[k] for k in ("params", "opt_state")})
+  state, metrics = run(state, uniform)  # uniformly random tokens once the loss has fallen: a spike
+  assert metrics["loss"] > 1.5 * np.mean(losses[-3:]), (metrics, losses)
+  assert metrics["skipped"] == 1 and metrics["skipped_steps"] == 1
+  assert int(state["step"]) == 7  # the step (and its batch) is consumed; the update is not applied
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves({k: state[k] for k in ("params", "opt_state")})):
+    assert np.array_equal(a, np.asarray(b))
+
+  # the guard's statistics are part of the checkpointed state: a restored run continues bit for bit
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "state", state)
+  checkpointer.wait_until_finished()
+  restored = checkpointer.restore(tmp_path / "state", abstract_state)
+  assert int(restored["spike_guard"]["skipped"]) == 1
+  for tokens in (periodic, uniform):
+    state, metrics = run(state, tokens)
+    restored, restored_metrics = run(restored, tokens)
+    assert metrics == restored_metrics
+  assert metrics["skipped"] == 1 and metrics["skipped_steps"] == 2  # a second spike, after a resume
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+    assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -91,6 +91,11 @@ def check_config(config):
       f"config.profile: start_step={config.profile.start_step} must be >= 1 (steps are numbered from 1) "
       f"and steps={config.profile.steps} >= 0"
     )
+  if config.spike_guard.factor < 0 or config.spike_guard.window < 1:
+    raise UserError(
+      f"config.spike_guard: factor={config.spike_guard.factor} must be >= 0 (0: off) "
+      f"and window={config.spike_guard.window} >= 1"
+    )
   if config.humaneval_every:  # the samples run under the OS sandbox: a machine without it fails now, not mid-run
     from phi1_jax.eval import sandbox
 

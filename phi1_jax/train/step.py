@@ -1,6 +1,6 @@
 """The jitted train and eval steps: next-token loss (chunked over the vocabulary if asked),
-gradient accumulation over microbatches, per-group norms, and the per-device stop flags of a
-multi-process run."""
+gradient accumulation over microbatches, per-group norms, the spike guard (an update skipped on a
+loss or gradient spike), and the per-device stop flags of a multi-process run."""
 
 from __future__ import annotations
 
@@ -70,9 +70,50 @@ def make_train_step(graphdef, tx, config):
       metrics.update(group_norms(state["params"], grads, updates))
     if stop_D is not None:  # any process's stop flag, read by every process with this step's metrics
       metrics["stop"] = jnp.max(stop_D)
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if "spike_guard" in state:
+      skip, new_state["spike_guard"] = spike_check(
+        state["spike_guard"], metrics["loss"], metrics["grad_norm"], config.spike_guard.factor
+      )
+      kept = (state["params"], state["opt_state"])
+      new_state["params"], new_state["opt_state"] = jax.tree.map(
+        lambda new, old: jnp.where(skip, old, new), (params, opt_state), kept
+      )
+      metrics["skipped"] = skip.astype(jnp.float32)
+      metrics["skipped_steps"] = new_state["spike_guard"]["skipped"]
+    return new_state, metrics
 
   return step
+
+
+def spike_guard_init(window: int) -> dict:
+  """The spike guard's running statistics, part of the checkpointed state: the last `window`
+  accepted steps' losses and gradient norms, how many steps were accepted and skipped."""
+  return {
+    "losses": jnp.zeros((window,), jnp.float32),
+    "grad_norms": jnp.zeros((window,), jnp.float32),
+    "accepted": jnp.zeros((), jnp.int32),
+    "skipped": jnp.zeros((), jnp.int32),
+  }
+
+
+def spike_check(guard: dict, loss, grad_norm, factor: float):
+  """(skip, the guard's next statistics): skip when the window is full and a finite loss or gradient
+  norm exceeds `factor` times its mean over the window. A skipped step leaves the window as it was;
+  a non-finite loss is never skipped here: the trainer stops on it."""
+  window = guard["losses"].shape[0]
+
+  def spike(value, history):
+    return jnp.isfinite(value) & (value > factor * history.mean())
+
+  skip = (guard["accepted"] >= window) & (spike(loss, guard["losses"]) | spike(grad_norm, guard["grad_norms"]))
+  slot = guard["accepted"] % window
+  return skip, {
+    "losses": jnp.where(skip, guard["losses"], guard["losses"].at[slot].set(loss)),
+    "grad_norms": jnp.where(skip, guard["grad_norms"], guard["grad_norms"].at[slot].set(grad_norm)),
+    "accepted": guard["accepted"] + jnp.where(skip, 0, 1),
+    "skipped": guard["skipped"] + jnp.where(skip, 1, 0),
+  }
 
 
 PARAM_GROUPS = ("embedding", "attention", "mlp", "layer_norm", "lm_head")

@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   # `window` accepted steps (0: off; e.g. factor=2.0, window=100); the statistics are checkpointed
   c.spike_guard = ml_collections.ConfigDict(dict(factor=0.0, window=100))
   c.group_norms = True  # parameter, gradient and update norms per group (embedding, attention, ...) in the metrics
+  c.group_norms_per_layer = False  # and per layer for attention, mlp and layer_norm (12 scalars a layer)
   c.eval_every = 200
   c.eval_batches = 8
   c.checkpoint_every = 500

@@ -55,10 +55,12 @@ def test_profile_window_traces_exactly_the_asked_steps(tmp_path, stdlib_cache):
     ("--config.spike_guard.window=0", "config.spike_guard: factor=0.0 must be >= 0 (0: off) and window=0 >= 1"),
   ],
 )
-def test_profile_and_spike_guard_config_are_checked(tmp_path, stdlib_cache, override, message):
-  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, override))
+def test_profile_and_spike_guard_config_are_checked(tmp_path, override, message):
+  # refused before any data is read: the data cache is never built
+  out = run_module("phi1_jax.train", *train_args(tmp_path / "run", tmp_path / "cache", override))
   assert out.returncode == 2
   assert f"train: error: {message}" in out.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.slow

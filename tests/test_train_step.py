@@ -84,6 +84,7 @@ GROUPS = {
 
 def test_group_norms_match_a_direct_computation():
   config = tiny_config(grad_accum_steps=1, loss_chunk_size=0)
+  config.group_norms_per_layer = True
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   graphdef, _, state_shard, tx, _ = state_shardings(config, mesh)
   state = create_state(config, tx, state_shard)
@@ -108,12 +109,19 @@ def test_group_norms_match_a_direct_computation():
     assert sorted(leaves) == sorted(n for names in GROUPS.values() for n in names)
     for group, names in GROUPS.items():
       expected[f"{kind}_norm/{group}"] = np.sqrt(sum(np.sum(leaves[n] ** 2) for n in names))
+      for layer in range(config.model.n_layers):  # the blocks' parameters, stacked on a leading layer axis
+        in_blocks = [n for n in names if n in leaves_by_name(tree["blocks"])]
+        if in_blocks:
+          expected[f"{kind}_norm/layer_{layer}/{group}"] = np.sqrt(
+            sum(np.sum(leaves[n][layer] ** 2) for n in in_blocks)
+          )
     expected[f"{kind}_norm"] = np.sqrt(sum(np.sum(x**2) for x in leaves.values()))
   expected.pop("grad_norm")  # the step's own global norm, checked by the test above
-  for suffix in [f"/{g}" for g in GROUPS] + [""]:
+  for suffix in [name.removeprefix("param_norm") for name in expected if name.startswith("param_norm/")] + [""]:
     expected[f"update_ratio{suffix}"] = expected[f"update_norm{suffix}"] / expected[f"param_norm{suffix}"]
 
   assert set(metrics) == set(expected) | {"loss", "grad_norm"}
+  assert "grad_norm/layer_1/mlp" in metrics and "grad_norm/layer_0/embedding" not in metrics
   for name, value in expected.items():
     # the updates are differences of float32 parameters: their norms carry the rounding of those
     np.testing.assert_allclose(metrics[name], value, rtol=1e-4 if name.startswith(("param", "grad")) else 2e-3)

@@ -67,7 +67,7 @@ def make_train_step(graphdef, tx, config):
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss / G, "grad_norm": optax.global_norm(grads)}
     if config.group_norms:
-      metrics.update(group_norms(state["params"], grads, updates))
+      metrics.update(group_norms(state["params"], grads, updates, config.group_norms_per_layer))
     if stop_D is not None:  # any process's stop flag, read by every process with this step's metrics
       metrics["stop"] = jnp.max(stop_D)
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
@@ -134,16 +134,26 @@ def param_group(name: str) -> str:
   return "other"
 
 
-def group_norms(params, grads, updates) -> dict:
+def group_norms(params, grads, updates, per_layer: bool = False) -> dict:
   """L2 norms of the parameters, gradients (before clipping) and optimizer updates in each group and
   overall, and each update/param ratio: `param_norm/attention`, `update_ratio/mlp`, `param_norm`...
-  (the overall gradient norm is the step's `grad_norm`). Computed on the device with the step, read
-  with its loss: no extra host sync."""
+  (the overall gradient norm is the step's `grad_norm`); with `per_layer`, the blocks' groups per
+  layer too: `grad_norm/layer_3/attention`. Computed on the device with the step, read with its
+  loss: no extra host sync."""
   squares = {}  # (kind, group) -> sum of squares, in float32
+
+  def add(key, value):
+    squares[key] = squares.get(key, 0.0) + value
+
   for kind, tree in (("param", params), ("grad", grads), ("update", updates)):
     for path, x in jax.tree_util.tree_leaves_with_path(tree):
-      for group in (param_group(str(path[-1].key)), None):
-        squares[kind, group] = squares.get((kind, group), 0.0) + jnp.sum(jnp.square(x.astype(jnp.float32)))
+      group, x_squared = param_group(str(path[-1].key)), jnp.square(x.astype(jnp.float32))
+      add((kind, group), jnp.sum(x_squared))
+      add((kind, None), jnp.sum(x_squared))
+      if per_layer and str(path[0].key) == "blocks":  # stacked blocks: the layer is the leading axis
+        by_layer = jnp.sum(x_squared, axis=tuple(range(1, x.ndim)))
+        for i in range(x.shape[0]):
+          add((kind, f"layer_{i}/{group}"), by_layer[i])
   norms = {f"{kind}_norm/{group}" if group else f"{kind}_norm": jnp.sqrt(v) for (kind, group), v in squares.items()}
   del norms["grad_norm"]
   for suffix in [f"/{g}" for kind, g in squares if kind == "param" and g] + [""]:

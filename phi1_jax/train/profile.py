@@ -1,7 +1,8 @@
 """The profiler window: a `jax.profiler` trace of the steps `profile.start_step` to
 `start_step + steps - 1` (numbered as logged) in `workdir/profile/`: an .xplane.pb that
-TensorBoard's profile plugin (xprof) opens, and beside it a perfetto_trace.json.gz for Perfetto. Each step is a `StepTraceAnnotation("train", step_num=step)`, so
-the plugin's step views split the trace by training step."""
+TensorBoard's profile plugin (xprof) opens, and beside it a perfetto_trace.json.gz for Perfetto.
+Each step is a `StepTraceAnnotation("train", step_num=step)`, so the plugin's step views split the
+trace by training step."""
 
 from __future__ import annotations
 

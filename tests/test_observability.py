@@ -84,3 +84,9 @@ def test_spike_guard_resumes_exactly_after_sigkill(tmp_path, stdlib_cache):
   assert {r["step"]: r["skipped_steps"] for r in metric_rows(killed)} == skipped
   for x, y in zip(jax.tree.leaves(final_params(straight, 8)), jax.tree.leaves(final_params(killed, 8)), strict=True):
     assert np.array_equal(np.asarray(x), np.asarray(y))
+
+  # resuming it with the guard off: its checkpoint holds the guard's statistics, refused in one line
+  off = [a for a in train_args(killed, stdlib_cache, *steps) if not a.startswith("--config.spike_guard")]
+  out = run_module("phi1_jax.train", *off, "--config.total_steps=10")
+  assert out.returncode == 2
+  assert "spike_guard.factor or optimizer.grad_clip turned on or off" in out.stderr.strip().splitlines()[-1]

@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-8
   c.optimizer.weight_decay = 0.1  # not applied to biases, LayerNorms
   c.optimizer.grad_clip = 1.0  # global norm; 0 disables
+  # skip the update of a step whose finite loss or gradient norm exceeds factor x its mean over the last
+  # `window` accepted steps (0: off; e.g. factor=2.0, window=100); the statistics are checkpointed
+  c.spike_guard = ml_collections.ConfigDict(dict(factor=0.0, window=100))
 
   c.data = ml_collections.ConfigDict()
   # "stdlib" (the embedded default: this interpreter's standard library, built on first use)
@@ -65,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss_chunk_size = 0  # >0: cross-entropy over chunks of this many positions (big vocab)
   c.log_every = 10
+  c.group_norms = True  # parameter, gradient and update norms per group (embedding, attention, ...) in the metrics
+  c.group_norms_per_layer = False  # and per layer for attention, mlp and layer_norm (12 scalars a layer)
   c.eval_every = 200
   c.eval_batches = 8
   c.checkpoint_every = 500
@@ -87,6 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1, auto=False))
   c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device kind up
+  # a jax.profiler trace of steps start_step .. start_step + steps - 1 in workdir/profile/ (steps=0: off)
+  c.profile = ml_collections.ConfigDict(dict(start_step=10, steps=0, process=0))  # process -1: every process
   return c
 
 

@@ -117,9 +117,10 @@ class Checkpointer:
     try:
       restored = self.manager.restore(latest, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
-      raise UserError(
-        f"checkpoint {self.workdir}/checkpoints/{latest} does not match this config: {str(e).splitlines()[0]}"
-      ) from None
+      reason = str(e).splitlines()[0]
+      if "tree structures do not match" in reason:  # the model's shape was checked before: the state's other parts
+        reason = "its state holds other parts (spike_guard.factor or optimizer.grad_clip turned on or off since?)"
+      raise UserError(f"checkpoint {self.workdir}/checkpoints/{latest} does not match this config: {reason}") from None
     state = restored["state"]
     if not same_processes:
       pipeline.seek(self.train_iter, int(state["step"]), local_batch)

@@ -86,6 +86,16 @@ def check_config(config):
   micro = config.batch_size // config.grad_accum_steps
   if micro % jax.process_count():
     raise UserError(f"microbatch of {micro} sequences does not split over {jax.process_count()} processes")
+  if config.profile.steps < 0 or config.profile.start_step < 1:
+    raise UserError(
+      f"config.profile: start_step={config.profile.start_step} must be >= 1 (steps are numbered from 1) "
+      f"and steps={config.profile.steps} >= 0"
+    )
+  if config.spike_guard.factor < 0 or config.spike_guard.window < 1:
+    raise UserError(
+      f"config.spike_guard: factor={config.spike_guard.factor} must be >= 0 (0: off) "
+      f"and window={config.spike_guard.window} >= 1"
+    )
   if config.humaneval_every:  # the samples run under the OS sandbox: a machine without it fails now, not mid-run
     from phi1_jax.eval import sandbox
 

@@ -5,7 +5,7 @@ A workdir that holds checkpoints resumes from the latest one; the data iterator,
 come back with it, and dropout keys are `fold_in(seed, step)`, so a resumed run continues bit for bit.
 
 Workdir: config.json, model_config.json, the tokenizer, metrics.jsonl, tb/ (TensorBoard),
-checkpoints/<step>/{state,data}.
+checkpoints/<step>/{state,data}, profile/ (the profiler window's trace, if asked).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from phi1_jax.train.checkpoints import Checkpointer, DiskFull
 from phi1_jax.train.evaluate import eval_losses, humaneval_due, humaneval_metrics
 from phi1_jax.train.flops import flops_per_token, peak_flops
 from phi1_jax.train.metrics import MetricWriter, Progress, duration
+from phi1_jax.train.profile import ProfileWindow
 from phi1_jax.train.state import create_state, init_from_pretrained, state_shardings
 from phi1_jax.train.step import jit_train_step, make_eval_step, stop_flags_array
 
@@ -110,6 +111,7 @@ class Trainer:
     self.peak = config.peak_flops_per_device or peak_flops(jax.devices()[0])
     self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     self.progress = Progress(start_step, self.end_step, log)
+    self.profile = ProfileWindow(config, workdir, start_step)
     log(
       f"model: {n_params:,} parameters; mesh {dict(mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} "
       f"devices; {config.batch_size} x {config.seq_len} tokens per step; steps {start_step} -> {self.end_step}"
@@ -147,6 +149,7 @@ class Trainer:
       out_of_disk = True
       raise
     finally:
+      self.profile.stop()
       try:
         if not out_of_disk:  # a failed save, reported, would raise again here
           self.checkpointer.close()
@@ -158,8 +161,10 @@ class Trainer:
     """Dispatches one step, then reads the previous step's metrics while this one runs."""
     batch = inputs.next_global_batch(self.train_iter, self.config.grad_accum_steps, self.local_batch, self.mesh)
     stop_arg = (stop_flags_array(bool(self.stop_signals), self.mesh),) if self.multiprocess else ()
-    self.state, metrics = self.jitted_train_step(self.state, batch, *stop_arg)
+    with self.profile.annotate(self.step + 1):
+      self.state, metrics = self.jitted_train_step(self.state, batch, *stop_arg)
     self.step += 1
+    self.profile.after(self.step, self.state)
     self.window_steps += 1
     self.read_pending()
     self.pending = (self.step, metrics)

@@ -98,6 +98,8 @@ class Progress:
     ]
     if m.get("mfu") is not None:
       parts.append(f"MFU {100 * m['mfu']:.1f}%")
+    if m.get("skipped_steps"):
+      parts.append(f"skipped {m['skipped_steps']:.0f}")
     if "eval_loss" in m:
       parts.append(f"eval_loss {m['eval_loss']:.4f}")
     parts.append(f"ETA {eta}")

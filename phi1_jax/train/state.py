@@ -1,4 +1,5 @@
-"""The training state: the optimizer, and the {params, opt_state, step} tree created or restored already sharded."""
+"""The training state: the optimizer, and the {params, opt_state, step} tree (with the spike guard's
+statistics when it is on) created or restored already sharded."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from phi1_jax.cli import UserError
 from phi1_jax.model import sharding
 from phi1_jax.model.phi import Phi, abstract_model
 from phi1_jax.train.checks import model_config_of
+from phi1_jax.train.step import spike_guard_init
 
 
 def lr_schedule(opt_cfg, total_steps: int):
@@ -75,6 +77,9 @@ def state_shardings(config, mesh):
   )
   state_shard = {"params": p_shard, "opt_state": opt_shard, "step": sharding.replicated(mesh)}
   shapes = {"params": abstract_params, "opt_state": abstract_opt, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  if config.spike_guard.factor > 0:
+    shapes["spike_guard"] = jax.eval_shape(lambda: spike_guard_init(config.spike_guard.window))
+    state_shard["spike_guard"] = jax.tree.map(lambda _: sharding.replicated(mesh), shapes["spike_guard"])
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shard)
   return nnx.graphdef(abstract), abstract_state, state_shard, tx, schedule
 
@@ -87,6 +92,9 @@ def create_state(config, tx, state_shard, init_params=None):
   def fresh_state(params):
     if params is None:
       params = nnx.to_pure_dict(nnx.state(Phi(model_cfg, rngs=nnx.Rngs(config.seed)), nnx.Param))
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    if config.spike_guard.factor > 0:
+      state["spike_guard"] = spike_guard_init(config.spike_guard.window)
+    return state
 
   return jax.jit(fresh_state, out_shardings=state_shard)(init_params)

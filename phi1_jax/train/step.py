@@ -1,5 +1,6 @@
 """The jitted train and eval steps: next-token loss (chunked over the vocabulary if asked),
-gradient accumulation over microbatches, and the per-device stop flags of a multi-process run."""
+gradient accumulation over microbatches, per-group norms, the spike guard (an update skipped on a
+loss or gradient spike), and the per-device stop flags of a multi-process run."""
 
 from __future__ import annotations
 
@@ -65,11 +66,99 @@ def make_train_step(graphdef, tx, config):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss / G, "grad_norm": optax.global_norm(grads)}
+    if config.group_norms:
+      metrics.update(group_norms(state["params"], grads, updates, config.group_norms_per_layer))
     if stop_D is not None:  # any process's stop flag, read by every process with this step's metrics
       metrics["stop"] = jnp.max(stop_D)
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if "spike_guard" in state:
+      skip, new_state["spike_guard"] = spike_check(
+        state["spike_guard"], metrics["loss"], metrics["grad_norm"], config.spike_guard.factor
+      )
+      kept = (state["params"], state["opt_state"])
+      new_state["params"], new_state["opt_state"] = jax.tree.map(
+        lambda new, old: jnp.where(skip, old, new), (params, opt_state), kept
+      )
+      metrics["skipped"] = skip.astype(jnp.float32)
+      metrics["skipped_steps"] = new_state["spike_guard"]["skipped"]
+    return new_state, metrics
 
   return step
+
+
+def spike_guard_init(window: int) -> dict:
+  """The spike guard's running statistics, part of the checkpointed state: the last `window`
+  accepted steps' losses and gradient norms, how many steps were accepted and skipped."""
+  return {
+    "losses": jnp.zeros((window,), jnp.float32),
+    "grad_norms": jnp.zeros((window,), jnp.float32),
+    "accepted": jnp.zeros((), jnp.int32),
+    "skipped": jnp.zeros((), jnp.int32),
+  }
+
+
+def spike_check(guard: dict, loss, grad_norm, factor: float):
+  """(skip, the guard's next statistics): skip when the window is full and a finite loss or gradient
+  norm exceeds `factor` times its mean over the window. A skipped step leaves the window as it was;
+  a non-finite loss is never skipped here: the trainer stops on it."""
+  window = guard["losses"].shape[0]
+
+  def spike(value, history):
+    return jnp.isfinite(value) & (value > factor * history.mean())
+
+  skip = (guard["accepted"] >= window) & (spike(loss, guard["losses"]) | spike(grad_norm, guard["grad_norms"]))
+  slot = guard["accepted"] % window
+  return skip, {
+    "losses": jnp.where(skip, guard["losses"], guard["losses"].at[slot].set(loss)),
+    "grad_norms": jnp.where(skip, guard["grad_norms"], guard["grad_norms"].at[slot].set(grad_norm)),
+    "accepted": guard["accepted"] + jnp.where(skip, 0, 1),
+    "skipped": guard["skipped"] + jnp.where(skip, 1, 0),
+  }
+
+
+PARAM_GROUPS = ("embedding", "attention", "mlp", "layer_norm", "lm_head")
+
+
+def param_group(name: str) -> str:
+  """The group of a parameter by its name in the model: one of PARAM_GROUPS, or "other"."""
+  if name == "embed":
+    return "embedding"
+  if name.startswith("lm_head"):
+    return "lm_head"
+  if "ln_" in name:
+    return "layer_norm"
+  if name.split("_")[0] in ("q", "k", "v", "o"):
+    return "attention"
+  if name.startswith(("fc1", "fc2")):
+    return "mlp"
+  return "other"
+
+
+def group_norms(params, grads, updates, per_layer: bool = False) -> dict:
+  """L2 norms of the parameters, gradients (before clipping) and optimizer updates in each group and
+  overall, and each update/param ratio: `param_norm/attention`, `update_ratio/mlp`, `param_norm`...
+  (the overall gradient norm is the step's `grad_norm`); with `per_layer`, the blocks' groups per
+  layer too: `grad_norm/layer_3/attention`. Computed on the device with the step, read with its
+  loss: no extra host sync."""
+  squares = {}  # (kind, group) -> sum of squares, in float32
+
+  def add(key, value):
+    squares[key] = squares.get(key, 0.0) + value
+
+  for kind, tree in (("param", params), ("grad", grads), ("update", updates)):
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+      group, x_squared = param_group(str(path[-1].key)), jnp.square(x.astype(jnp.float32))
+      add((kind, group), jnp.sum(x_squared))
+      add((kind, None), jnp.sum(x_squared))
+      if per_layer and str(path[0].key) == "blocks":  # stacked blocks: the layer is the leading axis
+        by_layer = jnp.sum(x_squared, axis=tuple(range(1, x.ndim)))
+        for i in range(x.shape[0]):
+          add((kind, f"layer_{i}/{group}"), by_layer[i])
+  norms = {f"{kind}_norm/{group}" if group else f"{kind}_norm": jnp.sqrt(v) for (kind, group), v in squares.items()}
+  del norms["grad_norm"]
+  for suffix in [f"/{g}" for kind, g in squares if kind == "param" and g] + [""]:
+    norms[f"update_ratio{suffix}"] = norms[f"update_norm{suffix}"] / norms[f"param_norm{suffix}"]
+  return norms
 
 
 def make_eval_step(graphdef, config):

@@ -18,8 +18,8 @@ import transformers
 from phi1_jax.model import hf as convert
 from phi1_jax import convert as convert_cli
 from phi1_jax.model.phi import ModelConfig
+from helpers import repo_env
 
-REPO = Path(__file__).resolve().parents[1]
 
 # config.json of the released microsoft/phi-1 (written by transformers 4.37).
 RELEASED_PHI1_CONFIG = {
@@ -155,12 +155,7 @@ def test_cli_refuses_bad_checkpoint_and_writes_nothing(hf_files, tmp_path):
   tensors = {**tensors, "model.layers.0.self_attn.q_proj.weight": np.zeros((24, 25), np.float32)}
   safetensors.numpy.save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
   out = tmp_path / "out"
-  env = {
-    **os.environ,
-    "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    "JAX_PLATFORMS": "cpu",
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-  }
+  env = repo_env(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
     [sys.executable, "-m", "phi1_jax.convert", "hf-to-orbax", "--hf_dir", str(bad), "--out", str(out)],
     capture_output=True,
@@ -296,7 +291,7 @@ def trainer_workdir(tmp_path_factory):
 
 
 def _convert_cli(*args, umask=0o022):
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  env = repo_env(JAX_PLATFORMS="cpu")
   return subprocess.run(
     [sys.executable, "-m", "phi1_jax.convert", *map(str, args)],
     capture_output=True,
@@ -325,7 +320,7 @@ _AWKWARD = "def f(x):\n\treturn x  # é 🙂\r\n\n    <|endoftext|>class A: pass
 
 
 def _load_export(out, original):
-  env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+  env = repo_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
   proc = subprocess.run(
     [sys.executable, "-c", _LOAD_EXPORT, str(out), str(original), _AWKWARD],
     capture_output=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_module
+from helpers import repo_env, run_module
 from data_fixtures import small_tokenizer  # noqa: F401
 from phi1_jax.decontam import __main__ as cli, benchmarks as bench_lib, fixture as fixture_lib, index as index_lib
 from phi1_jax.decontam import tree as tree_lib
@@ -171,7 +171,7 @@ def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_double
     "--tasks=8",
     "--workers=1",
   ]
-  env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+  env = repo_env()
   proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   first = killed / "work/logs/completions/00000"
   deadline = time.time() + 120

@@ -15,7 +15,8 @@ from phi1_jax.eval.official import official_harness_copy
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval.execute import MARKER_ENV, evaluate_samples, execute_programs, pass_at_k
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 MBPP_PATH = Path(__file__).resolve().parents[2] / "shared/data/mbpp/mbpp.jsonl"
 
 

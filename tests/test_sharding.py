@@ -2,15 +2,14 @@
 devices under several meshes, against a single-device run (one subprocess, so XLA_FLAGS applies)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, repo_env
+
 
 # Runs in a fresh interpreter with 8 host devices; prints one JSON line of results.
 SCRIPT = textwrap.dedent("""
@@ -95,12 +94,7 @@ EXPECTED_SPECS["(1, 2, 4)"] = EXPECTED_SPECS["(2, 2, 2)"]
 
 @pytest.fixture(scope="module")
 def results():
-  env = {
-    **os.environ,
-    "PYTHONPATH": str(REPO),
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-  }
+  env = repo_env(devices=8)
   proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_module
+from helpers import REPO, repo_env, run_module
 from data_fixtures import small_tokenizer  # noqa: F401
 from llm_servers import FaultyLLMServer, canonical
 from phi1_jax import cli
@@ -260,9 +260,7 @@ def test_sigkill_then_rerun_writes_what_an_unbroken_run_writes_and_pays_nothing_
     "--concurrency=4",
     "--backoff_s=0.01",
   ]
-  run = subprocess.Popen(
-    args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
+  run = subprocess.Popen(args, cwd=REPO, env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 120
   while len(server.paid_keys()) < 12 and time.monotonic() < deadline:
     time.sleep(0.01)
@@ -386,7 +384,7 @@ def _popen_synth(server, out, *extra, sigint_ignored=False):
   return subprocess.Popen(
     args,
     cwd=REPO,
-    env={**os.environ, "PYTHONPATH": str(REPO)},
+    env=repo_env(),
     stdout=subprocess.DEVNULL,
     stderr=stderr,
     preexec_fn=ignore,

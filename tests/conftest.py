@@ -9,20 +9,30 @@ import pytest
 from helpers import TINY_SEQ_LEN, TINY_VOCAB
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+  """A folder of this test run that every pytest-xdist worker shares (their temp folders' parent)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  (root / name).mkdir(exist_ok=True)
+  return root / name
+
+
 @pytest.fixture(scope="session")
 def stdlib_cache(tmp_path_factory) -> Path:
-  """A data cache folder holding the tiny config's tokenizer and packed stdlib shards."""
+  """A data cache folder holding the tiny config's tokenizer and packed stdlib shards: built once
+  per run (a worker that finds another building it waits for it)."""
   from phi1_jax.data import stdlib_corpus
 
-  cache = tmp_path_factory.mktemp("phi1_cache")
+  cache = shared_dir(tmp_path_factory, "phi1_cache")
   stdlib_corpus.ensure_stdlib_data(cache, TINY_VOCAB, TINY_SEQ_LEN)
   return cache
 
 
 @pytest.fixture(scope="session", autouse=True)
 def jax_compile_cache(tmp_path_factory):
-  """Subprocesses that compile the same programs share one persistent compilation cache."""
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+  """Subprocesses that compile the same programs share one persistent compilation cache, across workers."""
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(shared_dir(tmp_path_factory, "jax_cache")))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

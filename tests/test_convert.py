@@ -371,6 +371,7 @@ def test_the_metadata_filter_drops_only_that_warning(caplog):
   assert [r.getMessage() for r in caplog.records] == ["something else"]
 
 
+@pytest.mark.slow
 def test_export_converts_the_trainers_sentencepiece_tokenizer(trainer_workdir, tmp_path):
   from phi1_jax.data.tokenizer import train_tokenizer
 

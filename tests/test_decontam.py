@@ -316,6 +316,7 @@ def test_embedding_distance_removes_a_near_copy_of_the_problem_text(tmp_path):
   assert manifest["kept"] == 1
 
 
+@pytest.mark.slow
 def test_embed_checkpoint_runs_the_l2_method_with_the_curation_embedder(tmp_path, tiny_checkpoint):
   """`--embed_checkpoint` end to end: phi1_jax.stages.embed's Embedder on a tiny checkpoint, in the CLI's task
   process. A verbatim copy of a problem (prompt + solution) embeds to the problem's vector (L2 0)."""

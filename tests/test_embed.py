@@ -89,6 +89,7 @@ def _embed_cli(ckpt, out, *extra, devices=1):
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_embed_command_shards_resume_and_match_in_process(ckpt, tmp_path):
   out = tmp_path / "emb"
   proc = _embed_cli(ckpt, out, devices=2)  # data parallel over two host devices

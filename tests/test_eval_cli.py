@@ -208,6 +208,7 @@ def _eval_cmd(ckpt, out, *flags):
 ENV = repo_env(JAX_PLATFORMS="cpu")
 
 
+@pytest.mark.slow
 def test_eval_caps_to_the_context_and_reruns(short_ckpt, tmp_path):
   ckpt, context = short_ckpt
   out = tmp_path / "eval"

@@ -139,6 +139,7 @@ def test_bad_arguments():
     generate(model, [[1]], max_new_tokens=0)
 
 
+@pytest.mark.slow
 def test_sample_command_prints_greedy_completion(tiny_checkpoint):
   """`python -m phi1_jax.sample` prints what generate gives (greedy); --n draws several."""
   from helpers import run_module

@@ -28,6 +28,7 @@ AWKWARD = [
 ]
 
 
+@pytest.mark.slow
 def test_round_trip_on_whole_embedded_corpus(tmp_path):
   tok_dir, _ = ensure_stdlib_data(tmp_path, vocab_size=4096, seq_len=128)
   tok = load_tokenizer(tok_dir)

@@ -12,8 +12,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
-import torch
-import transformers
 
 from phi1_jax.model import hf as convert
 from phi1_jax import convert as convert_cli
@@ -55,6 +53,9 @@ RELEASED_PHI1_CONFIG = {
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
   """A tiny transformers PhiForCausalLM saved with save_pretrained."""
+  import torch  # here, not at the top: an xdist worker that runs no convert test does not import it
+  import transformers
+
   torch.manual_seed(0)
   cfg = transformers.PhiConfig(
     vocab_size=37,
@@ -102,6 +103,8 @@ def test_exported_config_reads_back_and_in_transformers():
     attn_dropout=0.1,
     embd_dropout=0.1,
   )
+  import transformers
+
   hf = convert.model_config_to_hf_config(cfg)
   assert convert.hf_config_to_model_config(hf) == cfg
   hf_cfg = transformers.PhiConfig(**hf)

@@ -165,7 +165,7 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
     proc = subprocess.Popen(
       [sys.executable, "-m", "phi1_jax.sweep", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    wait_for(lambda: (root / "sweep.json").exists(), "the plan", 300, poll=0.02)
+    wait_for(lambda: (root / "sweep.json").exists(), 300, "the plan", poll=0.02)
     plan = spec_lib.read_plan(root)
     names = [t["name"] for t in plan["trials"]]
     assert names == [
@@ -178,8 +178,8 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
     try:
       wait_for(
         lambda: (root / names[2] / "checkpoints" / "5").is_dir() or proc.poll() is not None,
-        "a checkpoint of the third run",
         1200,
+        "a checkpoint of the third run",
         poll=0.02,
       )
     finally:
@@ -187,7 +187,7 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
       proc.wait()
   assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
   # The sweep's trainer gets SIGTERM when the sweep dies: it saves a checkpoint and lets go of the trial.
-  wait_for(lambda: not trial_lib.is_running(root, third), "the third run's trainer to stop", 120, poll=0.02)
+  wait_for(lambda: not trial_lib.is_running(root, third), 120, "the third run's trainer to stop", poll=0.02)
   assert trial_lib.status(root, third) == "partial"
   resume_step = trial_lib.checkpoint_steps(root / names[2])[-1]
   assert 5 <= resume_step < 20

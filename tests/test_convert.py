@@ -335,6 +335,7 @@ def _load_export(out, original):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_export_of_a_trainer_workdir_is_quiet_and_readable(trainer_workdir, tmp_path):
   """No Orbax 'Metadata file does not exist' warning; files get the umask's mode, as any new file."""
   out = tmp_path / "hf"

@@ -126,6 +126,7 @@ def test_annotate_through_faults_each_document_once(endpoint, tmp_path):
   assert json.loads((out / "manifest.json").read_text())["llm_this_run"]["requests_sent"] == 0
 
 
+@pytest.mark.slow
 def test_annotate_sigkill_then_rerun_pays_nothing_twice(endpoint, tmp_path):
   server, base_url, _ = endpoint
   server.delay_s = 0.4
@@ -158,6 +159,7 @@ def test_annotate_sigkill_then_rerun_pays_nothing_twice(endpoint, tmp_path):
   _check_rows(rows, server)
 
 
+@pytest.mark.slow
 def test_annotate_cap_stops_cleanly_and_a_rerun_goes_on(endpoint, tmp_path):
   server, base_url, _ = endpoint
   out = tmp_path / "ann"
@@ -174,6 +176,7 @@ def test_annotate_cap_stops_cleanly_and_a_rerun_goes_on(endpoint, tmp_path):
   _check_rows(_rows(out), server)
 
 
+@pytest.mark.slow
 def test_annotate_exits_1_when_every_request_failed_and_0_when_some_did_not(endpoint, tmp_path):
   server, base_url, _ = endpoint
   out = tmp_path / "ann"

@@ -90,7 +90,7 @@ def main():
   for fn in sample:
     flat = tree_lib.flatten(fn)
     for other in index.trees.trees:
-      tree_lib._rate(flat, other)
+      tree_lib.flat_match_rate(flat, other)
   naive = time.perf_counter() - start
   start = time.perf_counter()
   index.trees.best_matches(sample)

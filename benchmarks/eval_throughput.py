@@ -19,7 +19,7 @@ from pathlib import Path
 
 from phi1_jax.eval.official import official_harness_copy
 from phi1_jax.eval import problems as problems_lib
-from phi1_jax.eval.execute import execute_programs
+from phi1_jax.eval.runner import execute_programs
 
 
 def time_official(check_correctness, raw_problems, workers, timeout_s):

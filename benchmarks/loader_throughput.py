@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from phi1_jax.model import sharding  # noqa: E402
 from phi1_jax.data import pipeline  # noqa: E402
-from phi1_jax.data.pack import FORMAT, _SplitWriter  # noqa: E402
+from phi1_jax.data.pack import FORMAT, SplitWriter  # noqa: E402
 
 
 def write_synthetic(out: Path, records: int, seq_len: int, vocab: int, seed: int) -> Path:
@@ -45,7 +45,7 @@ def write_synthetic(out: Path, records: int, seq_len: int, vocab: int, seed: int
   rng = np.random.default_rng(seed)
   splits = {}
   for split, n in (("train", records), ("eval", 1)):
-    writer = _SplitWriter(out, split, seq_len, eos_id=0, records_per_shard=max(1, records // 4))
+    writer = SplitWriter(out, split, seq_len, eos_id=0, records_per_shard=max(1, records // 4))
     for _ in range(n + 1):  # each document and its separator add seq_len + 1 tokens: about one record
       writer.add(rng.integers(1, vocab, seq_len, dtype=np.int32))
     splits[split] = writer.finish()

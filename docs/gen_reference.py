@@ -82,16 +82,22 @@ def _absl_flag_names() -> set[str]:
 
 
 def _forget_absl_flags(before: set[str]) -> None:
-  """Drops the flags the last command defined, so the next absl command can define its own again."""
+  """Drops the flags the last command defined, and the modules that defined them, so the next absl
+  command defines its own again (plan imports the trainer's --config: it must be defined anew)."""
   if "absl.flags" not in sys.modules:
     return
   from absl import flags
 
   for name in set(flags.FLAGS) - before:
-    if (flags.FLAGS.find_module_defining_flag(name) or "").startswith("absl"):
+    module = flags.FLAGS.find_module_defining_flag(name) or ""
+    if module.startswith("absl"):
       continue  # --help and friends: absl.app defines them once
     with contextlib.suppress(AttributeError):
       delattr(flags.FLAGS, name)
+    if module.startswith("phi1_jax.") and sys.modules.pop(module, None):
+      parent, _, child = module.rpartition(".")  # `from parent import child` looks here first
+      with contextlib.suppress(AttributeError):
+        delattr(sys.modules[parent], child)
   flags.FLAGS.unparse_flags()
 
 

@@ -23,12 +23,12 @@ if [[ $1 != "--" ]]; then
   shift
 fi
 if [[ ${1:-} != "--" ]]; then
-  echo "error: put the trainer flags after --" >&2
+  echo "launch/tpu_pod.sh: error: put the trainer flags after --" >&2
   exit 2
 fi
 shift
 if [[ " $* " != *" --config="* && " $* " != *" --config "* ]]; then
-  echo "error: the trainer flags need --config=CONFIG.py" >&2
+  echo "launch/tpu_pod.sh: error: the trainer flags need --config=CONFIG.py" >&2
   exit 2
 fi
 

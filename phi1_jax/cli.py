@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import signal
@@ -16,18 +17,61 @@ class UserError(Exception):
   """A mistake in the user's input (a flag, a path, a file's contents): one line, exit code 2."""
 
 
+def report_error(prog: str, message: object) -> int:
+  """Prints the one line every command reports a user mistake with, `<prog>: error: <message>`; returns 2,
+  the exit code, for a main() that returns its code."""
+  print(f"{prog}: error: {message}".replace("\n", " "), file=sys.stderr, flush=True)
+  return 2
+
+
 def fail(prog: str, message: object) -> NoReturn:
   """Ends a command the way every command reports a user mistake: `<prog>: error: <message>`, exit 2."""
-  print(f"{prog}: error: {message}".replace("\n", " "), file=sys.stderr, flush=True)
-  sys.exit(2)
+  sys.exit(report_error(prog, message))
+
+
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """--help as written (descriptions keep their line breaks), every flag that has a default showing it."""
+
+  def _format_action(self, action):
+    if action.option_strings and not action.help and _shown_default(action):
+      action = copy.copy(action)  # a flag with no help text still shows its default
+      action.help = "(default: %(default)s)"
+    return super()._format_action(action)
+
+  def _get_help_string(self, action):
+    help_text = action.help or ""
+    if action.option_strings and _shown_default(action) and "default" not in help_text:
+      help_text += " (default: %(default)s)"
+    return help_text
+
+
+def _shown_default(action: argparse.Action) -> bool:
+  """A default worth printing: a value, not 'unset' (None, [], '') nor an on/off flag's False."""
+  return (
+    action.nargs != 0 and action.default not in (None, argparse.SUPPRESS, "", []) and action.help != argparse.SUPPRESS
+  )
 
 
 class OneLineParser(argparse.ArgumentParser):
-  """argparse that reports a bad flag in one line (no usage block), exit code 2."""
+  """argparse that reports a bad flag in one line (no usage block), exit code 2; --help shows the defaults."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+    super().__init__(*args, **kwargs)
+    self._old_names: dict[str, str] = {}
+
+  def add_old_name(self, old: str, new: str) -> None:
+    """Accepts the flag `old` as `new` (a renamed flag keeps working), without showing it in --help."""
+    self._old_names[old] = new
 
   def parse_known_args(self, args=None, namespace=None):
-    self._arg_strings = sys.argv[1:] if args is None else list(args)  # for error() to look at again
+    args = [self._renamed(a) for a in (sys.argv[1:] if args is None else args)]
+    self._arg_strings = args  # for error() to look at again
     return super().parse_known_args(args, namespace)
+
+  def _renamed(self, arg: str) -> str:
+    name, eq, value = arg.partition("=")
+    return self._old_names[name] + eq + value if name in self._old_names else arg
 
   def error(self, message):
     if message.startswith("the following arguments are required") and not getattr(self, "_probing", False):

@@ -18,10 +18,9 @@ from __future__ import annotations
 import os
 import sys
 
+from phi1_jax import cli
 
-def _usage_error(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+PROG = "python -m phi1_jax.plan"
 
 
 def _flag_value(argv, name: str) -> str | None:
@@ -41,7 +40,7 @@ def _simulate_devices(argv) -> None:
   if n is None:
     return
   if not n.isdigit():
-    _usage_error(f"--devices={n}: expected a number of devices >= 1 (0: the devices present)")
+    cli.fail(PROG, f"--devices={n}: expected a number of devices >= 1 (0: the devices present)")
   if int(n) > 0:
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
@@ -67,6 +66,7 @@ from phi1_jax.train.metrics import flops_per_token  # noqa: E402
 _CONFIG = train._CONFIG  # the trainer's --config flag (and its --config.* overrides)
 _MESH = flags.DEFINE_string("mesh", "", "data=D,fsdp=F,tensor=T (one may be -1); default: the config's mesh.")
 flags.DEFINE_integer("devices", 0, "Simulated CPU devices (read before jax starts); 0: the devices present.")
+flags.declare_key_flag("config")  # --help lists the trainer's --config beside plan's own flags
 
 GiB = 2**30
 
@@ -181,19 +181,22 @@ def parse_flags(argv):
   --config's file is checked first: ml_collections defers a missing file's error to its first use,
   as two chained tracebacks; an error in the file's own code is named with its line."""
   if any(a.split("=")[0] in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-    return train.parse_flags(argv)
+    try:
+      return train.parse_flags(argv)
+    except SystemExit as stop:  # absl ends its help with exit code 1; help that was asked for is no failure
+      sys.exit(0 if stop.code == 1 else stop.code)
   config_arg = _flag_value(argv[1:], "config")
   if config_arg is None:
-    _usage_error("--config is required, e.g. --config=configs/phi1.py")
+    cli.fail(PROG, "--config is required, e.g. --config=configs/phi1.py")
   config_file = config_arg.split(":", 1)[0]  # "file.py:arg" passes arg to get_config
   if not os.path.isfile(config_file):
-    _usage_error(
-      f"--config={config_arg}: {'is a folder, not a' if os.path.isdir(config_file) else 'no such'} config file"
+    cli.fail(
+      PROG, f"--config={config_arg}: {'is a folder, not a' if os.path.isdir(config_file) else 'no such'} config file"
     )
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 (a bad flag, the config file's own code, an unknown override)
-    _usage_error(_flag_problem(e, config_arg, config_file))
+    cli.fail(PROG, _flag_problem(e, config_arg, config_file))
 
 
 def _flag_problem(error: Exception, config_arg: str, config_file: str) -> str:
@@ -227,7 +230,7 @@ def _flag_problem(error: Exception, config_arg: str, config_file: str) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(PROG, f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # jax logs its backend search at INFO
   config = _CONFIG.value
   try:
@@ -235,8 +238,7 @@ def main(argv):
       config.mesh.update(parse_mesh(_MESH.value))
     print(report(plan(config)), flush=True)
   except train.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(PROG, e)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 import sys
 import time
 
-from phi1_jax.cli import OneLineParser
+from phi1_jax.cli import OneLineParser, report_error
 from phi1_jax.inference.sampler import load_model_and_tokenizer, sample_texts
+
+PROG = "python -m phi1_jax.sample"
 
 
 def _parse_args(argv):
-  parser = OneLineParser(prog="python -m phi1_jax.sample", description="Sample completions of one prompt.")
+  parser = OneLineParser(prog=PROG, description="Sample completions of one prompt.")
   parser.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   parser.add_argument("--prompt", required=True, help="the prompt text ('-' reads stdin)")
   parser.add_argument("--max_tokens", type=int, default=128, help="new tokens at most")
@@ -58,9 +60,8 @@ def main(argv=None) -> int:
         f"prompt ({n_prompt} tokens) + --max_tokens={args.max_tokens} exceeds the model's "
         f"context of {model.cfg.max_seq_len} tokens"
       )
-  except ValueError as e:
-    print(f"error: {e}".replace("\n", " "), file=sys.stderr)
-    return 2
+  except ValueError as e:  # the loader's and the checks' user errors
+    return report_error(PROG, e)
   print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
   start = time.perf_counter()
   texts = sample_texts(

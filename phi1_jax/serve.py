@@ -24,12 +24,13 @@ from phi1_jax import paths
 from phi1_jax.inference.server import build_app
 
 log = logging.getLogger("phi1_jax.serve")
+PROG = "python -m phi1_jax.serve"
 
 
 def _parse_args(argv):
   from phi1_jax.cli import OneLineParser
 
-  p = OneLineParser(prog="python -m phi1_jax.serve", description=__doc__.split("\n")[0])
+  p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   p.add_argument("--host", default="127.0.0.1")
   p.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
@@ -101,9 +102,10 @@ def main(argv=None) -> int:
     max_seq_len = args.max_seq_len or model.cfg.max_seq_len
     if max_seq_len > model.cfg.max_seq_len:
       raise ValueError(f"--max_seq_len={max_seq_len} exceeds the model's context of {model.cfg.max_seq_len}")
-  except ValueError as e:
-    print(f"error: {e}".replace("\n", " "), file=sys.stderr)
-    return 2
+  except ValueError as e:  # the loader's and the checks' user errors
+    from phi1_jax.cli import report_error
+
+    return report_error(PROG, e)
   import jax
   import uvicorn
 

@@ -175,7 +175,7 @@ def test_cli_refuses_bad_checkpoint_and_writes_nothing(hf_files, tmp_path):
 
 
 def test_cli_flags_are_checked_by_argparse(capsys):
-  for argv in (["hf-to-orbax", "--out", "x"], ["orbax-to-hf", "--ckpt", "x"], ["to-gguf"], []):
+  for argv in (["hf-to-orbax", "--out", "x"], ["orbax-to-hf", "--checkpoint", "x"], ["to-gguf"], []):
     with pytest.raises(SystemExit) as info:
       convert_cli.main(argv)
     assert info.value.code == 2
@@ -241,6 +241,7 @@ def test_trainer_checkpoints_are_found_and_exported(hf_files, tmp_path, item):
   assert not np.any(step3["embed"])
 
   out = tmp_path / "exported"
+  # the flag's old name, --ckpt, still works (hidden from --help)
   assert convert_cli.main(["orbax-to-hf", "--ckpt", str(workdir), "--out", str(out)]) == 0
   _, exported = convert.read_hf_dir(out)
   _, original = hf_files
@@ -339,7 +340,7 @@ def _load_export(out, original):
 def test_export_of_a_trainer_workdir_is_quiet_and_readable(trainer_workdir, tmp_path):
   """No Orbax 'Metadata file does not exist' warning; files get the umask's mode, as any new file."""
   out = tmp_path / "hf"
-  proc = _convert_cli("orbax-to-hf", "--ckpt", trainer_workdir, "--out", out)
+  proc = _convert_cli("orbax-to-hf", "--checkpoint", trainer_workdir, "--out", out)
   assert proc.returncode == 0, proc.stderr
   assert "Metadata file does not exist" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
   assert [(out / name).stat().st_mode & 0o777 for name in ("config.json", "model.safetensors")] == [0o644, 0o644]
@@ -384,7 +385,7 @@ def test_export_converts_the_trainers_sentencepiece_tokenizer(trainer_workdir, t
   train_tokenizer([Path(json.__file__).parent], 400, tmp_path / "tok")
   shutil.copy(tmp_path / "tok" / "tokenizer.model", workdir / "tokenizer.model")  # as train.py keeps it
   out = tmp_path / "hf"
-  proc = _convert_cli("orbax-to-hf", "--ckpt", workdir / "checkpoints" / "5", "--out", out)
+  proc = _convert_cli("orbax-to-hf", "--checkpoint", workdir / "checkpoints" / "5", "--out", out)
   assert proc.returncode == 0 and "with its tokenizer" in proc.stdout, proc.stderr
   loaded = _load_export(out, workdir / "tokenizer.model")
   assert loaded == {"same_ids": True, "round_trip": True, "eos": ["<|endoftext|>", 0, 0, 0], "generated": True}
@@ -409,7 +410,7 @@ def test_export_says_why_a_foreign_sentencepiece_model_is_not_exported(trainer_w
   )
   (workdir / "tokenizer.model").write_bytes(model.getvalue())
   out = tmp_path / "hf"
-  proc = _convert_cli("orbax-to-hf", "--ckpt", workdir, "--out", out)
+  proc = _convert_cli("orbax-to-hf", "--checkpoint", workdir, "--out", out)
   assert proc.returncode == 0, proc.stderr
   notes = [line for line in proc.stderr.splitlines() if line.strip()]
   assert len(notes) == 1 and "tokenizer not exported" in notes[0] and "no dummy prefix" in notes[0], proc.stderr

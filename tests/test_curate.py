@@ -185,7 +185,9 @@ def test_annotate_exits_1_when_every_request_failed_and_0_when_some_did_not(endp
   proc = _cli(*_annotate_args(base_url, out, *flags))
   assert proc.returncode == 1, proc.stderr[-2000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("curate annotate: error: none of 10 documents annotated: all 10 requests failed"), last
+  assert last.startswith(
+    "python -m phi1_jax.curate annotate: error: none of 10 documents annotated: all 10 requests failed"
+  ), last
   m = json.loads((out / "manifest.json").read_text())  # what was learnt is kept
   assert m["annotated"] == 0 and m["failed_this_run"] == 10 and not _rows(out)
 
@@ -215,7 +217,7 @@ def test_annotate_passes_over_a_non_utf8_file_as_pack_does(endpoint, tmp_path):
   proc = _cli(*args, f"--out={tmp_path / 'strict'}")  # 1 bad of 6 items is past the default 0.1%
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1] == (
-    f"curate annotate: error: 1 of 6 items are bad (16.667% > --max_bad_fraction 0.100%); first: "
+    f"python -m phi1_jax.curate annotate: error: 1 of 6 items are bad (16.667% > --max_bad_fraction 0.100%); first: "
     f"{src / 'latin1.py'}:2: not UTF-8"
   )
   assert not server.paid_keys()
@@ -248,7 +250,7 @@ def test_annotate_refusals_are_one_line_exit_2(endpoint, tmp_path, capsys, fault
     args.append(fault_or_flag)
   assert curate_cli.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert message in err[-1] and err[-1].startswith("curate annotate: error:")
+  assert message in err[-1] and err[-1].startswith("python -m phi1_jax.curate annotate: error:")
   assert not server.paid_keys()
 
 
@@ -274,7 +276,7 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
   from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
   from phi1_jax.curate.classifier import load_classifier, train_classifier
-  from phi1_jax.curate.common import UserError
+  from phi1_jax.cli import UserError
 
   rng = np.random.default_rng(0)
   n = 400

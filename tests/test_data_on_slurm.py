@@ -53,7 +53,7 @@ def test_curate_filter_on_slurm_keeps_what_the_local_pool_keeps(partition, filte
   proc = _cli(*args, "--slurm_partition=no_such_partition")
   assert proc.returncode == 2 and not out.exists(), proc.stderr
   assert proc.stderr.strip().splitlines() == [
-    f"curate filter: error: --slurm_partition=no_such_partition: no such partition (this cluster has: {partition})"
+    f"python -m phi1_jax.curate filter: error: --slurm_partition=no_such_partition: no such partition (this cluster has: {partition})"
   ]
 
   # A task that fails on the node (no TPU there) ends the command: what waited on it is cancelled.

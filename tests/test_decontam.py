@@ -229,7 +229,10 @@ def test_bad_inputs_end_in_one_line_and_exit_2(decontaminated, tmp_path, capsys)
   for needle, argv in cases.items():
     assert cli.main(argv) == 2, needle
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error:") and needle in err, (needle, err)
+    assert err.count("\n") == 0 and err.startswith("python -m phi1_jax.decontam: error:") and needle in err, (
+      needle,
+      err,
+    )
   assert (foreign / "notes.txt").read_text() == "mine" and sorted(os.listdir(foreign)) == ["notes.txt"]
   assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
 

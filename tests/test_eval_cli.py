@@ -103,7 +103,7 @@ def test_bad_flags_fail_in_one_line(ckpt, tmp_path, capsys, flags, message):
   args = [a for a in args if a.split("=")[0] not in overridden] + flags
   assert eval_cli.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+  assert len(err) == 1 and err[0].startswith("python -m phi1_jax.eval: error:") and message in err[0], err
   assert not (tmp_path / "o").exists()
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from phi1_jax.eval.official import official_harness_copy
 from phi1_jax.eval import problems as problems_lib
-from phi1_jax.eval.execute import MARKER_ENV, evaluate_samples, execute_programs, pass_at_k
+from phi1_jax.eval.runner import MARKER_ENV, execute_programs
+from phi1_jax.eval.scoring import evaluate_samples, pass_at_k
 
 from helpers import REPO
 

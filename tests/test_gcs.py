@@ -189,7 +189,7 @@ def test_eval_convert_sample_and_serve_read_the_bucket(runs, tmp_path):
   # convert: the bucket's export equals the uninterrupted local run's, tensor for tensor
   exported = {}
   for name, source in (("bucket", ckpt), ("local", straight)):
-    out = run_module("phi1_jax.convert", "orbax-to-hf", f"--ckpt={source}", f"--out={tmp_path / name}")
+    out = run_module("phi1_jax.convert", "orbax-to-hf", f"--checkpoint={source}", f"--out={tmp_path / name}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "with its tokenizer" in out.stdout
     exported[name] = safetensors.numpy.load_file(str(tmp_path / name / "model.safetensors"))
@@ -234,7 +234,7 @@ def test_missing_bucket_and_data_in_a_bucket_are_one_line(gcs_env, stdlib_cache,
   cases = {
     "train": ("phi1_jax.train", *train_args(missing, stdlib_cache)),
     "eval": ("phi1_jax.eval", f"--checkpoint={missing}", "--benchmark=humaneval", f"--out={tmp_path / 'e'}"),
-    "convert": ("phi1_jax.convert", "orbax-to-hf", f"--ckpt={missing}", f"--out={tmp_path / 'c'}"),
+    "convert": ("phi1_jax.convert", "orbax-to-hf", f"--checkpoint={missing}", f"--out={tmp_path / 'c'}"),
     "sample": ("phi1_jax.sample", f"--checkpoint={missing}", "--prompt=x"),
     "serve": ("phi1_jax.serve", f"--checkpoint={missing}", "--port=0"),
     "data": ("phi1_jax.train", *train_args(tmp_path / "w", stdlib_cache, f"--config.data.mixture=gs://{BUCKET}/d")),

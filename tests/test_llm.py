@@ -306,7 +306,7 @@ def test_curate_annotate_against_an_endpoint_that_dies_mid_run_stops_in_one_line
     run.kill()
   last = err.strip().splitlines()[-1]
   assert (
-    last.startswith(f"curate annotate: error: every request to {server.base_url} failed for ")
+    last.startswith(f"python -m phi1_jax.curate annotate: error: every request to {server.base_url} failed for ")
     and "Traceback" not in err
   )
   with sqlite3.connect(out / "llm_cache.sqlite") as db:

@@ -128,7 +128,7 @@ def test_embedded_corpus_leaves_out_generated_tables_and_eval_is_spread(stdlib_c
   data_dir = next(stdlib_cache.glob(f"*/tok-v{TINY_VOCAB}-*/L{TINY_SEQ_LEN}-*"))
   manifest = pipeline.read_manifest(data_dir)
   assert manifest["splits"]["eval"]["documents"] >= 40  # many files, not a handful
-  every = pipeline._records(data_dir, "eval")
+  every = pipeline.split_dataset(data_dir, "eval")
   batches = pipeline.make_eval_batches(data_dir, batch_size=4, max_batches=2)
   got = np.concatenate([b["tokens"] for b in batches])
   want = np.stack([every[j * len(every) // 8]["tokens"] for j in range(8)])  # from all over the split

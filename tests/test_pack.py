@@ -12,7 +12,8 @@ import pytest
 
 from data_fixtures import code_docs, read_records, small_tokenizer, write_jsonl  # noqa: F401
 from helpers import STDLIB, alive
-from phi1_jax.data.pack import PackError, _split_hash, pack
+from phi1_jax.cli import UserError
+from phi1_jax.data.pack import pack, split_hash
 from phi1_jax.data.tokenizer import load_tokenizer
 
 
@@ -21,7 +22,7 @@ def _cli(*args):
 
 
 def _one_error_line(stderr: str) -> str:
-  errors = [l for l in stderr.splitlines() if l.startswith("error:")]
+  errors = [l for l in stderr.splitlines() if l.startswith("python -m phi1_jax.data.pack: error:")]
   assert len(errors) == 1, stderr
   return errors[0]
 
@@ -29,7 +30,7 @@ def _one_error_line(stderr: str) -> str:
 def _expected_streams(docs_by_id: dict[str, str], tok, threshold: float) -> dict[str, list[int]]:
   streams = {"train": [], "eval": []}
   for doc_id, text in docs_by_id.items():
-    stream = streams["eval" if _split_hash(doc_id) < threshold else "train"]
+    stream = streams["eval" if split_hash(doc_id) < threshold else "train"]
     if stream:
       stream.append(tok.eos_id)
     stream.extend(tok.encode(text))
@@ -59,13 +60,13 @@ def test_counts_and_records_rebuild_the_stream(tmp_path, small_tokenizer):
   assert [i["sha256"] for i in m["inputs"]][0] == __import__("hashlib").sha256(jsonl.read_bytes()).hexdigest()
   for split, stream in streams.items():
     s = m["splits"][split]
-    n_docs = sum((_split_hash(i) < m["eval_hash_threshold"]) == (split == "eval") for i in texts)
+    n_docs = sum((split_hash(i) < m["eval_hash_threshold"]) == (split == "eval") for i in texts)
     assert s["documents"] == n_docs
     assert (
       s["tokens"]
       == len(stream)
       == sum(
-        len(tok.encode(texts[i])) for i in texts if (_split_hash(i) < m["eval_hash_threshold"]) == (split == "eval")
+        len(tok.encode(texts[i])) for i in texts if (split_hash(i) < m["eval_hash_threshold"]) == (split == "eval")
       )
       + n_docs
       - 1
@@ -209,7 +210,7 @@ def test_non_utf8_py_file_is_bad(tmp_path, small_tokenizer):
   folder.mkdir()
   (folder / "ok.py").write_text("x = 1\n" * 50)
   (folder / "latin1.py").write_bytes(b"# line one\ns = '\xe9'\n")
-  with pytest.raises(PackError, match=r"latin1.py:2: not UTF-8"):
+  with pytest.raises(UserError, match=r"latin1.py:2: not UTF-8"):
     pack([folder], small_tokenizer, 8, tmp_path / "out", workers=1)
 
 

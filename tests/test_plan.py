@@ -40,7 +40,9 @@ def test_plan_refuses_a_mesh_the_devices_do_not_fill():
   proc = _plan("--config=configs/tiny.py", "--mesh=data=2,fsdp=8", "--devices=8")
   assert proc.returncode == 2
   assert (
-    proc.stderr.strip().splitlines()[-1].startswith("error: mesh {'data': 2, 'fsdp': 8, 'tensor': 1} needs 16 devices")
+    proc.stderr.strip()
+    .splitlines()[-1]
+    .startswith("python -m phi1_jax.plan: error: mesh {'data': 2, 'fsdp': 8, 'tensor': 1} needs 16 devices")
   )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from phi1_jax.eval import problems as problems_lib
-from phi1_jax.eval.execute import execute_programs
+from phi1_jax.eval.runner import execute_programs
 
 MBPP_PATH = Path(__file__).resolve().parents[2] / "shared/data/mbpp/mbpp.jsonl"
 needs_mbpp = pytest.mark.skipif(not MBPP_PATH.is_file(), reason=f"MBPP file absent: {MBPP_PATH}")

@@ -24,7 +24,7 @@ import pytest
 
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval import sandbox as sandbox_lib
-from phi1_jax.eval.execute import execute_programs
+from phi1_jax.eval.runner import execute_programs
 from helpers import REPO, repo_env
 from test_execute import stray_processes
 
@@ -138,7 +138,7 @@ class Host:
     self.dir = host_dir
     (host_dir / "secret.txt").write_text("the user's data")
     (host_dir / "victim.txt").write_text("precious")
-    self.ro_victim = Path(sandbox_lib._python_paths()[0]) / f"phi1_sandbox_victim_{os.getpid()}.txt"
+    self.ro_victim = Path(sandbox_lib.python_paths()[0]) / f"phi1_sandbox_victim_{os.getpid()}.txt"
     self.ro_victim.write_text("precious too")
     self.listener = Listener()
 

@@ -94,7 +94,9 @@ def test_annotate_against_serve_records_every_document_once_and_a_rerun_pays_not
   assert (
     too_long.stderr.strip()
     .splitlines()[-1]
-    .startswith(f"curate annotate: error: none of {len(DOCS)} documents annotated: all {len(DOCS)} requests failed")
+    .startswith(
+      f"python -m phi1_jax.curate annotate: error: none of {len(DOCS)} documents annotated: all {len(DOCS)} requests failed"
+    )
   )
   assert json.loads((tmp_path / "long/manifest.json").read_text())["failed_this_run"] == len(DOCS)
 

@@ -82,18 +82,20 @@ def test_bad_specs_end_in_one_line(tmp_path, capsys, specs, message):
   root = tmp_path / "sweep"
   rc, err = call(capsys, "--config=configs/tiny.py", f"--root={root}", *specs)
   assert rc == 2
-  assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+  assert len(err) == 1 and err[0].startswith("python -m phi1_jax.sweep: error: ") and message in err[0], err
   assert not root.exists()
 
 
 def test_bad_spec_from_the_command_line(tmp_path):
   out = run_module("phi1_jax.sweep", "--config=configs/tiny.py", f"--root={tmp_path}/s", "--grid=optimizer.lr=1e-3,x")
   assert out.returncode == 2 and out.stderr.strip() == (
-    "error: --grid optimizer.lr: value 'x': flag --config.optimizer.lr=x: could not convert string to float: 'x'"
+    "python -m phi1_jax.sweep: error: --grid optimizer.lr: value 'x': flag --config.optimizer.lr=x: could not convert string to float: 'x'"
   )
   out = run_module("phi1_jax.sweep", "report", f"--root={tmp_path}/s")
   assert (
-    out.returncode == 2 and out.stderr.strip() == f"error: {tmp_path}/s/sweep.json does not exist: not a sweep root"
+    out.returncode == 2
+    and out.stderr.strip()
+    == f"python -m phi1_jax.sweep report: error: {tmp_path}/s/sweep.json does not exist: not a sweep root"
   )
 
 
@@ -244,7 +246,7 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
     capsys, *sweep_args(root, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--grid=optimizer.warmup_steps=0,10")
   )
   assert rc == 2 and err == [
-    f"error: {root}/sweep.json holds another sweep (other trials); rerun with its flags, or give a new --root"
+    f"python -m phi1_jax.sweep: error: {root}/sweep.json holds another sweep (other trials); rerun with its flags, or give a new --root"
   ]
 
 

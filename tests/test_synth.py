@@ -92,7 +92,7 @@ def test_sampler_is_a_function_of_seed_and_index_and_covers_the_lists():
 def test_topics_file_errors_name_the_line(tmp_path):
   bad = tmp_path / "topics.txt"
   bad.write_text("## area\nGood topic: a; b\nno colon here\n")
-  with pytest.raises(prompts.TopicsError, match=r"topics.txt:3"):
+  with pytest.raises(cli.UserError, match=r"topics.txt:3"):
     prompts.load_topics(bad)
 
 
@@ -195,7 +195,7 @@ def test_bad_flags_stop_with_one_line(tmp_path, capsys, args, message):
   argv = ["textbooks", f"--out={tmp_path / 'out'}", "--base_url=http://127.0.0.1:9/v1", "--model=m", *args]
   assert synth_main(argv) == 2
   err = capsys.readouterr().err.strip()
-  assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+  assert err.startswith("python -m phi1_jax.synth textbooks: error: ") and message in err and len(err.splitlines()) == 1
   assert not (tmp_path / "out").exists()
 
 
@@ -313,7 +313,7 @@ def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_pa
     assert row["source"] == "synthetic_exercise" and "assert" not in row["text"]
     assert row["text"][: meta["prompt_chars"]].endswith('"""\n') and f"def {meta['function_name']}(" in row["text"]
   programs = [row["text"] + "\n" + row["meta"]["tests"] for row in rows]
-  assert all(r.passed for r in validate.execute.execute_programs(programs, timeout_s=2, workers=2))
+  assert all(r.passed for r in validate.runner.execute_programs(programs, timeout_s=2, workers=2))
   manifest = json.loads((out / "manifest.json").read_text())
   assert {"syntax_error", "tests_failed"} <= set(manifest["counts"]["rejected"])
   assert manifest["exercises"]["passed_own_tests"] == 10 + manifest["counts"]["rejected"].get("near_duplicate", 0)
@@ -344,7 +344,10 @@ def test_a_refused_key_stops_the_run_with_one_line(endpoint, tmp_path, capsys):
   assert synth_main(argv) == 2
   err = capsys.readouterr().err
   last = err.strip().splitlines()[-1]
-  assert last.startswith("error: HTTP 401 from http://127.0.0.1:") and len(server.log) <= 3
+  assert (
+    last.startswith("python -m phi1_jax.synth textbooks: error: HTTP 401 from http://127.0.0.1:")
+    and len(server.log) <= 3
+  )
   assert "Traceback" not in err  # the task stops; it does not raise through datatrove's logger
   assert not list((tmp_path / "out" / ".synth" / "logs" / "completions").glob("*"))  # a rerun tries again
 
@@ -443,7 +446,10 @@ def test_an_endpoint_that_dies_mid_run_ends_the_run_in_one_line_then_a_rerun_res
   stderr.seek(0)
   err = stderr.read()
   last = err.strip().splitlines()[-1]
-  assert last.startswith(f"error: every request to {server.base_url} failed for ") and "--give_up_after=2" in last
+  assert (
+    last.startswith(f"python -m phi1_jax.synth textbooks: error: every request to {server.base_url} failed for ")
+    and "--give_up_after=2" in last
+  )
   assert "the last with: connection" in last and "Traceback" not in err
   port = int(server.base_url.split(":")[2].split("/")[0])
   _rerun_resumes(endpoint(textbook_responder, port=port), out, 60)

@@ -18,9 +18,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from phi1_jax.cli import OneLineParser
-from phi1_jax.curate.common import UserError
+from phi1_jax.cli import OneLineParser, UserError, report_error
 from phi1_jax.stages.executors import StagesIncomplete
+
+PROG = "python -m phi1_jax.curate"
 
 
 def _add_input(p, required=True):
@@ -49,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
   from phi1_jax.stages import executors
   from phi1_jax.stages import llm as llm_lib
 
-  root = OneLineParser(prog="python -m phi1_jax.curate", description=__doc__.split("\n")[0])
+  root = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
   cmds = root.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
   p = cmds.add_parser("annotate", help="an LLM rates each document's educational value")
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       m = annotate(args)
       if m["annotated"] == 0 and m["failed_this_run"]:  # nothing from before, nothing now: say so in the exit code
         print(
-          f"curate annotate: error: none of {m['documents']} documents annotated: all {m['failed_this_run']} "
+          f"{PROG} annotate: error: none of {m['documents']} documents annotated: all {m['failed_this_run']} "
           f"requests failed (the first reasons are above; {args.out}/manifest.json counts them); "
           "the same command again retries them",
           file=sys.stderr,
@@ -166,10 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hashes_per_bucket=args.minhash_hashes_per_bucket,
       )
   except UserError as e:
-    print(f"curate {args.command}: error: {e}".replace("\n", " "), file=sys.stderr)
-    return 2
+    return report_error(f"{PROG} {args.command}", e)
   except StagesIncomplete as e:
-    print(f"curate {args.command}: {e}", file=sys.stderr)
+    print(f"{PROG} {args.command}: {e}", file=sys.stderr)
     return 1
   return 0
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from phi1_jax.stages import llm as llm_lib
 from phi1_jax.curate import documents
-from phi1_jax.curate.common import UserError, check_config, write_json_atomic
+from phi1_jax.cli import UserError
+from phi1_jax.curate.common import check_config, write_json_atomic
 
 FORMAT = "phi1_jax.annotations/v1"
 SCORINGS = ("additive", "logprob")

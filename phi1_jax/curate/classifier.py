@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from phi1_jax import cli
-from phi1_jax.curate.common import UserError, write_json_atomic
+from phi1_jax.cli import UserError
+from phi1_jax.curate.common import write_json_atomic
 from phi1_jax.curate.embeddings import load_embeddings
 
 FORMAT = "phi1_jax.classifier/v1"

@@ -1,4 +1,4 @@
-"""What every curation stage shares: the user-error type, atomic JSON, the output-folder guard."""
+"""What every curation stage shares: atomic JSON, the output-folder guard."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import json
 import os
 from pathlib import Path
 
-
-class UserError(Exception):
-  """A bad flag or unusable input/output: reported as one line, exit code 2."""
+from phi1_jax.cli import UserError
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -15,22 +15,14 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from phi1_jax.curate.common import UserError
-from phi1_jax.data.pack import PackError, _describe_inputs, parse_line, read_source
-from phi1_jax.data.pack import check_bad as pack_check_bad
-
-
-class InputError(UserError):
-  """An unusable input: missing path, too many bad items, a repeated id."""
+from phi1_jax.cli import UserError
+from phi1_jax.data import sources
+from phi1_jax.data.sources import parse_line, read_source
 
 
 def describe_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
   """Each input with its files, bytes and a sha256 (pack's description), for manifests."""
-  try:
-    described = _describe_inputs(inputs)
-  except PackError as e:
-    raise InputError(str(e)) from None
-  return described
+  return sources.describe_inputs(inputs)
 
 
 def public(described: list[dict]) -> list[dict]:
@@ -95,21 +87,18 @@ def iter_documents(described: list[dict], bad: list[str] | None = None) -> Itera
   for file, root in input_files(described):
     for doc in read_file(file, root, bad):
       if doc["id"] in seen:
-        raise InputError(f"{file}: document id {doc['id']!r} appears twice in the input")
+        raise UserError(f"{file}: document id {doc['id']!r} appears twice in the input")
       seen.add(doc["id"])
       yield doc
 
 
 def check_bad(bad: list[str], documents: int, max_bad_fraction: float, log=print) -> None:
-  """Reports the bad items (the first few, and their count); InputError past --max_bad_fraction."""
+  """Reports the bad items (the first few, and their count); UserError past --max_bad_fraction."""
   for item in bad[:3]:
     log(f"warning: bad item {item}")
   if len(bad) > 3:
     log(f"warning: {len(bad) - 3} more bad items")
-  try:
-    pack_check_bad(bad, documents, max_bad_fraction)
-  except PackError as e:
-    raise InputError(str(e)) from None
+  sources.check_bad(bad, documents, max_bad_fraction)
 
 
 def _rank(seed: int, doc_id: str) -> bytes:

@@ -22,7 +22,8 @@ import numpy as np
 import tqdm
 
 from phi1_jax.curate import documents
-from phi1_jax.curate.common import UserError, check_config, write_json_atomic
+from phi1_jax.cli import UserError
+from phi1_jax.curate.common import check_config, write_json_atomic
 
 FORMAT = "phi1_jax.embeddings/v1"
 

@@ -26,7 +26,8 @@ from types import SimpleNamespace
 
 from phi1_jax.stages import executors
 from phi1_jax.curate import documents
-from phi1_jax.curate.common import UserError, check_config, write_json_atomic
+from phi1_jax.cli import UserError
+from phi1_jax.curate.common import check_config, write_json_atomic
 
 FORMAT = "phi1_jax.filtered/v1"
 STAGES = ("score", "sig", "buckets", "cluster", "write")
@@ -117,10 +118,7 @@ def run_filter(
   run_on = run_on or SimpleNamespace(executor="local")
   if tasks < 1 or (workers is not None and workers < 1) or batch_size < 1:
     raise UserError(f"--tasks={tasks}, --workers={workers} and --batch_size={batch_size} must be positive")
-  try:
-    executors.check(run_on)
-  except executors.ExecutorError as e:
-    raise UserError(str(e)) from None
+  executors.check(run_on)
   described = documents.describe_inputs(inputs)
   from phi1_jax.curate.classifier import load_classifier
 
@@ -204,11 +202,8 @@ def run_filter(
   t0 = time.perf_counter()
   done_before = all(_completed(out, name, stages[name][1]) for name in STAGES)
   plan = [executors.Stage(name, *stages[name], out / "logs" / name) for name in STAGES]
-  try:
-    if not executors.run(run_on, plan, workers, "curate", out / "logs", log=log):
-      return None  # submitted to SLURM: the message says how to follow the jobs
-  except executors.ExecutorError as e:
-    raise UserError(str(e)) from None
+  if not executors.run(run_on, plan, workers, "curate", out / "logs", log=log):
+    return None  # submitted to SLURM: the message says how to follow the jobs
   manifest = build_manifest(out, config, described, info, time.perf_counter() - t0)
   manifest["resumed_finished_run"] = done_before
   write_json_atomic(out / "manifest.json", manifest)

@@ -148,7 +148,7 @@ def load_scorer(classifier_dir: str, batch_size: int = 16):
   classifier was trained on."""
   if classifier_dir not in _loaded:
     from phi1_jax.curate.classifier import load_classifier
-    from phi1_jax.curate.common import UserError
+    from phi1_jax.cli import UserError
     from phi1_jax.stages.embed import Embedder
 
     model, info = load_classifier(classifier_dir)

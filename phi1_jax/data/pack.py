@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import gzip
 import hashlib
 import json
 import multiprocessing
@@ -49,7 +48,6 @@ import signal
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -59,142 +57,17 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from phi1_jax import cli
 from phi1_jax.cli import out_dir_problem
+from phi1_jax.data.sources import check_bad, describe_inputs, parse_line, read_source, work_units
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
 FORMAT = "phi1_jax.packed/v1"
 SPLITS = ("train", "eval")
 RECORDS_PER_SHARD = 32768  # 256 MiB shards at seq_len 2048
-_UNIT_BYTES = 1 << 18  # work handed to a worker at a time
-_UNIT_LINES = 1024
 _MAX_REPORTED_BAD = 1000
-JSONL = (".jsonl", ".jsonl.gz")
 
 
-class PackError(Exception):
-  """A user error: bad flag, unusable input or output folder, too many bad items."""
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def _input_files(path: Path) -> list[Path]:
-  if path.is_dir():  # a folder of .py files, or else of JSONL shards (a stage's output folder)
-    # JSONL shards: not those in hidden folders, where stages keep their bookkeeping (synth's .synth/)
-    files = sorted(path.rglob("*.py")) or sorted(
-      f
-      for f in path.rglob("*.jsonl*")
-      if f.name.endswith(JSONL) and not any(p.startswith(".") for p in f.relative_to(path).parts)
-    )
-    if not files:
-      raise PackError(f"--input {path}: folder holds no .py, .jsonl or .jsonl.gz files")
-    return files
-  if not path.is_file():
-    raise PackError(f"--input {path}: not found")
-  if not path.name.endswith((".py", *JSONL)):
-    raise PackError(f"--input {path}: unsupported file type (want .py, .jsonl, .jsonl.gz or a folder)")
-  return [path]
-
-
-def _describe_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
-  """Each input with its files and a sha256 (a folder's covers every file's path and bytes)."""
-  described = []
-  for raw in inputs:
-    path = Path(raw)
-    files = _input_files(path)
-    if path.is_dir():
-      h = hashlib.sha256()
-      for f in files:
-        h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
-      sha = h.hexdigest()
-    else:
-      sha = file_sha256(path)
-    described.append(
-      {
-        "path": str(path.resolve()),
-        "sha256": sha,
-        "files": len(files),
-        "bytes": sum(f.stat().st_size for f in files),
-        "_files": files,
-        "_root": path if path.is_dir() else path.parent,
-      }
-    )
-  return described
-
-
-def _work_units(described: list[dict]) -> Iterator[tuple]:
-  """Chunks of input for the workers: ("jsonl", file, first_line, [lines], bytes on disk) or ("py", [(file, id)])."""
-  for inp in described:
-    root = inp["_root"]
-    py_batch, py_bytes = [], 0
-    for f in inp["_files"]:
-      if f.name.endswith(".py"):
-        doc_id = f"{root.name}/{f.relative_to(root).as_posix()}"
-        py_batch.append((str(f), doc_id))
-        py_bytes += f.stat().st_size
-        if py_bytes >= _UNIT_BYTES:
-          yield ("py", py_batch)
-          py_batch, py_bytes = [], 0
-        continue
-      yield from _jsonl_units(f)
-    if py_batch:
-      yield ("py", py_batch)
-
-
-def _jsonl_units(f: Path) -> Iterator[tuple]:
-  """The file's lines in units, each with the bytes of the file on disk it took (compressed bytes for
-  .gz), so progress counts in the units of the total it is measured against."""
-  lineno = 0
-  try:
-    with open(f, "rb") as raw:
-      fh = gzip.GzipFile(fileobj=raw) if f.name.endswith(".gz") else raw
-      lines, nbytes, first, read = [], 0, 1, 0
-      for lineno, line in enumerate(fh, 1):
-        if not lines:
-          first = lineno
-        lines.append(line)
-        nbytes += len(line)
-        if nbytes >= _UNIT_BYTES or len(lines) >= _UNIT_LINES:
-          yield ("jsonl", str(f), first, lines, raw.tell() - read)
-          lines, nbytes, read = [], 0, raw.tell()
-      if lines or read < raw.tell():
-        yield ("jsonl", str(f), first, lines, raw.tell() - read)
-  except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz: the whole file is unusable
-    raise PackError(f"--input {f}: unreadable after line {lineno} ({e})") from None
-
-
-def read_source(path: str | os.PathLike) -> tuple[str | None, int, str | None]:
-  """How every stage reads a .py file: (text, bytes, None), or (None, bytes, "FILE:LINE: not UTF-8")
-  for a bad item that the stage counts and passes over."""
-  raw = Path(path).read_bytes()
-  try:
-    return raw.decode("utf-8"), len(raw), None
-  except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    return None, len(raw), f"{path}:{line}: not UTF-8"
-
-
-def parse_line(line: bytes, file: str | os.PathLike, lineno: int) -> tuple[dict | None, str | None]:
-  """How every stage reads a JSONL line: (document, None), its "text" a string (maybe blank), or
-  (None, "FILE:LINE: why") for a bad item."""
-  try:
-    doc = json.loads(line.decode("utf-8"))
-  except UnicodeDecodeError:
-    return None, f"{file}:{lineno}: not UTF-8"
-  except ValueError:
-    return None, f"{file}:{lineno}: not valid JSON"
-  if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-    return None, f"{file}:{lineno}: no text"
-  return doc, None
-
-
-def check_bad(bad: list[str], documents: int, max_bad_fraction: float) -> None:
-  """PackError when more than max_bad_fraction of the items (documents + bad ones) are bad."""
-  items = documents + len(bad)
-  if len(bad) > max_bad_fraction * items:
-    raise PackError(
-      f"{len(bad)} of {items} items are bad ({len(bad) / items:.3%} > --max_bad_fraction "
-      f"{max_bad_fraction:.3%}); first: {bad[0]}"
-    )
+class PackError(cli.UserError):
+  """A user error: bad flag, unusable output folder (the inputs' errors are sources' UserErrors)."""
 
 
 # ---------------------------------------------------------------- workers
@@ -212,7 +85,7 @@ def _init_pool_worker(tokenizer_path: str) -> None:
   _init_worker(tokenizer_path)
 
 
-def _split_hash(doc_id: str) -> float:
+def split_hash(doc_id: str) -> float:
   """A document's place in [0, 1): fixed by its id, so the split never depends on order or workers."""
   return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2.0**64
 
@@ -231,7 +104,7 @@ def _process_unit(unit: tuple) -> dict:
       if not text.strip():
         skipped += 1  # empty __init__.py files are normal, not errors
         continue
-      docs_meta.append(_split_hash(doc_id))
+      docs_meta.append(split_hash(doc_id))
       texts.append(text)
   else:
     _, file, first, lines, nbytes = unit
@@ -248,7 +121,7 @@ def _process_unit(unit: tuple) -> dict:
         skipped += 1  # an empty document (e.g. an empty __init__.py), skipped as in a folder
         continue
       doc_id = doc.get("id")
-      docs_meta.append(_split_hash(doc_id if isinstance(doc_id, str) and doc_id else f"{Path(file).name}:{lineno}"))
+      docs_meta.append(split_hash(doc_id if isinstance(doc_id, str) and doc_id else f"{Path(file).name}:{lineno}"))
       texts.append(text)
   ids = _worker_tokenizer.encode_batch(texts)
   docs = [(h, np.asarray(t, dtype=np.int32)) for h, t in zip(docs_meta, ids)]
@@ -300,7 +173,7 @@ def _ordered_results(units: Iterator[tuple], tokenizer_path: str, workers: int) 
 # ---------------------------------------------------------------- writing
 
 
-class _SplitWriter:
+class SplitWriter:
   """One split's token stream cut into records of seq_len + 1 tokens, written to shards."""
 
   def __init__(self, out: Path, split: str, seq_len: int, eos_id: int, records_per_shard: int):
@@ -396,11 +269,11 @@ def _write_splits(
   described, tokenizer_path, eos_id, seq_len, threshold, out, workers, records_per_shard, progress_desc
 ):
   """One pass: tokenizes everything, writes both splits. Returns counts and every doc's (hash, tokens)."""
-  writers = {s: _SplitWriter(out, s, seq_len, eos_id, records_per_shard) for s in SPLITS}
+  writers = {s: SplitWriter(out, s, seq_len, eos_id, records_per_shard) for s in SPLITS}
   bad, skipped, doc_hashes, doc_lengths = [], collections.Counter(), [], []
   total_bytes = sum(inp["bytes"] for inp in described)
   with _progress(total_bytes, progress_desc) as bar:
-    for result in _ordered_results(_work_units(described), tokenizer_path, workers):
+    for result in _ordered_results(work_units(described), tokenizer_path, workers):
       for h, tokens in result["docs"]:
         writers["eval" if h < threshold else "train"].add(tokens)
         doc_hashes.append(h)
@@ -472,7 +345,7 @@ def pack(
     tok = load_tokenizer(tok_file)
   except (FileNotFoundError, ValueError) as e:
     raise PackError(f"--tokenizer: {e}") from None
-  described = _describe_inputs(inputs)
+  described = describe_inputs(inputs)
   tokenizer_info = {
     "path": str(tok_file.resolve()),
     "sha256": file_sha256(tok_file),
@@ -613,9 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       max_bad_fraction=args.max_bad_fraction,
       workers=args.workers,
     )
-  except PackError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except cli.UserError as e:
+    return cli.report_error(parser.prog, e)
   r = m["records"]
   print(
     f"{args.out}: {m['documents']} documents, {m['tokens']} tokens, {r['train']} train + "

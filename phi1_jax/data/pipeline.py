@@ -58,7 +58,7 @@ def read_manifest(data_dir: str | Path) -> dict:
   return manifest
 
 
-def _records(data_dir: str | Path, split: str) -> grain.MapDataset:
+def split_dataset(data_dir: str | Path, split: str) -> grain.MapDataset:
   """The split's records as a MapDataset of {"tokens": int32[seq_len + 1]}."""
   manifest = read_manifest(data_dir)
   shards = [str(Path(data_dir) / s) for s in manifest["splits"][split]["shards"]]
@@ -69,7 +69,7 @@ def _records(data_dir: str | Path, split: str) -> grain.MapDataset:
 
 def split_records(data_dir: str | Path, split: str) -> int:
   """How many records a packed folder's split holds."""
-  return len(_records(data_dir, split))
+  return len(split_dataset(data_dir, split))
 
 
 def _decode(record: bytes) -> dict[str, np.ndarray]:
@@ -110,7 +110,7 @@ def make_train_dataset(
 
   parts = []
   for i, (d, _) in enumerate(sources):
-    records = _records(d, "train")
+    records = split_dataset(d, "train")
     if len(records) == 0:
       raise ValueError(f"{d}: train split has no records")
     # Distinct shuffle per source; grain folds the epoch into the seed after repeat().
@@ -143,7 +143,7 @@ def make_eval_batches(
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size}: must be >= 1")
   _check_shard(shard_index, shard_count)
-  records = _records(data_dir, "eval")
+  records = split_dataset(data_dir, "eval")
   n_batches = (len(records) // shard_count) // batch_size
   if max_batches is not None and max_batches < n_batches:
     n_batches = max_batches

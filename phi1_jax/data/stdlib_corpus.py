@@ -113,7 +113,7 @@ def stdlib_files(max_bytes: int = DEFAULT_MAX_BYTES) -> list[Path]:
   return chosen
 
 
-def _write_corpus(files: list[Path], path: Path) -> None:
+def write_corpus(files: list[Path], path: Path) -> None:
   """One JSONL document per file; written to a temp name and renamed, so it is whole or absent."""
   root = stdlib_dir()
   tmp = path.with_name(path.name + ".tmp")
@@ -177,7 +177,7 @@ def _ensure_built(
 ) -> tuple[str, str]:
   corpus = base / "corpus.jsonl"
   if not corpus.is_file():
-    _write_corpus(stdlib_files(max_bytes), corpus)
+    write_corpus(stdlib_files(max_bytes), corpus)
 
   tok_dir = base / f"tok-v{vocab_size}-s{tokenizer_sentences}"
   if not (tok_dir / SPM_FILE).is_file():

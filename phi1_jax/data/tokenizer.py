@@ -340,7 +340,8 @@ def train_tokenizer(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = cli.OneLineParser(prog="python -m phi1_jax.data.tokenizer", description=__doc__.split("\n")[0])
+  prog = "python -m phi1_jax.data.tokenizer"
+  parser = cli.OneLineParser(prog=prog, description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
   train = sub.add_parser("train", help="train a SentencePiece model on code")
   train.add_argument("--input", nargs="+", required=True, help=".py files, folders of .py, JSONL(.gz)")
@@ -349,13 +350,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   train.add_argument("--max_sentences", type=int, default=200_000)
   args = parser.parse_args(argv)
   if (Path(args.out) / SPM_FILE).exists():  # packed data and runs name it by its sha256: never replace it
-    print(f"error: --out {args.out}: already holds {SPM_FILE}; choose a new folder", file=sys.stderr)
-    return 2
+    return cli.report_error(
+      f"{prog} {args.command}", f"--out {args.out}: already holds {SPM_FILE}; choose a new folder"
+    )
   try:
     out = train_tokenizer(args.input, args.vocab_size, args.out, max_sentences=args.max_sentences)
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.report_error(f"{prog} {args.command}", e)
   tok = load_tokenizer(out)
   print(f"wrote {tokenizer_file(out)} (vocab_size={tok.vocab_size}, eos_id={tok.eos_id})")
   return 0

@@ -25,17 +25,14 @@ import time
 from pathlib import Path
 
 from phi1_jax.stages import executors
-from phi1_jax.cli import OneLineParser
+from phi1_jax.cli import OneLineParser, UserError, report_error
 
+PROG = "python -m phi1_jax.decontam"
 FORMAT = "phi1_jax.decontam/v1"
 
 
-class DecontamError(ValueError):
-  """A user error: one line, exit code 2."""
-
-
 def _parse_args(argv):
-  p = OneLineParser(prog="python -m phi1_jax.decontam", description=__doc__.split("\n")[0])
+  p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
   p.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files, .py files, folders of .py")
   p.add_argument("--out", required=True)
   p.add_argument("--benchmarks", default="humaneval,mbpp")
@@ -63,30 +60,25 @@ def _check_flags(args) -> list[str]:
 
   unknown = [b for b in names if b not in BENCHMARKS]
   if unknown:
-    raise DecontamError(
-      f"--benchmarks={args.benchmarks}: unknown benchmark {unknown[0]!r}; known: {','.join(BENCHMARKS)}"
-    )
+    raise UserError(f"--benchmarks={args.benchmarks}: unknown benchmark {unknown[0]!r}; known: {','.join(BENCHMARKS)}")
   if not names:
-    raise DecontamError(f"--benchmarks={args.benchmarks!r}: name at least one of {','.join(BENCHMARKS)}")
+    raise UserError(f"--benchmarks={args.benchmarks!r}: name at least one of {','.join(BENCHMARKS)}")
   if "mbpp" in names and not args.mbpp_path:
-    raise DecontamError("--benchmarks includes mbpp: give --mbpp_path=FILE (MBPP's mbpp.jsonl)")
+    raise UserError("--benchmarks includes mbpp: give --mbpp_path=FILE (MBPP's mbpp.jsonl)")
   if args.ngram < 1:
-    raise DecontamError(f"--ngram={args.ngram}: must be >= 1")
+    raise UserError(f"--ngram={args.ngram}: must be >= 1")
   if args.ngram_min_hits < 1:
-    raise DecontamError(f"--ngram_min_hits={args.ngram_min_hits}: must be >= 1")
+    raise UserError(f"--ngram_min_hits={args.ngram_min_hits}: must be >= 1")
   if not 0 < args.ast_tau <= 1:
-    raise DecontamError(f"--ast_tau={args.ast_tau}: must be in (0, 1]")
+    raise UserError(f"--ast_tau={args.ast_tau}: must be in (0, 1]")
   if args.ast_min_nodes < 1:
-    raise DecontamError(f"--ast_min_nodes={args.ast_min_nodes}: must be >= 1")
+    raise UserError(f"--ast_min_nodes={args.ast_min_nodes}: must be >= 1")
   if args.embed_max_l2 is not None and not 0 <= args.embed_max_l2 <= 2:
-    raise DecontamError(f"--embed_max_l2={args.embed_max_l2}: unit vectors are 0 to 2 apart")
+    raise UserError(f"--embed_max_l2={args.embed_max_l2}: unit vectors are 0 to 2 apart")
   for name in ("tasks", "workers", "embed_max_len"):
     if getattr(args, name) is not None and getattr(args, name) < 1:
-      raise DecontamError(f"--{name}={getattr(args, name)}: must be >= 1")
-  try:
-    executors.check(args)
-  except executors.ExecutorError as e:
-    raise DecontamError(str(e)) from None
+      raise UserError(f"--{name}={getattr(args, name)}: must be >= 1")
+  executors.check(args)
   return names
 
 
@@ -125,23 +117,23 @@ def _read_json(path: Path) -> dict | None:
   try:
     return json.loads(path.read_text())
   except ValueError:
-    raise DecontamError(f"{path}: not valid JSON; refusing to touch {path.parent}") from None
+    raise UserError(f"{path}: not valid JSON; refusing to touch {path.parent}") from None
 
 
 def _claim_out(out: Path, fingerprint: str) -> str:
-  """'done' (finished with these settings), 'resume' or 'new'; DecontamError when OUT holds anything else."""
+  """'done' (finished with these settings), 'resume' or 'new'; UserError when OUT holds anything else."""
   manifest = _read_json(out / "manifest.json")
   if manifest is not None:
     if manifest.get("fingerprint") == fingerprint:
       return "done"
-    raise DecontamError(f"{out}: holds a decontamination of other inputs/benchmarks/flags; choose another --out")
+    raise UserError(f"{out}: holds a decontamination of other inputs/benchmarks/flags; choose another --out")
   config = _read_json(out / "work" / "config.json")
   if config is not None:
     if config.get("fingerprint") == fingerprint:
       return "resume"
-    raise DecontamError(f"{out}: holds an unfinished run with other inputs/benchmarks/flags; choose another --out")
+    raise UserError(f"{out}: holds an unfinished run with other inputs/benchmarks/flags; choose another --out")
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
-    raise DecontamError(f"{out}: exists, is not empty and is not a decontamination output; refusing to overwrite")
+    raise UserError(f"{out}: exists, is not empty and is not a decontamination output; refusing to overwrite")
   return "new"
 
 
@@ -157,7 +149,7 @@ def _load_embeddings(args, refs, embedder):
     try:
       embedder = embedding.load_embedder(**spec)
     except embedding.EmbedderUnavailable as e:
-      raise DecontamError(str(e)) from None
+      raise UserError(str(e)) from None
   return embedder, spec, embedder.embed([r.text for r in refs])
 
 
@@ -166,24 +158,21 @@ def run(argv=None, embedder=None) -> dict:
   args = _parse_args(argv)
   names = _check_flags(args)
   if args.embed_max_l2 is not None and args.embed_checkpoint is None and embedder is None:
-    raise DecontamError("--embed_max_l2 needs --embed_checkpoint")
-  from phi1_jax.data import pack as pack_lib
+    raise UserError("--embed_max_l2 needs --embed_checkpoint")
+  from phi1_jax.data import sources
 
-  try:
-    described = pack_lib._describe_inputs(args.input)
-  except pack_lib.PackError as e:
-    raise DecontamError(str(e)) from None
+  described = sources.describe_inputs(args.input)
   from phi1_jax.decontam import benchmarks as bench_lib, index as index_lib, pipeline, report as report_lib
 
   try:
     refs, bench_info = bench_lib.load(names, args.mbpp_path)
   except ValueError as e:
-    raise DecontamError(str(e)) from None
+    raise UserError(str(e)) from None
   if args.results:
     try:
       report_lib.read_results(args.results)  # a bad results file fails now, not after the scan
     except ValueError as e:
-      raise DecontamError(str(e)) from None
+      raise UserError(str(e)) from None
   out = Path(args.out).absolute()  # SLURM tasks may start in another folder
   flags = {
     "ngram": args.ngram,
@@ -226,7 +215,7 @@ def run(argv=None, embedder=None) -> dict:
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this process ends, however it ends
   except BlockingIOError:
-    raise DecontamError(f"{out}: another decontamination run is writing it") from None
+    raise UserError(f"{out}: another decontamination run is writing it") from None
   if state == "new":
     (out / "work" / "config.json").write_text(json.dumps({"fingerprint": fingerprint, "flags": flags}) + "\n")
   steps = pipeline.build_pipeline(
@@ -238,11 +227,8 @@ def run(argv=None, embedder=None) -> dict:
     total_bytes=sum(i["bytes"] for i in described),
   )
   stage = executors.Stage("scan", steps, args.tasks, out / "work" / "logs")
-  try:
-    if not executors.run(args, [stage], args.workers, "decontam", stage.logging_dir, log=_log):
-      return {}  # submitted to SLURM: the message says how to follow the jobs
-  except executors.ExecutorError as e:
-    raise DecontamError(str(e)) from None
+  if not executors.run(args, [stage], args.workers, "decontam", stage.logging_dir, log=_log):
+    return {}  # submitted to SLURM: the message says how to follow the jobs
   report = report_lib.build(out, args.tasks, index, bench_info, flags, args.results)
   counts = report["counts"]
   kept_by_input = counts.get("kept_by_input", {})
@@ -299,11 +285,10 @@ def _thresholds(args):
 def main(argv=None) -> int:
   try:
     manifest = run(argv)
-  except DecontamError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except UserError as e:
+    return report_error(PROG, e)
   except executors.StagesIncomplete as e:
-    print(f"decontam: {e}", file=sys.stderr)
+    print(f"{PROG}: {e}", file=sys.stderr)
     return 1
   if manifest:
     for o in manifest["outputs"]:

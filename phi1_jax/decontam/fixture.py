@@ -27,9 +27,9 @@ import re
 import sys
 from pathlib import Path
 
-from phi1_jax.cli import OneLineParser
+from phi1_jax.cli import OneLineParser, report_error
 from phi1_jax.decontam import benchmarks as bench_lib
-from phi1_jax.decontam.tree import _names, parse_quietly
+from phi1_jax.decontam.tree import names_written_and_read, parse_quietly
 
 _PROSE_BEFORE = (
   "Working through small problems is the fastest way to learn a language. The exercise below "
@@ -124,7 +124,7 @@ def _swap_independent(module: ast.Module) -> bool:
         a, b = stmts[i], stmts[i + 1]
         if not (isinstance(a, _ASSIGNMENTS) and isinstance(b, _ASSIGNMENTS)):
           continue
-        (wa, ra), (wb, rb) = _names(a), _names(b)
+        (wa, ra), (wb, rb) = names_written_and_read(a), names_written_and_read(b)
         if not (wa & (wb | rb)) and not (wb & ra) and ast.dump(a) != ast.dump(b):
           stmts[i], stmts[i + 1] = b, a
           return True
@@ -243,7 +243,8 @@ def build(
 
 
 def main(argv=None) -> int:
-  p = OneLineParser(prog="python -m phi1_jax.decontam.fixture", description=__doc__.split("\n")[0])
+  prog = "python -m phi1_jax.decontam.fixture"
+  p = OneLineParser(prog=prog, description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True)
   p.add_argument("--benchmarks", default="humaneval,mbpp")
   p.add_argument("--mbpp_path", default=None)
@@ -255,9 +256,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   try:
     refs, _ = bench_lib.load([b for b in args.benchmarks.split(",") if b], args.mbpp_path)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except ValueError as e:  # an unknown benchmark, an unreadable MBPP file
+    return report_error(prog, e)
   docs = build(refs, args.per_benchmark, args.negatives, args.seed, args.stdlib_bytes)
   Path(args.out).write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
   kinds = {}
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     from phi1_jax.data import stdlib_corpus
 
     files = stdlib_corpus.stdlib_files(args.stdlib_bytes)
-    stdlib_corpus._write_corpus(files, Path(args.stdlib_corpus))
+    stdlib_corpus.write_corpus(files, Path(args.stdlib_corpus))
     print(f"{args.stdlib_corpus}: {len(files)} stdlib files")
   return 0
 

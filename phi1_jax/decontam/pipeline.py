@@ -24,7 +24,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
-from phi1_jax.data.pack import parse_line, read_source
+from phi1_jax.data.sources import parse_line, read_source
 from phi1_jax.decontam.benchmarks import benchmark_of
 from phi1_jax.decontam.index import METHODS, TABLE_TAUS, BenchmarkIndex
 

@@ -67,7 +67,7 @@ def _is_docstring(stmt: ast.stmt) -> bool:
   return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
 
 
-def _names(stmt: ast.AST) -> tuple[set, set]:
+def names_written_and_read(stmt: ast.AST) -> tuple[set, set]:
   """(names written, names read) by a statement; the base name of an assigned attribute or item, or of a
   called method, counts as written."""
   written, read = set(), set()
@@ -103,7 +103,7 @@ def _canonical_run(stmts: list[ast.stmt], trees: list[Node]) -> list[Node]:
   Dependent pairs fix a partial order and swapping independent statements does not change it, so
   every such reordering of a run gives the same result (Kahn's algorithm with a heap).
   """
-  names = [_names(s) for s in stmts]
+  names = [names_written_and_read(s) for s in stmts]
   keys = [serialise(t) for t in trees]
   after = [[j for j in range(i + 1, len(stmts)) if _dependent(names[i], names[j])] for i in range(len(stmts))]
   waiting = [0] * len(stmts)
@@ -193,10 +193,11 @@ def tree_edit_distance(a: Node, b: Node) -> int:
 
 def match_rate(a: Node, b: Node) -> float:
   """1 - TED / max size, unit costs."""
-  return _rate(flatten(a), flatten(b))
+  return flat_match_rate(flatten(a), flatten(b))
 
 
-def _rate(flat_a, flat_b) -> float:
+def flat_match_rate(flat_a, flat_b) -> float:
+  """match_rate of two trees already flattened (flatten), for callers that compare one tree with many."""
   distance = int(standard_ted(flat_a[0], flat_a[1], flat_b[0], flat_b[1]))
   return max(0.0, 1.0 - distance / max(len(flat_a[0]), len(flat_b[0])))
 
@@ -315,7 +316,7 @@ class TreeIndex:
         if best.get(task_id, -1.0) >= bounds[k]:
           continue  # this task already has a rate this pair cannot beat
         self.computed += 1
-        rate = _rate(flat, self.trees[i])
+        rate = flat_match_rate(flat, self.trees[i])
         if rate >= self.min_rate and rate > best.get(task_id, -1.0):
           best[task_id] = float(rate)
     return best

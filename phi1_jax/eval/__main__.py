@@ -13,6 +13,10 @@ prompt that alone fills the context is not sampled and scored as failed (one lin
 Rerun rule: the same command again says "nothing to do"; other settings into the same DIR are
 refused. Sampled batches are appended to DIR/samples.partial.jsonl as they finish, so a run cut
 short (Ctrl-C) resumes where it stopped and never samples a finished batch again.
+
+--reference scores the benchmark's canonical solutions instead of samples (no checkpoint): a check
+that a problem set and its tests are sound. --grader_base_url/--grader_model grade each sample 0-10
+with an LLM (phi1_jax/eval/grade.py: its rerun rule, what the grade means).
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ import time
 from pathlib import Path
 
 from phi1_jax import cli, paths
-from phi1_jax.eval import sandbox as sandbox_lib
+from phi1_jax.eval import grade, sandbox as sandbox_lib
 
+PROG = "python -m phi1_jax.eval"
 PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, batch by batch, while sampling
 
 
 def _parse_args(argv):
-  parser = cli.OneLineParser(prog="python -m phi1_jax.eval", description=__doc__.split("\n")[0])
-  parser.add_argument("--checkpoint", required=True, help="phi1_jax checkpoint, trainer workdir/step or HF folder")
+  parser = cli.OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
+  parser.add_argument("--checkpoint", help="phi1_jax checkpoint, trainer workdir/step or HF folder")
+  parser.add_argument("--reference", action="store_true", help="score the canonical solutions (no --checkpoint)")
   parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp"])
   parser.add_argument("--out", required=True, help="folder for samples.jsonl, its _results.jsonl and summary.json")
   parser.add_argument("--n_samples", type=int, default=1, help="samples per problem")
@@ -51,11 +57,16 @@ def _parse_args(argv):
   parser.add_argument("--workers", type=int, default=None, help="programs run at once (default: 2 x CPUs under bwrap)")
   parser.add_argument("--k", default="1,10,100", help="pass@k values (those <= n_samples are reported)")
   sandbox_lib.add_argument(parser)
+  grade.add_args(parser)
   return parser.parse_args(argv)
 
 
 def _check_args(args) -> list[int]:
   """ValueError naming the first bad flag; returns the ks."""
+  if not args.checkpoint and not args.reference:
+    raise ValueError("--checkpoint=CKPT is required (or --reference to score the canonical solutions)")
+  if args.reference and (args.checkpoint or args.n_samples != 1):
+    raise ValueError("--reference scores the one canonical solution of each problem: drop --checkpoint, --n_samples")
   positive = ("n_samples", "max_new_tokens", "batch_size", "check_every", "workers")
   for name in positive:
     if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -133,8 +144,8 @@ def _tokenizer_path(args, ckpt: Path) -> Path:
   raise ValueError(f"no tokenizer.model or tokenizer.json in {ckpt} (or its tokenizer/ folder); pass --tokenizer=PATH")
 
 
-def _settings(args, weights: str, tok_path: Path, ks: list[int]) -> dict:
-  """What decides the samples and the scores (not --workers or --check_every)."""
+def _settings(args, weights: str | None, tok_path: Path | None, ks: list[int]) -> dict:
+  """What decides the samples and the scores (not --workers or --check_every, nor the grader)."""
   names = (
     "benchmark",
     "n_samples",
@@ -149,6 +160,8 @@ def _settings(args, weights: str, tok_path: Path, ks: list[int]) -> dict:
   )
   settings = {name: getattr(args, name) for name in names}
   settings.update(checkpoint=weights, tokenizer=str(tok_path), k=ks)
+  if args.reference:
+    settings = {"benchmark": args.benchmark, "reference": True, "limit": args.limit, "timeout": args.timeout, "k": ks}
   if args.benchmark == "mbpp":
     settings.update(
       mbpp_path=str(Path(args.mbpp_path).resolve()), mbpp_split=args.mbpp_split, mbpp_prompt=args.mbpp_prompt
@@ -204,24 +217,33 @@ def main(argv=None) -> int:
   from phi1_jax.data.tokenizer import load_tokenizer
 
   args = _parse_args(argv)
-  ckpt = paths.as_path(args.checkpoint)
   out = Path(args.out)
   try:  # every user mistake ends here, before the model is loaded
     ks = _check_args(args)
+    grader = grade.check_args(args)
     problems = _load_problems(args)
-    kind, weights = _checkpoint_kind(ckpt)
-    tok_path = _tokenizer_path(args, ckpt)
-    tokenizer = load_tokenizer(tok_path)
+    ckpt = kind = weights = tok_path = None
+    if not args.reference:
+      ckpt = paths.as_path(args.checkpoint)
+      kind, weights = _checkpoint_kind(ckpt)
+      tok_path = _tokenizer_path(args, ckpt)
+      tokenizer = load_tokenizer(tok_path)
     sandbox_lib.check(args.sandbox)  # after the flags: where bubblewrap is missing, other mistakes show first
     settings = _settings(args, weights, tok_path, ks)
     if _check_out(out, args.out, settings):
       summary = json.loads((out / "summary.json").read_text())
+      if grade.has_work(summary, grader, out):  # a finished evaluation to grade: its samples are kept
+        rows = [json.loads(line) for line in (out / "samples.jsonl_results.jsonl").read_text().splitlines()]
+        return _grade_and_write(args, out, problems, rows, summary, grader)
       print(f"{out} already holds this evaluation (same settings): nothing to do", file=sys.stderr)
-      print(json.dumps({k: v for k, v in summary.items() if k.startswith("pass@")}))
+      print(json.dumps(_headline(summary)))
       return 0
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.report_error(PROG, e)
+  if args.reference:
+    cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
+    samples = [{"task_id": t, "completion": p.canonical_solution} for t, p in problems.items()]
+    return _score_and_write(args, out, problems, samples, ks, grader, set(), None, {"reference": True})
 
   import tqdm
   from phi1_jax.inference import sampler as sample
@@ -231,14 +253,11 @@ def main(argv=None) -> int:
   try:
     model = _load_model(ckpt, kind)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.report_error(PROG, e)
   if tokenizer.vocab_size > model.cfg.vocab_size:
-    print(
-      f"error: tokenizer {tok_path} has {tokenizer.vocab_size} tokens, the model only {model.cfg.vocab_size}",
-      file=sys.stderr,
+    return cli.report_error(
+      PROG, f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens, the model only {model.cfg.vocab_size}"
     )
-    return 2
   load_s = time.perf_counter() - start
   cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
   print(f"loaded {ckpt} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
@@ -300,6 +319,31 @@ def main(argv=None) -> int:
     partial.unlink()
   sample_s = time.perf_counter() - start
 
+  extra = {
+    "checkpoint": str(ckpt),
+    "tokenizer": str(tok_path),
+    "n_samples_per_problem": args.n_samples,
+    "temperature": args.temperature,
+    "top_p": args.top_p if not greedy else 1.0,
+    "top_k": args.top_k if not greedy else 0,
+    "max_new_tokens": args.max_new_tokens,
+    "batch_size": args.batch_size,
+    "limit": args.limit,
+    "seed": args.seed,
+    "sampling_seconds": round(sample_s, 3),
+    "context_len": context_len,
+    "n_problems_capped": sum(0 < r < args.max_new_tokens for r in room.values()),
+    "problems_not_fitting": sorted(unfit, key=list(problems).index),
+  }
+  return _score_and_write(args, out, problems, samples, ks, grader, unfit, context_len, extra)
+
+
+def _score_and_write(
+  args, out: Path, problems: dict, samples: list[dict], ks, grader, unfit, context_len, extra
+) -> int:
+  """Executes the samples, grades them when a grader is given, writes the results and the summary."""
+  from phi1_jax.eval import harness
+
   rows, summary = harness.score(
     args.benchmark,
     samples,
@@ -312,31 +356,34 @@ def main(argv=None) -> int:
     progress=True,
     sandbox=args.sandbox,
   )
-  _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
-  summary.update(
-    {
-      "checkpoint": str(ckpt),
-      "tokenizer": str(tok_path),
-      "n_samples_per_problem": args.n_samples,
-      "temperature": args.temperature,
-      "top_p": args.top_p if not greedy else 1.0,
-      "top_k": args.top_k if not greedy else 0,
-      "max_new_tokens": args.max_new_tokens,
-      "batch_size": args.batch_size,
-      "limit": args.limit,
-      "seed": args.seed,
-      "sampling_seconds": round(sample_s, 3),
-      "context_len": context_len,
-      "n_problems_capped": sum(0 < r < args.max_new_tokens for r in room.values()),
-      "problems_not_fitting": sorted(unfit, key=list(problems).index),
-    }
-  )
+  summary.update(extra)
   if args.benchmark == "mbpp":
     summary.update({"mbpp_path": args.mbpp_path, "mbpp_split": args.mbpp_split, "mbpp_prompt": args.mbpp_prompt})
+  return _grade_and_write(args, out, problems, rows, summary, grader)
+
+
+def _grade_and_write(args, out: Path, problems: dict, rows: list[dict], summary: dict, grader) -> int:
+  """Grades the executed rows (when a grader is given), then writes samples.jsonl (task_id,
+  completion, grade, grade_rationale), its _results.jsonl and summary.json; 1 if grades are missing."""
+  missing = None
+  if grader:
+    part, missing = grade.grade_rows(rows, problems, args, out, grader)
+    summary.update(part)
+  _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
+  _write_jsonl(out / "samples.jsonl", [{k: v for k, v in r.items() if k not in ("result", "passed")} for r in rows])
   _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
   print(f"wrote {out / 'samples.jsonl'}, its _results.jsonl and {out / 'summary.json'}", file=sys.stderr)
-  print(json.dumps({k: v for k, v in summary.items() if k.startswith("pass@")}))
+  print(json.dumps(_headline(summary)))
+  if missing:
+    print(f"{PROG}: error: {missing}", file=sys.stderr)
+    return 1
   return 0
+
+
+def _headline(summary: dict) -> dict:
+  """pass@k, and the grades' mean and counts when graded: the line printed on stdout."""
+  keys = ("grade_mean", "graded", "ungraded", "grade_missing")
+  return {k: v for k, v in summary.items() if k.startswith("pass@") or k in keys}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

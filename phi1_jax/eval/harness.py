@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from phi1_jax.inference import sampler as sample
-from phi1_jax.eval import execute, problems as problems_lib
+from phi1_jax.eval import problems as problems_lib, scoring
 
 
 def _humaneval_subset(limit: int | None) -> dict[str, problems_lib.Problem]:
@@ -58,9 +58,9 @@ def unfit_result(context_len: int) -> str:
 def score(
   benchmark: str, samples: list[dict], problems: dict, unfit: set[str], context_len: int, *, ks, **execute_kw
 ) -> tuple[list[dict], dict]:
-  """execute.evaluate_samples for the samples of problems that fit the context; the samples of
+  """scoring.evaluate_samples for the samples of problems that fit the context; the samples of
   the others (`unfit`) fail without running, and pass@k and the counts include them."""
-  rows, summary = execute.evaluate_samples(
+  rows, summary = scoring.evaluate_samples(
     benchmark, [s for s in samples if s["task_id"] not in unfit], problems, ks=ks, **execute_kw
   )
   if not unfit:
@@ -75,7 +75,7 @@ def score(
   for k in ks:
     summary.pop(f"pass@{k}", None)
     if min(n_by_task.values()) >= k:
-      summary[f"pass@{k}"] = float(np.mean([execute.pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]))
+      summary[f"pass@{k}"] = float(np.mean([scoring.pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]))
   summary.update(
     n_samples_total=len(rows),
     n_problems_attempted=len(n_by_task),

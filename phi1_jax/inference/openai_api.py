@@ -5,7 +5,7 @@ OpenAI error body naming the field (`{"error": {"message", "type", "param", "cod
 fields are ignored (clients send `user`, `stream_options`, ...); known ones this server cannot
 honour (`logit_bias`, non-zero penalties, `best_of` > n, `suffix`) are refused.
 
-Chat template (a base code model has none; this one is plain and documented in the README):
+Chat template (a base code model has none; this one is plain and documented in docs/serving.md):
 each message becomes a line `System: ...`, `User: ...` or `Assistant: ...`, the prompt ends with
 `Assistant:`, and generation also stops at a new `\\nUser:` / `\\nSystem:` / `\\nAssistant:` line.
 """

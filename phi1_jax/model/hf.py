@@ -1,11 +1,11 @@
 """Converts Phi checkpoints between Hugging Face (config.json + safetensors) and phi1_jax (Orbax).
 
   python -m phi1_jax.convert hf-to-orbax --hf_dir DIR --out CKPT_DIR
-  python -m phi1_jax.convert orbax-to-hf --ckpt CKPT_DIR --out DIR
+  python -m phi1_jax.convert orbax-to-hf --checkpoint CKPT_DIR --out DIR
 
 A phi1_jax checkpoint is `CKPT_DIR/params` (an Orbax checkpoint of the pure dict
 `nnx.to_pure_dict(nnx.state(model, nnx.Param))`) plus `CKPT_DIR/model_config.json`
-(`dataclasses.asdict(ModelConfig)`). `--ckpt` also takes a trainer step folder
+(`dataclasses.asdict(ModelConfig)`). `--checkpoint` also takes a trainer step folder
 (`WORKDIR/checkpoints/<step>`, Orbax item `params`, or `state` holding "params") or a trainer
 workdir (latest step).
 

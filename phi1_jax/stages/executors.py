@@ -31,11 +31,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from phi1_jax.cli import UserError
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this phi1_jax
 _PROGRESS_EVERY_S = 10.0
 
 
-class ExecutorError(ValueError):
+class ExecutorError(UserError):
   """A bad executor flag or a cluster that cannot take the jobs: one line, exit code 2, nothing submitted."""
 
 

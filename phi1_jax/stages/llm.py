@@ -24,7 +24,7 @@
   never answers takes `timeout_s` more.)
 - Failed requests: the first few distinct reasons are logged as they happen; `summary()["failures"]`
   counts them by reason and `describe_failures` makes the one line every stage prints.
-- Cache: SQLite in WAL mode keyed by sha256 of (endpoint, the full JSON body: model, messages or
+- Cache (phi1_jax.stages.llm_cache): SQLite in WAL mode keyed by sha256 of (endpoint, the full JSON body: model, messages or
   prompt, every sampling parameter, seed). An answer is committed the moment it arrives, before
   `ask` returns it, so a rerun, or a resume after SIGKILL at any moment, never pays for an answer it
   received. Identical requests in flight at once are sent once. The base URL is not in the key:
@@ -46,19 +46,19 @@ import asyncio
 import collections
 import dataclasses
 import email.utils
-import hashlib
 import json
 import os
 import random
 import re
 import socket
-import sqlite3
 import sys
 import time
 import urllib.parse
 from pathlib import Path
 
 import openai
+
+from phi1_jax.stages.llm_cache import Cache, request_key
 
 ENDPOINTS = {"chat": "/chat/completions", "completion": "/completions"}
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
@@ -104,13 +104,6 @@ class Answer:
   response: dict  # the endpoint's whole JSON answer
   usage: dict  # {"prompt_tokens", "completion_tokens"}
   cached: bool  # served from the cache (paid by an earlier run or request)
-
-
-def request_key(endpoint: str, body: dict) -> str:
-  canonical = json.dumps(
-    {"endpoint": endpoint, "body": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":")
-  )
-  return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def chat_request(model: str, messages: list[dict], **params) -> Request:
@@ -190,56 +183,14 @@ def parse_answer(endpoint: str, raw_text: str) -> tuple[dict, str, dict]:
   return response, text, usage
 
 
-class Cache:
-  """Answers by request key in SQLite (WAL): each answer committed on its own, at once.
-
-  WAL with synchronous=NORMAL keeps every committed answer when the process is killed (only a
-  power loss could drop the last few). Several processes may share one file.
-  """
-
-  def __init__(self, path: str | os.PathLike):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
-    self.db.execute("PRAGMA journal_mode=WAL")
-    self.db.execute("PRAGMA synchronous=NORMAL")
-    self.db.execute(
-      "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, endpoint TEXT, request TEXT, "
-      "response TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
-    )
-
-  def get(self, key: str) -> tuple[str, str] | None:
-    """(endpoint, response JSON) or None."""
-    return self.db.execute("SELECT endpoint, response FROM answers WHERE key = ?", (key,)).fetchone()
-
-  def put(self, request: Request, response: dict, usage: dict) -> None:
-    self.db.execute(
-      "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-      (
-        request.key,
-        request.endpoint,
-        json.dumps(request.body, sort_keys=True),
-        json.dumps(response),
-        usage["prompt_tokens"],
-        usage["completion_tokens"],
-        time.time(),
-      ),
-    )
-
-  def __len__(self) -> int:
-    return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-
-  def close(self) -> None:
-    self.db.close()
-
-
-def _api_key(base_url: str, api_key_env: str) -> str:
+def _api_key(base_url: str, api_key_env: str, flag: str = "--base_url") -> str:
   key = os.environ.get(api_key_env)
   if key:
     return key
   host = urllib.parse.urlparse(base_url).hostname or ""
   if host in ("127.0.0.1", "localhost", "::1"):
     return "none"  # local servers (phi1_jax.serve, vLLM, llama.cpp) take any key
-  raise LLMError(f"--base_url {base_url} needs an API key: set the environment variable {api_key_env}")
+  raise LLMError(f"{flag} {base_url} needs an API key: set the environment variable {api_key_env}")
 
 
 class LLM:
@@ -555,69 +506,84 @@ class LLM:
 # ------------------------------------------------------------ command-line flags shared by stages
 
 
-def add_args(parser: argparse.ArgumentParser) -> None:
-  """The flags every LLM-calling stage takes."""
+def add_args(parser: argparse.ArgumentParser, prefix: str = ""):
+  """The flags every LLM-calling stage takes, in an argument group it returns. With a `prefix` (eval's
+  "grader_") each flag is --{prefix}NAME, and --{prefix}base_url, --{prefix}model are optional."""
   group = parser.add_argument_group("LLM endpoint")
-  group.add_argument("--base_url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-  group.add_argument("--model", required=True)
-  group.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
-  group.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
-  group.add_argument("--timeout", type=float, default=120.0, help="seconds per request before a retry")
-  group.add_argument("--max_attempts", type=int, default=8, help="tries per request")
-  group.add_argument(
-    "--backoff_s",
+
+  def flag(name, **kw):
+    group.add_argument(f"--{prefix}{name}", **kw)
+
+  flag("base_url", required=not prefix, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+  flag("model", required=not prefix)
+  flag("api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
+  flag("concurrency", type=int, default=8, help="requests in flight at once")
+  flag("timeout", type=float, default=120.0, help="seconds per request before a retry")
+  flag("max_attempts", type=int, default=8, help="tries per request")
+  flag(
+    "backoff_s",
     type=float,
     default=1.0,
     help="wait before the first retry, doubled each time up to 60 s (at least Retry-After)",
   )
-  group.add_argument(
-    "--give_up_after",
+  flag(
+    "give_up_after",
     type=float,
     default=60.0,
     help="seconds of every request failing (a dead endpoint) after which the run stops",
   )
-  group.add_argument("--max_requests", type=int, default=None, help="cap on HTTP requests this run sends")
-  group.add_argument(
-    "--max_tokens_total",
+  flag("max_requests", type=int, default=None, help="cap on HTTP requests this run sends")
+  flag(
+    "max_tokens_total",
     type=int,
     default=None,
     help="cap on prompt + completion tokens of the answers used (cached ones included)",
   )
-  group.add_argument("--cache", default=None, help="SQLite request cache (default: OUT/llm_cache.sqlite)")
+  flag("cache", default=None, help="SQLite request cache (default: OUT/llm_cache.sqlite)")
+  return group
 
 
-def check_args(args: argparse.Namespace) -> None:
-  """Raises LLMError naming the first bad LLM flag."""
-  if urllib.parse.urlparse(args.base_url).scheme not in ("http", "https"):
-    raise LLMError(f"--base_url {args.base_url!r}: want an http:// or https:// URL")
+def check_args(args: argparse.Namespace, prefix: str = "") -> None:
+  """Raises LLMError naming the first bad LLM flag (those of `add_args` with the same `prefix`)."""
+
+  def value(name):
+    return getattr(args, prefix + name)
+
+  base_url = value("base_url")
+  if urllib.parse.urlparse(base_url).scheme not in ("http", "https"):
+    raise LLMError(f"--{prefix}base_url {base_url!r}: want an http:// or https:// URL")
   for name in ("concurrency", "max_attempts"):
-    if getattr(args, name) < 1:
-      raise LLMError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if value(name) < 1:
+      raise LLMError(f"--{prefix}{name} must be >= 1, got {value(name)}")
   for name in ("timeout", "give_up_after"):
-    if getattr(args, name) <= 0:
-      raise LLMError(f"--{name} must be > 0, got {getattr(args, name)}")
-  if args.backoff_s < 0:
-    raise LLMError(f"--backoff_s must be >= 0, got {args.backoff_s}")
+    if value(name) <= 0:
+      raise LLMError(f"--{prefix}{name} must be > 0, got {value(name)}")
+  if value("backoff_s") < 0:
+    raise LLMError(f"--{prefix}backoff_s must be >= 0, got {value('backoff_s')}")
   for name in ("max_requests", "max_tokens_total"):
-    if getattr(args, name) is not None and getattr(args, name) < 0:
-      raise LLMError(f"--{name} must be >= 0, got {getattr(args, name)}")
-  _api_key(args.base_url, args.api_key_env)
+    if value(name) is not None and value(name) < 0:
+      raise LLMError(f"--{prefix}{name} must be >= 0, got {value(name)}")
+  _api_key(base_url, value("api_key_env"), f"--{prefix}base_url")
 
 
-def from_args(args: argparse.Namespace, out_dir: str | os.PathLike, **kw) -> LLM:
+def from_args(args: argparse.Namespace, out_dir: str | os.PathLike, prefix: str = "", **kw) -> LLM:
   """An LLM client from `add_args` flags; cache and metrics under `out_dir` unless --cache says."""
+
+  def value(name):
+    return getattr(args, prefix + name)
+
   out_dir = Path(out_dir)
   return LLM(
-    args.base_url,
-    cache_path=args.cache or out_dir / "llm_cache.sqlite",
-    api_key_env=args.api_key_env,
-    concurrency=args.concurrency,
-    timeout_s=args.timeout,
-    max_attempts=args.max_attempts,
-    backoff_base_s=args.backoff_s,
-    max_requests=args.max_requests,
-    max_tokens_total=args.max_tokens_total,
+    value("base_url"),
+    cache_path=value("cache") or out_dir / "llm_cache.sqlite",
+    api_key_env=value("api_key_env"),
+    concurrency=value("concurrency"),
+    timeout_s=value("timeout"),
+    max_attempts=value("max_attempts"),
+    backoff_base_s=value("backoff_s"),
+    max_requests=value("max_requests"),
+    max_tokens_total=value("max_tokens_total"),
     metrics_path=out_dir / "llm_metrics.jsonl",
-    give_up_after_s=args.give_up_after,
+    give_up_after_s=value("give_up_after"),
     **kw,
   )

@@ -26,19 +26,13 @@ import time
 from pathlib import Path
 
 from phi1_jax.sweep import spec as spec_lib
-from phi1_jax.sweep.spec import SweepError
+from phi1_jax.cli import OneLineParser, UserError, report_error
 
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, exit code 2 (argparse prints the usage as well)
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+PROG = "python -m phi1_jax.sweep"
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
-  p = _Parser(
-    prog="python -m phi1_jax.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
+  p = OneLineParser(prog=PROG, description=__doc__)
   p.add_argument("--config", required=True, help="trainer config file (configs/*.py)")
   p.add_argument("--root", required=True, help="sweep folder: sweep.json and one workdir per trial")
   p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
@@ -58,7 +52,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
 
 
 def _report_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m phi1_jax.sweep report")
+  p = OneLineParser(prog=f"{PROG} report")
   p.add_argument("--root", required=True)
   p.add_argument(
     "--metric",
@@ -70,7 +64,7 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def _trial_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m phi1_jax.sweep trial", description="run one trial of a planned sweep (a SLURM task)")
+  p = OneLineParser(prog=f"{PROG} trial", description="run one trial of a planned sweep (a SLURM task)")
   p.add_argument("--root", required=True)
   p.add_argument("--index", type=int, required=True)
   p.add_argument("--launcher", choices=("local", "slurm"), default="local")
@@ -80,10 +74,10 @@ def _trial_parser() -> argparse.ArgumentParser:
 def sweep(argv: list[str]) -> int:
   args = _sweep_parser().parse_args(argv)
   if args.parallel is not None and args.parallel < 1:
-    raise SweepError(f"--parallel={args.parallel} must be at least 1")
+    raise UserError(f"--parallel={args.parallel} must be at least 1")
   root = Path(args.root)
   if root.exists() and not root.is_dir():
-    raise SweepError(f"--root {root} is a file")
+    raise UserError(f"--root {root} is a file")
   plan = spec_lib.make_plan(args.config, args.grid, args.space, args.random, args.seed, args.set)
   spec_lib.save_plan(root, plan, ["python", "-m", "phi1_jax.sweep", *argv])
   if args.executor == "slurm":
@@ -113,7 +107,7 @@ def trial(argv: list[str]) -> int:
   root = Path(args.root)
   plan = spec_lib.read_plan(root)
   if not 0 <= args.index < len(plan["trials"]):
-    raise SweepError(f"--index={args.index}: the sweep has trials 0..{len(plan['trials']) - 1}")
+    raise UserError(f"--index={args.index}: the sweep has trials 0..{len(plan['trials']) - 1}")
   t = plan["trials"][args.index]
   lock = trial_lib.Lock(root, t)
   if not lock.acquire():
@@ -145,12 +139,12 @@ def trial(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
   if hasattr(sys.stdout, "reconfigure"):  # progress lines show up at once in a pipe or a log file
     sys.stdout.reconfigure(line_buffering=True)
-  command = {"report": report, "trial": trial}.get(argv[0] if argv else "", None)
+  subcommands = {"report": report, "trial": trial}
+  name = argv[0] if argv and argv[0] in subcommands else None
   try:
-    return command(argv[1:]) if command else sweep(argv)
-  except SweepError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return subcommands[name](argv[1:]) if name else sweep(argv)
+  except UserError as e:
+    return report_error(f"{PROG} {name}" if name else PROG, e)
   except BrokenPipeError:  # `... report | head`: the reader left; stay quiet
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1

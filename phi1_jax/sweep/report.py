@@ -168,10 +168,10 @@ def _check_metric(root: Path, plan: dict, rows: list[dict], metric: str) -> None
     for r in metric_rows(trial_lib.workdir(root, trial)):
       logged |= set(r)
   if logged:
-    from phi1_jax.sweep.spec import SweepError
+    from phi1_jax.cli import UserError
 
     known = sorted(set(COLUMNS) - {"status"} | logged - {"step", "time"})
-    raise SweepError(f"--metric={metric}: no trial has it; known: {', '.join(known)}")
+    raise UserError(f"--metric={metric}: no trial has it; known: {', '.join(known)}")
 
 
 def report(root: Path, plan: dict, metric: str, mode: str, log=print) -> dict[str, Path]:

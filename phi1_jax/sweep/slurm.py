@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from phi1_jax.sweep.spec import SweepError
+from phi1_jax.cli import UserError
 from phi1_jax.sweep import trials as trial_lib
 
 
@@ -27,7 +27,7 @@ def launch_script() -> Path:
     script = base / "launch" / "slurm.sbatch"
     if script.is_file():
       return script
-  raise SweepError("launch/slurm.sbatch not found: run from the phi1_jax repository (pip install -e .)")
+  raise UserError("launch/slurm.sbatch not found: run from the phi1_jax repository (pip install -e .)")
 
 
 def trainer_command() -> list[str]:
@@ -54,7 +54,7 @@ def array_script(root: Path, job_name: str) -> str:
 def submit(root: Path, plan: dict, parallel: int, sbatch_args: str, log=print) -> int:
   """Submits the unfinished trials as one array; returns sbatch's exit code."""
   if not shutil.which("sbatch"):
-    raise SweepError("--executor=slurm: sbatch is not on PATH (not a SLURM login node?)")
+    raise UserError("--executor=slurm: sbatch is not on PATH (not a SLURM login node?)")
   launch_script()
   todo = [
     i for i, t in enumerate(plan["trials"]) if trial_lib.status(root, t) not in ("finished", "diverged", "running")
@@ -71,7 +71,9 @@ def submit(root: Path, plan: dict, parallel: int, sbatch_args: str, log=print) -
   log("+ " + shlex.join(cmd))
   out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()})
   if out.returncode:
-    log(f"error: sbatch failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+    log(
+      f"python -m phi1_jax.sweep: error: sbatch failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}"
+    )
     return out.returncode
   job = out.stdout.strip().split(";")[0]
   log(

@@ -21,14 +21,12 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from phi1_jax.cli import UserError
+
 FORMAT = "phi1_jax.sweep/v1"
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 _KEY = r"(?:config\.)?([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)"
 _MAX_VALUE_CHARS = 40  # of one value in a workdir name
-
-
-class SweepError(Exception):
-  """A mistake in the sweep's flags or files: reported as one line, exit code 2."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -37,7 +35,7 @@ class SweepError(Exception):
 def load_config(config_path: str, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
   """The config file with `--config.KEY=VALUE` overrides applied, parsed as the trainer parses them."""
   if not Path(config_path).is_file():
-    raise SweepError(f"config file {config_path} does not exist")
+    raise UserError(f"config file {config_path} does not exist")
   argv = ["sweep", f"--config={config_path}", *(f"--config.{k}={v}" for k, v in overrides)]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
@@ -45,28 +43,28 @@ def load_config(config_path: str, overrides: list[tuple[str, str]]) -> ml_collec
     values(argv)
   except flags.Error as e:
     # "flag --config.total_steps=2.5: invalid literal for int() with base 10: '2.5'"
-    raise SweepError(str(e).splitlines()[0]) from None
+    raise UserError(str(e).splitlines()[0]) from None
   except (AttributeError, KeyError) as e:  # keys are checked first (check_key); this is a fallback
-    raise SweepError(f"config override: {e}") from None
+    raise UserError(f"config override: {e}") from None
   except Exception as e:  # the config file itself failed to import
-    raise SweepError(f"config file {config_path}: {type(e).__name__}: {e}") from None
+    raise UserError(f"config file {config_path}: {type(e).__name__}: {e}") from None
   return values.config
 
 
 def check_key(config: ml_collections.ConfigDict, key: str, origin: str) -> type:
-  """The type of the config field `key` (a.b.c); a SweepError naming `origin` if there is none."""
+  """The type of the config field `key` (a.b.c); a UserError naming `origin` if there is none."""
   node, path = config, []
   for part in key.split("."):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
       hint = difflib.get_close_matches(part, fields, n=1)
       where = f" in config.{'.'.join(path)}" if path else ""
-      raise SweepError(
+      raise UserError(
         f"{origin}: unknown config key {key!r}{where}" + (f" (did you mean {'.'.join(path + hint)!r}?)" if hint else "")
       )
     node, path = node[part], path + [part]
   if isinstance(node, ml_collections.ConfigDict):
-    raise SweepError(
+    raise UserError(
       f"{origin}: {key!r} is a group of fields; sweep one of them: " + ", ".join(f"{key}.{f}" for f in node.keys())
     )
   return type(node)
@@ -85,13 +83,13 @@ def parse_grid(spec: str) -> tuple[str, list[str]]:
   """'optimizer.lr=1e-3,3e-3' -> key, values. Values holding commas are separated by '|' instead."""
   m = re.fullmatch(_KEY + r"=(.*)", spec.strip(), re.S)
   if not m or not m.group(2).strip():
-    raise SweepError(f"--grid {spec!r}: want KEY=V1,V2,... (e.g. optimizer.lr=1e-3,3e-3)")
+    raise UserError(f"--grid {spec!r}: want KEY=V1,V2,... (e.g. optimizer.lr=1e-3,3e-3)")
   key, rest = m.group(1), m.group(2)
   values = [v.strip() for v in rest.split("|" if "|" in rest else ",")]
   if any(not v for v in values):
-    raise SweepError(f"--grid {spec!r}: empty value")
+    raise UserError(f"--grid {spec!r}: empty value")
   if len(set(values)) < len(values):
-    raise SweepError(f"--grid {spec!r}: a value is repeated")
+    raise UserError(f"--grid {spec!r}: a value is repeated")
   return key, values
 
 
@@ -99,34 +97,34 @@ def parse_space(spec: str) -> tuple[str, str, list[str]]:
   """'optimizer.lr=loguniform(1e-4,1e-2)' -> key, distribution, argument strings."""
   m = re.fullmatch(_KEY + r"=(\w+)\((.*)\)", spec.strip(), re.S)
   if not m:
-    raise SweepError(
+    raise UserError(
       f"--space {spec!r}: want KEY=DIST(ARGS) with DIST one of {', '.join(DISTRIBUTIONS)} "
       "(e.g. optimizer.lr=loguniform(1e-4,1e-2))"
     )
   key, dist, args = m.group(1), m.group(2), [a.strip() for a in m.group(3).split(",")]
   if dist not in DISTRIBUTIONS:
-    raise SweepError(f"--space {spec!r}: unknown distribution {dist!r} (known: {', '.join(DISTRIBUTIONS)})")
+    raise UserError(f"--space {spec!r}: unknown distribution {dist!r} (known: {', '.join(DISTRIBUTIONS)})")
   if any(not a for a in args):
-    raise SweepError(f"--space {spec!r}: empty argument")
+    raise UserError(f"--space {spec!r}: empty argument")
   if dist == "choice":
     return key, dist, args
   if len(args) != 2:
-    raise SweepError(f"--space {spec!r}: {dist} takes two bounds, LOW,HIGH")
+    raise UserError(f"--space {spec!r}: {dist} takes two bounds, LOW,HIGH")
   try:
     low, high = (int(a) for a in args) if dist == "randint" else (float(a) for a in args)
   except ValueError:
-    raise SweepError(f"--space {spec!r}: bounds must be {'integers' if dist == 'randint' else 'numbers'}") from None
+    raise UserError(f"--space {spec!r}: bounds must be {'integers' if dist == 'randint' else 'numbers'}") from None
   if not low < high:
-    raise SweepError(f"--space {spec!r}: LOW must be below HIGH")
+    raise UserError(f"--space {spec!r}: LOW must be below HIGH")
   if dist == "loguniform" and low <= 0:
-    raise SweepError(f"--space {spec!r}: loguniform bounds must be positive")
+    raise UserError(f"--space {spec!r}: loguniform bounds must be positive")
   return key, dist, args
 
 
 def parse_set(spec: str) -> tuple[str, str]:
   m = re.fullmatch(_KEY + r"=(.*)", spec.strip(), re.S)
   if not m:
-    raise SweepError(f"--set {spec!r}: want KEY=VALUE (e.g. total_steps=200)")
+    raise UserError(f"--set {spec!r}: want KEY=VALUE (e.g. total_steps=200)")
   return m.group(1), m.group(2)
 
 
@@ -176,7 +174,7 @@ def _check_trial(config, name: str) -> None:
     if config.data.mixture.strip() != "stdlib":
       train.resolve_data(config, log=lambda msg: None)
   except train.UserError as e:
-    raise SweepError(f"trial {name}: {e}") from None
+    raise UserError(f"trial {name}: {e}") from None
 
 
 def make_plan(
@@ -184,13 +182,13 @@ def make_plan(
 ) -> dict:
   """Parses and checks everything; returns the plan (nothing is written)."""
   if random_count < 0:
-    raise SweepError(f"--random={random_count} must be positive")
+    raise UserError(f"--random={random_count} must be positive")
   if space and not random_count:
-    raise SweepError("--space needs --random=N (how many draws)")
+    raise UserError("--space needs --random=N (how many draws)")
   if random_count and not space:
-    raise SweepError("--random needs at least one --space=KEY=DIST(ARGS)")
+    raise UserError("--random needs at least one --space=KEY=DIST(ARGS)")
   if not grid and not random_count:
-    raise SweepError("nothing to sweep: give --grid=KEY=V1,V2 and/or --random=N with --space")
+    raise UserError("nothing to sweep: give --grid=KEY=V1,V2 and/or --random=N with --space")
   set_items = [parse_set(s) for s in sets]
   grid_items = [parse_grid(s) for s in grid]
   space_items = [parse_space(s) for s in space]
@@ -204,7 +202,7 @@ def make_plan(
   ):
     check_key(base, key, origin)
     if key in seen:
-      raise SweepError(f"{origin}: {key} is also given by {seen[key]}")
+      raise UserError(f"{origin}: {key} is also given by {seen[key]}")
     seen[key] = origin
   base = load_config(config_path, set_items)
 
@@ -213,17 +211,17 @@ def make_plan(
     for v in values:
       try:
         load_config(config_path, set_items + [(key, v)])
-      except SweepError as e:
-        raise SweepError(f"--grid {key}: value {v!r}: {e}") from None
+      except UserError as e:
+        raise UserError(f"--grid {key}: value {v!r}: {e}") from None
   for key, dist, args in space_items:
     field_type = type(value_at(base, key))
     if dist != "choice" and (field_type not in (int, float)):
-      raise SweepError(f"--space {key}: {dist} draws numbers, but {key} is a {field_type.__name__}; use choice(...)")
+      raise UserError(f"--space {key}: {dist} draws numbers, but {key} is a {field_type.__name__}; use choice(...)")
     for v in args if dist == "choice" else [sample(dist, [a, a], field_type, random.Random(0)) for a in args]:
       try:
         load_config(config_path, set_items + [(key, v)])
-      except SweepError as e:
-        raise SweepError(f"--space {key}: value {v!r}: {e}") from None
+      except UserError as e:
+        raise UserError(f"--space {key}: value {v!r}: {e}") from None
 
   rng = random.Random(seed)
   draws = [
@@ -280,7 +278,7 @@ def save_plan(root: Path, plan: dict, command: list[str]) -> None:
     if _identity(old) != _identity(plan):
       what = dict(config="config file", set="--set overrides", trials="trials")
       differs = [what[k] for k in what if _identity(old)[k] != _identity(plan)[k]]
-      raise SweepError(
+      raise UserError(
         f"{path} holds another sweep (other {' and '.join(differs)}); rerun with its flags, or give a new --root"
       )
     return
@@ -293,11 +291,11 @@ def save_plan(root: Path, plan: dict, command: list[str]) -> None:
 def read_plan(root: Path) -> dict:
   path = Path(root) / "sweep.json"
   if not path.is_file():
-    raise SweepError(f"{path} does not exist: not a sweep root")
+    raise UserError(f"{path} does not exist: not a sweep root")
   try:
     plan = json.loads(path.read_text())
   except json.JSONDecodeError as e:
-    raise SweepError(f"{path} is not valid JSON: {e}") from None
+    raise UserError(f"{path} is not valid JSON: {e}") from None
   if plan.get("format") != FORMAT:
-    raise SweepError(f"{path}: format {plan.get('format')!r}, expected {FORMAT!r}")
+    raise UserError(f"{path}: format {plan.get('format')!r}, expected {FORMAT!r}")
   return plan

@@ -31,6 +31,7 @@ from phi1_jax.stages import executors
 from phi1_jax.cli import OneLineParser
 from phi1_jax.eval import sandbox as sandbox_lib
 
+PROG = "python -m phi1_jax.synth"
 FORMAT = "phi1_jax.synth/v1"
 # Settings that change what is written: a folder holds the output of one of them.
 CONTENT_KEYS = (
@@ -50,14 +51,10 @@ CONTENT_KEYS = (
 )
 
 
-class SynthError(Exception):
-  """A user error: one line, exit code 2."""
-
-
 def _parse_args(argv):
   from phi1_jax.stages import llm as llm_lib
 
-  parser = OneLineParser(prog="python -m phi1_jax.synth", description=__doc__.split("\n\n")[0])
+  parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
   kinds = parser.add_subparsers(dest="kind", required=True, parser_class=OneLineParser)
   for kind, max_tokens in (("textbooks", 2048), ("exercises", 1024)):
     sub = kinds.add_parser(kind)
@@ -93,7 +90,7 @@ def _config(args) -> dict:
   from phi1_jax.synth import prompts
 
   topics_path = Path(args.topics) if args.topics else prompts.DEFAULT_TOPICS
-  topics = prompts.load_topics(topics_path)  # raises TopicsError naming the problem
+  topics = prompts.load_topics(topics_path)  # raises UserError naming the problem
   template = prompts.load_template(args.template, args.kind) if args.template else None
   return {
     "kind": args.kind,
@@ -126,26 +123,26 @@ def _check(args) -> None:
   from phi1_jax.stages import llm as llm_lib
 
   if args.n < 1:
-    raise SynthError(f"--n must be >= 1, got {args.n}")
+    raise cli.UserError(f"--n must be >= 1, got {args.n}")
   for name in ("tasks", "workers", "max_tokens"):
     if getattr(args, name) < 1:
-      raise SynthError(f"--{name} must be >= 1, got {getattr(args, name)}")
+      raise cli.UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.max_prompts is not None and args.max_prompts < args.n:
-    raise SynthError(f"--max_prompts must be >= --n ({args.n}), got {args.max_prompts}")
+    raise cli.UserError(f"--max_prompts must be >= --n ({args.n}), got {args.max_prompts}")
   if args.tasks > args.n:
-    raise SynthError(f"--tasks ({args.tasks}) must not exceed --n ({args.n})")
+    raise cli.UserError(f"--tasks ({args.tasks}) must not exceed --n ({args.n})")
   try:
     llm_lib.check_args(args)
   except llm_lib.LLMError as error:
-    raise SynthError(str(error)) from None
+    raise cli.UserError(str(error)) from None
   out = Path(args.out)
   if out.exists() and not out.is_dir():
-    raise SynthError(f"--out {out}: exists and is not a folder")
+    raise cli.UserError(f"--out {out}: exists and is not a folder")
   if args.kind == "exercises":
     try:
       sandbox_lib.check(args.sandbox)
     except sandbox_lib.Unavailable as error:
-      raise SynthError(str(error)) from None
+      raise cli.UserError(str(error)) from None
 
 
 def _claim_out(out: Path, config: dict) -> tuple[str, dict | None]:
@@ -157,12 +154,12 @@ def _claim_out(out: Path, config: dict) -> tuple[str, dict | None]:
     previous = json.loads(state.read_text())
     if previous["fingerprint"] != fingerprint:
       differ = [k for k in CONTENT_KEYS if previous["content"].get(k) != content[k]]
-      raise SynthError(
+      raise cli.UserError(
         f"--out {out} holds a synthesis run with other settings (differs in {', '.join(differ)}); use "
         f"another --out (add --cache={out / 'llm_cache.sqlite'} to reuse its paid answers)"
       )
   elif out.is_dir() and any(out.iterdir()):
-    raise SynthError(f"--out {out}: folder is not empty and holds no synthesis run; nothing was touched")
+    raise cli.UserError(f"--out {out}: folder is not empty and holds no synthesis run; nothing was touched")
   manifest_path = out / "manifest.json"
   manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
   state.parent.mkdir(parents=True, exist_ok=True)
@@ -351,7 +348,6 @@ def _report(manifest: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
   args = _parse_args(argv)
-  from phi1_jax.synth import prompts
   from phi1_jax.synth.generate import endpoint_error_path
 
   out = Path(args.out)
@@ -359,9 +355,8 @@ def main(argv=None) -> int:
     _check(args)
     config = _config(args)
     fingerprint, manifest = _claim_out(out, config)
-  except (SynthError, prompts.TopicsError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  except cli.UserError as error:
+    return cli.report_error(f"{PROG} {args.kind}", error)
   if manifest and manifest.get("complete") and manifest.get("fingerprint") == fingerprint:
     print(f"synth: {out} already holds all {args.n} {args.kind} (manifest.json); nothing to do")
     return 0
@@ -379,8 +374,7 @@ def main(argv=None) -> int:
     if not stats_path.is_file() or not json.loads(stats_path.read_text()).get("complete"):
       (out / ".synth" / "logs" / "completions" / f"{rank:05d}").unlink(missing_ok=True)
   if endpoint_error.is_file():
-    print(f"error: {endpoint_error.read_text()}", file=sys.stderr)
-    return 2
+    return cli.report_error(f"{PROG} {args.kind}", endpoint_error.read_text())
   manifest = write_manifest(args, config, fingerprint, out, time.monotonic() - start)
   _report(manifest, out)
   if not manifest["complete"]:

@@ -14,13 +14,11 @@ import json
 import random
 from pathlib import Path
 
+from phi1_jax.cli import UserError
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_TOPICS = HERE / "topics.txt"
 PROMPT_PARTS = HERE / "prompt_parts.json"
-
-
-class TopicsError(ValueError):
-  """A topics file that cannot be used."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +32,7 @@ def load_topics(path: str | Path = DEFAULT_TOPICS) -> list[Topic]:
   """Topics from a file of "## area" headers and "topic: sub; sub; ..." lines (# starts a comment)."""
   path = Path(path)
   if not path.is_file():
-    raise TopicsError(f"--topics {path}: not found")
+    raise UserError(f"--topics {path}: not found")
   topics, area = [], "general"
   for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
     line = raw.strip()
@@ -46,14 +44,14 @@ def load_topics(path: str | Path = DEFAULT_TOPICS) -> list[Topic]:
     name, colon, rest = line.partition(":")
     subtopics = tuple(s.strip() for s in rest.split(";") if s.strip())
     if not colon or not name.strip() or not subtopics:
-      raise TopicsError(f"--topics {path}:{lineno}: want 'topic: subtopic; subtopic; ...', got {line[:80]!r}")
+      raise UserError(f"--topics {path}:{lineno}: want 'topic: subtopic; subtopic; ...', got {line[:80]!r}")
     topics.append(Topic(area, name.strip(), subtopics))
   if not topics:
-    raise TopicsError(f"--topics {path}: no topics")
+    raise UserError(f"--topics {path}: no topics")
   names = [t.name for t in topics]
   if len(set(names)) != len(names):
     dup = next(n for n in names if names.count(n) > 1)
-    raise TopicsError(f"--topics {path}: topic {dup!r} appears twice")
+    raise UserError(f"--topics {path}: topic {dup!r} appears twice")
   return topics
 
 
@@ -130,16 +128,16 @@ PROMPTERS = {"textbooks": textbook_prompt, "exercises": exercise_prompt}
 
 
 def load_template(path: str | Path, kind: str) -> str:
-  """A prompt template file (str.format fields: those of the kind's default); TopicsError if unusable."""
+  """A prompt template file (str.format fields: those of the kind's default); UserError if unusable."""
   path = Path(path)
   if not path.is_file():
-    raise TopicsError(f"--template {path}: not found")
+    raise UserError(f"--template {path}: not found")
   template = path.read_text(encoding="utf-8")
   topics = [Topic("area", "topic", ("subtopic",))]
   try:
     PROMPTERS[kind](0, 0, topics, load_parts(), template)
   except (KeyError, IndexError, ValueError) as error:
-    raise TopicsError(
+    raise UserError(
       f"--template {path}: unusable field or brace ({error!r}); fields: "
       f"{', '.join(sorted(PROMPTERS[kind](0, 0, topics, load_parts())))}"
     ) from None

@@ -1,7 +1,7 @@
 """Which generated answers become documents: textbook checks and exercise parsing + checks.
 
 Each check returns a rejection reason (a short snake_case string, counted in the manifest) or None.
-Exercises run their own tests in the project's sandbox (`phi1_jax.eval.execute`).
+Exercises run their own tests in the project's sandbox (`phi1_jax.eval.runner`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import ast
 import collections
 import re
 
-from phi1_jax.eval import execute
+from phi1_jax.eval import runner
 
 FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL)
 # An answer that declines, or talks about itself / the request instead of teaching.
@@ -131,7 +131,7 @@ def exercise_program(exercise: dict) -> str:
   return exercise["prompt"] + exercise["solution"] + "\n\n" + exercise["tests"]
 
 
-def execution_rejection(result: execute.ExecResult) -> str | None:
+def execution_rejection(result: runner.ExecResult) -> str | None:
   """None when the exercise's own tests passed in the sandbox, else a reason."""
   if result.passed:
     return None
@@ -146,7 +146,7 @@ def check_exercises(
   exercises: list[dict], timeout_s: float = 3.0, memory_mb: int = 512, workers: int = 1, sandbox: str = "bwrap"
 ) -> list[str | None]:
   """Runs each exercise's solution against its own tests in the sandbox: reason or None each."""
-  results = execute.execute_programs(
+  results = runner.execute_programs(
     [exercise_program(e) for e in exercises], timeout_s=timeout_s, memory_mb=memory_mb, workers=workers, sandbox=sandbox
   )
   return [execution_rejection(r) for r in results]

@@ -150,6 +150,7 @@ def test_results_file_splits_pass_at_1_into_similar_and_non_similar(decontaminat
   assert (out / "manifest.json").read_text() == manifest_before  # the scan was not redone
 
 
+@pytest.mark.slow
 def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_doubled(decontaminated, tmp_path, capsys):
   out = decontaminated["out"]
   args = ["--input", str(decontaminated["fixture"]), f"--out={out}", *BENCH_FLAGS, "--tasks=2", "--workers=2"]

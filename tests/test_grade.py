@@ -98,6 +98,7 @@ def test_grader_prompt_shows_problem_reference_completion_and_outcome():
   assert "def f(x): return 2*x" in text and "def f(x): return x\n" in text  # code that stands alone
 
 
+@pytest.mark.slow
 def test_humaneval_reference_passes_every_problem(tmp_path):
   out = tmp_path / "ref"
   proc = _eval("--benchmark=humaneval", "--reference", f"--out={out}")

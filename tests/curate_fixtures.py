@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
@@ -12,8 +11,8 @@ from flax import nnx
 from phi1_jax.data.tokenizer import train_tokenizer
 from phi1_jax.model import checkpoint
 from phi1_jax.model.phi import ModelConfig, Phi
+from helpers import STDLIB
 
-STDLIB = Path(os.__file__).resolve().parent
 TINY = ModelConfig(
   vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4, max_seq_len=256
 )

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from phi1_jax.data.tokenizer import train_tokenizer
-
-STDLIB = Path(os.__file__).resolve().parent
+from helpers import STDLIB
 
 
 def write_jsonl(path: Path, docs: list[dict]) -> Path:

@@ -3,16 +3,15 @@ and the dropout mask's statistics. On CPU the kernel runs in Pallas' interpreter
 (benchmarks/gpu_check.sh) the same tests run it compiled by Triton, where float32 dots are TF32
 (hence the looser tolerance)."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import REPO, repo_env
 from phi1_jax.model import flash as A
 from phi1_jax.model.attention import attention_reference
 
@@ -21,7 +20,6 @@ B, L, N, H = 2, 64, 2, 16
 # regenerates the forward's mask, and that the mask does not depend on the tiling.
 BLOCKS = A.Blocks(block_q=16, block_k=32, bwd_outer=32, bwd_inner=16)
 SEED = jnp.array([12345, 678], jnp.uint32)
-REPO = Path(__file__).resolve().parents[1]
 ON_GPU = jax.default_backend() == "gpu"
 F32_RTOL = 5e-3 if ON_GPU else 1e-5
 
@@ -153,12 +151,7 @@ print(abs(float(out - ref)) / abs(float(ref)), float(jnp.abs(grad - ref_grad).ma
 def test_kernel_per_shard_uses_the_global_mask():
   """On a (1, 2, 2) mesh of 4 CPU devices (batch and heads split) each shard runs the kernel on its
   rows and heads and drops what the unsharded reference drops."""
-  env = {
-    **os.environ,
-    "PYTHONPATH": str(REPO),
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-    "JAX_PLATFORMS": "cpu",
-  }
+  env = repo_env(devices=4)
   proc = subprocess.run(
     [sys.executable, "-c", SHARDED_CHECK], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
   )

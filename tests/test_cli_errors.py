@@ -19,8 +19,8 @@ import pytest
 
 from phi1_jax.data.tokenizer import train_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-STDLIB = Path(os.__file__).resolve().parent
+from helpers import REPO, STDLIB, repo_env
+
 
 EVAL, EXECUTE, CONVERT, PLAN = "phi1_jax.eval", "phi1_jax.eval.execute", "phi1_jax.convert", "phi1_jax.plan"
 PACK, TOKENIZER = "phi1_jax.data.pack", "phi1_jax.data.tokenizer"
@@ -141,7 +141,7 @@ def places(tmp_path_factory) -> dict[str, str]:
 
 def _run(module: str, args: list[str]) -> subprocess.CompletedProcess:
   # JAX_LOG_COMPILES makes any compilation print a line, so the test sees work starting before the check.
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "JAX_LOG_COMPILES": "1"}
+  env = repo_env(JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
   return subprocess.run(
     [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
   )

@@ -2,16 +2,14 @@
 --help shows its flags' defaults."""
 
 import concurrent.futures
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO, repo_env
 from phi1_jax.cli import OneLineParser
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Every command (and subcommand) with a flag whose default its --help must show.
 HELP_SHOWS = [
@@ -88,7 +86,7 @@ def test_help_shows_each_default_once_and_hides_old_names(capsys):
 
 @pytest.mark.slow  # 17 processes that import jax: ~10 s on two idle cores, far more on a busy machine
 def test_every_command_help_shows_its_defaults():
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "COLUMNS": "200"}
+  env = repo_env(JAX_PLATFORMS="cpu", COLUMNS="200")
 
   def run(case):
     module, args, _ = case

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from helpers import alive
 from phi1_jax import cli
 
 # A command that starts a grandchild (as a worker pool or a sandbox would) and works forever.
@@ -25,14 +26,6 @@ PROGRAM = textwrap.dedent("""
             time.sleep(0.05)
     sys.exit(cli.run_command(main, kept="the rows written so far are kept"))
 """)
-
-
-def alive(pid: int) -> bool:
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().split(") ")[1][0] != "Z"
-  except FileNotFoundError:
-    return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -12,15 +12,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
-import torch
-import transformers
 
 from phi1_jax import convert as convert_cli
 from phi1_jax.model import checkpoint
 from phi1_jax.model import hf as convert
 from phi1_jax.model.phi import ModelConfig
+from helpers import repo_env
 
-REPO = Path(__file__).resolve().parents[1]
 
 # config.json of the released microsoft/phi-1 (written by transformers 4.37).
 RELEASED_PHI1_CONFIG = {
@@ -56,6 +54,9 @@ RELEASED_PHI1_CONFIG = {
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
   """A tiny transformers PhiForCausalLM saved with save_pretrained."""
+  import torch  # here, not at the top: an xdist worker that runs no convert test does not import it
+  import transformers
+
   torch.manual_seed(0)
   cfg = transformers.PhiConfig(
     vocab_size=37,
@@ -103,6 +104,8 @@ def test_exported_config_reads_back_and_in_transformers():
     attn_dropout=0.1,
     embd_dropout=0.1,
   )
+  import transformers
+
   hf = convert.model_config_to_hf_config(cfg)
   assert convert.hf_config_to_model_config(hf) == cfg
   hf_cfg = transformers.PhiConfig(**hf)
@@ -156,12 +159,7 @@ def test_cli_refuses_bad_checkpoint_and_writes_nothing(hf_files, tmp_path):
   tensors = {**tensors, "model.layers.0.self_attn.q_proj.weight": np.zeros((24, 25), np.float32)}
   safetensors.numpy.save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
   out = tmp_path / "out"
-  env = {
-    **os.environ,
-    "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    "JAX_PLATFORMS": "cpu",
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-  }
+  env = repo_env(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
     [sys.executable, "-m", "phi1_jax.convert", "hf-to-orbax", "--hf_dir", str(bad), "--out", str(out)],
     capture_output=True,
@@ -316,7 +314,7 @@ def trainer_workdir(tmp_path_factory):
 
 
 def _convert_cli(*args, umask=0o022):
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  env = repo_env(JAX_PLATFORMS="cpu")
   return subprocess.run(
     [sys.executable, "-m", "phi1_jax.convert", *map(str, args)],
     capture_output=True,
@@ -345,7 +343,7 @@ _AWKWARD = "def f(x):\n\treturn x  # é 🙂\r\n\n    <|endoftext|>class A: pass
 
 
 def _load_export(out, original):
-  env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+  env = repo_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
   proc = subprocess.run(
     [sys.executable, "-c", _LOAD_EXPORT, str(out), str(original), _AWKWARD],
     capture_output=True,
@@ -357,6 +355,7 @@ def _load_export(out, original):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_export_of_a_trainer_workdir_is_quiet_and_readable(trainer_workdir, tmp_path):
   """No Orbax 'Metadata file does not exist' warning; files get the umask's mode, as any new file."""
   out = tmp_path / "hf"
@@ -396,6 +395,7 @@ def test_the_metadata_filter_drops_only_that_warning(caplog):
   assert [r.getMessage() for r in caplog.records] == ["something else"]
 
 
+@pytest.mark.slow
 def test_export_converts_the_trainers_sentencepiece_tokenizer(trainer_workdir, tmp_path):
   from phi1_jax.data.tokenizer import train_tokenizer
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
-from curate_fixtures import STDLIB, make_checkpoint
+from helpers import REPO, STDLIB, alive, repo_env
+from curate_fixtures import make_checkpoint
 from llm_servers import FaultyLLMServer, prompt_text
 from phi1_jax.curate import __main__ as curate_cli
 from phi1_jax.curate.annotate import parse_score
@@ -49,7 +49,7 @@ def endpoint():
 
 
 def _cli(*args, timeout=120):
-  env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
+  env = repo_env(JAX_PLATFORMS="cpu")
   return subprocess.run(
     [sys.executable, "-m", "phi1_jax.curate", *args], cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True
   )
@@ -126,11 +126,12 @@ def test_annotate_through_faults_each_document_once(endpoint, tmp_path):
   assert json.loads((out / "manifest.json").read_text())["llm_this_run"]["requests_sent"] == 0
 
 
+@pytest.mark.slow
 def test_annotate_sigkill_then_rerun_pays_nothing_twice(endpoint, tmp_path):
   server, base_url, _ = endpoint
   server.delay_s = 0.4
   out = tmp_path / "ann"
-  env = {**os.environ, "PYTHONPATH": f"{REPO}"}
+  env = repo_env()
   proc = subprocess.Popen(
     [sys.executable, "-m", "phi1_jax.curate", *_annotate_args(base_url, out, "--concurrency=1")],
     cwd=REPO,
@@ -158,6 +159,7 @@ def test_annotate_sigkill_then_rerun_pays_nothing_twice(endpoint, tmp_path):
   _check_rows(rows, server)
 
 
+@pytest.mark.slow
 def test_annotate_cap_stops_cleanly_and_a_rerun_goes_on(endpoint, tmp_path):
   server, base_url, _ = endpoint
   out = tmp_path / "ann"
@@ -174,6 +176,7 @@ def test_annotate_cap_stops_cleanly_and_a_rerun_goes_on(endpoint, tmp_path):
   _check_rows(_rows(out), server)
 
 
+@pytest.mark.slow
 def test_annotate_exits_1_when_every_request_failed_and_0_when_some_did_not(endpoint, tmp_path):
   server, base_url, _ = endpoint
   out = tmp_path / "ann"
@@ -470,7 +473,7 @@ def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filt
   base, inputs, _, _ = filter_setup
   ref = filtered[0]
   out = tmp_path / "killed"
-  env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
+  env = repo_env(JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(
     [sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out)],
     cwd=REPO,
@@ -497,14 +500,6 @@ def test_filter_sigkill_then_resume_loses_and_repeats_nothing(filter_setup, filt
   assert a["by_source"] == b["by_source"]
 
 
-def _alive(pid: int) -> bool:
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().split(") ")[1][0] != "Z"
-  except FileNotFoundError:
-    return False
-
-
 @pytest.mark.slow
 def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, tmp_path):
   """Ctrl-C reaches the whole foreground group (datatrove's forkserver and pool workers too)."""
@@ -512,7 +507,7 @@ def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, 
 
   base, inputs, _, _ = filter_setup
   out = tmp_path / "stopped"
-  env = {**os.environ, "PYTHONPATH": f"{REPO}", "JAX_PLATFORMS": "cpu"}
+  env = repo_env(JAX_PLATFORMS="cpu")
   argv = [sys.executable, "-m", "phi1_jax.curate", *_filter_args(inputs, base / "cls", out, "--workers=2")]
   proc = subprocess.Popen(
     argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
@@ -539,9 +534,9 @@ def test_filter_ctrl_c_is_one_line_exit_130_and_leaves_no_process(filter_setup, 
   assert all(line.startswith(("curate ", "stopped by")) for line in stderr.splitlines()), stderr[-3000:]
   assert len(workers) >= 2  # the forkserver and its pool workers were seen, and none outlives the command
   deadline = time.monotonic() + 10
-  while any(map(_alive, workers)) and time.monotonic() < deadline:
+  while any(map(alive, workers)) and time.monotonic() < deadline:
     time.sleep(0.05)
-  assert not [p for p in workers if _alive(p)]
+  assert not [p for p in workers if alive(p)]
 
 
 @pytest.mark.slow
@@ -597,7 +592,7 @@ def test_datatrove_logs_to_a_file_and_a_failed_task_is_one_line_naming_it(tmp_pa
     capture_output=True,
     text=True,
     cwd=REPO,
-    env={**os.environ, "PYTHONPATH": str(REPO)},
+    env=repo_env(),
     timeout=120,
   )
   log = tmp_path / "logs" / "datatrove.log"

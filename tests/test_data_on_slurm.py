@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_module, slurm_partition
+from helpers import REPO, repo_env, run_module, slurm_partition
 from test_curate import _data_rows, _filter_args, filter_setup, filtered  # noqa: F401 (fixtures)
 from test_decontam import BENCH_FLAGS, _read_jsonl, _refs
 
@@ -29,7 +29,7 @@ def partition() -> str:
 
 def _cli(*args, timeout=120, **env):
   """`python -m phi1_jax.curate ...` in a subprocess, as test_curate runs it (plus `env`)."""
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **env}
+  env = repo_env(JAX_PLATFORMS="cpu", **env)
   return subprocess.run(
     [sys.executable, "-m", "phi1_jax.curate", *args], cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True
   )

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_module
+from helpers import repo_env, run_module
 from data_fixtures import small_tokenizer  # noqa: F401
 from phi1_jax.decontam import __main__ as cli, benchmarks as bench_lib, fixture as fixture_lib, index as index_lib
 from phi1_jax.decontam import tree as tree_lib
@@ -150,6 +150,7 @@ def test_results_file_splits_pass_at_1_into_similar_and_non_similar(decontaminat
   assert (out / "manifest.json").read_text() == manifest_before  # the scan was not redone
 
 
+@pytest.mark.slow
 def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_doubled(decontaminated, tmp_path, capsys):
   out = decontaminated["out"]
   args = ["--input", str(decontaminated["fixture"]), f"--out={out}", *BENCH_FLAGS, "--tasks=2", "--workers=2"]
@@ -171,7 +172,7 @@ def test_rerun_does_nothing_and_a_killed_run_resumes_with_nothing_lost_or_double
     "--tasks=8",
     "--workers=1",
   ]
-  env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+  env = repo_env()
   proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   first = killed / "work/logs/completions/00000"
   deadline = time.time() + 120
@@ -319,6 +320,7 @@ def test_embedding_distance_removes_a_near_copy_of_the_problem_text(tmp_path):
   assert manifest["kept"] == 1
 
 
+@pytest.mark.slow
 def test_embed_checkpoint_runs_the_l2_method_with_the_curation_embedder(tmp_path, tiny_checkpoint):
   """`--embed_checkpoint` end to end: phi1_jax.stages.embed's Embedder on a tiny checkpoint, in the CLI's task
   process. A verbatim copy of a problem (prompt + solution) embeds to the problem's vector (L2 0)."""

@@ -5,7 +5,6 @@ model run one document at a time; batching, padding, device count and the checkp
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
-from curate_fixtures import STDLIB, make_checkpoint
+from helpers import REPO, STDLIB, repo_env
+from curate_fixtures import make_checkpoint
 from phi1_jax.model import checkpoint
 from phi1_jax.model.phi import model_from_params
 from phi1_jax.curate.embeddings import load_embeddings
@@ -72,12 +71,7 @@ def test_embedder_refuses_bad_settings(ckpt, kw, message):
 
 
 def _embed_cli(ckpt, out, *extra, devices=1):
-  env = {
-    **os.environ,
-    "PYTHONPATH": str(REPO),
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-  }
+  env = repo_env(devices=devices)
   cmd = [
     sys.executable,
     "-m",
@@ -96,6 +90,7 @@ def _embed_cli(ckpt, out, *extra, devices=1):
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_embed_command_shards_resume_and_match_in_process(ckpt, tmp_path):
   out = tmp_path / "emb"
   proc = _embed_cli(ckpt, out, devices=2)  # data parallel over two host devices

@@ -7,7 +7,6 @@ SentencePiece model trained here on a stdlib package.
 import dataclasses
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -30,8 +29,8 @@ from phi1_jax.model import checkpoint
 from phi1_jax.model.phi import ModelConfig, Phi, model_from_params
 from phi1_jax.inference.sampler import generate, sample_texts
 
-REPO = Path(__file__).resolve().parents[1]
-STDLIB = Path(os.__file__).resolve().parent
+from helpers import STDLIB, repo_env
+
 CFG = ModelConfig(
   vocab_size=512, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64, rotary_dim=4, max_seq_len=1024
 )
@@ -66,7 +65,7 @@ def test_eval_command_end_to_end(ckpt, tmp_path):
     "--batch_size=3",
     "--workers=2",
   ]
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  env = repo_env(JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "sampling" in proc.stderr and "sample/s" in proc.stderr  # tqdm progress with a rate
@@ -206,9 +205,10 @@ def _eval_cmd(ckpt, out, *flags):
   ]
 
 
-ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+ENV = repo_env(JAX_PLATFORMS="cpu")
 
 
+@pytest.mark.slow
 def test_eval_caps_to_the_context_and_reruns(short_ckpt, tmp_path):
   ckpt, context = short_ckpt
   out = tmp_path / "eval"

@@ -16,7 +16,8 @@ from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval.runner import MARKER_ENV, execute_programs
 from phi1_jax.eval.scoring import evaluate_samples, pass_at_k
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 MBPP_PATH = Path(__file__).resolve().parents[2] / "shared/data/mbpp/mbpp.jsonl"
 
 

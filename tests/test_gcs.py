@@ -18,8 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import REPO, free_port, run_module, serve_process
-from test_train import losses, sigkill_once_saved, train_args
+from helpers import REPO, free_port, losses, repo_env, run_module, serve_process, sigkill_once_saved, train_args
 
 pytestmark = pytest.mark.slow
 fake_gcs = pytest.importorskip(
@@ -162,7 +161,7 @@ def test_sigterm_in_a_bucket_saves(gcs_env, stdlib_cache):
       *train_args(f"gs://{BUCKET}/{run}", stdlib_cache, "--config.total_steps=100000"),
     ],
     cwd=REPO,
-    env={**os.environ, "PYTHONPATH": str(REPO)},
+    env=repo_env(),
     stdout=subprocess.PIPE,
     stderr=subprocess.DEVNULL,
     text=True,
@@ -245,7 +244,7 @@ def test_missing_bucket_and_data_in_a_bucket_are_one_line(gcs_env, stdlib_cache,
       [sys.executable, "-m", *args],
       cwd=REPO,
       text=True,
-      env={**os.environ, "PYTHONPATH": str(REPO)},
+      env=repo_env(),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
     )

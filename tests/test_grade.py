@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module, serve_process
+from helpers import REPO, repo_env, run_module, serve_process
 from llm_servers import FaultyLLMServer, canonical, prompt_text
 from phi1_jax.eval import grade
 from phi1_jax.eval import __main__ as eval_cli
@@ -98,6 +98,7 @@ def test_grader_prompt_shows_problem_reference_completion_and_outcome():
   assert "def f(x): return 2*x" in text and "def f(x): return x\n" in text  # code that stands alone
 
 
+@pytest.mark.slow
 def test_humaneval_reference_passes_every_problem(tmp_path):
   out = tmp_path / "ref"
   proc = _eval("--benchmark=humaneval", "--reference", f"--out={out}")
@@ -261,7 +262,7 @@ def test_misbehaving_grader_and_sigkill_lose_and_repeat_no_grade(tmp_path):
     # 429 and 503 with Retry-After, 500, dropped and reset connections, 200s with HTML or no choices
     server.add_faults("429", "500", "503", "drop", "reset", "garbage", "no_choices")
     flags = ("--limit=10", "--grader_concurrency=1", "--grader_max_attempts=30", "--grader_backoff_s=0.05")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = repo_env()
     log = tmp_path / "killed.log"
     with open(log, "w") as log_file:
       proc = subprocess.Popen(

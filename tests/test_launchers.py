@@ -2,32 +2,26 @@
 (launch/slurm_local_cluster.sh; .ci/run installs and starts it as root) and launch/tpu_pod.sh through a
 recording `gcloud` that runs the remote command here, as worker 0 of a one-worker slice.
 
-- The README's sbatch command, 2 tasks on CPU through jax.distributed and gloo, logs the same losses
-  as one process.
+- The README's sbatch command, 2 tasks on CPU through jax.distributed and gloo: scancel (SIGTERM, then
+  SIGKILL after KillWait) makes both tasks save; the same sbatch command resumes, and the losses equal
+  one process's uninterrupted run. (Tasks that see SIGTERM at different steps: tests/test_multiprocess.py.)
 - A task that dies ends the whole job (srun --kill-on-bad-exit) with a non-zero exit.
-- scancel (SIGTERM, then SIGKILL after KillWait) makes the trainer's two tasks save; the same sbatch
-  command resumes, and the losses equal the uninterrupted run's. Tasks that see SIGTERM at different
-  steps (each node's slurmd signals its own) still stop after the same step and save it.
 - tpu_pod.sh's gcloud command and the remote line it builds (flag order, quoting of spaces, commas and
   quotes, a REPO_DIR under ~ with a space) train for real.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, slurm_partition
+from helpers import REPO, assert_same_losses, free_port, metric_rows, repo_env, slurm_partition, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 TOTAL_STEPS = 30  # steps enough that scancel lands mid-run
 SBATCH_CPU = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]  # the README's
@@ -51,26 +45,7 @@ def trainer_flags(stdlib_cache):
 
 def _env(devices: int = 1, **extra) -> dict:
   # python3 on PATH is this interpreter (pyenv shims depend on HOME, which the gcloud test changes)
-  path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-  return {
-    **os.environ,
-    "PATH": path,
-    "PYTHONPATH": str(REPO),
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-    **extra,
-  }
-
-
-def _rows(workdir: Path) -> list[dict]:
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _assert_same_losses(got: list[dict], ref: list[dict]) -> None:
-  assert [r["step"] for r in got] == [r["step"] for r in ref[: len(got)]], [r["step"] for r in got]
-  for g, r in zip(got, ref):
-    for key in ("loss", "grad_norm"):
-      assert abs(g[key] - r[key]) <= 1e-5 * abs(r[key]), (g["step"], key, g[key], r[key])
+  return repo_env(devices, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +61,7 @@ def one_process_run(trainer_flags, tmp_path_factory) -> list[dict]:
     timeout=600,
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return _rows(workdir)
+  return metric_rows(workdir)
 
 
 # ----------------------------------------------------------------------------- SLURM
@@ -119,17 +94,6 @@ def _job_output(workdir: Path, proc) -> str:
   return Path(f"{workdir}.{job_id}.out").read_text()
 
 
-def test_sbatch_two_tasks_equal_one_process(slurm, trainer_flags, one_process_run, tmp_path):
-  workdir = tmp_path / "run"
-  proc = _sbatch(workdir, trainer_flags)
-  out = _job_output(workdir, proc)
-  assert proc.returncode == 0, out[-4000:]
-  assert "1 nodes, 2 processes" in out and "2 cpu devices" in out, out[-4000:]  # two jax processes, one device each
-  assert out.count("model:") == 1  # logs from process 0 only
-  _assert_same_losses(_rows(workdir), one_process_run)
-  assert len(_rows(workdir)) == TOTAL_STEPS
-
-
 def test_sbatch_one_failing_task_ends_the_job(slurm, trainer_flags, tmp_path):
   # Task 1 dies at once; task 0 is the real trainer, which would otherwise wait in
   # jax.distributed.initialize for it (5 minutes, jax's default timeout).
@@ -146,20 +110,13 @@ def test_sbatch_one_failing_task_ends_the_job(slurm, trainer_flags, tmp_path):
   assert "model:" not in out  # task 0 never trained: it was stopped, not left waiting
 
 
-def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
-  deadline = time.monotonic() + timeout
-  while not predicate():
-    assert time.monotonic() < deadline, f"timed out waiting for {what}"
-    time.sleep(poll)
-
-
 def _submit_and_wait_for_step_1(workdir: Path, trainer_flags: list[str], *options: str) -> str:
   proc = _sbatch(workdir, trainer_flags, *options, wait=False)
   assert proc.returncode == 0, proc.stderr
   job_id = proc.stdout.split(";")[0].strip()
   metrics = workdir / "metrics.jsonl"
   try:  # as soon as step 1 is logged: the job is still running however fast the steps are
-    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), 300, "step 1 of job " + job_id, poll=0.05)
+    wait_for(lambda: metrics.exists() and metrics.read_text().strip(), 300, "step 1 of job " + job_id, poll=0.05)
   except AssertionError:
     subprocess.run(["scancel", job_id], timeout=30)
     raise
@@ -175,9 +132,9 @@ def test_scancel_saves_and_the_same_command_resumes_exactly(slurm, trainer_flags
   job_id = _submit_and_wait_for_step_1(workdir, trainer_flags)
   # SIGCONT and SIGTERM to every task, SIGKILL after the cluster's KillWait, as a preemption does
   subprocess.run(["scancel", job_id], check=True, capture_output=True, timeout=30)
-  _wait_for(lambda: _job_ended(job_id), 120, f"job {job_id} to end")
+  wait_for(lambda: _job_ended(job_id), 120, f"job {job_id} to end")
   out = Path(f"{workdir}.{job_id}.out").read_text()
-  stopped = len(_rows(workdir))
+  stopped = len(metric_rows(workdir))
   assert 1 <= stopped < TOTAL_STEPS, out[-4000:]
   assert "stopped by " in out and f"at step {stopped}; checkpoint saved" in out, out[-4000:]
   assert (workdir / "checkpoints" / str(stopped)).is_dir()
@@ -185,37 +142,10 @@ def test_scancel_saves_and_the_same_command_resumes_exactly(slurm, trainer_flags
   proc = _sbatch(workdir, trainer_flags)  # the same command again
   out = _job_output(workdir, proc)
   assert proc.returncode == 0, out[-4000:]
+  assert "1 nodes, 2 processes" in out and "2 cpu devices" in out, out[-4000:]  # two jax processes, one device each
+  assert out.count("model:") == 1  # logs from process 0 only
   assert f"steps {stopped} -> {TOTAL_STEPS}" in out, out[-4000:]
-  _assert_same_losses(_rows(workdir), one_process_run)
-  assert len(_rows(workdir)) == TOTAL_STEPS
-
-
-def _task_pid(job_id: str, task: int) -> int:
-  """The trainer process of one task of the job's first step (scontrol lists its children too)."""
-  listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, check=True).stdout
-  pids = [int(f[0]) for f in (line.split() for line in listed.splitlines()[1:]) if f[2] == "0" and f[4] == str(task)]
-  trainers = [p for p in pids if b"phi1_jax.train" in Path(f"/proc/{p}/cmdline").read_bytes()]
-  return min(trainers)
-
-
-def test_sigterm_seen_at_different_steps_still_saves(slurm, trainer_flags, tmp_path):
-  # On a real cluster each node's slurmd signals its own tasks: the processes see SIGTERM at different
-  # times. Here task 1 gets it two seconds before task 0 (which may have stopped with it already).
-  workdir = tmp_path / "run"
-  job_id = _submit_and_wait_for_step_1(workdir, trainer_flags)
-  try:
-    pids = [_task_pid(job_id, 0), _task_pid(job_id, 1)]
-    os.kill(pids[1], 15)
-    time.sleep(2)
-    with contextlib.suppress(ProcessLookupError):
-      os.kill(pids[0], 15)
-    _wait_for(lambda: _job_ended(job_id), 25, f"job {job_id} to save and end")
-  finally:  # SIGKILL: hung processes would hold the node for the cluster's KillWait
-    subprocess.run(["scancel", "--signal=KILL", "--full", job_id], capture_output=True, timeout=30)
-  out = Path(f"{workdir}.{job_id}.out").read_text()
-  stopped = len(_rows(workdir))  # both stopped after the step process 0 logged last, and saved it
-  assert f"at step {stopped}; checkpoint saved" in out, out[-4000:]
-  assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] == [str(stopped)]
+  assert_same_losses(metric_rows(workdir), one_process_run)
 
 
 def test_sbatch_without_config_is_a_usage_error():
@@ -279,8 +209,7 @@ def test_tpu_pod_command_runs_on_a_recorded_gcloud(trainer_flags, one_process_ru
   ], argv
   assert argv[10].startswith(r"--command=cd ~/phi1\ jax && python3 -m phi1_jax.train --config=configs/tiny.py ")
   assert argv[10].endswith(" --config.distributed.auto=True"), argv[10]
-  _assert_same_losses(_rows(workdir), one_process_run)
-  assert len(_rows(workdir)) == 3
+  assert_same_losses(metric_rows(workdir), one_process_run[:3])
 
 
 def test_tpu_pod_usage_errors():

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +12,7 @@ import types
 import pytest
 
 from phi1_jax.stages import llm as llm_lib
-from conftest import REPO, free_port
+from helpers import REPO, free_port, repo_env
 from llm_servers import FaultyLLMServer, canonical, echo_responder
 
 
@@ -156,7 +155,7 @@ def _run_client(server, cache, n):
   return subprocess.Popen(
     [sys.executable, "-c", CLIENT, server.base_url, str(cache), str(n)],
     cwd=REPO,
-    env={**os.environ, "PYTHONPATH": str(REPO)},
+    env=repo_env(),
     stderr=subprocess.PIPE,
     text=True,
   )
@@ -290,7 +289,7 @@ def test_curate_annotate_against_an_endpoint_that_dies_mid_run_stops_in_one_line
   run = subprocess.Popen(
     argv,
     cwd=REPO,
-    env={**os.environ, "PYTHONPATH": str(REPO)},
+    env=repo_env(),
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
     text=True,
@@ -314,9 +313,7 @@ def test_curate_annotate_against_an_endpoint_that_dies_mid_run_stops_in_one_line
     committed = {canonical(json.loads(body)) for (body,) in db.execute("SELECT request FROM answers")}
   port = int(server.base_url.rsplit(":", 1)[1].split("/")[0])
   with FaultyLLMServer(port=port) as again:
-    rerun = subprocess.run(
-      argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120
-    )
+    rerun = subprocess.run(argv, cwd=REPO, env=repo_env(), capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert committed and not committed & {canonical(e["body"]) for e in again.log}
   assert len((out / "annotations.jsonl").read_text().splitlines()) == 40

@@ -2,21 +2,16 @@
 rerunning a finished run, continuing it, and one-line errors for a mistyped config file, a file as
 --workdir and a tokenizer the model does not fit."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TINY_SEQ_LEN, TINY_VOCAB, run_module
+from helpers import TINY_SEQ_LEN, TINY_VOCAB, metric_rows, run_module
 
 pytestmark = pytest.mark.slow
 
 TINY_STEPS = 80
-
-
-def _rows(workdir: Path) -> list[dict]:
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _lines(out) -> list[str]:
@@ -38,7 +33,7 @@ def test_tiny_demo_eval_tracks_train_then_rerun_and_continue(tmp_path, stdlib_ca
   ]  # eval at the end only
   out = run_module("phi1_jax.train", *args, f"--config.total_steps={TINY_STEPS}", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
-  rows = _rows(tmp_path)
+  rows = metric_rows(tmp_path)
   train_tail = np.mean([r["loss"] for r in rows[-4:]])  # the last 20 steps' logged losses
   eval_loss = rows[-1]["eval_loss"]
   print(
@@ -70,7 +65,7 @@ def test_tiny_demo_eval_tracks_train_then_rerun_and_continue(tmp_path, stdlib_ca
   more = run_module("phi1_jax.train", *args, f"--config.total_steps={TINY_STEPS + 2}", "--config.log_every=1")
   assert more.returncode == 0, more.stderr[-3000:]
   assert f"resumed from {tmp_path}/checkpoints/{TINY_STEPS}" in more.stdout
-  assert [r["step"] for r in _rows(tmp_path)][-2:] == [TINY_STEPS + 1, TINY_STEPS + 2]
+  assert [r["step"] for r in metric_rows(tmp_path)][-2:] == [TINY_STEPS + 1, TINY_STEPS + 2]
   assert f"summary: finished at step {TINY_STEPS + 2}/{TINY_STEPS + 2}" in more.stdout
 
 

@@ -1,6 +1,5 @@
 """notebooks/quickstart.ipynb runs top to bottom on a real (short) tiny run, as `jupyter execute` runs it."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import sys
 import nbformat
 import pytest
 
-from conftest import REPO, run_module
+from helpers import REPO, repo_env, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +35,7 @@ def test_quickstart_notebook_executes(tmp_path, stdlib_cache):
 
   notebook = tmp_path / "quickstart.ipynb"
   shutil.copy(REPO / "notebooks" / "quickstart.ipynb", notebook)
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PHI1_WORKDIR": str(workdir)}
+  env = repo_env(JAX_PLATFORMS="cpu", PHI1_WORKDIR=str(workdir))
   proc = subprocess.run(
     [sys.executable, "-m", "jupyter", "execute", str(notebook), "--output=executed", "--timeout=300"],
     cwd=tmp_path,

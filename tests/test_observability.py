@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import run_module
+from helpers import run_module
 from test_train import final_params, losses, metric_rows, sigkill_once_saved, train_args
 
 

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from data_fixtures import STDLIB, code_docs, read_records, small_tokenizer, write_jsonl  # noqa: F401
+from data_fixtures import code_docs, read_records, small_tokenizer, write_jsonl  # noqa: F401
+from helpers import STDLIB, alive
 from phi1_jax.cli import UserError
 from phi1_jax.data.pack import pack, split_hash
 from phi1_jax.data.tokenizer import load_tokenizer
@@ -283,13 +284,6 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, small_tokenize
     "stopped by SIGINT: nothing is kept (a stopped pack starts again); rerun the same command to resume"
   ], err
   assert not partial.exists() and not (tmp_path / "out").exists()
-
-  def alive(pid):
-    try:
-      with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-      return False
 
   deadline = time.time() + 10
   while any(map(alive, workers)) and time.time() < deadline:

@@ -11,8 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
 from flax import nnx
 
 from phi1_jax.model import checkpoint
@@ -60,7 +58,7 @@ CASES = {
       num_attention_heads=4,
       partial_rotary_factor=0.5,
     ),
-    dict(dtype=torch.bfloat16),
+    dict(dtype="bfloat16"),  # a torch dtype's name
     False,
   ),
 }
@@ -86,6 +84,8 @@ def _logits(model, tokens_BxL):
 
 
 def _hf_logits(model, tokens_BxL):
+  import torch
+
   with torch.no_grad():
     return model(torch.tensor(tokens_BxL)).logits.float().numpy()
 
@@ -93,6 +93,9 @@ def _hf_logits(model, tokens_BxL):
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request, tmp_path_factory):
   """A saved random HF checkpoint, the float32 reference model, its original tensors and tokens."""
+  import torch  # here, not at the top: an xdist worker that runs no parity test does not import it
+  import transformers
+
   hf_kwargs, save_kwargs, old_config = CASES[request.param]
   torch.manual_seed(sorted(CASES).index(request.param))
   hf_cfg = transformers.PhiConfig(max_position_embeddings=64, **hf_kwargs)
@@ -100,7 +103,7 @@ def case(request, tmp_path_factory):
   for p in model.parameters():
     torch.nn.init.normal_(p, std=0.2)  # large enough that the logits are not trivially tiny
   save_kwargs = dict(save_kwargs)
-  dtype = save_kwargs.pop("dtype", torch.float32)
+  dtype = getattr(torch, save_kwargs.pop("dtype", "float32"))
   model = model.to(dtype)
   hf_dir = tmp_path_factory.mktemp(request.param) / "hf"
   model.save_pretrained(hf_dir, **save_kwargs)
@@ -149,6 +152,9 @@ def test_hf_to_orbax_logits_match_transformers(case):
 
 
 def test_orbax_to_hf_loads_in_transformers_bit_exact(case):
+  import torch
+  import transformers
+
   ckpt = case["tmp"] / "orbax_for_export"
   checkpoint.hf_to_orbax(case["hf_dir"], ckpt)
   out = case["tmp"] / "exported"

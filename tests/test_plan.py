@@ -1,22 +1,16 @@
 """`python -m phi1_jax.plan`: the real train step compiled for a simulated 8-device mesh, no weights."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, repo_env
 
 
 def _plan(*args):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = repo_env()
+  env.pop("XLA_FLAGS", None)  # plan sets the device count itself
   return subprocess.run(
-    [sys.executable, "-m", "phi1_jax.plan", *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    env={**env, "PYTHONPATH": str(REPO)},
-    timeout=600,
+    [sys.executable, "-m", "phi1_jax.plan", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=600
   )
 
 

@@ -139,9 +139,10 @@ def test_bad_arguments():
     generate(model, [[1]], max_new_tokens=0)
 
 
+@pytest.mark.slow
 def test_sample_command_prints_greedy_completion(tiny_checkpoint):
   """`python -m phi1_jax.sample` prints what generate gives (greedy); --n draws several."""
-  from conftest import run_module
+  from helpers import run_module
   from phi1_jax.model.checkpoint import load_model_and_tokenizer
 
   model, tok = load_model_and_tokenizer(tiny_checkpoint)
@@ -165,12 +166,11 @@ def test_sample_command_prints_greedy_completion(tiny_checkpoint):
 
 def test_sample_command_bad_input_is_one_line(tiny_checkpoint, tmp_path):
   """Each mistake: one line naming it, exit code 2 (the five run at once)."""
-  import os
   import shutil
   import subprocess
   import sys
 
-  from conftest import REPO
+  from helpers import REPO, repo_env
 
   no_tok = tmp_path / "no_tokenizer"
   shutil.copytree(tiny_checkpoint, no_tok, ignore=shutil.ignore_patterns("tokenizer.model"))
@@ -181,7 +181,7 @@ def test_sample_command_bad_input_is_one_line(tiny_checkpoint, tmp_path):
     "invalid int value": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--max_tokens=many"],
     "exceeds the model's context": [f"--checkpoint={tiny_checkpoint}", "--prompt=x", "--max_tokens=100000"],
   }
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env = repo_env()
   procs = {
     named: subprocess.Popen(
       [sys.executable, "-m", "phi1_jax.sample", *args],

@@ -25,9 +25,9 @@ import pytest
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval import sandbox as sandbox_lib
 from phi1_jax.eval.runner import execute_programs
+from helpers import REPO, repo_env
 from test_execute import stray_processes
 
-REPO = Path(__file__).resolve().parents[1]
 ROOT = os.geteuid() == 0
 
 
@@ -239,7 +239,7 @@ def _cli_run(samples_dir: Path, completions: dict, command_prefix=(), env=None, 
     capture_output=True,
     text=True,
     timeout=300,
-    env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    env=repo_env(**(env or {})),
   )
   return done, sample_file
 
@@ -338,7 +338,7 @@ def hostile_exercise_responder(fields: dict):
 @pytest.mark.slow
 @needs_bwrap
 def test_synth_exercises_contain_hostile_exercises_and_record_the_sandbox(host, tmp_path):
-  from conftest import run_module
+  from helpers import run_module
   from llm_servers import FaultyLLMServer
 
   server = FaultyLLMServer(responder=hostile_exercise_responder(host.fields()), retry_after="0").start()
@@ -367,7 +367,7 @@ def test_synth_exercises_contain_hostile_exercises_and_record_the_sandbox(host, 
 
 
 def test_synth_exercises_refuse_without_bubblewrap_before_asking_the_endpoint(tmp_path):
-  from conftest import run_module
+  from helpers import run_module
 
   done = run_module(
     "phi1_jax.synth",
@@ -384,7 +384,7 @@ def test_synth_exercises_refuse_without_bubblewrap_before_asking_the_endpoint(tm
 
 
 def test_trainer_with_humaneval_every_refuses_without_bubblewrap_before_compiling(tmp_path):
-  from conftest import run_module
+  from helpers import run_module
 
   done = run_module(
     "phi1_jax.train",

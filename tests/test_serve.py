@@ -6,7 +6,6 @@ import concurrent.futures
 import contextlib
 import http.client
 import json
-import os
 import re
 import shutil
 import signal
@@ -22,12 +21,11 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import serve_process
+from helpers import REPO, repo_env, serve_process
 from phi1_jax.inference import sampler as sample
 from phi1_jax.inference.openai_api import CHAT_STOPS, chat_prompt
 from phi1_jax.model import checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_BATCH, MAX_QUEUE = 8, 24
 SNIPPETS = Path(json.__file__).with_name("decoder.py").read_text().splitlines()
 
@@ -354,7 +352,7 @@ def test_startup_errors_are_one_line(tiny_checkpoint, tmp_path):
     "--max_batch=0": [f"--checkpoint={tiny_checkpoint}", "--max_batch=0"],
     "unrecognized arguments: --checkpont=": [f"--checkpont={tiny_checkpoint}"],  # misspelt: named, not "required"
   }
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env = repo_env()
   procs = {
     named: subprocess.Popen(
       [sys.executable, "-m", "phi1_jax.serve", *args],
@@ -383,7 +381,7 @@ def test_signals_end_the_server_cleanly(tiny_checkpoint, tmp_path):
 
   for sig, when, code in ((signal.SIGINT, "compiling", 0), (signal.SIGTERM, "streaming", -signal.SIGTERM)):
     env, argv = (
-      {**os.environ, "PYTHONPATH": str(REPO)},
+      repo_env(),
       [f"--checkpoint={tiny_checkpoint}", "--port=0", "--max_batch=2"],
     )
     if when == "compiling":  # no compilation cache: seconds of compiling to be stopped in

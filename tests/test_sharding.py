@@ -1,18 +1,18 @@
 """Sharded training equals one device: the trainer's state creation and step on 8 simulated CPU
-devices under several meshes, against a single-device run (one subprocess, so XLA_FLAGS applies)."""
+devices under several meshes, against a single-device run (a subprocess, so XLA_FLAGS applies).
+The fast tier runs one mesh that uses all three axes; the other meshes are slow."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, repo_env
 
-# Runs in a fresh interpreter with 8 host devices; prints one JSON line of results.
+
+# Runs in a fresh interpreter with 8 host devices, for the meshes in argv[1] (JSON); prints one JSON line.
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent("""
 
     ref_losses, ref_params, _ = run((1, 1, 1), jax.devices()[:1])
     out = {"ref_losses": ref_losses}
-    for sizes in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:
+    for sizes in map(tuple, json.loads(sys.argv[1])):
       losses, params, specs = run(sizes, jax.devices())
       err = jax.tree.map(lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)), params, ref_params)
       err = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(err)}
@@ -94,31 +94,47 @@ EXPECTED_SPECS = {
 EXPECTED_SPECS["(1, 2, 4)"] = EXPECTED_SPECS["(2, 2, 2)"]
 
 
-@pytest.fixture(scope="module")
-def results():
-  env = {
-    **os.environ,
-    "PYTHONPATH": str(REPO),
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-  }
-  proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+def _sharded_runs(meshes: list[str]) -> dict:
+  """Losses, parameter errors and shardings of 3 steps on each mesh ("(data, fsdp, tensor)") and on one device."""
+  sizes = json.dumps([[int(n) for n in mesh.strip("()").split(",")] for mesh in meshes])
+  proc = subprocess.run(
+    [sys.executable, "-c", SCRIPT, sizes],
+    cwd=REPO,
+    env=repo_env(devices=8),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
   return json.loads(line[len("RESULT ") :])
 
 
-@pytest.mark.parametrize("mesh", list(EXPECTED_SPECS))
-def test_mesh_matches_one_device(results, mesh):
+def _assert_matches_one_device_and_rules(results, mesh):
   got, ref = results[mesh], results["ref_losses"]
-  for a, b in zip(got["losses"], ref):
+  for a, b in zip(got["losses"], ref, strict=True):
     assert abs(a - b) <= 1e-5 * abs(b), (mesh, got["losses"], ref)
   # k_bias's gradient is float noise: a bias on the keys (outside the rotary dims) adds one
   # constant to a query's logits, which softmax ignores, and Adam scales that noise up to +-lr.
   err = {k: v for k, v in got["param_rel_err"].items() if "k_bias" not in k}
   assert max(err.values()) <= 1e-5, (mesh, got["param_rel_err"])
+  assert got["specs"] == EXPECTED_SPECS[mesh]
 
 
-@pytest.mark.parametrize("mesh", list(EXPECTED_SPECS))
-def test_parameter_shardings_follow_rules(results, mesh):
-  assert results[mesh]["specs"] == EXPECTED_SPECS[mesh]
+FAST_MESH = "(2, 2, 2)"  # data, fsdp and tensor at once
+SLOW_MESHES = [mesh for mesh in EXPECTED_SPECS if mesh != FAST_MESH]
+
+
+def test_a_mesh_of_all_three_axes_matches_one_device_and_follows_the_rules():
+  _assert_matches_one_device_and_rules(_sharded_runs([FAST_MESH]), FAST_MESH)
+
+
+@pytest.fixture(scope="module")
+def slow_results():
+  return _sharded_runs(SLOW_MESHES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", SLOW_MESHES)
+def test_mesh_matches_one_device_and_follows_the_rules(slow_results, mesh):
+  _assert_matches_one_device_and_rules(slow_results, mesh)

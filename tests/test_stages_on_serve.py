@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_module, serve_process
+from helpers import run_module, serve_process
 
 pytestmark = pytest.mark.slow
 

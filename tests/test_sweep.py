@@ -2,16 +2,14 @@
 ends with the metrics of uninterrupted runs, the report on a partial and a full sweep."""
 
 import csv
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO, run_module
+from helpers import REPO, repo_env, run_module, wait_for
 from phi1_jax.sweep import spec as spec_lib
 from phi1_jax.sweep import trials as trial_lib
 from phi1_jax.sweep.__main__ import main as sweep_main
@@ -173,23 +171,16 @@ def _csv(root):
     return list(csv.DictReader(f))
 
 
-def _wait(condition, what, timeout=300):
-  deadline = time.time() + timeout
-  while not condition():
-    assert time.time() < deadline, f"timed out waiting for {what}"
-    time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_runs(tmp_path, stdlib_cache, capsys):
   root = tmp_path / "sweep"
   args = sweep_args(root, stdlib_cache, "--grid=optimizer.lr=1e-3,3e-3", "--grid=optimizer.warmup_steps=0,5")
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env = repo_env()
   with open(tmp_path / "first.log", "w") as log:
     proc = subprocess.Popen(
       [sys.executable, "-m", "phi1_jax.sweep", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    _wait(lambda: (root / "sweep.json").exists(), "the plan")
+    wait_for(lambda: (root / "sweep.json").exists(), 300, "the plan", poll=0.02)
     plan = spec_lib.read_plan(root)
     names = [t["name"] for t in plan["trials"]]
     assert names == [
@@ -200,17 +191,18 @@ def test_sweep_killed_in_its_third_run_resumes_to_the_metrics_of_uninterrupted_r
     ]
     third = plan["trials"][2]
     try:
-      _wait(
+      wait_for(
         lambda: (root / names[2] / "checkpoints" / "5").is_dir() or proc.poll() is not None,
+        1200,
         "a checkpoint of the third run",
-        timeout=1200,
+        poll=0.02,
       )
     finally:
       proc.send_signal(signal.SIGKILL)
       proc.wait()
   assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
   # The sweep's trainer gets SIGTERM when the sweep dies: it saves a checkpoint and lets go of the trial.
-  _wait(lambda: not trial_lib.is_running(root, third), "the third run's trainer to stop", timeout=120)
+  wait_for(lambda: not trial_lib.is_running(root, third), 120, "the third run's trainer to stop", poll=0.02)
   assert trial_lib.status(root, third) == "partial"
   resume_step = trial_lib.checkpoint_steps(root / names[2])[-1]
   assert 5 <= resume_step < 20

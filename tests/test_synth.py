@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_module
+from helpers import REPO, repo_env, run_module
 from data_fixtures import small_tokenizer  # noqa: F401
 from llm_servers import FaultyLLMServer, canonical
 from phi1_jax import cli
@@ -242,6 +242,7 @@ def test_textbooks_on_a_misbehaving_endpoint_then_a_rerun_pays_nothing(endpoint,
   assert synth_main([*argv, "--n=31"]) == 2 and "differs in n" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_writes_what_an_unbroken_run_writes_and_pays_nothing_twice(endpoint, tmp_path):
   reference = tmp_path / "reference"
   server = endpoint(textbook_responder)
@@ -260,9 +261,7 @@ def test_sigkill_then_rerun_writes_what_an_unbroken_run_writes_and_pays_nothing_
     "--concurrency=4",
     "--backoff_s=0.01",
   ]
-  run = subprocess.Popen(
-    args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
+  run = subprocess.Popen(args, cwd=REPO, env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 120
   while len(server.paid_keys()) < 12 and time.monotonic() < deadline:
     time.sleep(0.01)
@@ -281,6 +280,7 @@ def test_sigkill_then_rerun_writes_what_an_unbroken_run_writes_and_pays_nothing_
   assert _rows(out) == _rows(reference)  # exactly n documents, the same ones
 
 
+@pytest.mark.slow
 def test_token_cap_stops_cleanly_then_a_higher_cap_finishes(endpoint, tmp_path):
   server = endpoint(textbook_responder)
   out = tmp_path / "capped"
@@ -300,6 +300,7 @@ def test_token_cap_stops_cleanly_then_a_higher_cap_finishes(endpoint, tmp_path):
   assert json.loads((out / "manifest.json").read_text())["complete"]
 
 
+@pytest.mark.slow
 def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_path, small_tokenizer):
   server = endpoint(exercise_responder, fault_rate=0.2, seed=4)
   out = tmp_path / "exercises"
@@ -325,6 +326,7 @@ def test_exercises_keep_only_what_passes_its_own_tests_and_pack(endpoint, tmp_pa
   assert packed["bad"]["count"] == 0, packed["bad"]
 
 
+@pytest.mark.slow
 def test_two_tasks_on_two_workers_split_the_documents(endpoint, tmp_path):
   server = endpoint(textbook_responder)
   out = tmp_path / "two"
@@ -350,6 +352,7 @@ def test_a_refused_key_stops_the_run_with_one_line(endpoint, tmp_path, capsys):
   assert not list((tmp_path / "out" / ".synth" / "logs" / "completions").glob("*"))  # a rerun tries again
 
 
+@pytest.mark.slow
 def test_failed_requests_are_named_in_the_summary_line_and_the_manifest(endpoint, tmp_path):
   def too_long(endpoint, body):  # a quarter of the prompts do not fit the model's context, as a server says it
     words = len(body["messages"][0]["content"].split())
@@ -389,7 +392,7 @@ def _popen_synth(server, out, *extra, sigint_ignored=False):
   return subprocess.Popen(
     args,
     cwd=REPO,
-    env={**os.environ, "PYTHONPATH": str(REPO)},
+    env=repo_env(),
     stdout=subprocess.DEVNULL,
     stderr=stderr,
     preexec_fn=ignore,

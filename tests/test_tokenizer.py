@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from data_fixtures import STDLIB, small_tokenizer  # noqa: F401 (fixture)
+from data_fixtures import small_tokenizer  # noqa: F401 (fixture)
+from helpers import STDLIB
 from phi1_jax.data.stdlib_corpus import ensure_stdlib_data, stdlib_files
 from phi1_jax.data.tokenizer import EOS_TOKEN, load_tokenizer, train_tokenizer
 
@@ -27,6 +28,7 @@ AWKWARD = [
 ]
 
 
+@pytest.mark.slow
 def test_round_trip_on_whole_embedded_corpus(tmp_path):
   tok_dir, _ = ensure_stdlib_data(tmp_path, vocab_size=4096, seq_len=128)
   tok = load_tokenizer(tok_dir)

@@ -1,65 +1,16 @@
 """The trainer end to end in real subprocesses: learning, exact resume after SIGKILL, bad input."""
 
-import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
+from helpers import REPO, final_params, losses, metric_rows, run_module, sigkill_once_saved, train_args
 
 pytestmark = pytest.mark.slow
-
-SMALL = [
-  "--config.model.d_model=64",
-  "--config.model.n_layers=2",
-  "--config.model.n_heads=2",
-  "--config.model.mlp_dim=128",
-  "--config.batch_size=4",
-  "--config.log_every=1",
-]
-
-
-def train_args(workdir, cache, *extra):
-  return ["--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.cache_dir={cache}", *SMALL, *extra]
-
-
-def metric_rows(workdir) -> list[dict]:
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(workdir) -> dict[int, float]:
-  """step -> loss, the last row of each step winning (a killed run may have logged past its checkpoint)."""
-  return {r["step"]: r["loss"] for r in metric_rows(workdir)}
-
-
-def final_params(workdir, step):
-  import orbax.checkpoint as ocp
-
-  state = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
-  return state["params"]
-
-
-def sigkill_once_saved(args, saved) -> None:
-  """Runs the trainer with `args` and SIGKILLs it as soon as `saved` exists (a checkpoint), while it runs."""
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "phi1_jax.train", *args],
-    cwd=REPO,
-    env={**os.environ, "PYTHONPATH": str(REPO)},
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  deadline = time.time() + 300
-  while not saved.exists() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.01)
-  assert proc.poll() is None, "the run ended before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
 
 
 def test_tiny_loss_falls(tmp_path, stdlib_cache):

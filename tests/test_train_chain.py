@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_SEQ_LEN, TINY_VOCAB, run_module
-from test_train import metric_rows, train_args
+from helpers import REPO, TINY_SEQ_LEN, TINY_VOCAB, metric_rows, repo_env, run_module, train_args
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +90,6 @@ def test_mixture_eval_weighs_every_source_on_its_own_cadence(tmp_path, stdlib_ca
 
 @pytest.mark.slow
 def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, stdlib_cache):
-  import os
   import signal
   import socket
 
@@ -99,7 +97,7 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(
   first = subprocess.Popen(
     [sys.executable, "-m", "phi1_jax.train", *args],
     cwd=REPO,
-    env={**os.environ, "PYTHONPATH": str(REPO)},
+    env=repo_env(),
     stdout=subprocess.PIPE,
     stderr=subprocess.DEVNULL,
     text=True,

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from conftest import REPO
+from helpers import REPO
 from phi1_jax.model import sharding
 from phi1_jax.train.state import create_state, state_shardings
 from phi1_jax.train.step import jit_train_step

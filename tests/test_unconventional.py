@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module
+from helpers import REPO, run_module
 from phi1_jax.eval import problems as problems_lib, runner
 
 MUTANTS = REPO / "tests/data/unconventional_mutants.jsonl"

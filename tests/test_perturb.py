@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import REPO, repo_env
 from phi1_jax.data.tokenizer import train_tokenizer
 from phi1_jax.eval import __main__ as eval_cli, perturb, problems as problems_lib, runner
 from phi1_jax.model import checkpoint
 from phi1_jax.model.phi import ModelConfig, Phi
 
-REPO = Path(__file__).resolve().parents[1]
 STDLIB = Path(os.__file__).resolve().parent
 
 
@@ -159,7 +159,7 @@ def test_eval_command_keeps_each_perturbed_prompt_and_reports_robust_pass_at_k(c
   out = tmp_path / "eval"
   cmd = [sys.executable, "-m", "phi1_jax.eval", f"--checkpoint={ckpt}", "--benchmark=unconventional", "--limit=2"]
   cmd += [f"--out={out}", "--max_new_tokens=8", "--batch_size=10", "--perturb=typo,func_name", "--perturb_variants=2"]
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  env = repo_env(JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -184,11 +184,10 @@ def test_eval_command_keeps_each_perturbed_prompt_and_reports_robust_pass_at_k(c
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("--reference" not in (REPO / "phi1_jax/eval/__main__.py").read_text(), reason="no --reference yet")
 def test_eval_reference_under_every_perturbation_passes_all_164_humaneval_problems(tmp_path):
   out = tmp_path / "recode"
   cmd = [sys.executable, "-m", "phi1_jax.eval", "--benchmark=humaneval", "--perturb=all", "--reference", f"--out={out}"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=900)
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=repo_env(), timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in (out / "samples.jsonl_results.jsonl").read_text().splitlines()]
   assert len(rows) == 164 * (1 + len(perturb.KINDS)) and all(row["passed"] for row in rows)

@@ -63,13 +63,13 @@ HUMANEVAL_PLUS = [
   },
 ]
 
-# The completions, in task order, each with what evalplus says of it (base status, plus status).
+# The completions, in task order, each with how evalplus's evaluator scores it (base status, plus status).
 HUMANEVAL_SAMPLES = [
   ("HumanEval/0", "    return x + y\n", "pass", "pass"),
   # Prose and a call after the code: the raw program is a syntax error, the sanitized one passes.
   ("HumanEval/0", "    return y + x\n\nprint(add(1, 2))\nThis adds the two numbers.\n", "pass", "pass"),
   ("HumanEval/0", "    return x + y if x >= 0 else y - x\n", "pass", "fail"),
-  ("HumanEval/0", "    while True:\n        pass\n", "timeout", "timeout"),
+  ("HumanEval/0", "    while True:\n        pass\n", "fail", "fail"),  # over the 1 s limit of an input
   # Floats: equal to the last bits or not, within the 1e-6 evalplus enforces.
   ("HumanEval/1", "    return sum(xs) * (1.0 / len(xs))\n", "pass", "pass"),
   ("HumanEval/1", "    return round(sum(xs) / len(xs), 1)\n", "pass", "fail"),
@@ -77,8 +77,9 @@ HUMANEVAL_SAMPLES = [
   ("HumanEval/2", "    return len(text) > 1 and text == text[::-1]\n", "pass", "fail"),
   ("HumanEval/2", "    return all(a == b for a, b in zip(text, reversed(text)))\n", "pass", "pass"),
   ("HumanEval/2", "    raise ValueError(text)\n", "fail", "fail"),
-  # find_zero: any zero within atol passes (evalplus's special oracle), not only the canonical one.
-  ("HumanEval/32", "    return -1.7099759466766968\n", "fail", "pass"),
+  # find_zero: any zero within atol passes (evalplus's special oracle), not only the canonical one; evalplus
+  # 0.3.1 itself fails every sample of HumanEval/32 (plus.py says why), so the comparison with it leaves it out.
+  ("HumanEval/32", "    return -1.7099759466766968 if xs == [5, 0, 0, 1] else -0.5\n", "pass", "fail"),
   ("HumanEval/32", _FIND_ZERO.replace("1e-10", "1e-12"), "pass", "pass"),
   ("HumanEval/32", "    return 0.0\n", "fail", "fail"),
 ]

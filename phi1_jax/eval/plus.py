@@ -13,8 +13,8 @@ with the canonical solution (prompt + canonical_solution, inputs deep-copied, as
 then calls the solution on each base input, then each plus input, and compares as evalplus does: equality,
 else numpy.allclose's rule (rtol=1e-7, atol) when atol is set (1e-6 for float outputs) with the same type and length,
 and evalplus's special oracles (HumanEval/32 find_zero, MBPP+'s set-equal and not-None tasks, ...). An input
-fails when the call raises or takes longer than max(1 s, 4 x the canonical solution's time on it), as
-evalplus's per-input limits. A sample passes only if every base and every plus input passes; `base_pass@k`
+fails when the call raises or runs longer than max(1 s, 4 x the canonical solution's time on it), as
+evalplus's per-input time limits (the program's own timer, cut to the input's limit for the call). A sample passes only if every base and every plus input passes; `base_pass@k`
 counts those that pass the base inputs (a program that timed out counts as failing both).
 """
 
@@ -56,6 +56,10 @@ def load(benchmark: str, path) -> dict[str, problems_lib.Problem]:
     setattr(module, override, kept)
   if not tasks:
     raise ValueError(f"cannot read {benchmark} file {path}: no problems in it")
+  prefix = {"humaneval": "HumanEval/", "mbpp": "Mbpp/"}[BENCHMARKS[benchmark]]
+  stray = [t for t in tasks if not t.startswith(prefix)]
+  if stray:
+    raise ValueError(f"{benchmark} file {path} holds task {stray[0]!r}: its task_ids start with {prefix!r}")
   problems = {}
   for task_id in sorted(tasks, key=lambda t: int(t.split("/")[-1])):
     task = tasks[task_id]
@@ -111,6 +115,7 @@ def _evalplus_check(program_globals, payload, _surface_Area, _digit_distance_num
   import base64
   import copy
   import pickle
+  import signal
   import time
 
   spec = pickle.loads(base64.b64decode(payload))
@@ -158,15 +163,25 @@ def _evalplus_check(program_globals, payload, _surface_Area, _digit_distance_num
     for index, inp in enumerate(spec[stage]):
       inp = copy.deepcopy(inp)
       where = f"{stage} input {index} of {len(expected)}"
+      # The program's timer (phi1_jax.eval.child's SIGALRM, whose handler raises its TimeoutException) is
+      # cut to the input's limit for the call, then set back to what the program has left.
+      program_left = signal.getitimer(signal.ITIMER_REAL)[0]
+      limit = min(limits[index], program_left) if program_left > 0 else limits[index]
       start = time.time()
+      signal.setitimer(signal.ITIMER_REAL, limit)
       try:
         out = candidate(*inp)
       except Exception as error:
-        if type(error).__name__ == "TimeoutException":  # the program's own timer (phi1_jax.eval.child)
+        if type(error).__name__ != "TimeoutException":
+          raise AssertionError(f"{where}: {type(error).__name__}: {error}"[:300]) from None
+        if limit == program_left:  # the program's own time is up
           raise
-        raise AssertionError(f"{where}: {type(error).__name__}: {error}"[:300]) from None
-      if time.time() - start > limits[index]:
-        raise AssertionError(f"{where}: took {time.time() - start:.2f}s, over its {limits[index]:.2f}s limit")
+        raise AssertionError(f"{where}: over its {limit:.2f}s limit") from None
+      finally:
+        if program_left > 0:
+          signal.setitimer(signal.ITIMER_REAL, max(1e-3, program_left - (time.time() - start)))
+        else:
+          signal.setitimer(signal.ITIMER_REAL, 0)
       exp = expected[index]
       try:
         exact_match = out == exp

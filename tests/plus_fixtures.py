@@ -79,7 +79,7 @@ HUMANEVAL_SAMPLES = [
   ("HumanEval/2", "    raise ValueError(text)\n", "fail", "fail"),
   # find_zero: any zero within atol passes (evalplus's special oracle), not only the canonical one; evalplus
   # 0.3.1 itself fails every sample of HumanEval/32 (plus.py says why), so the comparison with it leaves it out.
-  ("HumanEval/32", "    return -1.7099759466766968 if xs == [5, 0, 0, 1] else -0.5\n", "pass", "fail"),
+  ("HumanEval/32", "    return {(1, 2): -0.5, (-6, 11, -6, 1): 3.0}.get(tuple(xs), 0.0)\n", "pass", "fail"),
   ("HumanEval/32", _FIND_ZERO.replace("1e-10", "1e-12"), "pass", "pass"),
   ("HumanEval/32", "    return 0.0\n", "fail", "fail"),
 ]

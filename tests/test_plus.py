@@ -133,3 +133,14 @@ def test_bad_plus_input_is_one_line_and_exit_2(plus_files, tmp_path, extra, mess
   done = run_module("phi1_jax.eval", "--benchmark=humaneval_plus", "--reference", f"--out={tmp_path / 'o'}", *args)
   assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
   assert not (tmp_path / "o").exists()
+
+
+def test_a_prompt_that_does_not_fit_the_context_fails_base_and_plus(plus_files):
+  from phi1_jax.eval import harness
+
+  samples = [{"task_id": t, "completion": c} for t, c, _, _ in MBPP_SAMPLES]
+  problems = plus.load("mbpp_plus", plus_files["mbpp_plus"])
+  rows, summary = harness.score("mbpp_plus", samples, problems, {"Mbpp/2"}, 64, ks=(1,), workers=2)
+  assert [r["passed"] for r in rows] == [False, False, True, False, True, False]
+  assert summary["pass@1"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+  assert summary["base_pass@1"] == pytest.approx((0 + 1 + 1) / 3)

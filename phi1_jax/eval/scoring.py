@@ -27,7 +27,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
   return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def _pass_at(n_by_task: dict, c_by_task: dict, ks, prefix: str) -> dict[str, float]:
+def pass_at_by_task(n_by_task: dict, c_by_task: dict, ks, prefix: str) -> dict[str, float]:
   """{prefix + k: mean pass@k} for each k that every task's sample count allows."""
   ns = list(n_by_task.values())
   return {
@@ -96,10 +96,10 @@ def evaluate_samples(
   for task_id, result in zip(task_ids, results):
     n_by_task[task_id] += 1
     c_by_task[task_id] += result.passed
-  pass_at = _pass_at(n_by_task, c_by_task, ks, "pass@")
+  pass_at = pass_at_by_task(n_by_task, c_by_task, ks, "pass@")
   if benchmark in plus.BENCHMARKS:  # evalplus's "base tests" line beside its "base + extra tests" one
     base_by_task = collections.Counter(t for t, r in zip(task_ids, results) if plus.passed_base(r.result))
-    pass_at.update(_pass_at(n_by_task, base_by_task, ks, "base_pass@"))
+    pass_at.update(pass_at_by_task(n_by_task, base_by_task, ks, "base_pass@"))
   ns = list(n_by_task.values())
   # "failed: AssertionError: message" counts as "failed: AssertionError".
   reasons = collections.Counter(": ".join(r.result.split(": ")[:2]) for r in results)

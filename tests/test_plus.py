@@ -144,3 +144,21 @@ def test_a_prompt_that_does_not_fit_the_context_fails_base_and_plus(plus_files):
   assert [r["passed"] for r in rows] == [False, False, True, False, True, False]
   assert summary["pass@1"] == pytest.approx((0 + 0.5 + 0.5) / 3)
   assert summary["base_pass@1"] == pytest.approx((0 + 1 + 1) / 3)
+
+
+@pytest.mark.slow
+def test_eval_samples_a_checkpoint_on_the_plus_sets(tiny_checkpoint, plus_files, tmp_path):
+  for bench, path in plus_files.items():
+    out = tmp_path / bench
+    args = [f"--checkpoint={tiny_checkpoint}", f"--benchmark={bench}", f"--data_path={path}", f"--out={out}"]
+    args += ["--max_new_tokens=24", "--check_every=8", "--workers=2"]
+    done = run_module("phi1_jax.eval", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == [p["task_id"] for p in CASES[bench][0]]
+    assert all(isinstance(r["solution"], str) and isinstance(r["completion"], str) for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmark"] == bench and summary["data_path"] == str(path) and summary["timeout_s"] == 60.0
+    assert 0 <= summary["pass@1"] <= summary["base_pass@1"] <= 1
+    again = run_module("phi1_jax.eval", *args)
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr[-3000:]

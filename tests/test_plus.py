@@ -39,6 +39,10 @@ def test_each_sample_passes_base_and_plus_inputs_as_expected(plus_files, bench):
   mean = lambda i: sum(sum(x[i] for x in v) / len(v) for v in by_task.values()) / len(by_task)  # noqa: E731
   assert summary["pass@1"] == pytest.approx(mean(1)) and summary["base_pass@1"] == pytest.approx(mean(0))
   assert 0 < summary["pass@1"] < summary["base_pass@1"] <= 1
+  changed = [
+    r["solution"] != plus.load(bench, plus_files[bench])[r["task_id"]].prompt + "\n" + r["completion"] for r in rows
+  ]
+  assert summary["n_changed_by_sanitizer"] == sum(changed) > 0
 
 
 def test_a_completion_with_prose_around_its_code_passes_only_once_sanitized(plus_files):

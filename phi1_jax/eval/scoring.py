@@ -119,4 +119,7 @@ def evaluate_samples(
     "workers": sandbox_lib.default_workers(sandbox) if workers is None else workers,
     "sandbox": sandbox_lib.check(sandbox, quiet=True),  # {"sandbox": "bwrap", "version": ...}
   }
+  if benchmark in plus.BENCHMARKS:  # evalplus.sanitize's "Sanitized N out of M files"
+    raw = [problems[t].prompt + "\n" + s["completion"] for t, s in zip(task_ids, samples)]
+    summary["n_changed_by_sanitizer"] = sum(r != c for r, c in zip(raw, completions))
   return rows, summary

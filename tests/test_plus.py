@@ -66,22 +66,17 @@ def test_scores_match_evalplus_own_sanitizer_and_evaluator_on_the_same_file(plus
     "MBPP_OVERRIDE_PATH": str(plus_files["mbpp_plus"]),
     "XDG_CACHE_HOME": str(tmp_path / "cache"),  # its expected outputs are cached there
   }
+  evaluate = ["evalplus.evaluate", "--dataset", dataset, "--parallel", "2", "--samples"]
   for command in (
     ["evalplus.sanitize", "--samples", str(samples)],
-    [
-      "evalplus.evaluate",
-      "--dataset",
-      dataset,
-      "--samples",
-      str(tmp_path / "samples-sanitized.jsonl"),
-      "--parallel",
-      "2",
-    ],
+    [*evaluate, str(tmp_path / "samples-sanitized.jsonl")],
+    [*evaluate, str(samples)],  # the raw completions, prompt + completion
   ):
     done = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
   sanitized = [json.loads(line)["solution"] for line in (tmp_path / "samples-sanitized.jsonl").read_text().splitlines()]
   theirs = json.loads((tmp_path / "samples-sanitized_eval_results.json").read_text())["eval"]
+  theirs_raw = json.loads((tmp_path / "samples_eval_results.json").read_text())["eval"]
   rows, _ = _score(bench, plus_files[bench])
   assert [r["solution"] for r in rows] == sanitized
   seen = {}
@@ -90,8 +85,9 @@ def test_scores_match_evalplus_own_sanitizer_and_evaluator_on_the_same_file(plus
     if row["task_id"] == "HumanEval/32":  # evalplus 0.3.1 fails every sample of find_zero (plus.py)
       assert all(r["base_status"] == r["plus_status"] == "fail" for r in theirs["HumanEval/32"])
       continue
-    result = theirs[row["task_id"]][index]
+    result, raw = theirs[row["task_id"]][index], theirs_raw[row["task_id"]][index]
     assert result["solution"] == row["solution"]
+    assert row["raw_passed"] == (raw["base_status"] == raw["plus_status"] == "pass"), (row["task_id"], raw)
     assert (plus.passed_base(row["result"]), row["passed"]) == (
       result["base_status"] == "pass",
       result["base_status"] == result["plus_status"] == "pass",
@@ -105,7 +101,7 @@ def test_eval_reference_and_execute_cli_on_plus_files(plus_files, tmp_path):
     args = [f"--benchmark={bench}", f"--data_path={path}", "--reference", f"--out={out}", "--workers=2"]
     done = run_module("phi1_jax.eval", *args)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == {"pass@1": 1.0, "base_pass@1": 1.0}
+    assert json.loads(done.stdout.splitlines()[-1]) == {"pass@1": 1.0, "base_pass@1": 1.0, "raw_pass@1": 1.0}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_problems"] == len(CASES[bench][0]) and summary["data_path"] == str(path)
     again = run_module("phi1_jax.eval", *args)
@@ -115,7 +111,8 @@ def test_eval_reference_and_execute_cli_on_plus_files(plus_files, tmp_path):
     "phi1_jax.eval.execute", "--benchmark=mbpp_plus", f"--data_path={plus_files['mbpp_plus']}", f"--samples={samples}"
   )
   assert done.returncode == 0, done.stderr[-2000:]
-  assert json.loads(done.stdout.splitlines()[-1]) == {"pass@1": 0.5, "base_pass@1": 1.0}
+  headline = json.loads(done.stdout.splitlines()[-1])
+  assert headline == {"pass@1": 0.5, "base_pass@1": 1.0, "raw_pass@1": pytest.approx(1 / 3)}
   rows = [json.loads(line) for line in (tmp_path / "s.jsonl_results.jsonl").read_text().splitlines()]
   assert [r["passed"] for r in rows] == [True, False, True, False, True, False]
 

@@ -381,7 +381,7 @@ def _grade_and_write(args, out: Path, problems: dict, rows: list[dict], summary:
 def _headline(summary: dict) -> dict:
   """pass@k, and the grades' mean and counts when graded: the line printed on stdout."""
   keys = ("grade_mean", "graded", "ungraded", "grade_missing")
-  return {k: v for k, v in summary.items() if k.startswith(("pass@", "base_pass@")) or k in keys}
+  return {k: v for k, v in summary.items() if k.startswith(("pass@", "base_pass@", "raw_pass@")) or k in keys}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

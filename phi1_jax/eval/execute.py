@@ -133,7 +133,9 @@ def main(argv=None) -> int:
   if omitted:
     fewest = summary["samples_per_problem"]["min"]
     print(f"pass@k omitted for k={omitted}: a problem has only {fewest} samples", file=sys.stderr)
-  print(json.dumps({key: value for key, value in summary.items() if key.startswith(("pass@", "base_pass@"))}))
+  print(
+    json.dumps({key: value for key, value in summary.items() if key.startswith(("pass@", "base_pass@", "raw_pass@"))})
+  )
   return 0
 
 

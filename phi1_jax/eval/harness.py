@@ -75,10 +75,13 @@ def score(
   for k in ks:
     summary.pop(f"pass@{k}", None)
     summary.pop(f"base_pass@{k}", None)
+    summary.pop(f"raw_pass@{k}", None)
   summary.update(scoring.pass_at_by_task(n_by_task, c_by_task, ks, "pass@"))
-  if benchmark in plus.BENCHMARKS:  # an unfit sample fails the base inputs too
+  if benchmark in plus.BENCHMARKS:  # an unfit sample fails the base inputs and unsanitized too
     base_by_task = collections.Counter(r["task_id"] for r in rows if plus.passed_base(r["result"]))
     summary.update(scoring.pass_at_by_task(n_by_task, base_by_task, ks, "base_pass@"))
+    raw_by_task = collections.Counter(r["task_id"] for r in rows if r.get("raw_passed"))
+    summary.update(scoring.pass_at_by_task(n_by_task, raw_by_task, ks, "raw_pass@"))
   summary.update(
     n_samples_total=len(rows),
     n_problems_attempted=len(n_by_task),

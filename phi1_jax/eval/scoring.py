@@ -80,26 +80,31 @@ def evaluate_samples(
     problems = {problem.task_id: problem for problem in problems}
   task_ids = check_samples(benchmark, samples, problems)
   completions = [sample["completion"] for sample in samples]
-  if benchmark in plus.BENCHMARKS:  # evalplus runs (and reports on) the sanitized solution
-    completions = plus.solutions(samples, problems, task_ids)
-  programs = [problems_lib.build_program(problems[t], c) for t, c in zip(task_ids, completions)]
+  is_plus = benchmark in plus.BENCHMARKS
+  if is_plus:  # evalplus reports on the sanitized solution; the raw one (prompt + completion) runs too
+    raw = [problems[t].prompt + s["completion"] for t, s in zip(task_ids, samples)]
+    completions = plus.solutions(samples, problems, task_ids) + raw
+  programs = [problems_lib.build_program(problems[t], c) for t, c in zip(task_ids * (1 + is_plus), completions)]
   start = time.perf_counter()
   results = runner.execute_programs(
     programs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers, progress=progress, sandbox=sandbox
   )
   seconds = time.perf_counter() - start
+  results, raw_results = results[: len(samples)], results[len(samples) :]
   rows = [dict(sample, result=r.result, passed=r.passed) for sample, r in zip(samples, results)]
-  if benchmark in plus.BENCHMARKS:
-    rows = [dict(row, solution=solution) for row, solution in zip(rows, completions)]
+  if is_plus:
+    rows = [dict(row, solution=c, raw_passed=r.passed) for row, c, r in zip(rows, completions, raw_results)]
 
   n_by_task, c_by_task = collections.Counter(), collections.Counter()
   for task_id, result in zip(task_ids, results):
     n_by_task[task_id] += 1
     c_by_task[task_id] += result.passed
   pass_at = pass_at_by_task(n_by_task, c_by_task, ks, "pass@")
-  if benchmark in plus.BENCHMARKS:  # evalplus's "base tests" line beside its "base + extra tests" one
+  if is_plus:  # evalplus's "base tests" line beside its "base + extra tests" one; the unsanitized score
     base_by_task = collections.Counter(t for t, r in zip(task_ids, results) if plus.passed_base(r.result))
     pass_at.update(pass_at_by_task(n_by_task, base_by_task, ks, "base_pass@"))
+    raw_by_task = collections.Counter(t for t, r in zip(task_ids, raw_results) if r.passed)
+    pass_at.update(pass_at_by_task(n_by_task, raw_by_task, ks, "raw_pass@"))
   ns = list(n_by_task.values())
   # "failed: AssertionError: message" counts as "failed: AssertionError".
   reasons = collections.Counter(": ".join(r.result.split(": ")[:2]) for r in results)
@@ -119,7 +124,7 @@ def evaluate_samples(
     "workers": sandbox_lib.default_workers(sandbox) if workers is None else workers,
     "sandbox": sandbox_lib.check(sandbox, quiet=True),  # {"sandbox": "bwrap", "version": ...}
   }
-  if benchmark in plus.BENCHMARKS:  # evalplus.sanitize's "Sanitized N out of M files"
-    raw = [problems[t].prompt + "\n" + s["completion"] for t, s in zip(task_ids, samples)]
-    summary["n_changed_by_sanitizer"] = sum(r != c for r, c in zip(raw, completions))
+  if is_plus:  # evalplus.sanitize's "Sanitized N out of M files"
+    given = [problems[t].prompt + "\n" + s["completion"] for t, s in zip(task_ids, samples)]
+    summary["n_changed_by_sanitizer"] = sum(g != c for g, c in zip(given, completions))
   return rows, summary

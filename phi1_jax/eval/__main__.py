@@ -368,7 +368,9 @@ def _grade_and_write(args, out: Path, problems: dict, rows: list[dict], summary:
     part, missing = grade.grade_rows(rows, problems, args, out, grader)
     summary.update(part)
   _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
-  _write_jsonl(out / "samples.jsonl", [{k: v for k, v in r.items() if k not in ("result", "passed")} for r in rows])
+  _write_jsonl(
+    out / "samples.jsonl", [{k: v for k, v in r.items() if k not in ("result", "passed", "raw_passed")} for r in rows]
+  )
   _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
   print(f"wrote {out / 'samples.jsonl'}, its _results.jsonl and {out / 'summary.json'}", file=sys.stderr)
   print(json.dumps(_headline(summary)))

@@ -26,22 +26,27 @@ def _score(bench, path):
   return scoring.evaluate_samples(bench, samples, plus.load(bench, path), ks=(1,), workers=2)
 
 
+def _mean_over_tasks(task_ids, flags) -> float:
+  """pass@1 from one verdict per sample: the mean over tasks of each task's passing fraction."""
+  by_task = {}
+  for task_id, flag in zip(task_ids, flags):
+    by_task.setdefault(task_id, []).append(flag)
+  return sum(sum(v) / len(v) for v in by_task.values()) / len(by_task)
+
+
 @pytest.mark.parametrize("bench", sorted(CASES))
 def test_each_sample_passes_base_and_plus_inputs_as_expected(plus_files, bench):
   rows, summary = _score(bench, plus_files[bench])
-  expected = [(base == "pass", base == plus_status == "pass") for _, _, base, plus_status in CASES[bench][1]]
-  got = [(plus.passed_base(r["result"]), r["passed"]) for r in rows]
-  assert got == expected, [r["result"] for r in rows]
-  by_task = {}
-  tasks = [t for t, _, _, _ in CASES[bench][1]]
-  for t, (base_ok, both_ok) in zip(tasks, expected):
-    by_task.setdefault(t, []).append((base_ok, both_ok))
-  mean = lambda i: sum(sum(x[i] for x in v) / len(v) for v in by_task.values()) / len(by_task)  # noqa: E731
-  assert summary["pass@1"] == pytest.approx(mean(1)) and summary["base_pass@1"] == pytest.approx(mean(0))
+  cases = CASES[bench][1]
+  expected = [(base == "pass", base == plus_status == "pass") for _, _, base, plus_status in cases]
+  assert [(plus.passed_base(r["result"]), r["passed"]) for r in rows] == expected, [r["result"] for r in rows]
+  tasks = [t for t, _, _, _ in cases]
+  assert summary["pass@1"] == pytest.approx(_mean_over_tasks(tasks, [both for _, both in expected]))
+  assert summary["base_pass@1"] == pytest.approx(_mean_over_tasks(tasks, [base for base, _ in expected]))
+  assert summary["raw_pass@1"] == pytest.approx(_mean_over_tasks(tasks, [r["raw_passed"] for r in rows]))
   assert 0 < summary["pass@1"] < summary["base_pass@1"] <= 1
-  changed = [
-    r["solution"] != plus.load(bench, plus_files[bench])[r["task_id"]].prompt + "\n" + r["completion"] for r in rows
-  ]
+  problems = plus.load(bench, plus_files[bench])
+  changed = [r["solution"] != problems[r["task_id"]].prompt + "\n" + r["completion"] for r in rows]
   assert summary["n_changed_by_sanitizer"] == sum(changed) > 0
 
 
@@ -51,7 +56,8 @@ def test_a_completion_with_prose_around_its_code_passes_only_once_sanitized(plus
   with pytest.raises(SyntaxError):
     compile(problems[task_id].prompt + completion, "raw", "exec")
   rows, _ = _score("mbpp_plus", plus_files["mbpp_plus"])
-  assert rows[2]["passed"] and rows[2]["completion"] == completion and rows[2]["solution"].startswith("import math")
+  assert rows[2]["passed"] and not rows[2]["raw_passed"]
+  assert rows[2]["completion"] == completion and rows[2]["solution"].startswith("import math")
 
 
 @pytest.mark.slow

@@ -93,7 +93,7 @@ def compare(args, tmp: Path):
   # Ours sorts within chunks of 8 batches; give it all documents as one chunk so batches match torch's.
   import phi1_jax.stages.embed as embed_mod
 
-  embed_mod._SORT_CHUNK_BATCHES = -(-len(docs) // args.batch)
+  embed_mod.SORT_CHUNK_BATCHES = -(-len(docs) // args.batch)
   a, b = ours(), torch_embed()  # warm-up: compilation of every bucket, first-call allocations
   best = {"phi1_jax": float("inf"), "transformers": float("inf")}
   for _ in range(args.repeats):

@@ -98,6 +98,8 @@ BAD_FLAG = [
   (PACK, [BAD], f"unrecognized arguments: {BAD}"),
   (TOKENIZER, ["train", BAD], f"unrecognized arguments: {BAD}"),
 ]
+
+
 @pytest.fixture(scope="module")
 def places(tmp_path_factory) -> dict[str, str]:
   """Paths the cases name: a real tokenizer and checkpoint layout, a plain file, garbage, and so on."""

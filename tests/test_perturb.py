@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 
 from phi1_jax.data.tokenizer import train_tokenizer
-from phi1_jax.eval import __main__ as eval_cli, execute, perturb, problems as problems_lib
-from phi1_jax.model import hf as convert
+from phi1_jax.eval import __main__ as eval_cli, perturb, problems as problems_lib, runner
+from phi1_jax.model import checkpoint
 from phi1_jax.model.phi import ModelConfig, Phi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ STDLIB = Path(os.__file__).resolve().parent
 def _canonical_results(problems: dict, kinds, seed: int = 0) -> dict[str, list[str]]:
   """kind -> the task ids whose canonical solution fails under that kind (run in parallel in the sandbox)."""
   variants = [(kind, perturb.perturb(p, kind, seed)) for kind in kinds for p in problems.values()]
-  results = execute.execute_programs([problems_lib.build_program(v, v.canonical_solution) for _, v in variants])
+  results = runner.execute_programs([problems_lib.build_program(v, v.canonical_solution) for _, v in variants])
   failed = {kind: [] for kind in kinds}
   for (kind, variant), result in zip(variants, results):
     if not result.passed:
@@ -83,7 +83,7 @@ def test_renames_reach_the_prompt_the_solution_and_the_tests():
   keyworded = dataclasses.replace(fib, test_program=by_keyword + fib.test_program)
   renamed = perturb.perturb(keyworded, "var_name", 0)
   assert f"fib({new}=10)" in renamed.test_program and f"candidate({new}=1)" in renamed.test_program
-  assert execute.execute_programs([problems_lib.build_program(renamed, renamed.canonical_solution)])[0].passed
+  assert runner.execute_programs([problems_lib.build_program(renamed, renamed.canonical_solution)])[0].passed
 
 
 def test_every_kind_keeps_canonicals_passing_on_a_few_problems_of_each_set():
@@ -134,7 +134,7 @@ def ckpt(tmp_path_factory) -> Path:
   )
   d = tmp_path_factory.mktemp("ckpt") / "tiny"
   params = nnx.to_pure_dict(nnx.state(Phi(cfg, rngs=nnx.Rngs(0)), nnx.Param))
-  convert.save_params(d, cfg, jax.tree.map(np.asarray, params))
+  checkpoint.save_params(d, cfg, jax.tree.map(np.asarray, params))
   train_tokenizer([STDLIB / "json"], 400, d)
   return d
 

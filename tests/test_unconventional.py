@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_module
-from phi1_jax.eval import execute, problems as problems_lib
+from phi1_jax.eval import problems as problems_lib, runner
 
 MUTANTS = REPO / "tests/data/unconventional_mutants.jsonl"
 # shared/ sits beside the repository (CI) or further up (a worktree); the nearest one is used
@@ -45,7 +45,7 @@ def test_every_canonical_solution_passes_and_every_mutant_fails():
   mutants = _mutants()
   programs = [problems_lib.build_program(p, p.canonical_solution) for p in problems.values()]
   programs += [problems_lib.build_program(problems[m["task_id"]], m["solution"]) for m in mutants]
-  results = execute.execute_programs(programs, timeout_s=5.0)
+  results = runner.execute_programs(programs, timeout_s=5.0)
   canonical, mutated = results[: len(problems)], results[len(problems) :]
   assert [t for t, r in zip(problems, canonical) if not r.passed] == []
   survivors = [(m["task_id"], m["kind"]) for m, r in zip(mutants, mutated) if r.passed]

@@ -19,13 +19,15 @@ import sys
 from typing import Sequence
 
 from phi1_jax.cli import OneLineParser, UserError, report_error
+from phi1_jax.data.sources import add_key_args
 from phi1_jax.stages.executors import StagesIncomplete
 
 PROG = "python -m phi1_jax.curate"
 
 
 def _add_input(p, required=True):
-  p.add_argument("--input", nargs="+", required=required, help="JSONL(.gz) files, .py files, folders of .py")
+  p.add_argument("--input", nargs="+", required=required, help="JSONL(.gz), .parquet, .py files, folders of them")
+  add_key_args(p)
 
 
 def _add_max_bad(p):
@@ -135,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sample=args.sample,
         seed=args.seed,
         max_bad_fraction=args.max_bad_fraction,
+        text_key=args.text_key,
+        id_key=args.id_key,
       )
     elif args.command == "train-classifier":
       from phi1_jax.curate.classifier import train_classifier
@@ -165,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_grams=args.minhash_ngrams,
         num_buckets=args.minhash_buckets,
         hashes_per_bucket=args.minhash_hashes_per_bucket,
+        text_key=args.text_key,
+        id_key=args.id_key,
       )
   except UserError as e:
     return report_error(f"{PROG} {args.command}", e)

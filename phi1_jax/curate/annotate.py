@@ -31,6 +31,7 @@ from phi1_jax.stages import llm as llm_lib
 from phi1_jax.curate import documents
 from phi1_jax.cli import UserError
 from phi1_jax.curate.common import check_config, write_json_atomic
+from phi1_jax.data import sources
 
 FORMAT = "phi1_jax.annotations/v1"
 SCORINGS = ("additive", "logprob")
@@ -181,14 +182,14 @@ def annotate(args) -> dict:
   )
   if not 0 <= args.max_bad_fraction <= 1:
     raise UserError(f"--max_bad_fraction={args.max_bad_fraction} must be in [0, 1]")
-  described = documents.describe_inputs(args.input)
+  described = documents.describe_inputs(args.input, args.text_key, args.id_key)
   bad, counted = [], []
   docs = list(documents.sampled_documents(described, args.sample, args.seed, bad, counted))
   documents.check_bad(bad, counted[0], args.max_bad_fraction, log=lambda line: print(line, file=sys.stderr))
   out = Path(args.out)
   config = {
     "format": FORMAT,
-    "inputs": [d["sha256"] for d in described],
+    "inputs": sources.fingerprints(described),
     "sample": args.sample,
     "seed": args.seed,
     "model": args.model,

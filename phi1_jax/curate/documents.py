@@ -1,28 +1,27 @@
 """Reading curation inputs as pack reads them, and a deterministic sample of them.
 
-Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.py` files and
-folders of `.py` files. A `.py` file's id is `<folder name>/<path inside it>` (as pack names it); a
-JSONL line without an id gets `<file name>:<line>`. Blank documents are skipped, and bad items (not
-UTF-8, not JSON, no text) counted and passed over up to --max_bad_fraction, as pack does.
+Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.parquet` files
+(--text_key / --id_key name their columns), `.py` files and folders of them, read by
+phi1_jax.data.sources. A `.py` file's id is `<folder name>/<path inside it>` (as pack names it); a
+JSONL line or parquet row without an id gets `<file name>:<line or row>`. Blank documents (and parquet
+rows whose text is null) are skipped, and bad items (not UTF-8, not JSON, no text) counted and passed
+over up to --max_bad_fraction, as pack does.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import heapq
 import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from phi1_jax.cli import UserError
 from phi1_jax.data import sources
-from phi1_jax.data.sources import parse_line, read_source
 
 
-def describe_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
+def describe_inputs(inputs: Sequence[str | os.PathLike], text_key: str = "text", id_key: str = "id") -> list[dict]:
   """Each input with its files, bytes and a sha256 (pack's description), for manifests."""
-  return sources.describe_inputs(inputs)
+  return sources.describe_inputs(inputs, text_key, id_key)
 
 
 def public(described: list[dict]) -> list[dict]:
@@ -30,62 +29,26 @@ def public(described: list[dict]) -> list[dict]:
   return [{k: v for k, v in d.items() if not k.startswith("_")} for d in described]
 
 
-def input_files(described: list[dict]) -> list[tuple[str, str]]:
-  """(file, root) for every file of every input, in a fixed order."""
-  return [(str(f), str(d["_root"])) for d in described for f in d["_files"]]
+def input_files(described: list[dict]) -> list[tuple[str, str, str, str]]:
+  """(file, root, text_key, id_key) for every file of every input, in a fixed order."""
+  return [(str(f), str(d["_root"]), *d["_keys"]) for d in described for f in d["_files"]]
 
 
-def read_file(file: str, root: str, bad: list[str] | None = None) -> Iterator[dict]:
-  """The documents of one input file, each `{"id", "text", "source", "meta"}`."""
-  for doc, _ in read_file_offsets(file, root, bad):
-    yield doc
-
-
-def read_file_offsets(file: str, root: str, bad: list[str] | None = None) -> Iterator[tuple[dict, int]]:
+def read_file_offsets(
+  file: str, root: str, text_key: str = "text", id_key: str = "id", bad: list[str] | None = None
+) -> Iterator[tuple[dict, int]]:
   """(document, bytes of the file read so far, compressed bytes for .gz) for progress and ETA.
 
   A bad item (a .py file or line not UTF-8, a line not JSON or without text) is read as pack reads
   it: appended to `bad` (if given) and passed over."""
-  path = Path(file)
-  bad = [] if bad is None else bad
-  if path.name.endswith(".py"):
-    text, size, problem = read_source(path)
-    if problem:
-      bad.append(problem)
-    elif text.strip():
-      rel = path.relative_to(root).as_posix()
-      yield {"id": f"{Path(root).name}/{rel}", "text": text, "source": Path(root).name, "meta": {"path": rel}}, size
-    return
-  with open(path, "rb") as raw:
-    fh = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
-    for lineno, line in enumerate(fh, 1):
-      if not line.strip():
-        continue
-      doc, problem = parse_line(line, path, lineno)
-      if problem:
-        bad.append(problem)
-        continue
-      text = doc["text"]
-      if not text.strip():
-        continue
-      doc_id = doc.get("id")
-      meta = doc.get("meta")
-      yield (
-        {
-          "id": doc_id if isinstance(doc_id, str) and doc_id else f"{path.name}:{lineno}",
-          "text": text,
-          "source": str(doc.get("source") or path.name),
-          "meta": meta if isinstance(meta, dict) else {},
-        },
-        raw.tell(),
-      )
+  return sources.read_documents(file, root, [] if bad is None else bad, text_key, id_key)
 
 
 def iter_documents(described: list[dict], bad: list[str] | None = None) -> Iterator[dict]:
   """Every document of every input, in a fixed order; a repeated id is an error. Bad items go to `bad`."""
   seen = set()
-  for file, root in input_files(described):
-    for doc in read_file(file, root, bad):
+  for file, root, text_key, id_key in input_files(described):
+    for doc, _ in read_file_offsets(file, root, text_key, id_key, bad):
       if doc["id"] in seen:
         raise UserError(f"{file}: document id {doc['id']!r} appears twice in the input")
       seen.add(doc["id"])

@@ -24,6 +24,7 @@ import tqdm
 from phi1_jax.curate import documents
 from phi1_jax.cli import UserError
 from phi1_jax.curate.common import check_config, write_json_atomic
+from phi1_jax.data import sources
 
 FORMAT = "phi1_jax.embeddings/v1"
 
@@ -56,6 +57,8 @@ def embed_documents(
   sample=None,
   seed=0,
   max_bad_fraction=0.001,
+  text_key="text",
+  id_key="id",
   log=print,
 ) -> dict:
   """Runs the stage (resuming a killed run) and returns the manifest."""
@@ -65,7 +68,7 @@ def embed_documents(
     raise UserError(f"--sample={sample} must be positive")
   if not 0 <= max_bad_fraction <= 1:
     raise UserError(f"--max_bad_fraction={max_bad_fraction} must be in [0, 1]")
-  described = documents.describe_inputs(inputs)
+  described = documents.describe_inputs(inputs, text_key, id_key)
   from phi1_jax.stages.embed import Embedder  # jax is imported only once the flags are known good
 
   try:
@@ -75,7 +78,7 @@ def embed_documents(
   out = Path(out)
   config = {
     "format": FORMAT,
-    "inputs": [d["sha256"] for d in described],
+    "inputs": sources.fingerprints(described),
     "sample": sample,
     "seed": seed,
     "embedder": embedder.fingerprint,

@@ -28,6 +28,7 @@ from phi1_jax.stages import executors
 from phi1_jax.curate import documents
 from phi1_jax.cli import UserError
 from phi1_jax.curate.common import check_config, write_json_atomic
+from phi1_jax.data import sources
 
 FORMAT = "phi1_jax.filtered/v1"
 STAGES = ("score", "sig", "buckets", "cluster", "write")
@@ -110,6 +111,8 @@ def run_filter(
   n_grams=5,
   num_buckets=14,
   hashes_per_bucket=8,
+  text_key="text",
+  id_key="id",
   log=print,
 ) -> dict | None:
   """Runs (or resumes) every stage; returns the manifest, or None when SLURM jobs were submitted and
@@ -119,7 +122,7 @@ def run_filter(
   if tasks < 1 or (workers is not None and workers < 1) or batch_size < 1:
     raise UserError(f"--tasks={tasks}, --workers={workers} and --batch_size={batch_size} must be positive")
   executors.check(run_on)
-  described = documents.describe_inputs(inputs)
+  described = documents.describe_inputs(inputs, text_key, id_key)
   from phi1_jax.curate.classifier import load_classifier
 
   classifier = Path(classifier).resolve()
@@ -134,7 +137,7 @@ def run_filter(
   out = Path(out).resolve()
   config = {
     "format": FORMAT,
-    "inputs": [d["sha256"] for d in described],
+    "inputs": sources.fingerprints(described),
     "classifier": str(classifier),
     "classifier_sha256": hashlib.sha256((classifier / "classifier.skops").read_bytes()).hexdigest(),
     "embedder": emb["fingerprint"],

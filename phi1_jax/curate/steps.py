@@ -53,17 +53,17 @@ class InputReader(PipelineStep):
   name = "phi1_jax input"
   type = "📖 - READER"
 
-  def __init__(self, files: list[tuple[str, str]]):
+  def __init__(self, files: list[tuple[str, str, str, str]]):
     super().__init__()
     self.files = files
 
   def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
     shard = self.files[rank::world_size]
-    total = sum(os.path.getsize(f) for f, _ in shard)
+    total = sum(os.path.getsize(f[0]) for f in shard)
     done = 0
-    for file, root in shard:
+    for file, root, text_key, id_key in shard:
       bad: list[str] = []
-      for doc, offset in documents.read_file_offsets(file, root, bad):
+      for doc, offset in documents.read_file_offsets(file, root, text_key, id_key, bad):
         self.stat_update("documents")
         d = _document(doc)
         d.metadata["_read"] = (done + offset, total)

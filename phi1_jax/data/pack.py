@@ -1,10 +1,12 @@
 """Pack documents into fixed-length token records (ArrayRecord shards + manifest.json).
 
     python -m phi1_jax.data.pack --input PATH [PATH ...] --tokenizer DIR --seq_len 2048 --out DIR \
-        [--eval_fraction 0.01] [--max_bad_fraction 0.001] [--workers 2]
+        [--eval_fraction 0.01] [--max_bad_fraction 0.001] [--workers 2] [--text_key text --id_key id]
 
-Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.py` files,
-folders of `.py` files and folders of JSONL shards (a stage's output, e.g. decontam's OUT/clean/code).
+Inputs: JSONL documents `{"id", "text", "source", "meta"}` (`.jsonl` / `.jsonl.gz`), `.parquet` files
+(read a row group per work unit; The Stack v1: `--text_key=content --id_key=hexsha`), `.py` files,
+folders of `.py` files and folders of JSONL or parquet shards (a stage's output, e.g. decontam's
+OUT/clean/code); phi1_jax.data.sources reads them.
 Each split is ONE token stream, documents joined by `<|endoftext|>`
 (between documents, as in the paper), cut into records of `seq_len + 1` int32 tokens:
 record i = stream[i*seq_len : i*seq_len + seq_len + 1], so every token is a target exactly once
@@ -19,7 +21,7 @@ On disk (`--out`):
       fingerprint.
 
 Documents whose text is empty or only whitespace (an empty `__init__.py`, a JSONL row with
-"text": "") are skipped and counted (`skipped_empty`), not bad. Bad items (a line that is not
+"text": "", a parquet row whose text is null or empty) are skipped and counted (`skipped_empty`), not bad. Bad items (a line that is not
 JSON or not UTF-8, a row without a "text" string, a .py file that is not UTF-8) are reported; more
 than --max_bad_fraction of them (of documents + bad items) stops the run.
 
@@ -57,7 +59,8 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from phi1_jax import cli
 from phi1_jax.cli import out_dir_problem
-from phi1_jax.data.sources import check_bad, describe_inputs, parse_line, read_source, work_units
+from phi1_jax.data import sources
+from phi1_jax.data.sources import check_bad, describe_inputs, parse_line, parquet_rows, read_source, work_units
 from phi1_jax.data.tokenizer import file_sha256, load_tokenizer, tokenizer_file
 
 FORMAT = "phi1_jax.packed/v1"
@@ -106,13 +109,21 @@ def _process_unit(unit: tuple) -> dict:
         continue
       docs_meta.append(split_hash(doc_id))
       texts.append(text)
+  elif unit[0] == "parquet":
+    _, file, row_group, nbytes, text_key, id_key = unit
+    for row, text, doc_id in parquet_rows(file, row_group, text_key, id_key):
+      if not text or not text.strip():
+        skipped += 1  # a null or empty text, counted as an empty JSONL document is
+        continue
+      docs_meta.append(split_hash(doc_id or f"{Path(file).name}:{row}"))
+      texts.append(text)
   else:
-    _, file, first, lines, nbytes = unit
+    _, file, first, lines, nbytes, text_key, id_key = unit
     for lineno, line in enumerate(lines, first):
       if not line.strip():
         blank += 1
         continue
-      doc, problem = parse_line(line, file, lineno)
+      doc, problem = parse_line(line, file, lineno, text_key, id_key)
       if problem:
         bad.append(problem)
         continue
@@ -334,6 +345,8 @@ def pack(
   max_bad_fraction: float = 0.001,
   workers: int = 2,
   records_per_shard: int = RECORDS_PER_SHARD,
+  text_key: str = sources.TEXT_KEY,
+  id_key: str = sources.ID_KEY,
 ) -> dict:
   """Packs `inputs` into `out_dir` (see module docstring) and returns the manifest."""
   start = time.time()
@@ -345,7 +358,7 @@ def pack(
     tok = load_tokenizer(tok_file)
   except (FileNotFoundError, ValueError) as e:
     raise PackError(f"--tokenizer: {e}") from None
-  described = describe_inputs(inputs)
+  described = describe_inputs(inputs, text_key, id_key)
   tokenizer_info = {
     "path": str(tok_file.resolve()),
     "sha256": file_sha256(tok_file),
@@ -357,7 +370,7 @@ def pack(
     json.dumps(
       {
         "format": FORMAT,
-        "inputs": [i["sha256"] for i in described],
+        "inputs": sources.fingerprints(described),
         "tokenizer": tokenizer_info["sha256"],
         "seq_len": seq_len,
         "eval_fraction": eval_fraction,
@@ -463,7 +476,8 @@ def pack(
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = cli.OneLineParser(prog="python -m phi1_jax.data.pack", description=__doc__.split("\n")[0])
-  parser.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files, .py files, folders of .py")
+  parser.add_argument("--input", nargs="+", required=True, help="JSONL(.gz), .parquet, .py files, folders of them")
+  sources.add_key_args(parser)
   parser.add_argument("--tokenizer", required=True, help="folder with tokenizer.model or tokenizer.json")
   parser.add_argument("--seq_len", type=int, required=True)
   parser.add_argument("--out", required=True)
@@ -485,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       eval_fraction=args.eval_fraction,
       max_bad_fraction=args.max_bad_fraction,
       workers=args.workers,
+      text_key=args.text_key,
+      id_key=args.id_key,
     )
   except cli.UserError as e:
     return cli.report_error(parser.prog, e)

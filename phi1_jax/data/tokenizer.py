@@ -15,12 +15,12 @@ lines, CR/CRLF and non-ASCII survive. How the SentencePiece model gets there:
 `<|endoftext|>` is a user-defined symbol with id 0 (`eos_id`); it is one id also when it appears
 in text. `<unk>` is 1 (never produced: byte_fallback), then the 256 byte pieces.
 
-Command:  python -m phi1_jax.data.tokenizer train --input PATH [PATH ...] --vocab_size N --out DIR
+Command:  python -m phi1_jax.data.tokenizer train --input PATH [PATH ...] [--text_key text] --vocab_size N --out DIR
+(inputs as every stage reads them: phi1_jax.data.sources)
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -202,27 +202,17 @@ def file_sha256(path: str | os.PathLike) -> str:
   return h.hexdigest()
 
 
-def iter_texts(input_paths: Sequence[str | os.PathLike]) -> Iterator[str]:
-  """Texts of .py files, folders of .py files and JSONL(.gz) "text" fields; unreadable ones skipped."""
+def iter_texts(input_paths: Sequence[str | os.PathLike], text_key: str = "text") -> Iterator[str]:
+  """The documents' texts, read as every stage reads its inputs (phi1_jax.data.sources: .py files,
+  JSONL, parquet, folders of them); bad items (not UTF-8, not JSON) are passed over."""
+  from phi1_jax.data import sources  # imported here: sources takes file_sha256 from this module
+
   for path in input_paths:
     p = Path(path)
-    files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-    for f in files:
-      if f.name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
-        opener = gzip.open if f.suffix == ".gz" else open
-        with opener(f, "rb") as fh:
-          for line in fh:
-            try:
-              text = json.loads(line).get("text")
-            except (ValueError, AttributeError):
-              continue
-            if isinstance(text, str) and text:
-              yield text
-      else:
-        try:
-          yield f.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-          continue
+    root = p if p.is_dir() else p.parent
+    for f in sources.files_of(p, text_key):
+      for doc, _ in sources.read_documents(f, root, [], text_key):
+        yield doc["text"]
 
 
 def _sentences(texts: Iterable[str]) -> Iterator[str]:
@@ -241,6 +231,7 @@ def train_tokenizer(
   out_dir: str | os.PathLike,
   max_sentences: int = 200_000,
   seed: int = 0,
+  text_key: str = "text",
 ) -> str:
   """Trains a byte-fallback BPE SentencePiece model on code; writes out_dir/tokenizer.model.
 
@@ -262,7 +253,7 @@ def train_tokenizer(
   # Reservoir sample here, so the trainer sees a bounded, reproducible set.
   rng = random.Random(seed)
   sample: list[str] = []
-  for n, s in enumerate(_sentences(iter_texts(input_paths))):
+  for n, s in enumerate(_sentences(iter_texts(input_paths, text_key))):
     if len(sample) < max_sentences:
       sample.append(s)
     else:
@@ -316,6 +307,7 @@ def train_tokenizer(
     "sentences_used": len(sample),
     "max_sentences": max_sentences,
     "seed": seed,
+    **({"text_key": text_key} if text_key != "text" else {}),
     "seconds": round(time.time() - start, 2),
   }
   (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -327,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = cli.OneLineParser(prog=prog, description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
   train = sub.add_parser("train", help="train a SentencePiece model on code")
-  train.add_argument("--input", nargs="+", required=True, help=".py files, folders of .py, JSONL(.gz)")
+  train.add_argument("--input", nargs="+", required=True, help="JSONL(.gz), .parquet, .py files, folders of them")
+  train.add_argument("--text_key", default="text", help="JSONL field / parquet column of the text (The Stack: content)")
   train.add_argument("--vocab_size", type=int, required=True)
   train.add_argument("--out", required=True, help="folder for tokenizer.model")
   train.add_argument("--max_sentences", type=int, default=200_000)
@@ -337,8 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       f"{prog} {args.command}", f"--out {args.out}: already holds {SPM_FILE}; choose a new folder"
     )
   try:
-    out = train_tokenizer(args.input, args.vocab_size, args.out, max_sentences=args.max_sentences)
-  except (FileNotFoundError, ValueError) as e:
+    out = train_tokenizer(
+      args.input, args.vocab_size, args.out, max_sentences=args.max_sentences, text_key=args.text_key
+    )
+  except (FileNotFoundError, ValueError, cli.UserError) as e:
     return cli.report_error(f"{prog} {args.command}", e)
   tok = load_tokenizer(out)
   print(f"wrote {tokenizer_file(out)} (vocab_size={tok.vocab_size}, eos_id={tok.eos_id})")

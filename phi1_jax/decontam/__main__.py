@@ -5,7 +5,8 @@ r"""Remove HumanEval and MBPP look-alikes from training documents; report each m
       [--embed_checkpoint=CKPT [--embed_max_l2=D]] [--results=FILE_results.jsonl]
       [--tasks=T] [--workers=W] [--executor=local|slurm [--slurm_partition=P] [--slurm_wait]]
 
-IN as `phi1_jax.data.pack` reads it: JSONL documents (.jsonl, .jsonl.gz), .py files, folders of .py.
+IN as `phi1_jax.data.pack` reads it: JSONL documents (.jsonl, .jsonl.gz), .parquet files (--text_key, --id_key:
+The Stack v1 reads with --text_key=content --id_key=hexsha), .py files, folders of them.
 Writes OUT/clean/<input name>/<rank>.jsonl.gz (each input's kept documents apart, `{"id","text","source",
 "meta"}`, ready for `python -m phi1_jax.data.pack --input OUT/clean/<input name> ...`), OUT/removed.jsonl (id, task_id,
 method, score, every method's match), OUT/report.json + OUT/report.md (nearest document per problem
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from phi1_jax.stages import executors
 from phi1_jax.cli import OneLineParser, UserError, report_error
+from phi1_jax.data import sources
 
 PROG = "python -m phi1_jax.decontam"
 FORMAT = "phi1_jax.decontam/v1"
@@ -33,7 +35,8 @@ FORMAT = "phi1_jax.decontam/v1"
 
 def _parse_args(argv):
   p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
-  p.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files, .py files, folders of .py")
+  p.add_argument("--input", nargs="+", required=True, help="JSONL(.gz), .parquet, .py files, folders of them")
+  sources.add_key_args(p)
   p.add_argument("--out", required=True)
   p.add_argument("--benchmarks", default="humaneval,mbpp")
   p.add_argument("--mbpp_path", default=None, help="MBPP JSONL file (test split 11-510 is used)")
@@ -83,11 +86,11 @@ def _check_flags(args) -> list[str]:
 
 
 def input_names(described: list[dict]) -> list[str]:
-  """Each input's folder under OUT/clean: its file or folder name without .jsonl/.gz/.py, made unique."""
+  """Each input's folder under OUT/clean: its file or folder name without .jsonl/.gz/.py/.parquet, made unique."""
   names: list[str] = []
   for inp in described:
     name = Path(inp["path"]).name
-    for suffix in (".gz", ".jsonl", ".py"):
+    for suffix in (".gz", ".jsonl", ".py", ".parquet"):
       name = name.removesuffix(suffix)
     base = name = name or "input"
     k = 2
@@ -99,7 +102,7 @@ def input_names(described: list[dict]) -> list[str]:
 
 def _units(described: list[dict]) -> list[tuple]:
   """Work units in a fixed order: ("py", file, id, input name) as pack names .py documents,
-  ("jsonl", file, input name)."""
+  ("jsonl" or "parquet", file, input name, text_key, id_key)."""
   units = []
   for inp, name in zip(described, input_names(described)):
     root = inp["_root"]
@@ -107,7 +110,7 @@ def _units(described: list[dict]) -> list[tuple]:
       if f.name.endswith(".py"):
         units.append(("py", str(f), f"{root.name}/{f.relative_to(root).as_posix()}", name))
       else:
-        units.append(("jsonl", str(f), name))
+        units.append(("parquet" if f.name.endswith(sources.PARQUET) else "jsonl", str(f), name, *inp["_keys"]))
   return units
 
 
@@ -159,9 +162,7 @@ def run(argv=None, embedder=None) -> dict:
   names = _check_flags(args)
   if args.embed_max_l2 is not None and args.embed_checkpoint is None and embedder is None:
     raise UserError("--embed_max_l2 needs --embed_checkpoint")
-  from phi1_jax.data import sources
-
-  described = sources.describe_inputs(args.input)
+  described = sources.describe_inputs(args.input, args.text_key, args.id_key)
   from phi1_jax.decontam import benchmarks as bench_lib, index as index_lib, pipeline, report as report_lib
 
   try:
@@ -189,7 +190,7 @@ def run(argv=None, embedder=None) -> dict:
     json.dumps(
       {
         "format": FORMAT,
-        "inputs": [i["sha256"] for i in described],
+        "inputs": sources.fingerprints(described),
         "benchmarks": bench_info,
         "flags": flags,
       },

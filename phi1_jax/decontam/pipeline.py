@@ -4,8 +4,8 @@
 
 Each input's kept documents stay apart (code, textbooks and exercises feed different stages).
 
-Task r of T reads every .py file with index % T == r and every block of 256 JSONL lines with block
-index % T == r, so one big JSONL file is shared by all tasks too. DecontamStep writes the removed
+Task r of T reads every .py file with index % T == r and every block (256 JSONL lines, or one parquet
+row group) with block index % T == r, so one big JSONL or parquet file is shared by all tasks too. DecontamStep writes the removed
 documents' rows to `OUT/work/removed/<rank>.jsonl` and the task's per-problem nearest documents and
 counts to `OUT/work/stats/<rank>.json` (atomically, last), and datatrove marks the task complete
 under `OUT/work/logs/completions/`; a rerun skips completed tasks and redoes the others from the
@@ -24,7 +24,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
-from phi1_jax.data.sources import parse_line, read_source
+from phi1_jax.data.sources import parquet_row_groups, parquet_rows, parse_line, read_source
 from phi1_jax.decontam.benchmarks import benchmark_of
 from phi1_jax.decontam.index import METHODS, TABLE_TAUS, BenchmarkIndex
 
@@ -34,7 +34,8 @@ PROGRESS_EVERY_S = 30.0
 
 
 class InputReader(PipelineStep):
-  """Documents from pack-style inputs: ("jsonl", path, input name) and ("py", path, id, input name) units.
+  """Documents from pack-style inputs: ("jsonl" | "parquet", path, input name, text_key, id_key) and
+  ("py", path, id, input name) units.
 
   Each document carries metadata["input"] (its input's name: the folder of clean/ it goes to) and
   metadata["_read"]: the input bytes this task has walked past (compressed bytes for .gz), for progress
@@ -70,7 +71,22 @@ class InputReader(PipelineStep):
             )
         walked += size
         continue
-      _, path, source = unit
+      kind, path, source, text_key, id_key = unit
+      if kind == "parquet":
+        for row_group, _, end in parquet_row_groups(path):
+          block_index += 1
+          if (block_index - 1) % world_size == rank:
+            for row, text, doc_id in parquet_rows(path, row_group, text_key, id_key):
+              if not text or not text.strip():
+                continue  # a null or empty text: skipped, as pack skips it
+              self.stat_update("documents")
+              yield Document(
+                text=text,
+                id=doc_id or f"{Path(path).name}:{row}",
+                metadata={"source": Path(path).name, "meta": {}, "input": source, "_read": walked + end},
+              )
+        walked += os.path.getsize(path)
+        continue
       with open(path, "rb") as raw:
         lines = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
         for lineno, line in enumerate(lines, 1):
@@ -78,7 +94,7 @@ class InputReader(PipelineStep):
             block_index += 1
           if (block_index - 1) % world_size != rank or not line.strip():
             continue
-          doc, problem = parse_line(line, Path(path).name, lineno)
+          doc, problem = parse_line(line, Path(path).name, lineno, text_key, id_key)
           if problem:
             self.stat_update("bad")
             yield Document(text="", id=problem, metadata={"bad": True, "_read": walked + raw.tell()})

@@ -39,7 +39,7 @@ import random
 import re
 import tokenize
 
-from phi1_jax.eval import execute
+from phi1_jax.eval import scoring
 from phi1_jax.eval.problems import Problem
 
 FAMILIES = {
@@ -488,7 +488,7 @@ def robust_pass_at_k(results: dict[str, list[list[bool]]], k: int) -> float:
     if any(len(v) != n for v in variants):
       raise ValueError("every variant of a problem needs the same number of samples")
     robust = sum(all(v[j] for v in variants) for j in range(n))
-    scores.append(execute.pass_at_k(n, robust, k))
+    scores.append(scoring.pass_at_k(n, robust, k))
   return sum(scores) / len(scores)
 
 

@@ -33,7 +33,7 @@ from phi1_jax.model import checkpoint as checkpoint_lib
 from phi1_jax.model.phi import flatten_params, model_from_params
 
 POOLINGS = ("mean", "last")
-_SORT_CHUNK_BATCHES = 8  # documents sorted by length within 8 batches at a time
+SORT_CHUNK_BATCHES = 8  # documents sorted by length within 8 batches at a time
 
 
 def params_digest(params: dict) -> str:
@@ -118,7 +118,7 @@ class Embedder:
   def embed_tokens(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
     """float32 [n, D]: documents sorted by length in chunks, batched, padded to a bucket."""
     out = np.zeros((len(ids), self.cfg.d_model), np.float32)
-    chunk = self.batch_size * _SORT_CHUNK_BATCHES
+    chunk = self.batch_size * SORT_CHUNK_BATCHES
     n_dev = len(jax.devices())
     rows = -(-self.batch_size // n_dev) * n_dev  # a whole number of rows per device
     for start in range(0, len(ids), chunk):

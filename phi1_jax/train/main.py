@@ -78,6 +78,9 @@ def parse_flags(argv):
     fail(PROG, f"--config {path}: " + ("a folder, not a config file" if Path(path).is_dir() else "no such file"))
   try:
     return flags.FLAGS(argv)
+  except SystemExit as stop:  # absl ends the help it was asked for with exit code 1: no failure
+    helped = any(a.split("=")[0] in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:])
+    sys.exit(0 if helped and stop.code == 1 else stop.code)
   except flags.Error as e:
     fail(PROG, e)
   except (AttributeError, KeyError) as e:  # ml_collections: an override key the config lacks

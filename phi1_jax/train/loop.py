@@ -109,7 +109,7 @@ class Trainer:
     self.tokens_per_step = config.batch_size * config.seq_len
     self.flops_per_step = flops_per_token(checks.model_config_of(config), config.seq_len) * self.tokens_per_step
     self.peak = config.peak_flops_per_device or peak_flops(jax.devices()[0])
-    self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0, config=config)
     self.progress = Progress(start_step, self.end_step, log)
     self.profile = ProfileWindow(config, workdir, start_step)
     log(

@@ -5,7 +5,8 @@ A workdir that holds checkpoints resumes from the latest one; the data iterator,
 come back with it, and dropout keys are `fold_in(seed, step)`, so a resumed run continues bit for bit.
 
 Workdir: config.json, model_config.json, the tokenizer, metrics.jsonl, tb/ (TensorBoard),
-checkpoints/<step>/{state,data}, profile/ (the profiler window's trace, if asked).
+checkpoints/<step>/{state,data}, profile/ (the profiler window's trace, if asked), wandb_run.json and
+wandb/ (Weights & Biases, if asked).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, metric_rows, run_module, train_args
+from helpers import REPO, SMALL, metric_rows, run_module, train_args
 
 pytest.importorskip("wandb")
 
@@ -94,6 +94,33 @@ def test_resume_from_an_earlier_checkpoint_logs_each_step_once(tmp_path, stdlib_
     kept = logged[again["step"] - 1]
     for key in ("loss", "grad_norm", "param_norm"):
       assert abs(again[key] - kept[key]) <= 1e-5 * abs(kept[key]), (again["step"], key)
+
+
+@pytest.mark.slow
+def test_sweep_trials_are_w_and_b_runs_in_one_group(tmp_path, stdlib_cache):
+  root = tmp_path / "lr_sweep"
+  out = run_module(
+    "phi1_jax.sweep",
+    "--config=configs/tiny.py",
+    f"--root={root}",
+    f"--set=data.cache_dir={stdlib_cache}",
+    *(f"--set={s.removeprefix('--config.')}" for s in SMALL),
+    "--set=total_steps=2",
+    "--set=eval_every=100",
+    "--set=wandb.project=phi1-sweep",
+    "--grid=optimizer.lr=1e-3,3e-3",
+    env=WANDB_ENV,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  names = ["00_lr=0.001", "01_lr=0.003"]
+  starts = []
+  for name in names:
+    (records,) = wandb_runs(root / name)
+    starts.append(next(r.run for r in records if r.WhichOneof("record_type") == "run"))
+    assert [row["_step"] for row in history(records)] == [1, 2]
+  assert [s.display_name for s in starts] == names
+  assert [s.run_group for s in starts] == ["lr_sweep", "lr_sweep"]
+  assert starts[0].run_id != starts[1].run_id
 
 
 def test_missing_wandb_package_is_one_line_before_compiling(tmp_path):

@@ -36,6 +36,7 @@ class WandbLogger:
       project=opts.project,
       entity=opts.entity or None,
       name=opts.name or None,
+      group=opts.group or None,
       tags=[t.strip() for t in opts.tags.split(",") if t.strip()] or None,
       mode=opts.mode or None,  # "": WANDB_MODE or online
       id=self.state["run_id"],

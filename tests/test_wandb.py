@@ -150,3 +150,30 @@ def test_missing_wandb_package_is_one_line_before_compiling(tmp_path):
     "python -m phi1_jax.train: error: --config.wandb.project needs the wandb package (pip install 'phi1_jax[wandb]')"
   ), out.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_online_without_an_api_key_is_one_line(tmp_path, stdlib_cache):
+  env = {
+    "WANDB_MODE": "online",
+    "WANDB_API_KEY": "",
+    "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"),
+    "WANDB_DIR": "",
+  }
+  out = run_module("phi1_jax.train", *train_args(tmp_path, stdlib_cache, "--config.wandb.project=x"), env=env)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == (
+    "python -m phi1_jax.train: error: config.wandb: No API key configured. Use `wandb login` to log in; "
+    "or log offline: --config.wandb.mode=offline"
+  ), out.stderr
+
+
+def test_unknown_mode_is_refused():
+  from phi1_jax.cli import UserError
+  from phi1_jax.config import base_config
+  from phi1_jax.train import checks
+
+  config = base_config()
+  config.wandb.project, config.wandb.mode = "x", "offlin"
+  with pytest.raises(UserError, match="config.wandb.mode='offlin': use online, offline or disabled"):
+    checks.check_config(config)

@@ -23,6 +23,7 @@ class WandbLogger:
     import wandb
 
     from phi1_jax import paths
+    from phi1_jax.cli import UserError
 
     self.state_path = workdir / STATE_FILE
     self.state = (
@@ -32,18 +33,21 @@ class WandbLogger:
     )
     opts = config.wandb
     local_dir = None if paths.is_remote(workdir) else str(workdir)
-    self.run = wandb.init(
-      project=opts.project,
-      entity=opts.entity or None,
-      name=opts.name or None,
-      group=opts.group or None,
-      tags=[t.strip() for t in opts.tags.split(",") if t.strip()] or None,
-      mode=opts.mode or None,  # "": WANDB_MODE or online
-      id=self.state["run_id"],
-      resume="allow",
-      config=config.to_dict(),
-      dir=os.environ.get("WANDB_DIR") or local_dir,  # default: beside the checkpoints
-    )
+    try:
+      self.run = wandb.init(
+        project=opts.project,
+        entity=opts.entity or None,
+        name=opts.name or None,
+        group=opts.group or None,
+        tags=[t.strip() for t in opts.tags.split(",") if t.strip()] or None,
+        mode=opts.mode or None,  # "": WANDB_MODE or online
+        id=self.state["run_id"],
+        resume="allow",
+        config=config.to_dict(),
+        dir=os.environ.get("WANDB_DIR") or local_dir,  # default: beside the checkpoints
+      )
+    except wandb.errors.Error as e:  # e.g. online without an API key: one line, not a traceback
+      raise UserError(f"config.wandb: {str(e).rstrip('.')}; or log offline: --config.wandb.mode=offline") from None
     self.state_path.write_text(json.dumps(self.state))
 
   def write(self, step: int, metrics: dict):

@@ -94,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device kind up
   # a jax.profiler trace of steps start_step .. start_step + steps - 1 in workdir/profile/ (steps=0: off)
   c.profile = ml_collections.ConfigDict(dict(start_step=10, steps=0, process=0))  # process -1: every process
+  # Weights & Biases (the wandb extra): the metrics and the config, process 0 only; project "" = off.
+  # tags: comma-separated; group: a sweep's trials share one (the sweep sets it and name);
+  # mode: "" (WANDB_MODE, else online), "online", "offline" or "disabled"
+  c.wandb = ml_collections.ConfigDict(dict(project="", entity="", name="", group="", tags="", mode=""))
   return c
 
 

@@ -262,8 +262,11 @@ def make_plan(
 
 
 def trainer_args(plan: dict, trial: dict, root: Path) -> list[str]:
-  """The trainer's flags for one trial: config, the common --set overrides, the trial's, workdir."""
-  return [f"--config={plan['config']}", *plan["set"], *trial["args"], f"--workdir={root / trial['name']}"]
+  """The trainer's flags for one trial: config, its W&B run name and group (the trial's and the sweep's
+  folder names; used when wandb.project is set, and a --set of them wins), the common --set overrides,
+  the trial's, workdir."""
+  wandb = [f"--config.wandb.group={root.name}", f"--config.wandb.name={trial['name']}"]
+  return [f"--config={plan['config']}", *wandb, *plan["set"], *trial["args"], f"--workdir={root / trial['name']}"]
 
 
 def _identity(plan: dict) -> dict:

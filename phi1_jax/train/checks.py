@@ -3,6 +3,7 @@ resolves to (what a finetuning config leaves unset comes from its init_from chec
 
 from __future__ import annotations
 
+import importlib.util
 
 import jax
 
@@ -96,6 +97,10 @@ def check_config(config):
       f"config.spike_guard: factor={config.spike_guard.factor} must be >= 0 (0: off) "
       f"and window={config.spike_guard.window} >= 1"
     )
+  if config.wandb.project and importlib.util.find_spec("wandb") is None:
+    raise UserError("--config.wandb.project needs the wandb package (pip install 'phi1_jax[wandb]')")
+  if config.wandb.mode not in ("", "online", "offline", "disabled"):
+    raise UserError(f"config.wandb.mode={config.wandb.mode!r}: use online, offline or disabled (or leave it unset)")
   if config.humaneval_every:  # the samples run under the OS sandbox: a machine without it fails now, not mid-run
     from phi1_jax.eval import sandbox
 

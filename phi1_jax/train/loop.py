@@ -5,7 +5,8 @@ A workdir that holds checkpoints resumes from the latest one; the data iterator,
 come back with it, and dropout keys are `fold_in(seed, step)`, so a resumed run continues bit for bit.
 
 Workdir: config.json, model_config.json, the tokenizer, metrics.jsonl, tb/ (TensorBoard),
-checkpoints/<step>/{state,data}, profile/ (the profiler window's trace, if asked).
+checkpoints/<step>/{state,data}, profile/ (the profiler window's trace, if asked), wandb_run.json and
+wandb/ (Weights & Biases, if asked).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Trainer:
     self.tokens_per_step = config.batch_size * config.seq_len
     self.flops_per_step = flops_per_token(checks.model_config_of(config), config.seq_len) * self.tokens_per_step
     self.peak = config.peak_flops_per_device or peak_flops(jax.devices()[0])
-    self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0, config=config)
     self.progress = Progress(start_step, self.end_step, log)
     self.profile = ProfileWindow(config, workdir, start_step)
     log(

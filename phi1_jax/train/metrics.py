@@ -1,4 +1,5 @@
-"""Training metrics: JSONL + TensorBoard, a progress line, durations. Imports no JAX (the sweep uses `duration`)."""
+"""Training metrics: JSONL + TensorBoard (+ Weights & Biases when asked), a progress line, durations. Imports no JAX
+(the sweep uses `duration`)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 
 
 class MetricWriter:
-  """Appends one JSON object per logged step to metrics.jsonl and writes TensorBoard scalars.
+  """Appends one JSON object per logged step to metrics.jsonl and writes TensorBoard scalars (and W&B's, when
+  `config.wandb.project` is set: `phi1_jax.train.wandb_log`).
 
   A workdir in a bucket gets both through a local staging folder: objects cannot be appended to,
   and tensorboardX's own GCS writer is broken, so the files are written locally and copied up
   whole (they are small) at most every `upload_every_s` seconds, at each `sync()` and at close.
   """
 
-  def __init__(self, workdir, enabled: bool = True, upload_every_s: float = 30.0):
+  def __init__(self, workdir, enabled: bool = True, upload_every_s: float = 30.0, config=None):
     self.enabled = enabled
     if not enabled:
       return
@@ -35,6 +37,11 @@ class MetricWriter:
         (self.local / "metrics.jsonl").write_bytes((self.remote / "metrics.jsonl").read_bytes())
     self.jsonl = open(self.local / "metrics.jsonl", "a")
     self.tb = SummaryWriter(str(self.local / "tb"))  # a new events file per run, as on a disk
+    self.wandb = None
+    if config is not None and config.wandb.project:
+      from phi1_jax.train.wandb_log import WandbLogger
+
+      self.wandb = WandbLogger(config, self.remote or self.local)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -46,6 +53,8 @@ class MetricWriter:
       if isinstance(v, (int, float)):
         self.tb.add_scalar(k, v, step)
     self.tb.flush()
+    if self.wandb is not None:
+      self.wandb.write(step, metrics)
     if self.remote is not None and time.monotonic() - self.uploaded_at >= self.upload_every_s:
       self.sync()
 
@@ -61,6 +70,8 @@ class MetricWriter:
     if self.enabled:
       self.jsonl.close()
       self.tb.close()
+      if self.wandb is not None:
+        self.wandb.close()
       self.sync()
       if self.remote is not None:
         shutil.rmtree(self.local, ignore_errors=True)

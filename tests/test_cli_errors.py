@@ -183,6 +183,7 @@ def _failures(cases, places) -> tuple[set[str], list[str]]:
   return failing, failures
 
 
+@pytest.mark.slow  # 33 processes that import jax (~30 CPU-s); the fast tier keeps each command's own error tests
 def test_every_entry_point_ends_a_mistake_in_one_line(places):
   # One test, not one per case: under pytest-xdist a shared fixture would run every case in each worker.
   failing, failures = _failures(CASES, places)

@@ -5,6 +5,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 import optax
 from flax import nnx
 
@@ -82,6 +83,7 @@ GROUPS = {
 }
 
 
+@pytest.mark.slow  # compiles a second train step (norms on); the fast tier keeps the plain step
 def test_group_norms_match_a_direct_computation():
   config = tiny_config(grad_accum_steps=1, loss_chunk_size=0)
   config.group_norms_per_layer = True
@@ -128,6 +130,7 @@ def test_group_norms_match_a_direct_computation():
   assert all(metrics[f"update_ratio/{g}"] > 0 for g in GROUPS)
 
 
+@pytest.mark.slow  # compiles the guarded step and an Orbax round trip
 def test_spike_guard_skips_a_random_batch_counts_it_and_resumes_exactly(tmp_path):
   import orbax.checkpoint as ocp
 

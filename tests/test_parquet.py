@@ -154,7 +154,7 @@ def test_curate_filter_reads_parquet_files_as_documents(tmp_path):
 
   docs = code_docs(10)
   stack = write_stack_parquet(tmp_path / "python.parquet", _with_empty_rows(docs), row_group_size=3)
-  [(file, root, text_key, id_key)] = documents.input_files(documents.describe_inputs([stack], "content", "hexsha"))
+  [(file, root, text_key, id_key)] = documents.input_files(sources.describe_inputs([stack], "content", "hexsha"))
   read = list(documents.read_file_offsets(file, root, text_key, id_key))
   assert [(d["id"], d["text"]) for d, _ in read] == [(d["id"], d["text"]) for d in docs]
   offsets = [o for _, o in read]

@@ -182,7 +182,7 @@ def annotate(args) -> dict:
   )
   if not 0 <= args.max_bad_fraction <= 1:
     raise UserError(f"--max_bad_fraction={args.max_bad_fraction} must be in [0, 1]")
-  described = documents.describe_inputs(args.input, args.text_key, args.id_key)
+  described = sources.describe_inputs(args.input, args.text_key, args.id_key)
   bad, counted = [], []
   docs = list(documents.sampled_documents(described, args.sample, args.seed, bad, counted))
   documents.check_bad(bad, counted[0], args.max_bad_fraction, log=lambda line: print(line, file=sys.stderr))

@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import os
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from phi1_jax.cli import UserError
 from phi1_jax.data import sources
 
 
-def describe_inputs(inputs: Sequence[str | os.PathLike], text_key: str = "text", id_key: str = "id") -> list[dict]:
-  """Each input with its files, bytes and a sha256 (pack's description), for manifests."""
-  return sources.describe_inputs(inputs, text_key, id_key)
-
-
 def public(described: list[dict]) -> list[dict]:
-  """The manifest view of describe_inputs (no private file lists)."""
+  """The manifest view of sources.describe_inputs (no private file lists)."""
   return [{k: v for k, v in d.items() if not k.startswith("_")} for d in described]
 
 

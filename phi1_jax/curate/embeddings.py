@@ -68,7 +68,7 @@ def embed_documents(
     raise UserError(f"--sample={sample} must be positive")
   if not 0 <= max_bad_fraction <= 1:
     raise UserError(f"--max_bad_fraction={max_bad_fraction} must be in [0, 1]")
-  described = documents.describe_inputs(inputs, text_key, id_key)
+  described = sources.describe_inputs(inputs, text_key, id_key)
   from phi1_jax.stages.embed import Embedder  # jax is imported only once the flags are known good
 
   try:

@@ -122,7 +122,7 @@ def run_filter(
   if tasks < 1 or (workers is not None and workers < 1) or batch_size < 1:
     raise UserError(f"--tasks={tasks}, --workers={workers} and --batch_size={batch_size} must be positive")
   executors.check(run_on)
-  described = documents.describe_inputs(inputs, text_key, id_key)
+  described = sources.describe_inputs(inputs, text_key, id_key)
   from phi1_jax.curate.classifier import load_classifier
 
   classifier = Path(classifier).resolve()

@@ -64,7 +64,7 @@ def results_dict():
         "command": "curate annotate",
         "status": "cached",
         "wall_s": 3.5,
-        "counts": {"annotated": 60},
+        "counts": {"annotated": 60, "histogram": {str(k): k * 10 for k in range(1, 6)}},
         "llm_requests": 60,
         "llm_tokens": 70_000,
         "folder": "curate annotate/aaaaaaaaaaaa",
@@ -109,6 +109,7 @@ def test_report_sections_and_verdicts(tmp_path):
 
   steps = md.split("## Steps")[1].split("\n## ")[0]
   assert "final_train_loss=4.2, final_eval_loss=4.5, steps=200, … (1 more)" in steps
+  assert "annotated=60, histogram={'1': 10, '2': 20, '3': 30, '4': 40, '5… |" in steps  # a long value is cut
   assert "| **total** (3 steps) |  | 1 done, 1 cached, 1 not run | 44.7 |  | 60 | 70,000 |  |" in steps
   assert "## Table 3" in md and "similar pass@1" in md
 

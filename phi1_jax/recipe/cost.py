@@ -41,7 +41,7 @@ THROUGHPUT = (
 # The stages' own defaults for a flag a step does not give (phi1_jax/curate/__main__.py,
 # phi1_jax/synth/__main__.py; tests/test_recipe_cost.py checks them against the parsers).
 STAGE_DEFAULTS = {
-  "curate annotate": {"max_chars": 4000, "max_new_tokens": 400, "scoring": "additive", "seed": 0},
+  "curate annotate": {"max_chars": 4000, "max_new_tokens": 400, "scoring": "additive"},
   "synth textbooks": {"max_tokens": 2048, "seed": 0},
   "synth exercises": {"max_tokens": 1024, "seed": 0},
 }

@@ -170,9 +170,13 @@ def _differences_section(results: dict, metrics: list[str], lower: set) -> list[
   return lines + _table(header, rows) + [""]
 
 
+def _short(text: str, chars: int = 40) -> str:
+  return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
 def _counts_text(counts: dict | None) -> str:
   items = list((counts or {}).items())
-  shown = ", ".join(f"{k}={fmt(v)}" for k, v in items[:COUNTS_SHOWN])
+  shown = ", ".join(f"{k}={_short(fmt(v))}" for k, v in items[:COUNTS_SHOWN])
   return shown + (f", … ({len(items) - COUNTS_SHOWN} more)" if len(items) > COUNTS_SHOWN else "")
 
 

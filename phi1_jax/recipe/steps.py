@@ -66,6 +66,15 @@ class Service:
   stand_in: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  """The trainer's `data.mixture`: packed folders (other steps' outputs) with their weights, rendered
+  as "PATH:W,PATH:W". `names` label the sources in the report (epochs per source)."""
+
+  parts: tuple[tuple[Output, float], ...]
+  names: tuple[str, ...] = ()
+
+
 @dataclasses.dataclass
 class Step:
   """One stage command. `args` maps flags (without --) to values: str / int / float / bool, a list
@@ -85,7 +94,9 @@ class Step:
     found = []
     for value in self.args.values():
       for v in value if isinstance(value, list | tuple) else [value]:
-        if isinstance(v, Raw | Output | ServiceURL):
+        if isinstance(v, Mixture):
+          found += [ref for ref, _ in v.parts]
+        elif isinstance(v, Raw | Output | ServiceURL):
           found.append(v)
     return found
 
@@ -101,6 +112,8 @@ class Recipe:
   name: str
   steps: list[Step]
   services: list[Service] = dataclasses.field(default_factory=list)
+  variants: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> what its data is
   expected: str = ""
   wiring_test: bool = False
+  missing: list[str] = dataclasses.field(default_factory=list)  # knobs to set before it can run (not dry)
   notes: list[str] = dataclasses.field(default_factory=list)

@@ -1,0 +1,298 @@
+"""Runs a recipe's graph: each unfinished step as its stage's own command, a child process of this one.
+
+A step whose provenance says "completed" is reused, whichever recipe made it. A step that was
+started and not finished (the recipe was killed) is started again in the same folder: the stages
+resume from what they kept (trainer checkpoints, annotation caches, finished shards). A failed
+step stops the steps that read from it, not the others; the run ends with exit code 1 and one line
+per failed step naming its log. Each child dies with this process (PR_SET_PDEATHSIG), so a
+SIGKILLed recipe leaves no stage running; SIGINT / SIGTERM are passed to the running stage, which
+stops the way it always does (a trainer saves a checkpoint), then the recipe exits 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from phi1_jax.cli import UserError, settings_diff
+from phi1_jax.recipe import graph as graph_lib
+from phi1_jax.recipe.steps import Service
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+  """In the child, before exec: the kernel sends it SIGKILL when the recipe process dies."""
+  with contextlib.suppress(OSError, AttributeError):
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def code_version() -> str:
+  """The checkout's commit (with "+dirty" for uncommitted changes), else the installed version."""
+  repo = Path(__file__).resolve().parents[2]
+  try:
+    commit = subprocess.run(
+      ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    from importlib.metadata import version
+
+    return f"phi1_jax {version('phi1_jax')}"
+
+
+def flatten(identity: dict) -> dict[str, str]:
+  """An identity as `flag -> value` strings, for naming what differs between two of them."""
+  flat = {"version": identity.get("version", "")}
+  for key, value in identity["args"].items():
+    flat[key] = json.dumps(value, sort_keys=True)
+  return flat
+
+
+def why(graph: graph_lib.Graph, name: str, previous: dict | None, reran: set[str]) -> str:
+  """Why `name` must run: interrupted, first time, or what changed since this recipe's last run."""
+  folder = graph.folder(name)
+  if graph_lib.state(folder) == "interrupted":
+    return "resumes an interrupted run"
+  old = (previous or {}).get(name)
+  if old is None:
+    return "new step"
+  changed_inputs = [u for u in graph.upstream(name) if u in reran]
+  if changed_inputs:
+    return f"its input changed: {', '.join(sorted(set(changed_inputs)))}"
+  diff = settings_diff(flatten(old["identity"]), flatten(graph.identity[name]))
+  if diff:
+    return "new settings: " + "; ".join(d if len(d) < 160 else d[:157] + "..." for d in diff)
+  return "not run yet" if old["hash"] == graph.hash[name] else "its output folder is gone"
+
+
+def plan(graph: graph_lib.Graph, previous: dict | None) -> list[tuple[str, str, str]]:
+  """(step, "cached" | "run", reason) in run order."""
+  rows, to_run = [], set()
+  for step in graph.steps:
+    if graph_lib.state(graph.folder(step.name)) == "done":
+      rows.append((step.name, "cached", ""))
+    else:
+      rows.append((step.name, "run", why(graph, step.name, previous, to_run)))
+      to_run.add(step.name)
+  return rows
+
+
+class Services:
+  """Stand-in servers, started on first use on free ports of 127.0.0.1, stopped at the end."""
+
+  def __init__(self, services: dict[str, Service], log_dir: Path):
+    self.services = services
+    self.log_dir = log_dir
+    self.urls: dict[str, str] = {}
+    self.procs: list[subprocess.Popen] = []
+
+  def url(self, name: str) -> str:
+    if name not in self.urls:
+      self.urls[name] = self._start(self.services[name])
+    return self.urls[name]
+
+  def _start(self, service: Service) -> str:
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    argv = [a.replace("{port}", str(port)).replace("{python}", sys.executable) for a in service.argv]
+    self.log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = self.log_dir / f"{service.name}.log"
+    with open(log_path, "ab") as log:
+      proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    self.procs.append(proc)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+      if proc.poll() is not None:
+        raise UserError(f"service {service.name} exited with code {proc.returncode} at start; its log: {log_path}")
+      with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return f"http://127.0.0.1:{port}/v1"
+      time.sleep(0.2)
+    raise UserError(f"service {service.name} did not listen on port {port} within 60 s; its log: {log_path}")
+
+  def stop(self) -> None:
+    for proc in self.procs:
+      proc.terminate()
+    for proc in self.procs:
+      with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+      if proc.poll() is None:
+        proc.kill()
+
+
+def _echo(stream, log_file, prefix: str, echo: bool) -> None:
+  """Copies the child's output to its log, and (with echo) to this terminal with the step's name."""
+  for line in iter(stream.readline, b""):
+    log_file.write(line)
+    log_file.flush()
+    if echo:
+      sys.stdout.write(f"{prefix} {line.decode(errors='replace')}")
+      sys.stdout.flush()
+
+
+def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_args: str, echo: bool) -> int:
+  """Runs one step to its end; returns the stage's exit code. Provenance records every attempt."""
+  step = graph.by_name[name]
+  folder = graph.folder(name)
+  folder.mkdir(parents=True, exist_ok=True)
+  lock = open(folder / ".lock", "w")  # noqa: SIM115 (held for the step's whole run)
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.close()
+    raise UserError(f"step {name}: {folder} is being run by another process; wait for it or stop it") from None
+  try:
+    urls = {ref.service: services.url(ref.service) for ref in step.inputs() if hasattr(ref, "service")}
+    argv = [sys.executable, *graph.argv(name, urls)]
+    log_path = folder / "log.txt"
+    if step.launcher == "slurm":
+      stage_flags = argv[3:]  # after python -m phi1_jax.train
+      argv = ["sbatch", "--wait", f"--job-name={name}", f"--output={log_path}", "--open-mode=append"]
+      argv += shlex.split(sbatch_args) + [str(_launch_script()), *stage_flags]
+    record = graph_lib.read_provenance(folder) or {
+      "step": name,
+      "command": step.command,
+      "hash": graph.hash[name],
+      "identity": graph.identity[name],
+      "attempts": [],
+      "completed": False,
+    }
+    record["names"] = sorted(set(record.get("names", [])) | {f"{graph.recipe.name}:{name}"})
+    attempt = {
+      "started": time.time(),
+      "argv": argv,
+      "code_version": code_version(),
+      "host": platform.node(),
+      "pid": os.getpid(),
+    }
+    record["attempts"].append(attempt)
+    graph_lib.write_provenance(folder, record)
+    with open(log_path, "ab") as log_file:
+      log_file.write(f"\n### {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(argv)}\n".encode())
+      log_file.flush()
+      proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+      copier = threading.Thread(target=_echo, args=(proc.stdout, log_file, f"[{name}]", echo), daemon=True)
+      copier.start()
+      try:
+        rc = proc.wait()
+      except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)  # the stage stops as it always does (a trainer checkpoints)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+          proc.wait(timeout=120)
+        raise
+      copier.join(timeout=10)
+    attempt["ended"] = time.time()
+    attempt["exit_code"] = rc
+    if rc == 0:
+      from phi1_jax.recipe import outcomes
+
+      record["completed"] = True
+      record["ended"] = attempt["ended"]
+      record["wall_s"] = round(attempt["ended"] - attempt["started"], 1)
+      record["counts"] = outcomes.outcome(step.command, folder / "out")
+    graph_lib.write_provenance(folder, record)
+    return rc
+  finally:
+    lock.close()
+
+
+def _launch_script() -> Path:
+  from phi1_jax.sweep.slurm import launch_script
+
+  return launch_script()
+
+
+def index_path(root: Path, recipe_name: str) -> Path:
+  return root / "recipes" / f"{recipe_name}.json"
+
+
+def read_index(root: Path, recipe_name: str) -> dict | None:
+  try:
+    return json.loads(index_path(root, recipe_name).read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def write_index(graph: graph_lib.Graph, recipe_file: str, settings: dict) -> None:
+  """ROOT/recipes/<name>.json: which folder holds each of the recipe's steps (what `report` reads)."""
+  recipe = graph.recipe
+  index = {
+    "recipe": recipe.name,
+    "file": recipe_file,
+    "settings": settings,
+    "variants": recipe.variants,
+    "expected": recipe.expected,
+    "wiring_test": recipe.wiring_test,
+    "notes": recipe.notes,
+    "stand_ins": [f"{s.name}: {s.stand_in}" for s in recipe.services],
+    "steps": {
+      s.name: {
+        "command": s.command,
+        "hash": graph.hash[s.name],
+        "folder": str(graph.folder(s.name).relative_to(graph.root)),
+        "identity": graph.identity[s.name],
+        "info": s.info,
+      }
+      for s in graph.steps
+    },
+  }
+  path = index_path(graph.root, recipe.name)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(index, indent=1, default=str))
+  os.replace(tmp, path)
+
+
+def execute(
+  graph: graph_lib.Graph, rows: list[tuple[str, str, str]], *, sbatch_args: str = "", echo: bool = True, log=print
+) -> int:
+  """Runs the steps `rows` marks "run", in order; 0 when every step is done at the end, else 1."""
+  services = Services(graph.services, graph.root / "services")
+  failed: dict[str, str] = {}
+  skipped: set[str] = set()
+  to_run = [name for name, action, _ in rows if action == "run"]
+  started = time.monotonic()
+  try:
+    for k, name in enumerate(to_run, 1):
+      blocked = [u for u in graph.upstream(name) if u in failed or u in skipped]
+      if blocked:
+        skipped.add(name)
+        log(f"recipe: [{k}/{len(to_run)}] {name}: not run, its input {blocked[0]} did not finish")
+        continue
+      log(f"recipe: [{k}/{len(to_run)}] {name} ({graph.by_name[name].command}) in {graph.folder(name)}")
+      t0 = time.monotonic()
+      rc = run_step(graph, name, services, sbatch_args=sbatch_args, echo=echo)
+      took = time.monotonic() - t0
+      elapsed = time.monotonic() - started
+      left = len(to_run) - k
+      if rc != 0:
+        failed[name] = str(graph.folder(name) / "log.txt")
+        log(f"recipe: error: step {name} failed (exit code {rc}); its log: {failed[name]}")
+      else:
+        eta = f", about {elapsed / k * left / 60:.0f} min left" if left else ""
+        log(f"recipe: [{k}/{len(to_run)}] {name} done in {took:.0f} s ({elapsed / 60:.1f} min so far{eta})")
+  finally:
+    services.stop()
+  if failed or skipped:
+    for name, log_file in failed.items():
+      log(f"recipe: error: step {name} failed; its log: {log_file}")
+    if skipped:
+      log(f"recipe: {len(skipped)} step(s) not run because an input failed: {', '.join(sorted(skipped))}")
+    return 1
+  return 0

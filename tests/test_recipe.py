@@ -1,0 +1,155 @@
+"""`python -m phi1_jax.recipe` end to end on a small real recipe (tests/data/recipe_small.py): real stages
+in real child processes, a SIGKILL in the middle of training, reuse by content hash, a failing step."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, repo_env
+
+RECIPE = "tests/data/recipe_small.py"
+pytestmark = pytest.mark.slow
+
+
+def recipe(*args, check=True, timeout=600):
+  proc = subprocess.run(
+    [sys.executable, "-m", "phi1_jax.recipe", *args],
+    cwd=REPO,
+    env=repo_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  if check:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc
+
+
+def provenance(root: Path) -> dict[str, dict]:
+  index = json.loads((root / "recipes" / "small.json").read_text())
+  return {name: json.loads((root / e["folder"] / "provenance.json").read_text()) for name, e in index["steps"].items()}
+
+
+def report_numbers(root: Path) -> dict:
+  """The report's results without what differs between two runs of the same thing (times, paths)."""
+  from phi1_jax.recipe import results
+
+  gathered = results.gather(root, "small")
+  steps = [
+    {**s, "counts": {k: v for k, v in s["counts"].items() if not any(t in k for t in ("wall", "time", "_s"))}}
+    for s in gathered["steps"]
+  ]
+  for s in steps:
+    s.pop("wall_s"), s.pop("attempts")
+  return {"variants": gathered["variants"], "steps": steps}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("straight")
+  recipe("run", RECIPE, f"--root={root}", "--quiet")
+  return root
+
+
+def test_a_recipe_killed_mid_training_resumes_and_equals_an_uninterrupted_run(straight_run, tmp_path):
+  root = tmp_path / "killed"
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "phi1_jax.recipe", "run", RECIPE, f"--root={root}", "--quiet"],
+    cwd=REPO,
+    env=repo_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+  )
+  deadline = time.monotonic() + 300
+  train_log = None
+  while time.monotonic() < deadline and proc.poll() is None:
+    logs = list((root / "train").glob("*/log.txt"))
+    if logs and "step 12/30" in logs[0].read_text():
+      train_log = logs[0]
+      break
+    time.sleep(0.2)
+  assert train_log is not None, "training never reached step 12"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  time.sleep(1)  # the kernel delivers the trainer's parent-death signal
+  workdir = str(train_log.parent / "out")
+  left = subprocess.run(["pgrep", "-f", workdir], capture_output=True, text=True).stdout.split()
+  assert not left, f"a stage outlived the recipe: {left}"
+  assert provenance(root)["pretrain/raw/seed0"]["completed"] is False
+
+  dry = recipe("run", RECIPE, f"--root={root}", "--dry_run").stdout
+  assert "pretrain/raw/seed0" in dry and "resumes an interrupted run" in dry
+  assert "tokenizer" in dry and dry.count(" cached") == 3, dry
+  recipe("run", RECIPE, f"--root={root}", "--quiet")
+
+  records = provenance(root)
+  for name, record in records.items():
+    finished = [a for a in record["attempts"] if a.get("exit_code") == 0]
+    assert record["completed"] and len(finished) == 1, (name, record["attempts"])
+  train_attempts = records["pretrain/raw/seed0"]["attempts"]
+  assert len(train_attempts) == 2 and "exit_code" not in train_attempts[0]
+  assert "resuming from step" in train_log.read_text().lower() or "restored" in train_log.read_text().lower()
+  assert all(len(r["attempts"]) == 1 for n, r in records.items() if n != "pretrain/raw/seed0")
+  assert report_numbers(root) == report_numbers(straight_run)
+
+  recipe("report", f"--root={root}")
+  text = (root / "report.md").read_text()
+  assert "Wiring test" in text and "raw" in text
+  assert (root / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  again = recipe("run", RECIPE, f"--root={root}")
+  assert "nothing to do" in again.stdout
+
+
+def test_a_changed_setting_reruns_that_step_and_what_reads_from_it_only(straight_run):
+  dry = recipe("run", RECIPE, f"--root={straight_run}", "--dry_run", "--set", "train_steps=20").stdout
+  lines = {line.split()[0]: line for line in dry.splitlines() if line.startswith("  ") and len(line.split()) > 2}
+  for name in ("tokenizer", "decontam/raw", "pack/raw"):
+    assert lines[name].endswith("cached"), dry
+  assert "new settings: config.total_steps 30 -> 20" in lines["pretrain/raw/seed0"], dry
+  assert "its input changed: pretrain/raw/seed0" in lines["eval/raw/seed0/base"], dry
+
+  before = provenance(straight_run)
+  recipe("run", RECIPE, f"--root={straight_run}", "--quiet", "--set", "train_steps=20")
+  after = provenance(straight_run)
+  for name in ("tokenizer", "decontam/raw", "pack/raw"):
+    assert after[name] == before[name]  # not run again: the same folder, one attempt
+  assert after["pretrain/raw/seed0"]["hash"] != before["pretrain/raw/seed0"]["hash"]
+  assert after["pretrain/raw/seed0"]["counts"]["final_step"] == 20
+  # the first run's folders are still there: going back to 30 steps is all cached
+  back = recipe("run", RECIPE, f"--root={straight_run}", "--dry_run").stdout
+  assert "0 to run" in back, back
+
+
+def test_a_failed_step_stops_what_reads_from_it_in_one_line_naming_its_log(straight_run):
+  proc = recipe("run", RECIPE, f"--root={straight_run}", "--quiet", "--set", "eval_benchmark=mbpp", check=False)
+  assert proc.returncode == 1
+  failed = [line for line in proc.stdout.splitlines() if "error: step eval/raw/seed0/base failed" in line]
+  assert failed and "its log: " in failed[0]
+  log = Path(failed[0].split("its log: ")[1])
+  assert log.is_file() and "mbpp" in log.read_text()
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["run", "tests/data/nope.py", "--root=/tmp/x"], "recipe file tests/data/nope.py does not exist"),
+    (["run", RECIPE, "--root=/tmp/x", "--set", "train_step=3"], "unknown config key 'train_step'"),
+    (["run", RECIPE, "--root=/tmp/x", "--set", "train_steps=many"], "train_steps"),
+    (["report", "--root=/tmp/phi1-no-such-root"], "holds no recipe run"),
+  ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+  proc = recipe(*args, check=False, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_dry_run_of_the_paper_recipe_prints_its_cost_without_inputs_or_endpoint():
+  proc = recipe("run", "configs/recipes/phi1.py", "--root=/tmp/phi1-dry", "--dry_run")
+  out = proc.stdout
+  assert "cost" in out and "GPU-hours" in out
+  assert "llm.base_url" in out  # what must be set before it can run

@@ -155,7 +155,9 @@ class Graph:
     for key, value in step.args.items():
       values = value if isinstance(value, list | tuple) else [value]
       rendered = [self._render(v, service_urls) for v in values]
-      if isinstance(value, list | tuple):
+      if isinstance(value, bool) and not key.startswith("config."):
+        line += [f"--{key}"] if value else []  # an on/off flag (store_true) takes no value
+      elif isinstance(value, list | tuple):
         line += [f"--{key}", *rendered]
       else:
         line.append(f"--{key}={rendered[0]}")

@@ -71,6 +71,9 @@ def knobs() -> ml_collections.ConfigDict:
   c.pretrain = ml_collections.ConfigDict(
     dict(config="configs/phi1.py", total_steps=36_000, batch_size=1024, overrides="", textbook_weight=0.13)
   )
+  # the data stages' executor flags for filter and decontam, "key=value,...", e.g.
+  # "executor=slurm,slurm_partition=cpu,slurm_wait=true" (slurm_wait: the step ends when its jobs do)
+  c.data_executor = ""
   c.launcher = "local"  # train steps: local, or slurm (through launch/slurm.sbatch; `run --sbatch_args`)
   c.finetune = ml_collections.ConfigDict(
     dict(config="configs/phi1_finetune.py", total_steps=6_000, batch_size=256, overrides="")
@@ -85,6 +88,15 @@ def _overrides(text: str) -> dict[str, str]:
   if bad:
     raise ValueError(f"overrides {text!r}: want key=value,key=value")
   return {f"config.{k.strip()}": v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def _flags(text: str) -> dict[str, str | bool]:
+  """ "key=value,key=value" as stage flags; true / false are on/off flags."""
+  pairs = [p for p in text.split(",") if p.strip()]
+  if any("=" not in p for p in pairs):
+    raise ValueError(f"data_executor {text!r}: want key=value,key=value")
+  parsed = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+  return {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in parsed.items()}
 
 
 def build(c: ml_collections.ConfigDict) -> Recipe:
@@ -106,7 +118,9 @@ def build(c: ml_collections.ConfigDict) -> Recipe:
     annotator_model = llm_model = c.llm.model or "SET-llm.model"
     missing += [f"llm.{k}" for k in ("base_url", "model") if not c.llm[k]]
   llm = {"concurrency": c.llm.concurrency}
+  executor = _flags(c.data_executor)
   benchmarks = {"benchmarks": c.decontam.benchmarks, "tasks": c.decontam.tasks, "workers": c.decontam.workers}
+  benchmarks.update(executor)
   if c.decontam.mbpp_path:
     benchmarks["mbpp_path"] = Raw(c.decontam.mbpp_path)
   steps: list[Step] = []
@@ -162,7 +176,14 @@ def build(c: ml_collections.ConfigDict) -> Recipe:
   add(
     "filter",
     "curate filter",
-    {"input": raw, **keys, "classifier": Output("classifier"), "tasks": c.filter.tasks, "workers": c.filter.workers},
+    {
+      "input": raw,
+      **keys,
+      "classifier": Output("classifier"),
+      "tasks": c.filter.tasks,
+      "workers": c.filter.workers,
+      **executor,
+    },
   )
   clean_and_pack("filtered", [Output("filter", "data")], c.pack.eval_fraction)
   for kind, endpoint in (("textbooks", textbook_llm), ("exercises", exercise_llm)):

@@ -264,6 +264,13 @@ def execute(
 ) -> int:
   """Runs the steps `rows` marks "run", in order; 0 when every step is done at the end, else 1."""
   services = Services(graph.services, graph.root / "services")
+  events_path = graph.root / "recipes" / f"{graph.recipe.name}.events.jsonl"
+
+  def event(name: str, what: str, **fields) -> None:
+    """One line per step event, for plotting a run's timeline."""
+    with open(events_path, "a") as f:
+      f.write(json.dumps({"time": round(time.time(), 3), "step": name, "event": what, **fields}) + "\n")
+
   failed: dict[str, str] = {}
   skipped: set[str] = set()
   to_run = [name for name, action, _ in rows if action == "run"]
@@ -273,14 +280,17 @@ def execute(
       blocked = [u for u in graph.upstream(name) if u in failed or u in skipped]
       if blocked:
         skipped.add(name)
+        event(name, "not run", input=blocked[0])
         log(f"recipe: [{k}/{len(to_run)}] {name}: not run, its input {blocked[0]} did not finish")
         continue
       log(f"recipe: [{k}/{len(to_run)}] {name} ({graph.by_name[name].command}) in {graph.folder(name)}")
+      event(name, "start", command=graph.by_name[name].command, folder=str(graph.folder(name)))
       t0 = time.monotonic()
       rc = run_step(graph, name, services, sbatch_args=sbatch_args, echo=echo)
       took = time.monotonic() - t0
       elapsed = time.monotonic() - started
       left = len(to_run) - k
+      event(name, "done" if rc == 0 else "failed", exit_code=rc, wall_s=round(took, 1))
       if rc != 0:
         failed[name] = str(graph.folder(name) / "log.txt")
         log(f"recipe: error: step {name} failed (exit code {rc}); its log: {failed[name]}")

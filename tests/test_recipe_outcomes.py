@@ -172,3 +172,53 @@ def test_train_and_eval_outcomes(tmp_path, stdlib_cache):
   assert found["llm_requests"] == 0 and found["llm_tokens"] == 0
   (out / "summary.json").unlink()  # an evaluation cut short: no numbers, no crash
   assert outcomes.outcome("eval", out)["pass@1"] is None
+
+
+@pytest.mark.slow
+def test_embed_classifier_and_filter_outcomes(tmp_path):
+  import gzip
+
+  from sklearn.metrics import f1_score, precision_score, recall_score
+
+  from curate_fixtures import make_checkpoint
+
+  inputs = [str(STDLIB / "json"), str(STDLIB / "http")]
+  ckpt = make_checkpoint(tmp_path / "ckpt")
+  with FaultyLLMServer(responder=rule_judge, retry_after="0") as server:
+    annotate = ["annotate", "--input", *inputs, "--sample=20", f"--out={tmp_path / 'ann'}"]
+    proc = run_module("phi1_jax.curate", *annotate, f"--base_url={server.base_url}", "--model=rules")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  stages = [
+    ["embed", "--input", *inputs, "--sample=20", f"--checkpoint={ckpt}", "--max_len=128", f"--out={tmp_path / 'emb'}"],
+    [
+      "train-classifier",
+      f"--annotations={tmp_path / 'ann'}",
+      f"--embeddings={tmp_path / 'emb'}",
+      f"--out={tmp_path / 'cls'}",
+    ],
+    ["filter", "--input", *inputs, f"--classifier={tmp_path / 'cls'}", f"--out={tmp_path / 'filtered'}", "--tasks=2"],
+  ]
+  for args in stages:
+    proc = run_module("phi1_jax.curate", *args, env={"JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+  found = outcomes.outcome("curate embed", tmp_path / "emb")
+  ids = [line for path in (tmp_path / "emb").glob("ids-*.txt") for line in path.read_text().splitlines()]
+  assert found["documents"] == len(ids) == found["documents_embedded_last_run"] > 0 and found["dim"] == 32
+
+  found = outcomes.outcome("curate train-classifier", tmp_path / "cls")
+  info = json.loads((tmp_path / "cls" / "model_info.json").read_text())
+  preds = [json.loads(line) for line in (tmp_path / "cls" / "test_predictions.jsonl").read_text().splitlines()]
+  truth = [p["label"] for p in preds]
+  guess = [p[f"prob_{found['model']}"] >= info["cut"] for p in preds]
+  assert found["held_out"] == len(preds) and found["held_out_positives"] == sum(truth)
+  assert found["precision"] == pytest.approx(precision_score(truth, guess, zero_division=0))
+  assert found["recall"] == pytest.approx(recall_score(truth, guess, zero_division=0))
+  assert found["f1"] == pytest.approx(f1_score(truth, guess, zero_division=0))
+  assert 0 <= found["roc_auc"] <= 1
+
+  found = outcomes.outcome("curate filter", tmp_path / "filtered")
+  kept = sum(1 for path in (tmp_path / "filtered" / "data").glob("*.jsonl.gz") for _ in gzip.open(path, "rt"))
+  assert found["documents_kept"] == kept and 0 < found["documents_read"]
+  assert found["documents_kept"] <= found["documents_read"] and found["tokens_kept"] <= found["tokens_read"]
+  assert found["kept_fraction"] == pytest.approx(kept / found["documents_read"])

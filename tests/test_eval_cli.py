@@ -51,7 +51,7 @@ def model_and_tokenizer(ckpt):
   return model_from_params(*checkpoint.load_params(ckpt)), load_tokenizer(ckpt)
 
 
-def test_eval_command_end_to_end(ckpt, tmp_path):
+def test_eval_command_end_to_end(ckpt, tmp_path, capsys):
   out = tmp_path / "eval"
   cmd = [
     sys.executable,
@@ -89,7 +89,12 @@ def test_eval_command_end_to_end(ckpt, tmp_path):
   assert math.isfinite(summary["canonical_loss"]) and summary["canonical_loss"] > 0
   headline = json.loads(proc.stdout.strip().splitlines()[-1])
   assert headline == {"pass@1": 0.0, "canonical_loss": summary["canonical_loss"], "canonical_loss_problems": 3}
-  assert json.loads((out / "settings.json").read_text())["canonical_loss"] is True  # a setting: the rerun rule
+  # a setting: the same command again has nothing to do; without the flag, the folder is refused
+  capsys.readouterr()
+  assert eval_cli.main(cmd[3:]) == 0
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == headline
+  assert eval_cli.main([a for a in cmd[3:] if a != "--canonical_loss"]) == 2
+  assert "other settings (canonical_loss True -> None)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

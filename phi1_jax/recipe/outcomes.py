@@ -9,6 +9,7 @@ None, so a report renders from a partial run. `llm_usage(out_dir)`: what the LLM
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -54,8 +55,8 @@ def llm_usage(out_dir) -> dict[str, int | None]:
   caches = [Path(c) for c in (named, out / "llm_cache.sqlite") if c and Path(c).is_file()]
   if not caches:
     return {"llm_requests": 0, "llm_tokens": 0}
-  try:
-    with sqlite3.connect(f"file:{caches[0].resolve()}?mode=ro", uri=True) as db:
+  try:  # read-only: a report never changes a stage's cache
+    with contextlib.closing(sqlite3.connect(caches[0].resolve().as_uri() + "?mode=ro", uri=True)) as db:
       requests, tokens = db.execute(
         "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0) + COALESCE(SUM(completion_tokens), 0) FROM answers"
       ).fetchone()
@@ -104,7 +105,9 @@ def _annotate(out: Path) -> Outcome:
   histogram = manifest.get("score_histogram")
   histogram = histogram if isinstance(histogram, dict) else None
   additive = _get(manifest, "config", "scoring") == "additive"
-  scores = {f"score_{s}": (histogram.get(str(s), 0) if histogram is not None else None) for s in ADDITIVE_SCORES}
+  scores = {f"score_{s}": _get(histogram, str(s)) if histogram is not None else None for s in ADDITIVE_SCORES}
+  if histogram is not None:  # the stage lists the scores it saw: the others were seen 0 times
+    scores = {k: 0 if v is None else v for k, v in scores.items()}
   return {
     "documents": _get(manifest, "documents"),
     "annotated": _get(manifest, "annotated"),
@@ -167,8 +170,8 @@ def _synth(out: Path, kind: str) -> Outcome:
     "requested": _get(manifest, "counts", "requested"),
     "written": _get(manifest, "counts", "written"),
     "answers_received": paid + cached if isinstance(paid, int) and isinstance(cached, int) else None,
-    "rejected": sum(rejected.values()) if rejected is not None else None,
-    **{f"rejected/{reason}": count for reason, count in (rejected or {}).items()},
+    "rejected": sum(v for v in rejected.values() if isinstance(v, int)) if rejected is not None else None,
+    **{f"rejected/{reason}": _get(rejected, reason) for reason in rejected or {}},
     **llm_usage(out),
     "llm_requests_sent_last_run": _get(manifest, "llm", "requests_sent"),  # each task's last run, retries included
   }

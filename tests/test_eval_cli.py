@@ -51,7 +51,7 @@ def model_and_tokenizer(ckpt):
   return model_from_params(*checkpoint.load_params(ckpt)), load_tokenizer(ckpt)
 
 
-def test_eval_command_end_to_end(ckpt, tmp_path):
+def test_eval_command_end_to_end(ckpt, tmp_path, capsys):
   out = tmp_path / "eval"
   cmd = [
     sys.executable,
@@ -64,6 +64,7 @@ def test_eval_command_end_to_end(ckpt, tmp_path):
     "--max_new_tokens=24",
     "--batch_size=3",
     "--workers=2",
+    "--canonical_loss",
   ]
   env = repo_env(JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -81,7 +82,19 @@ def test_eval_command_end_to_end(ckpt, tmp_path):
   assert summary["n_samples_per_problem"] == 1 and "n_samples" not in summary
   assert summary["pass@1"] == 0.0 and "pass@10" not in summary  # pass@k only where n >= k
   assert summary["temperature"] == 0.0 and summary["checkpoint"] == str(ckpt)
-  assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"pass@1": 0.0}
+  # the canonical solutions' loss: what the harness gives for the same checkpoint, loaded the one way
+  model, tok = checkpoint.load_model_and_tokenizer(ckpt)
+  want = harness.humaneval_canonical_loss(model, tok, limit=3, seq_len=CFG.max_seq_len)
+  assert summary["canonical_loss"] == pytest.approx(want, rel=1e-5) and summary["canonical_loss_problems"] == 3
+  assert math.isfinite(summary["canonical_loss"]) and summary["canonical_loss"] > 0
+  headline = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert headline == {"pass@1": 0.0, "canonical_loss": summary["canonical_loss"], "canonical_loss_problems": 3}
+  # a setting: the same command again has nothing to do; without the flag, the folder is refused
+  capsys.readouterr()
+  assert eval_cli.main(cmd[3:]) == 0
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == headline
+  assert eval_cli.main([a for a in cmd[3:] if a != "--canonical_loss"]) == 2
+  assert "other settings (canonical_loss True -> None)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -95,6 +108,7 @@ def test_eval_command_end_to_end(ckpt, tmp_path):
     (["--benchmark=mbpp"], "--mbpp_path"),
     (["--benchmark=mbpp", "--mbpp_path=/nonexistent/mbpp.jsonl"], "/nonexistent/mbpp.jsonl"),
     (["--tokenizer=/nonexistent/tok"], "--tokenizer"),
+    (["--canonical_loss", "--benchmark=unconventional"], "--canonical_loss"),
   ],
 )
 def test_bad_flags_fail_in_one_line(ckpt, tmp_path, capsys, flags, message):
@@ -104,6 +118,13 @@ def test_bad_flags_fail_in_one_line(ckpt, tmp_path, capsys, flags, message):
   assert eval_cli.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("python -m phi1_jax.eval: error:") and message in err[0], err
+  assert not (tmp_path / "o").exists()
+
+
+def test_canonical_loss_needs_a_checkpoint(tmp_path, capsys):
+  assert eval_cli.main(["--reference", "--canonical_loss", "--benchmark=humaneval", f"--out={tmp_path / 'o'}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "--canonical_loss" in err[0] and "--reference" in err[0], err
   assert not (tmp_path / "o").exists()
 
 

@@ -19,6 +19,8 @@ that a problem set and its tests are sound. --grader_base_url/--grader_model gra
 with an LLM (phi1_jax/eval/grade.py: its rerun rule, what the grade means).
 --benchmark=humaneval_plus|mbpp_plus --data_path=FILE: evalplus's released file, its samples sanitized
 and run on base and plus inputs (phi1_jax/eval/plus.py).
+--canonical_loss (humaneval, with --checkpoint) also scores the mean per-token loss of the canonical
+solutions given their prompts (the first --limit problems): summary.json's canonical_loss.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def _parse_args(argv):
   parser = cli.OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", help="phi1_jax checkpoint, trainer workdir/step or HF folder")
   parser.add_argument("--reference", action="store_true", help="score the canonical solutions (no --checkpoint)")
+  parser.add_argument(
+    "--canonical_loss", action="store_true", help="also the model's loss on the canonical solutions (humaneval)"
+  )
   benchmarks = ["humaneval", "mbpp", "unconventional", *plus.BENCHMARKS]
   parser.add_argument("--benchmark", required=True, choices=benchmarks)
   parser.add_argument("--out", required=True, help="folder for samples.jsonl, its _results.jsonl and summary.json")
@@ -78,6 +83,8 @@ def _check_args(args) -> list[int]:
     raise ValueError("--checkpoint=CKPT is required (or --reference to score the canonical solutions)")
   if args.reference and (args.checkpoint or args.n_samples != 1):
     raise ValueError("--reference scores the one canonical solution of each problem: drop --checkpoint, --n_samples")
+  if args.canonical_loss and (args.reference or args.benchmark != "humaneval"):
+    raise ValueError("--canonical_loss scores a --checkpoint on HumanEval: give --benchmark=humaneval, no --reference")
   positive = ("n_samples", "max_new_tokens", "batch_size", "check_every", "workers", "perturb_variants")
   for name in positive:
     if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -150,6 +157,8 @@ def _settings(args, weights: str | None, tok_path: Path | None, ks: list[int]) -
   )
   settings = {name: getattr(args, name) for name in names}
   settings.update(checkpoint=weights, tokenizer=str(tok_path), k=ks)
+  if args.canonical_loss:  # recorded only when asked, so folders made before the flag existed still match
+    settings.update(canonical_loss=True)
   if args.reference:
     settings = {"benchmark": args.benchmark, "reference": True, "limit": args.limit, "timeout": args.timeout, "k": ks}
   if args.perturb:
@@ -262,6 +271,13 @@ def main(argv=None) -> int:
   if note:
     print(note, file=sys.stderr)
   unfit = {t for t in problems if room[t] == 0}
+  canonical = {}
+  if args.canonical_loss:
+    canonical = _canonical_loss(model, tokenizer, args.limit, context_len)
+    print(
+      f"canonical_loss {canonical['canonical_loss']:.4f} on {canonical['canonical_loss_problems']} problems",
+      file=sys.stderr,
+    )
   ids = [t for t in problems for _ in range(args.n_samples)]
   sampled = [i for i, t in enumerate(ids) if t not in unfit]  # the samples whose prompt fits
   greedy = args.temperature == 0
@@ -326,6 +342,7 @@ def main(argv=None) -> int:
     "context_len": context_len,
     "n_problems_capped": sum(0 < r < args.max_new_tokens for r in room.values()),
     "problems_not_fitting": sorted(unfit, key=list(problems).index),
+    **canonical,
   }
   return _score_and_write(args, out, problems, samples, ks, grader, unfit, context_len, extra)
 
@@ -380,9 +397,19 @@ def _grade_and_write(args, out: Path, problems: dict, rows: list[dict], summary:
   return 0
 
 
+def _canonical_loss(model, tokenizer, limit: int | None, context_len: int) -> dict:
+  """summary.json's canonical_loss (harness.humaneval_canonical_loss over the model's whole context)
+  and canonical_loss_problems (how many HumanEval problems it averages over)."""
+  from phi1_jax.eval import harness, problems as problems_lib
+
+  n_problems = len(problems_lib.load_humaneval())
+  loss = harness.humaneval_canonical_loss(model, tokenizer, limit=limit, seq_len=context_len)
+  return {"canonical_loss": loss, "canonical_loss_problems": min(n_problems, limit or n_problems)}
+
+
 def _headline(summary: dict) -> dict:
-  """pass@k, and the grades' mean and counts when graded: the line printed on stdout."""
-  keys = ("grade_mean", "graded", "ungraded", "grade_missing")
+  """pass@k, the canonical loss when scored, the grades' mean and counts when graded: the line printed on stdout."""
+  keys = ("canonical_loss", "canonical_loss_problems", "grade_mean", "graded", "ungraded", "grade_missing")
   return {k: v for k, v in summary.items() if k.startswith(("pass@", "base_pass@", "raw_pass@")) or k in keys}
 
 

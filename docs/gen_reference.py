@@ -26,7 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # declare]), in the docs' reading order.
 COMMANDS = [
   ("phi1_jax.train", "train or finetune a model (absl flags; config fields as `--config.KEY=VALUE`)"),
-  ("phi1_jax.recipe", "the paper's experiment as one command: steps cached by content, a Figure 2.1 report", ["run", "report"]),
+  (
+    "phi1_jax.recipe",
+    "the paper's experiment as one command: steps cached by content, a Figure 2.1 report",
+    ["run", "report"],
+  ),
   ("phi1_jax.plan", "compile the train step for a mesh: memory and FLOPs per device"),
   ("phi1_jax.sweep", "grid and random sweeps of trainer runs, here or on SLURM", ["report", "trial"]),
   ("phi1_jax.data.tokenizer", "train or inspect a SentencePiece tokenizer"),

@@ -30,7 +30,7 @@ PANELS = (
 )
 FIGSIZE = (11.0, 4.5)
 DPI = 100
-COUNTS_SHOWN = 3  # key=value pairs of a step's counts in the steps table
+COUNTS_SHOWN = 3
 DIFFERENCE_RULE = (
   "A variant differs from the control on a metric only when the ranges [min, max] of their seeds' values do not "
   "overlap; overlapping ranges read \"none: inside the seeds' spread\". With fewer than 2 seeds on either side "

@@ -30,6 +30,22 @@ METRICS = {
 }
 
 
+# the counts the steps table shows per command (provenance.json keeps them all)
+HEADLINE = {
+  "data.tokenizer train": ("vocab_size", "sentences_used"),
+  "data.pack": ("documents", "records_train", "tokens"),
+  "curate annotate": ("annotated", "unparseable"),
+  "curate embed": ("documents", "dim"),
+  "curate train-classifier": ("precision", "recall", "roc_auc"),
+  "curate filter": ("documents_read", "documents_kept", "tokens_kept"),
+  "synth textbooks": ("written", "answers_received", "rejected"),
+  "synth exercises": ("written", "answers_received", "rejected"),
+  "decontam": ("documents_read", "documents_kept", "documents_removed"),
+  "train": ("final_step", "final_loss", "final_eval_loss"),
+  "eval": ("pass@1", "canonical_loss", "problems"),
+}
+
+
 def _mixture(identity: dict) -> list[tuple[str, float]]:
   """(producing step's hash, weight) of each source of a train step's data.mixture."""
   value = identity["args"].get("config.data.mixture")
@@ -63,7 +79,7 @@ def gather(root: Path, recipe_name: str) -> dict:
         "status": status,
         "wall_s": (record or {}).get("wall_s"),
         "attempts": len((record or {}).get("attempts", [])),
-        "counts": c,
+        "counts": {k: c.get(k) for k in HEADLINE.get(entry["command"], ())} if c else {},
         "llm_requests": c.get("llm_requests"),
         "llm_tokens": c.get("llm_tokens"),
         "folder": entry["folder"],

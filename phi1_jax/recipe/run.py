@@ -259,6 +259,17 @@ def write_index(graph: graph_lib.Graph, recipe_file: str, settings: dict) -> Non
   os.replace(tmp, path)
 
 
+def _minutes_left(graph: graph_lib.Graph, names: list[str], took_by_command: dict[str, list[float]]) -> float:
+  """Each step still to run at the mean time its command has taken so far (a train step is not a pack step)."""
+  every = [t for times in took_by_command.values() for t in times]
+  overall = sum(every) / len(every)
+  left = 0.0
+  for name in names:
+    times = took_by_command.get(graph.by_name[name].command)
+    left += sum(times) / len(times) if times else overall
+  return left / 60
+
+
 def execute(
   graph: graph_lib.Graph, rows: list[tuple[str, str, str]], *, sbatch_args: str = "", echo: bool = True, log=print
 ) -> int:
@@ -274,6 +285,7 @@ def execute(
   failed: dict[str, str] = {}
   skipped: set[str] = set()
   to_run = [name for name, action, _ in rows if action == "run"]
+  took_by_command: dict[str, list[float]] = {}
   started = time.monotonic()
   try:
     for k, name in enumerate(to_run, 1):
@@ -295,7 +307,8 @@ def execute(
         failed[name] = str(graph.folder(name) / "log.txt")
         log(f"recipe: error: step {name} failed (exit code {rc}); its log: {failed[name]}")
       else:
-        eta = f", about {elapsed / k * left / 60:.0f} min left" if left else ""
+        took_by_command.setdefault(graph.by_name[name].command, []).append(took)
+        eta = f", about {_minutes_left(graph, to_run[k:], took_by_command):.0f} min left" if left else ""
         log(f"recipe: [{k}/{len(to_run)}] {name} done in {took:.0f} s ({elapsed / 60:.1f} min so far{eta})")
   finally:
     services.stop()

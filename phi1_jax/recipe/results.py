@@ -10,6 +10,7 @@ canonical-solution loss before and after finetuning, the eval loss, MBPP pass@1 
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 from phi1_jax.recipe import graph as graph_lib
@@ -52,6 +53,23 @@ def _mixture(identity: dict) -> list[tuple[str, float]]:
   if not isinstance(value, dict) or "mixture" not in value:
     return []
   return [(ref["output_of"], weight) for ref, weight in value["mixture"]]
+
+
+def _table3_rows(decontam_out: Path, variant: str) -> dict[str, str]:
+  """The paper's Table 3 from a decontam run with --results: per benchmark and tau, the similar and
+  non-similar problems and the finetuned model's pass@1 (%) on each group."""
+  try:
+    rows = json.loads((decontam_out / "report.json").read_text())["table3"]
+  except (OSError, ValueError, KeyError):
+    return {}
+  table = {}
+  for r in rows:
+    similar, non_similar = r.get("pass@1_similar"), r.get("pass@1_non_similar")
+    table[f"{variant}, {r['benchmark']} tau {r['tau']}"] = (
+      f"{r['similar']} similar (pass@1 {'-' if similar is None else similar}%), "
+      f"{r['non_similar']} non-similar (pass@1 {'-' if non_similar is None else non_similar}%)"
+    )
+  return table
 
 
 def gather(root: Path, recipe_name: str) -> dict:
@@ -119,10 +137,8 @@ def gather(root: Path, recipe_name: str) -> dict:
 
   table3 = {}
   for name, entry in index["steps"].items():
-    if entry["info"].get("role") == "table3":
-      for key, value in counts(name).items():
-        if "similar" in key:
-          table3[f"{entry['info']['variant']}: {key}"] = value
+    if entry["info"].get("role") == "table3" and counts(name):
+      table3.update(_table3_rows(root / entry["folder"] / "out", entry["info"]["variant"]))
   return {
     "recipe": recipe_name,
     "root": str(Path(root).absolute()),

@@ -56,40 +56,40 @@ def code_version() -> str:
     return f"phi1_jax {version('phi1_jax')}"
 
 
-def flatten(identity: dict) -> dict[str, str]:
+def flatten(identity: dict) -> dict:
   """An identity as `flag -> value` strings, for naming what differs between two of them."""
   flat = {"version": identity.get("version", "")}
   for key, value in identity["args"].items():
-    flat[key] = json.dumps(value, sort_keys=True)
+    flat[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
   return flat
 
 
-def why(graph: graph_lib.Graph, name: str, previous: dict | None, reran: set[str]) -> str:
+def why(graph: graph_lib.Graph, name: str, previous: dict | None) -> str:
   """Why `name` must run: interrupted, first time, or what changed since this recipe's last run."""
   folder = graph.folder(name)
   if graph_lib.state(folder) == "interrupted":
     return "resumes an interrupted run"
-  old = (previous or {}).get(name)
+  previous = previous or {}
+  old = previous.get(name)
   if old is None:
     return "new step"
-  changed_inputs = [u for u in graph.upstream(name) if u in reran]
+  if old["hash"] == graph.hash[name]:
+    return "not run yet" if not (folder / "provenance.json").exists() else "its output folder is gone"
+  changed_inputs = sorted({u for u in graph.upstream(name) if previous.get(u, {}).get("hash") != graph.hash[u]})
   if changed_inputs:
-    return f"its input changed: {', '.join(sorted(set(changed_inputs)))}"
+    return f"its input changed: {', '.join(changed_inputs)}"
   diff = settings_diff(flatten(old["identity"]), flatten(graph.identity[name]))
-  if diff:
-    return "new settings: " + "; ".join(d if len(d) < 160 else d[:157] + "..." for d in diff)
-  return "not run yet" if old["hash"] == graph.hash[name] else "its output folder is gone"
+  return "new settings: " + "; ".join(d if len(d) < 160 else d[:157] + "..." for d in diff)
 
 
 def plan(graph: graph_lib.Graph, previous: dict | None) -> list[tuple[str, str, str]]:
   """(step, "cached" | "run", reason) in run order."""
-  rows, to_run = [], set()
+  rows = []
   for step in graph.steps:
     if graph_lib.state(graph.folder(step.name)) == "done":
       rows.append((step.name, "cached", ""))
     else:
-      rows.append((step.name, "run", why(graph, step.name, previous, to_run)))
-      to_run.add(step.name)
+      rows.append((step.name, "run", why(graph, step.name, previous)))
   return rows
 
 

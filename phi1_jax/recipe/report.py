@@ -279,6 +279,14 @@ def plot(results: dict, path: Path) -> None:
         spread = [x + width * 0.6 * (k / max(len(values) - 1, 1) - 0.5) for k in range(len(values))]
         ax.scatter(spread if len(values) > 1 else [x], values, s=12, color="black", zorder=3)
       ax.bar(0, 0, 0, color=colors[b % 2], alpha=0.8, label=label)  # the legend entry, drawn whatever is missing
+    shown = [x for v in variants for metric, _ in bars for x in known((v.get("metrics") or {}).get(metric))]
+    if shown and "loss" in ylabel:  # losses differ in the second decimal: zoom to them (the axis says so)
+      lo, hi = min(shown), max(shown)
+      pad = max((hi - lo) * 0.3, 0.02)
+      ax.set_ylim(lo - pad, hi + pad)
+      ylabel += " (axis not from 0)"
+    elif shown:
+      ax.set_ylim(0, max(max(shown) * 1.2, 0.05))  # pass@1 is a fraction from 0
     ax.set_xticks(range(len(names)), names)
     ax.set_xlim(-0.6, max(len(names), 1) - 0.4)
     ax.set_title(title)

@@ -26,9 +26,18 @@ EVAL, EXECUTE, CONVERT, PLAN = "phi1_jax.eval", "phi1_jax.eval.execute", "phi1_j
 PACK, TOKENIZER = "phi1_jax.data.pack", "phi1_jax.data.tokenizer"
 TRAIN, SWEEP, SAMPLE, SERVE = "phi1_jax.train", "phi1_jax.sweep", "phi1_jax.sample", "phi1_jax.serve"
 CURATE, SYNTH, DECONTAM, FIXTURE = "phi1_jax.curate", "phi1_jax.synth", "phi1_jax.decontam", "phi1_jax.decontam.fixture"
+RECIPE = "phi1_jax.recipe"
 EVAL_OK = ["--benchmark=humaneval", "--checkpoint={ckpt}", "--out={tmp}/eval"]  # all good but the flag tried
 
 CASES = [
+  (RECIPE, ["run", "{missing}", "--root={tmp}/r"], "recipe file {missing} does not exist"),
+  (RECIPE, ["run", "configs/recipes/tiny.py", "--root={file}"], "--root {file} exists and is not a folder"),
+  (
+    RECIPE,
+    ["run", "configs/recipes/tiny.py", "--root={tmp}/r", "--set=seeds=0", "--set=pretrain.total_step=3"],
+    "did you mean 'pretrain.total_steps'",
+  ),
+  (RECIPE, ["run", "configs/recipes/phi1.py", "--root={tmp}/r"], "cannot run yet: set --set llm.base_url"),
   (EVAL, ["--benchmark=humaneval", "--checkpoint={missing}", "--out={tmp}/e"], "--checkpoint={missing}: not found"),
   (EVAL, EVAL_OK[1:] + ["--benchmark=humanevl"], "invalid choice: 'humanevl'"),
   (EVAL, EVAL_OK + ["--n_samples=0"], "--n_samples=0: must be >= 1"),
@@ -84,6 +93,8 @@ BAD_FLAG = [
   (TRAIN, ["--config=configs/tiny.py", "--workdir={tmp}/t", BAD], "no_such_flag"),
   (PLAN, ["--config=configs/tiny.py", BAD], "no_such_flag"),
   (SWEEP, [BAD], f"unrecognized arguments: {BAD}"),
+  (RECIPE, ["run", "configs/recipes/tiny.py", "--root={tmp}/r", BAD], f"unrecognized arguments: {BAD}"),
+  (RECIPE, ["report", BAD], f"unrecognized arguments: {BAD}"),
   (SWEEP, ["report", BAD], f"unrecognized arguments: {BAD}"),
   (SAMPLE, [BAD], f"unrecognized arguments: {BAD}"),
   (SERVE, [BAD], f"unrecognized arguments: {BAD}"),

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     return commands[argv[0]](argv[1:])
   except UserError as e:
-    return report_error(PROG, e)
+    return report_error(f"{PROG} {argv[0]}", e)
 
 
 if __name__ == "__main__":

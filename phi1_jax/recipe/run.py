@@ -7,6 +7,11 @@ step stops the steps that read from it, not the others; the run ends with exit c
 per failed step naming its log. Each child dies with this process (PR_SET_PDEATHSIG), so a
 SIGKILLed recipe leaves no stage running; SIGINT / SIGTERM are passed to the running stage, which
 stops the way it always does (a trainer saves a checkpoint), then the recipe exits 130.
+
+A train step with launcher "slurm" is `sbatch --wait launch/slurm.sbatch ...`: SLURM writes the
+job's output to the step's log, sbatch's exit code (the job's) is the step's, SIGINT / SIGTERM
+cancel the job (scancel). A SIGKILLed recipe leaves its job running; the rerun refuses the step,
+naming the job, until it has ended.
 """
 
 from __future__ import annotations
@@ -169,8 +174,8 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
       output = str(log_path).replace("%", "%%")
       argv = ["sbatch", "--wait", f"--job-name={name}", f"--output={output}", "--open-mode=append"]
       argv += shlex.split(sbatch_args) + [str(_launch_script()), *stage_flags]
-      # The job runs in this folder and environment; launch/slurm.sbatch starts $PYTHON: this interpreter,
-      # as for a local step, unless the user chose another.
+      # The job runs in this process's working directory and environment; launch/slurm.sbatch starts
+      # $PYTHON: this interpreter, as for a local step, unless the user chose another.
       env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
     record = graph_lib.read_provenance(folder) or {
       "step": name,
@@ -210,12 +215,10 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
         rc = proc.wait()
       except KeyboardInterrupt:
         # The stage stops as it always does (a trainer checkpoints). A signal to `sbatch --wait` ends sbatch
-        # and leaves the job running, so the job is cancelled instead: SLURM sends it SIGTERM, then SIGKILL
-        # after the cluster's KillWait, and sbatch returns once it has ended.
+        # and leaves the job running, so the job is cancelled first and sbatch stopped once it has ended.
         if job_id:
-          subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
-        else:
-          proc.send_signal(signal.SIGTERM)
+          _cancel_job(job_id)
+        proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
           proc.wait(timeout=120)
         raise
@@ -255,6 +258,19 @@ def _submitted_job(proc: subprocess.Popen, log_file, prefix: str, echo: bool) ->
     sys.stdout.flush()
   words = line.split()
   return words[-1].decode() if line.startswith(b"Submitted batch job ") else ""
+
+
+def _cancel_job(job_id: str, timeout: float = 180) -> None:
+  """scancel (SLURM sends the job SIGTERM, then SIGKILL after the cluster's KillWait) and waits until the
+  job has left the queue: sbatch --wait polls at up to 32 s intervals, so it is not what tells."""
+  subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    with contextlib.suppress(subprocess.SubprocessError):
+      queued = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=60)
+      if not queued.stdout.strip():  # ended (or already purged: "Invalid job id")
+        return
+    time.sleep(1)
 
 
 def _refuse_if_job_left(name: str, record: dict) -> None:

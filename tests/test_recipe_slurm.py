@@ -1,7 +1,8 @@
 """A recipe's train step on a real one-node SLURM cluster (launch/slurm_local_cluster.sh; skipped, saying
 why, where none can run): tests/data/recipe_small.py with `--set launcher=slurm` trains through
 launch/slurm.sbatch and a local run then reuses every step; a failing job's exit code is the step's; a
-SIGTERM to the recipe cancels its job, whose trainer saves a checkpoint as under a preemption."""
+SIGTERM to the recipe cancels its job, whose trainer saves a checkpoint as under a preemption; the job a
+SIGKILLed recipe leaves running makes a rerun refuse that step."""
 
 import json
 import signal
@@ -76,19 +77,16 @@ def test_a_failed_job_exit_code_is_the_step_exit_code(slurm_run):
   assert "python -m phi1_jax.train: error: config.total_steps=0 must be positive" in (folder / "log.txt").read_text()
 
 
-def test_sigterm_to_the_recipe_cancels_its_job_and_the_trainer_checkpoints(slurm_run):
-  earlier = set(slurm_run.glob("train/*/out/metrics.jsonl"))
-  proc = subprocess.Popen(
-    recipe_argv(slurm_run, *ON_SLURM, "--set", "train_steps=1000"),
-    cwd=REPO,
-    env=repo_env(JAX_PLATFORMS="cpu"),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  try:  # once the trainer has logged step 1 on the node
-    new = lambda: set(slurm_run.glob("train/*/out/metrics.jsonl")) - earlier  # noqa: E731
-    wait_for(lambda: any(m.stat().st_size for m in new()), 180, "step 1 of the job")
+def test_sigterm_cancels_the_job_and_after_a_sigkill_the_rerun_refuses_the_job_left_running(slurm_run):
+  argv = recipe_argv(slurm_run, *ON_SLURM, "--set", "train_steps=1000")
+  env = repo_env(JAX_PLATFORMS="cpu")
+  metrics = lambda: list(slurm_run.glob("train/*/out/metrics.jsonl"))  # noqa: E731
+  rows_before = {m: m.read_text().count("\n") for m in metrics()}
+  grown = lambda: any(m.read_text().count("\n") > rows_before.get(m, 0) for m in metrics())  # noqa: E731
+
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:  # once the trainer has logged a step on the node
+    wait_for(grown, 180, "the job's first step")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=150)
   finally:
@@ -103,3 +101,25 @@ def test_sigterm_to_the_recipe_cancels_its_job_and_the_trainer_checkpoints(slurm
   stopped = max(losses(folder / "out"))
   assert 1 <= stopped < 1000 and (folder / "out" / "checkpoints" / str(stopped)).is_dir(), log[-3000:]
   assert f"stopped by signal SIGTERM at step {stopped}; checkpoint saved" in log, log[-3000:]
+
+  # SIGKILL: sbatch --wait dies with the recipe, its job does not; the rerun refuses rather than start a
+  # second trainer in the same folder.
+  rows_before = {m: m.read_text().count("\n") for m in metrics()}
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    wait_for(grown, 180, "the resumed job's first step")
+  finally:
+    proc.kill()
+    proc.communicate()
+  job = json.loads((folder / "provenance.json").read_text())["attempts"][-1]["slurm_job"]
+  try:
+    assert queued(job)
+    refused = recipe(slurm_run, *ON_SLURM, "--set", "train_steps=1000")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+      f"python -m phi1_jax.recipe: error: step pretrain/raw/seed0: SLURM job {job} from an earlier run still "
+      f"runs it; wait for it (squeue -j {job}) or cancel it (scancel {job}), then rerun"
+    ]
+  finally:
+    subprocess.run(["scancel", job], timeout=60)
+  assert f"resumed from {folder}/out/checkpoints/{stopped}" in (folder / "log.txt").read_text()
+  wait_for(lambda: not queued(job), 120, f"job {job} to end")

@@ -116,7 +116,7 @@ def test_sigterm_cancels_the_job_and_after_a_sigkill_the_rerun_refuses_the_job_l
     assert queued(job)
     refused = recipe(slurm_run, *ON_SLURM, "--set", "train_steps=1000")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-      f"python -m phi1_jax.recipe: error: step pretrain/raw/seed0: SLURM job {job} from an earlier run still "
+      f"python -m phi1_jax.recipe run: error: step pretrain/raw/seed0: SLURM job {job} from an earlier run still "
       f"runs it; wait for it (squeue -j {job}) or cancel it (scancel {job}), then rerun"
     ]
   finally:

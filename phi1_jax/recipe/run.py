@@ -7,6 +7,11 @@ step stops the steps that read from it, not the others; the run ends with exit c
 per failed step naming its log. Each child dies with this process (PR_SET_PDEATHSIG), so a
 SIGKILLed recipe leaves no stage running; SIGINT / SIGTERM are passed to the running stage, which
 stops the way it always does (a trainer saves a checkpoint), then the recipe exits 130.
+
+A train step with launcher "slurm" is `sbatch --wait launch/slurm.sbatch ...`: SLURM writes the
+job's output to the step's log, sbatch's exit code (the job's) is the step's, SIGINT / SIGTERM
+cancel the job (scancel). A SIGKILLed recipe leaves its job running; the rerun refuses the step,
+naming the job, until it has ended.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -161,10 +167,16 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
     urls = {ref.service: services.url(ref.service) for ref in step.inputs() if hasattr(ref, "service")}
     argv = [sys.executable, *graph.argv(name, urls)]
     log_path = folder / "log.txt"
+    env = None
     if step.launcher == "slurm":
       stage_flags = argv[3:]  # after python -m phi1_jax.train
-      argv = ["sbatch", "--wait", f"--job-name={name}", f"--output={log_path}", "--open-mode=append"]
+      # SLURM writes the job's output to the log itself ("%" would start one of its filename patterns).
+      output = str(log_path).replace("%", "%%")
+      argv = ["sbatch", "--wait", f"--job-name={name}", f"--output={output}", "--open-mode=append"]
       argv += shlex.split(sbatch_args) + [str(_launch_script()), *stage_flags]
+      # The job runs in this process's working directory and environment; launch/slurm.sbatch starts
+      # $PYTHON: this interpreter, as for a local step, unless the user chose another.
+      env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
     record = graph_lib.read_provenance(folder) or {
       "step": name,
       "command": step.command,
@@ -174,6 +186,8 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
       "completed": False,
     }
     record["names"] = sorted(set(record.get("names", [])) | {f"{graph.recipe.name}:{name}"})
+    if step.launcher == "slurm":
+      _refuse_if_job_left(name, record)
     attempt = {
       "started": time.time(),
       "argv": argv,
@@ -186,13 +200,25 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
     with open(log_path, "ab") as log_file:
       log_file.write(f"\n### {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(argv)}\n".encode())
       log_file.flush()
-      proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-      copier = threading.Thread(target=_echo, args=(proc.stdout, log_file, f"[{name}]", echo), daemon=True)
-      copier.start()
+      proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=env
+      )
+      job_id = ""
       try:
+        if step.launcher == "slurm":
+          job_id = _submitted_job(proc, log_file, f"[{name}]", echo)
+          if job_id:  # kept so that a rerun after a SIGKILL finds the job it left behind
+            attempt["slurm_job"] = job_id
+            graph_lib.write_provenance(folder, record)
+        copier = threading.Thread(target=_echo, args=(proc.stdout, log_file, f"[{name}]", echo), daemon=True)
+        copier.start()
         rc = proc.wait()
       except KeyboardInterrupt:
-        proc.send_signal(signal.SIGTERM)  # the stage stops as it always does (a trainer checkpoints)
+        # The stage stops as it always does (a trainer checkpoints). A signal to `sbatch --wait` ends sbatch
+        # and leaves the job running, so the job is cancelled first and sbatch stopped once it has ended.
+        if job_id:
+          _cancel_job(job_id)
+        proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
           proc.wait(timeout=120)
         raise
@@ -213,9 +239,52 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
 
 
 def _launch_script() -> Path:
+  """launch/slurm.sbatch; UserError when it or sbatch is missing."""
   from phi1_jax.sweep.slurm import launch_script
 
+  if not shutil.which("sbatch"):
+    raise UserError("a step runs on SLURM (launcher slurm) but sbatch is not on PATH (not a SLURM login node?)")
   return launch_script()
+
+
+def _submitted_job(proc: subprocess.Popen, log_file, prefix: str, echo: bool) -> str:
+  """The job id from sbatch's first line ("Submitted batch job N"), copied to the log; "" if it printed
+  something else (an error, which the log keeps)."""
+  line = proc.stdout.readline()
+  log_file.write(line)
+  log_file.flush()
+  if echo:
+    sys.stdout.write(f"{prefix} {line.decode(errors='replace')}")
+    sys.stdout.flush()
+  words = line.split()
+  return words[-1].decode() if line.startswith(b"Submitted batch job ") else ""
+
+
+def _cancel_job(job_id: str, timeout: float = 180) -> None:
+  """scancel (SLURM sends the job SIGTERM, then SIGKILL after the cluster's KillWait) and waits until the
+  job has left the queue: sbatch --wait polls at up to 32 s intervals, so it is not what tells."""
+  subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    with contextlib.suppress(subprocess.SubprocessError):
+      queued = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=60)
+      if not queued.stdout.strip():  # ended (or already purged: "Invalid job id")
+        return
+    time.sleep(1)
+
+
+def _refuse_if_job_left(name: str, record: dict) -> None:
+  """UserError when an earlier attempt's job still runs (its recipe was SIGKILLed, which sbatch --wait
+  does not pass on): a second trainer in the same folder would fight over its checkpoints."""
+  jobs = [a["slurm_job"] for a in record["attempts"] if a.get("slurm_job")]
+  if not jobs:
+    return
+  queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", jobs[-1]], capture_output=True, text=True, timeout=60)
+  if queued.stdout.strip():
+    raise UserError(
+      f"step {name}: SLURM job {jobs[-1]} from an earlier run still runs it; wait for it "
+      f"(squeue -j {jobs[-1]}) or cancel it (scancel {jobs[-1]}), then rerun"
+    )
 
 
 def index_path(root: Path, recipe_name: str) -> Path:
@@ -286,6 +355,8 @@ def execute(
   skipped: set[str] = set()
   to_run = [name for name, action, _ in rows if action == "run"]
   took_by_command: dict[str, list[float]] = {}
+  if any(graph.by_name[name].launcher == "slurm" for name in to_run):
+    _launch_script()  # no sbatch here: say so before the first step, not after the ones before it
   started = time.monotonic()
   try:
     for k, name in enumerate(to_run, 1):

@@ -16,6 +16,7 @@ def get_config():
   c.train_steps = 30
   c.eval_benchmark = "humaneval"
   c.eval_limit = 4
+  c.launcher = "local"  # the train step's: "slurm" runs it through launch/slurm.sbatch
   return c
 
 
@@ -56,6 +57,7 @@ def get_recipe(c):
         "config.checkpoint_every": 5,
       },
       info={"variant": "raw", "seed": 0, "role": "pretrain"},
+      launcher=c.launcher,
     ),
     Step(
       "eval/raw/seed0/base",

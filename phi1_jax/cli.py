@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -152,6 +153,15 @@ def descendants(pid: int | None = None) -> list[int]:
       found.append(child)
       todo.append(child)
   return found
+
+
+def die_with_parent() -> None:
+  """For subprocess.Popen(preexec_fn=...): the kernel sends the child SIGKILL when this process dies,
+  SIGKILL included (PR_SET_PDEATHSIG), so no child outlives a killed command."""
+  import ctypes
+
+  with contextlib.suppress(OSError, AttributeError):
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def kill_descendants() -> None:

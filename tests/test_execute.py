@@ -22,8 +22,10 @@ MBPP_PATH = Path(__file__).resolve().parents[2] / "shared/data/mbpp/mbpp.jsonl"
 
 
 def stray_processes() -> list[int]:
-  """Live processes started by any run of this harness (they carry its marker variable)."""
-  strays = []
+  """Live processes left by this test process's runs of the harness: they carry its marker variable, and
+  their marked tree hangs from this process or from init (orphans), not from another live process (an
+  evaluation another test runs at the same time, under pytest-xdist, is not a stray of this one)."""
+  marked, parent = set(), {}
   for entry in os.listdir("/proc"):
     if not entry.isdigit():
       continue
@@ -31,12 +33,19 @@ def stray_processes() -> list[int]:
       with open(f"/proc/{entry}/environ", "rb") as environ:
         names = [item.split(b"=", 1)[0] for item in environ.read().split(b"\0")]
       with open(f"/proc/{entry}/stat", "rb") as stat:
-        state = stat.read().rsplit(b")", 1)[1].split()[0]
+        state, ppid = stat.read().rsplit(b")", 1)[1].split()[:2]
     except OSError:
       continue
+    parent[int(entry)] = int(ppid)
     if MARKER_ENV.encode() in names and state != b"Z":
-      strays.append(int(entry))
-  return strays
+      marked.add(int(entry))
+
+  def top_parent(pid: int) -> int:
+    while parent.get(pid) in marked:
+      pid = parent[pid]
+    return parent.get(pid, 1)
+
+  return sorted(pid for pid in marked if top_parent(pid) in (1, os.getpid()))
 
 
 # Each program is hostile in one way; every one must end as a failed sample with a reason.

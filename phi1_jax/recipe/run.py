@@ -17,32 +17,22 @@ naming the job, until it has ended.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
 import platform
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from phi1_jax.cli import UserError, settings_diff
+from phi1_jax.cli import UserError, die_with_parent, settings_diff
 from phi1_jax.recipe import graph as graph_lib
-from phi1_jax.recipe.steps import Service
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-  """In the child, before exec: the kernel sends it SIGKILL when the recipe process dies."""
-  with contextlib.suppress(OSError, AttributeError):
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+from phi1_jax.recipe import slurm
+from phi1_jax.recipe.services import Services
 
 
 def code_version() -> str:
@@ -99,49 +89,6 @@ def plan(graph: graph_lib.Graph, previous: dict | None) -> list[tuple[str, str, 
   return rows
 
 
-class Services:
-  """Stand-in servers, started on first use on free ports of 127.0.0.1, stopped at the end."""
-
-  def __init__(self, services: dict[str, Service], log_dir: Path):
-    self.services = services
-    self.log_dir = log_dir
-    self.urls: dict[str, str] = {}
-    self.procs: list[subprocess.Popen] = []
-
-  def url(self, name: str) -> str:
-    if name not in self.urls:
-      self.urls[name] = self._start(self.services[name])
-    return self.urls[name]
-
-  def _start(self, service: Service) -> str:
-    with socket.socket() as s:
-      s.bind(("127.0.0.1", 0))
-      port = s.getsockname()[1]
-    argv = [a.replace("{port}", str(port)).replace("{python}", sys.executable) for a in service.argv]
-    self.log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = self.log_dir / f"{service.name}.log"
-    with open(log_path, "ab") as log:
-      proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    self.procs.append(proc)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-      if proc.poll() is not None:
-        raise UserError(f"service {service.name} exited with code {proc.returncode} at start; its log: {log_path}")
-      with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return f"http://127.0.0.1:{port}/v1"
-      time.sleep(0.2)
-    raise UserError(f"service {service.name} did not listen on port {port} within 60 s; its log: {log_path}")
-
-  def stop(self) -> None:
-    for proc in self.procs:
-      proc.terminate()
-    for proc in self.procs:
-      with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-      if proc.poll() is None:
-        proc.kill()
-
-
 def _echo(stream, log_file, prefix: str, echo: bool) -> None:
   """Copies the child's output to its log, and (with echo) to this terminal with the step's name."""
   for line in iter(stream.readline, b""):
@@ -169,14 +116,7 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
     log_path = folder / "log.txt"
     env = None
     if step.launcher == "slurm":
-      stage_flags = argv[3:]  # after python -m phi1_jax.train
-      # SLURM writes the job's output to the log itself ("%" would start one of its filename patterns).
-      output = str(log_path).replace("%", "%%")
-      argv = ["sbatch", "--wait", f"--job-name={name}", f"--output={output}", "--open-mode=append"]
-      argv += shlex.split(sbatch_args) + [str(_launch_script()), *stage_flags]
-      # The job runs in this process's working directory and environment; launch/slurm.sbatch starts
-      # $PYTHON: this interpreter, as for a local step, unless the user chose another.
-      env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
+      argv, env = slurm.command(name, argv[3:], log_path, sbatch_args)  # argv[3:]: after python -m phi1_jax.train
     record = graph_lib.read_provenance(folder) or {
       "step": name,
       "command": step.command,
@@ -187,7 +127,7 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
     }
     record["names"] = sorted(set(record.get("names", [])) | {f"{graph.recipe.name}:{name}"})
     if step.launcher == "slurm":
-      _refuse_if_job_left(name, record)
+      slurm.refuse_if_job_left(name, record)
     attempt = {
       "started": time.time(),
       "argv": argv,
@@ -201,12 +141,12 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
       log_file.write(f"\n### {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(argv)}\n".encode())
       log_file.flush()
       proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=env
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, env=env
       )
       job_id = ""
       try:
         if step.launcher == "slurm":
-          job_id = _submitted_job(proc, log_file, f"[{name}]", echo)
+          job_id = slurm.submitted_job(proc, log_file, f"[{name}]", echo)
           if job_id:  # kept so that a rerun after a SIGKILL finds the job it left behind
             attempt["slurm_job"] = job_id
             graph_lib.write_provenance(folder, record)
@@ -217,7 +157,7 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
         # The stage stops as it always does (a trainer checkpoints). A signal to `sbatch --wait` ends sbatch
         # and leaves the job running, so the job is cancelled first and sbatch stopped once it has ended.
         if job_id:
-          _cancel_job(job_id)
+          slurm.cancel_job(job_id)
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
           proc.wait(timeout=120)
@@ -236,55 +176,6 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
     return rc
   finally:
     lock.close()
-
-
-def _launch_script() -> Path:
-  """launch/slurm.sbatch; UserError when it or sbatch is missing."""
-  from phi1_jax.sweep.slurm import launch_script
-
-  if not shutil.which("sbatch"):
-    raise UserError("a step runs on SLURM (launcher slurm) but sbatch is not on PATH (not a SLURM login node?)")
-  return launch_script()
-
-
-def _submitted_job(proc: subprocess.Popen, log_file, prefix: str, echo: bool) -> str:
-  """The job id from sbatch's first line ("Submitted batch job N"), copied to the log; "" if it printed
-  something else (an error, which the log keeps)."""
-  line = proc.stdout.readline()
-  log_file.write(line)
-  log_file.flush()
-  if echo:
-    sys.stdout.write(f"{prefix} {line.decode(errors='replace')}")
-    sys.stdout.flush()
-  words = line.split()
-  return words[-1].decode() if line.startswith(b"Submitted batch job ") else ""
-
-
-def _cancel_job(job_id: str, timeout: float = 180) -> None:
-  """scancel (SLURM sends the job SIGTERM, then SIGKILL after the cluster's KillWait) and waits until the
-  job has left the queue: sbatch --wait polls at up to 32 s intervals, so it is not what tells."""
-  subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    with contextlib.suppress(subprocess.SubprocessError):
-      queued = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=60)
-      if not queued.stdout.strip():  # ended (or already purged: "Invalid job id")
-        return
-    time.sleep(1)
-
-
-def _refuse_if_job_left(name: str, record: dict) -> None:
-  """UserError when an earlier attempt's job still runs (its recipe was SIGKILLed, which sbatch --wait
-  does not pass on): a second trainer in the same folder would fight over its checkpoints."""
-  jobs = [a["slurm_job"] for a in record["attempts"] if a.get("slurm_job")]
-  if not jobs:
-    return
-  queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", jobs[-1]], capture_output=True, text=True, timeout=60)
-  if queued.stdout.strip():
-    raise UserError(
-      f"step {name}: SLURM job {jobs[-1]} from an earlier run still runs it; wait for it "
-      f"(squeue -j {jobs[-1]}) or cancel it (scancel {jobs[-1]}), then rerun"
-    )
 
 
 def index_path(root: Path, recipe_name: str) -> Path:
@@ -356,7 +247,7 @@ def execute(
   to_run = [name for name, action, _ in rows if action == "run"]
   took_by_command: dict[str, list[float]] = {}
   if any(graph.by_name[name].launcher == "slurm" for name in to_run):
-    _launch_script()  # no sbatch here: say so before the first step, not after the ones before it
+    slurm.launch_script()  # no sbatch here: say so before the first step, not after the ones before it
   started = time.monotonic()
   try:
     for k, name in enumerate(to_run, 1):

@@ -336,6 +336,14 @@ def test_classifier_metrics_on_a_labelled_fixture(tmp_path):
   (tmp_path / "mine" / "notes.txt").write_text("mine")
   with pytest.raises(UserError, match="not empty"):  # a folder of someone else's is never written into
     train_classifier(tmp_path / "annotations.jsonl", tmp_path / "emb", tmp_path / "mine")
+  # The same annotations in another order (annotate writes them as answers arrive): the same classifier.
+  original = (tmp_path / "annotations.jsonl").read_text().splitlines(keepends=True)
+  (tmp_path / "shuffled.jsonl").write_text("".join(reversed(original)))
+  shuffled = train_classifier(tmp_path / "shuffled.jsonl", tmp_path / "emb", tmp_path / "cls3", trees=50)
+  assert shuffled["metrics"] == info["metrics"]
+  assert (tmp_path / "cls3" / "test_predictions.jsonl").read_text() == (
+    tmp_path / "cls" / "test_predictions.jsonl"
+  ).read_text()
   (tmp_path / "more.jsonl").write_text(json.dumps({"id": "stranger", "score": 4}) + "\n")
   with pytest.raises(Exception, match="no embedding for 1 annotated document"):
     train_classifier(tmp_path / "more.jsonl", tmp_path / "emb", tmp_path / "cls2")

@@ -111,6 +111,34 @@ def test_a_recipe_killed_mid_training_resumes_and_equals_an_uninterrupted_run(st
   assert "nothing to do" in again.stdout
 
 
+def test_sigterm_stops_the_running_stage_in_one_line_and_the_rerun_resumes_it(tmp_path):
+  root = tmp_path / "stopped"
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "phi1_jax.recipe", "run", RECIPE, f"--root={root}", "--quiet"],
+    cwd=REPO,
+    env=repo_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None:
+    logs = list((root / "train").glob("*/log.txt"))
+    if logs and "step 8/30" in logs[0].read_text():
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=180)
+  assert proc.returncode == 130, stderr
+  assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM: finished steps are kept"), stderr
+  workdir = str(logs[0].parent / "out")
+  assert not subprocess.run(["pgrep", "-f", workdir], capture_output=True, text=True).stdout.split()
+  assert (logs[0].parent / "out" / "checkpoints").is_dir()  # the trainer saved where it stopped
+  recipe("run", RECIPE, f"--root={root}", "--quiet")
+  second = logs[0].read_text().split("\n### ")[-1]
+  assert "resumed from" in second
+
+
 def test_a_changed_setting_reruns_that_step_and_what_reads_from_it_only(straight_run):
   dry = recipe("run", RECIPE, f"--root={straight_run}", "--dry_run", "--set", "train_steps=20").stdout
   lines = {line.split()[0]: line for line in dry.splitlines() if line.startswith("  ") and len(line.split()) > 2}

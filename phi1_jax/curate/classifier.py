@@ -118,7 +118,9 @@ def train_classifier(
   scores = read_annotations(annotations)
   ids, vecs, emb_manifest = load_embeddings(embeddings)
   row_of = {doc_id: i for i, doc_id in enumerate(ids)}
-  labelled = [(doc_id, s) for doc_id, s in scores.items() if s is not None]
+  # by id: annotate writes rows as answers arrive, so the file's order differs between runs; the forest's
+  # bootstrap samples follow the row order, and the same annotations must give the same classifier
+  labelled = sorted((doc_id, s) for doc_id, s in scores.items() if s is not None)
   missing = [doc_id for doc_id, _ in labelled if doc_id not in row_of]
   if missing:
     raise UserError(

@@ -52,6 +52,27 @@ def report_numbers(root: Path) -> dict:
   return {"variants": gathered["variants"], "steps": steps}
 
 
+def start_until_training_step(root: Path, step: int) -> tuple[subprocess.Popen, Path]:
+  """The small recipe started in the background, once its training step has logged `step`; (its process,
+  the train step's log)."""
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "phi1_jax.recipe", "run", RECIPE, f"--root={root}", "--quiet"],
+    cwd=REPO,
+    env=repo_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None:
+    logs = list((root / "train").glob("*/log.txt"))
+    if logs and f"step {step}/30" in logs[0].read_text():
+      return proc, logs[0]
+    time.sleep(0.2)
+  proc.kill()
+  raise AssertionError(f"training never reached step {step}")
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("straight")
@@ -61,22 +82,7 @@ def straight_run(tmp_path_factory):
 
 def test_a_recipe_killed_mid_training_resumes_and_equals_an_uninterrupted_run(straight_run, tmp_path):
   root = tmp_path / "killed"
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "phi1_jax.recipe", "run", RECIPE, f"--root={root}", "--quiet"],
-    cwd=REPO,
-    env=repo_env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-  )
-  deadline = time.monotonic() + 300
-  train_log = None
-  while time.monotonic() < deadline and proc.poll() is None:
-    logs = list((root / "train").glob("*/log.txt"))
-    if logs and "step 12/30" in logs[0].read_text():
-      train_log = logs[0]
-      break
-    time.sleep(0.2)
-  assert train_log is not None, "training never reached step 12"
+  proc, train_log = start_until_training_step(root, 12)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   time.sleep(1)  # the kernel delivers the trainer's parent-death signal
@@ -113,29 +119,16 @@ def test_a_recipe_killed_mid_training_resumes_and_equals_an_uninterrupted_run(st
 
 def test_sigterm_stops_the_running_stage_in_one_line_and_the_rerun_resumes_it(tmp_path):
   root = tmp_path / "stopped"
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "phi1_jax.recipe", "run", RECIPE, f"--root={root}", "--quiet"],
-    cwd=REPO,
-    env=repo_env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  deadline = time.monotonic() + 300
-  while time.monotonic() < deadline and proc.poll() is None:
-    logs = list((root / "train").glob("*/log.txt"))
-    if logs and "step 8/30" in logs[0].read_text():
-      break
-    time.sleep(0.2)
+  proc, train_log = start_until_training_step(root, 8)
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=180)
   assert proc.returncode == 130, stderr
   assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM: finished steps are kept"), stderr
-  workdir = str(logs[0].parent / "out")
+  workdir = str(train_log.parent / "out")
   assert not subprocess.run(["pgrep", "-f", workdir], capture_output=True, text=True).stdout.split()
-  assert (logs[0].parent / "out" / "checkpoints").is_dir()  # the trainer saved where it stopped
+  assert (train_log.parent / "out" / "checkpoints").is_dir()  # the trainer saved where it stopped
   recipe("run", RECIPE, f"--root={root}", "--quiet")
-  second = logs[0].read_text().split("\n### ")[-1]
+  second = train_log.read_text().split("\n### ")[-1]
   assert "resumed from" in second
 
 

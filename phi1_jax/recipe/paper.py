@@ -99,21 +99,22 @@ def paper_scale_knobs(name: str, pretrain_config: str) -> ml_collections.ConfigD
   return c
 
 
-def _overrides(text: str) -> dict[str, str]:
-  pairs = [p for p in text.split(",") if p.strip()]
-  bad = [p for p in pairs if "=" not in p]
-  if bad:
-    raise ValueError(f"overrides {text!r}: want key=value,key=value")
-  return {f"config.{k.strip()}": v.strip() for k, v in (p.split("=", 1) for p in pairs)}
-
-
-def _flags(text: str) -> dict[str, str | bool]:
-  """ "key=value,key=value" as stage flags; true / false are on/off flags."""
+def _pairs(text: str, knob: str) -> dict[str, str]:
+  """A knob's "key=value,key=value" as a dict."""
   pairs = [p for p in text.split(",") if p.strip()]
   if any("=" not in p for p in pairs):
-    raise ValueError(f"data_executor {text!r}: want key=value,key=value")
-  parsed = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
-  return {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in parsed.items()}
+    raise ValueError(f"{knob} {text!r}: want key=value,key=value")
+  return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def _overrides(text: str, knob: str) -> dict[str, str]:
+  """Trainer config overrides as train-step flags (config.KEY)."""
+  return {f"config.{k}": v for k, v in _pairs(text, knob).items()}
+
+
+def _flags(text: str, knob: str) -> dict[str, str | bool]:
+  """Stage flags; true / false are on/off flags."""
+  return {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in _pairs(text, knob).items()}
 
 
 def build(c: ml_collections.ConfigDict) -> Recipe:
@@ -135,7 +136,7 @@ def build(c: ml_collections.ConfigDict) -> Recipe:
     annotator_model = llm_model = c.llm.model or "SET-llm.model"
     missing += [f"llm.{k}" for k in ("base_url", "model") if not c.llm[k]]
   llm = {"concurrency": c.llm.concurrency}
-  executor = _flags(c.data_executor)
+  executor = _flags(c.data_executor, "data_executor")
   benchmarks = {"benchmarks": c.decontam.benchmarks, "tasks": c.decontam.tasks, "workers": c.decontam.workers}
   benchmarks.update(executor)
   if c.decontam.mbpp_path:
@@ -171,7 +172,7 @@ def build(c: ml_collections.ConfigDict) -> Recipe:
         "config.total_steps": c.embed.embedder_steps,
         "config.batch_size": c.pretrain.batch_size,
         "config.data.mixture": Mixture(((Output("pack/raw"), 1.0),), ("raw",)),
-        **_overrides(c.pretrain.overrides),
+        **_overrides(c.pretrain.overrides, "pretrain.overrides"),
       },
     )
     embedder = Output("embedder")
@@ -236,7 +237,7 @@ def build(c: ml_collections.ConfigDict) -> Recipe:
         "config.total_steps": c.pretrain.total_steps,
         "config.batch_size": c.pretrain.batch_size,
         "config.data.mixture": mixture,
-        **_overrides(c.pretrain.overrides),
+        **_overrides(c.pretrain.overrides, "pretrain.overrides"),
       }
       add(f"pretrain/{at}", "train", pretrain, variant=variant, seed=seed, role="pretrain")
       finetune = {
@@ -246,7 +247,7 @@ def build(c: ml_collections.ConfigDict) -> Recipe:
         "config.total_steps": c.finetune.total_steps,
         "config.batch_size": c.finetune.batch_size,
         "config.data.mixture": Mixture(((Output("pack/exercises"), 1.0),), ("exercises",)),
-        **_overrides(c.finetune.overrides),
+        **_overrides(c.finetune.overrides, "finetune.overrides"),
       }
       add(f"finetune/{at}", "train", finetune, variant=variant, seed=seed, role="finetune")
       for stage, model in (("base", f"pretrain/{at}"), ("finetuned", f"finetune/{at}")):

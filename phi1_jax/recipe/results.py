@@ -81,9 +81,8 @@ def gather(root: Path, recipe_name: str) -> dict:
     records[name] = graph_lib.read_provenance(root / entry["folder"])
   by_hash = {entry["hash"]: name for name, entry in index["steps"].items()}
 
-  def counts(name: str) -> dict:
-    record = records.get(name) or {}
-    return record.get("counts") or {} if record.get("completed") else {}
+  def counts(name: str) -> dict:  # written with "completed": an unfinished step has none
+    return (records.get(name) or {}).get("counts") or {}
 
   steps = []
   for name, entry in index["steps"].items():

@@ -33,6 +33,7 @@ from phi1_jax.cli import UserError, die_with_parent, settings_diff
 from phi1_jax.recipe import graph as graph_lib
 from phi1_jax.recipe import slurm
 from phi1_jax.recipe.services import Services
+from phi1_jax.recipe.steps import ServiceURL
 
 
 def code_version() -> str:
@@ -89,14 +90,18 @@ def plan(graph: graph_lib.Graph, previous: dict | None) -> list[tuple[str, str, 
   return rows
 
 
+def _copy_line(line: bytes, log_file, prefix: str, echo: bool) -> None:
+  """One line of the child's output to its log, and (with echo) to this terminal with the step's name."""
+  log_file.write(line)
+  log_file.flush()
+  if echo:
+    sys.stdout.write(f"{prefix} {line.decode(errors='replace')}")
+    sys.stdout.flush()
+
+
 def _echo(stream, log_file, prefix: str, echo: bool) -> None:
-  """Copies the child's output to its log, and (with echo) to this terminal with the step's name."""
   for line in iter(stream.readline, b""):
-    log_file.write(line)
-    log_file.flush()
-    if echo:
-      sys.stdout.write(f"{prefix} {line.decode(errors='replace')}")
-      sys.stdout.flush()
+    _copy_line(line, log_file, prefix, echo)
 
 
 def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_args: str, echo: bool) -> int:
@@ -111,7 +116,7 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
     lock.close()
     raise UserError(f"step {name}: {folder} is being run by another process; wait for it or stop it") from None
   try:
-    urls = {ref.service: services.url(ref.service) for ref in step.inputs() if hasattr(ref, "service")}
+    urls = {ref.service: services.url(ref.service) for ref in step.inputs() if isinstance(ref, ServiceURL)}
     argv = [sys.executable, *graph.argv(name, urls)]
     log_path = folder / "log.txt"
     env = None
@@ -146,7 +151,9 @@ def run_step(graph: graph_lib.Graph, name: str, services: Services, *, sbatch_ar
       job_id = ""
       try:
         if step.launcher == "slurm":
-          job_id = slurm.submitted_job(proc, log_file, f"[{name}]", echo)
+          first_line = proc.stdout.readline()  # sbatch's "Submitted batch job N"
+          _copy_line(first_line, log_file, f"[{name}]", echo)
+          job_id = slurm.job_id(first_line)
           if job_id:  # kept so that a rerun after a SIGKILL finds the job it left behind
             attempt["slurm_job"] = job_id
             graph_lib.write_provenance(folder, record)

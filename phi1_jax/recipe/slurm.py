@@ -40,17 +40,10 @@ def launch_script() -> Path:
   return sweep_slurm.launch_script()
 
 
-def submitted_job(proc: subprocess.Popen, log_file, prefix: str, echo: bool) -> str:
-  """The job id from sbatch's first line ("Submitted batch job N"), copied to the log; "" if it printed
-  something else (an error, which the log keeps)."""
-  line = proc.stdout.readline()
-  log_file.write(line)
-  log_file.flush()
-  if echo:
-    sys.stdout.write(f"{prefix} {line.decode(errors='replace')}")
-    sys.stdout.flush()
-  words = line.split()
-  return words[-1].decode() if line.startswith(b"Submitted batch job ") else ""
+def job_id(first_line: bytes) -> str:
+  """The job id from sbatch's first line ("Submitted batch job N"); "" if it printed something else (an
+  error, which the log keeps)."""
+  return first_line.split()[-1].decode() if first_line.startswith(b"Submitted batch job ") else ""
 
 
 def cancel_job(job_id: str, timeout: float = 180) -> None:
